@@ -1,0 +1,1 @@
+//! The chat engine: sampling, generation and the worker thread that owns the model.

@@ -1,0 +1,1 @@
+//! SmolLM3 on candle: GGUF loading (memory-mapped), configuration, the NoPE decoder and its KV cache.

@@ -1,0 +1,3 @@
+//! Shells: the ways a user reaches the core (command line; desktop and HTTP come later).
+
+pub mod cli;

@@ -1,0 +1,1 @@
+//! Text handling around the model: tokenizer, chat template, streaming detokenizer, think splitter.
