@@ -1,0 +1,98 @@
+//! The vocabulary shared by the engine and its callers: what a generation job asks for and
+//! the events it streams back.
+
+use serde::{Deserialize, Serialize};
+
+/// One chat message as the engine sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The visible text (for an assistant message, the answer without reasoning).
+    pub content: String,
+    /// Token ids the model produced for an assistant message; later prompts are built from them
+    /// so the KV prefix stays reusable (re-tokenizing text can give other ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
+}
+
+impl ChatMessage {
+    /// A message from text alone.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into(), token_ids: None }
+    }
+}
+
+/// Figures reported when a job ends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerationStats {
+    /// Tokens in the rendered prompt.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV entries were reused from the cache.
+    pub reused_tokens: usize,
+    /// Tokens generated (reasoning and answer).
+    pub generated_tokens: usize,
+    /// Time to first generated token, in seconds.
+    pub ttft_s: f64,
+    /// Prefill speed in tokens per second (tokens actually computed).
+    pub prefill_tps: f64,
+    /// Decode speed in tokens per second.
+    pub decode_tps: f64,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced an end-of-turn token, or a stop string matched.
+    #[default]
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+    /// The context window is full.
+    ContextFull,
+    /// The user stopped it.
+    Cancelled,
+}
+
+/// One event of a job's stream, in order: `Started`, any number of deltas, then `Done` or `Error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EngineEvent {
+    /// The job left the queue and the prompt is being processed.
+    Started {
+        /// Tokens in the rendered prompt.
+        prompt_tokens: usize,
+        /// Of those, tokens reused from the KV cache.
+        reused_tokens: usize,
+    },
+    /// The job is waiting; `position` 1 means next.
+    Queued {
+        /// Place in the queue.
+        position: usize,
+    },
+    /// Text inside `<think>…</think>`.
+    Reasoning {
+        /// The new text.
+        text: String,
+    },
+    /// Answer text.
+    Answer {
+        /// The new text.
+        text: String,
+    },
+    /// The job finished; `token_ids` are the generated ids, kept with the message.
+    Done {
+        /// Figures for the reply.
+        stats: GenerationStats,
+        /// Generated token ids (excluding the end-of-turn token).
+        token_ids: Vec<u32>,
+    },
+    /// The job failed; the message is meant for a person.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
