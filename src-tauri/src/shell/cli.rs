@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 /// Command-line arguments.
 #[derive(Parser, Debug)]
-#[command(name = "smollm3-bot", version, about = "Chat with SmolLM3-3B on your own machine")]
+#[command(
+    name = "smollm3-bot",
+    version,
+    about = "Chat with SmolLM3-3B on your own machine"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -1,1 +1,3 @@
 //! Text handling around the model: tokenizer, chat template, streaming detokenizer, think splitter.
+
+pub mod tokenizer;
