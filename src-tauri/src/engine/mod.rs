@@ -1,3 +1,5 @@
 //! The chat engine: sampling, generation and the worker thread that owns the model.
 
 pub mod events;
+pub mod generate;
+pub mod loader;

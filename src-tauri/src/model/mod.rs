@@ -4,9 +4,13 @@ pub mod config;
 pub mod gguf;
 pub mod kv_cache;
 pub mod smollm3;
+pub mod synth;
 pub mod weights;
 
 pub use config::Config;
 pub use gguf::{GgufError, GgufFile};
 pub use kv_cache::KvCache;
 pub use smollm3::{Logits, Model};
+
+/// The SmolLM3 chat template, used when neither the GGUF nor a tokenizer_config.json has one.
+pub const BUILTIN_CHAT_TEMPLATE: &str = include_str!("../../assets/smollm3.jinja");

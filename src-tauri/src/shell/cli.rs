@@ -1,5 +1,6 @@
 //! The headless command line (`smollm3-bot <subcommand>`), built with clap.
 
+use super::model_cmds;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -17,15 +18,52 @@ pub struct Cli {
 
 /// Subcommands; with none the desktop app opens.
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Write a synthetic SmolLM3 GGUF (random weights, real layout, working tokenizer).
+    Synth(model_cmds::SynthArgs),
+    /// Describe a GGUF file: metadata, tensors, types, memory needs, NoPE layers.
+    Inspect(model_cmds::InspectArgs),
+    /// Print the model's logits for a token sequence as JSON.
+    Logits(model_cmds::LogitsArgs),
+    /// Continue a prompt or token sequence (raw completion, no chat template).
+    Generate(model_cmds::GenerateArgs),
+}
 
 /// Entry point shared by the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        None => {
-            eprintln!("the desktop app is not built into this binary yet; see --help");
-            ExitCode::from(2)
+    init_tracing();
+    let result = match cli.command {
+        None => Err(anyhow::anyhow!(
+            "the desktop app is not part of this build; see --help"
+        )),
+        Some(Command::Synth(a)) => model_cmds::synth(a),
+        Some(Command::Inspect(a)) => model_cmds::inspect(a),
+        Some(Command::Logits(a)) => model_cmds::logits(a),
+        Some(Command::Generate(a)) => model_cmds::generate(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (warnings by default).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Sets the matmul thread count; must run before the first model computation.
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads.filter(|&n| n > 0) {
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
 }
