@@ -80,3 +80,34 @@ fn fixture_template_file_matches_reference_renderings() {
     let source = std::fs::read_to_string(dir.join(&fixture.template)).expect("template readable");
     check_all(&ChatTemplate::new(&source).expect("template compiles"), &fixture);
 }
+
+#[test]
+fn cli_render_prints_exactly_the_prompt() {
+    let (dir, fixture) = load();
+    let case = fixture
+        .cases
+        .iter()
+        .find(|c| !c.add_generation_prompt)
+        .expect("a case without generation prompt");
+    let tmp = tempfile::tempdir().unwrap();
+    let messages = tmp.path().join("m.json");
+    let kwargs = tmp.path().join("k.json");
+    std::fs::write(&messages, serde_json::to_string(&case.messages).unwrap()).unwrap();
+    let mut k = case.kwargs.clone();
+    k.insert("add_generation_prompt".into(), false.into());
+    std::fs::write(&kwargs, serde_json::Value::Object(k).to_string()).unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smollm3-bot"))
+        .arg("render")
+        .arg("--messages")
+        .arg(&messages)
+        .arg("--kwargs")
+        .arg(&kwargs)
+        .args(["--today", &case.today])
+        .arg("--template")
+        .arg(dir.join(&fixture.template))
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), case.expected);
+}
