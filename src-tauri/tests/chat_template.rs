@@ -78,7 +78,10 @@ fn builtin_template_matches_reference_renderings() {
 fn fixture_template_file_matches_reference_renderings() {
     let (dir, fixture) = load();
     let source = std::fs::read_to_string(dir.join(&fixture.template)).expect("template readable");
-    check_all(&ChatTemplate::new(&source).expect("template compiles"), &fixture);
+    check_all(
+        &ChatTemplate::new(&source).expect("template compiles"),
+        &fixture,
+    );
 }
 
 #[test]
@@ -108,6 +111,10 @@ fn cli_render_prints_exactly_the_prompt() {
         .arg(dir.join(&fixture.template))
         .output()
         .expect("the binary runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), case.expected);
 }

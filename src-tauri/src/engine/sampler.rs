@@ -49,7 +49,10 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Greedy decoding: always the most likely token.
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 
     /// Checks the values, with a message meant for the person who set them.
@@ -107,7 +110,12 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
         };
-        Self { params: params.clone(), rng, candidates: Vec::new(), seen: Vec::new() }
+        Self {
+            params: params.clone(),
+            rng,
+            candidates: Vec::new(),
+            seen: Vec::new(),
+        }
     }
 
     /// The parameters in use.
@@ -125,7 +133,11 @@ impl Sampler {
         }
         let inv_t = 1.0 / p.temperature;
         for l in logits.iter_mut() {
-            *l = if l.is_nan() { f32::NEG_INFINITY } else { *l * inv_t };
+            *l = if l.is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                *l * inv_t
+            };
         }
 
         let cands = &mut self.candidates;
@@ -236,7 +248,11 @@ fn draw(cands: &[(u32, f32)], rng: &mut StdRng) -> u32 {
         }
     }
     // Only reachable through rounding: the last candidate with any weight.
-    cands.iter().rev().find(|c| c.1 > 0.0).map_or(cands[0].0, |c| c.0)
+    cands
+        .iter()
+        .rev()
+        .find(|c| c.1 > 0.0)
+        .map_or(cands[0].0, |c| c.0)
 }
 
 #[cfg(test)]
@@ -244,7 +260,12 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32) -> SamplingParams {
-        SamplingParams { temperature, top_p: 1.0, seed: Some(7), ..SamplingParams::default() }
+        SamplingParams {
+            temperature,
+            top_p: 1.0,
+            seed: Some(7),
+            ..SamplingParams::default()
+        }
     }
 
     /// Logits whose softmax (at temperature 1) is exactly `probs`.
@@ -270,23 +291,56 @@ mod tests {
     #[test]
     fn defaults_follow_the_model_card() {
         let p = SamplingParams::default();
-        assert_eq!((p.temperature, p.top_p, p.top_k, p.min_p), (0.6, 0.95, 0, 0.0));
-        assert_eq!((p.repeat_penalty, p.repeat_last_n, p.max_tokens), (1.0, 64, 2048));
+        assert_eq!(
+            (p.temperature, p.top_p, p.top_k, p.min_p),
+            (0.6, 0.95, 0, 0.0)
+        );
+        assert_eq!(
+            (p.repeat_penalty, p.repeat_last_n, p.max_tokens),
+            (1.0, 64, 2048)
+        );
         assert!(p.validate().is_ok());
         let partial: SamplingParams = serde_json::from_str(r#"{"temperature": 0.2}"#).unwrap();
-        assert_eq!(partial, SamplingParams { temperature: 0.2, ..SamplingParams::default() });
+        assert_eq!(
+            partial,
+            SamplingParams {
+                temperature: 0.2,
+                ..SamplingParams::default()
+            }
+        );
     }
 
     #[test]
     fn validation_explains_bad_values() {
         let bad = [
-            SamplingParams { temperature: -0.1, ..Default::default() },
-            SamplingParams { temperature: f32::NAN, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { top_p: 1.5, ..Default::default() },
-            SamplingParams { min_p: -0.5, ..Default::default() },
-            SamplingParams { repeat_penalty: 0.0, ..Default::default() },
-            SamplingParams { max_tokens: 0, ..Default::default() },
+            SamplingParams {
+                temperature: -0.1,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: -0.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                repeat_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                max_tokens: 0,
+                ..Default::default()
+            },
         ];
         for p in bad {
             let msg = p.validate().unwrap_err();
@@ -307,8 +361,13 @@ mod tests {
     fn same_seed_gives_the_same_sequence() {
         let logits = big_logits(1);
         let run = |seed| {
-            let mut s = Sampler::new(&SamplingParams { seed: Some(seed), ..Default::default() });
-            (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            let mut s = Sampler::new(&SamplingParams {
+                seed: Some(seed),
+                ..Default::default()
+            });
+            (0..50)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));
@@ -318,7 +377,12 @@ mod tests {
     fn top_k_one_is_greedy() {
         let logits = big_logits(2);
         let want = argmax(&logits);
-        let p = SamplingParams { top_k: 1, temperature: 1.5, top_p: 1.0, ..Default::default() };
+        let p = SamplingParams {
+            top_k: 1,
+            temperature: 1.5,
+            top_p: 1.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(&p);
         for _ in 0..20 {
             assert_eq!(s.sample(&mut logits.clone(), &[]), want);
@@ -329,7 +393,12 @@ mod tests {
     fn tiny_top_p_is_greedy() {
         let logits = big_logits(3);
         let want = argmax(&logits);
-        let p = SamplingParams { top_p: 1e-6, temperature: 1.0, seed: Some(1), ..Default::default() };
+        let p = SamplingParams {
+            top_p: 1e-6,
+            temperature: 1.0,
+            seed: Some(1),
+            ..Default::default()
+        };
         let mut s = Sampler::new(&p);
         for _ in 0..20 {
             assert_eq!(s.sample(&mut logits.clone(), &[]), want);
@@ -342,7 +411,13 @@ mod tests {
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
         order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
         let top: Vec<u32> = order[..5].to_vec();
-        let p = SamplingParams { top_k: 5, temperature: 5.0, top_p: 1.0, seed: Some(9), ..Default::default() };
+        let p = SamplingParams {
+            top_k: 5,
+            temperature: 5.0,
+            top_p: 1.0,
+            seed: Some(9),
+            ..Default::default()
+        };
         let mut s = Sampler::new(&p);
         let mut hit = std::collections::HashSet::new();
         for _ in 0..500 {
@@ -357,11 +432,17 @@ mod tests {
     fn top_p_cuts_the_tail_at_the_requested_mass() {
         // Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.75 keeps exactly the first two.
         let logits = logits_for(&[0.15, 0.5, 0.05, 0.3]);
-        let p = SamplingParams { top_p: 0.75, ..params(1.0) };
+        let p = SamplingParams {
+            top_p: 0.75,
+            ..params(1.0)
+        };
         let c = counts(&p, &logits, 4000);
         assert_eq!((c[0], c[2]), (0, 0), "{c:?}");
         let share = c[1] as f64 / 4000.0;
-        assert!((share - 0.625).abs() < 0.03, "0.5/0.8 expected, got {share}");
+        assert!(
+            (share - 0.625).abs() < 0.03,
+            "0.5/0.8 expected, got {share}"
+        );
     }
 
     #[test]
@@ -379,7 +460,10 @@ mod tests {
     fn min_p_drops_tokens_far_below_the_best() {
         // Relative to the best (0.6): 0.25 is above 0.3×0.6 = 0.18, 0.1 and 0.05 are below.
         let logits = logits_for(&[0.1, 0.6, 0.25, 0.05]);
-        let p = SamplingParams { min_p: 0.3, ..params(1.0) };
+        let p = SamplingParams {
+            min_p: 0.3,
+            ..params(1.0)
+        };
         let c = counts(&p, &logits, 3000);
         assert_eq!((c[0], c[3]), (0, 0), "{c:?}");
         assert!(c[1] > 0 && c[2] > 0, "{c:?}");
@@ -390,14 +474,21 @@ mod tests {
         let logits = [2.0f32, 1.8, -1.0];
         let mut plain = Sampler::new(&SamplingParams::greedy());
         assert_eq!(plain.sample(&mut logits.clone(), &[0, 0, 0]), 0);
-        let p = SamplingParams { repeat_penalty: 1.3, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            repeat_penalty: 1.3,
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(&p);
         // Token 0 was used (three times, penalised once): 2.0/1.3 < 1.8.
         let mut l = logits;
         assert_eq!(s.sample(&mut l, &[0, 0, 0]), 1);
         assert!((l[0] - 2.0 / 1.3).abs() < 1e-6);
         // Negative logits get more negative, and only the last `repeat_last_n` count.
-        let p = SamplingParams { repeat_penalty: 2.0, repeat_last_n: 2, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            repeat_penalty: 2.0,
+            repeat_last_n: 2,
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(&p);
         let mut l = [1.0f32, 0.5, -1.0];
         s.sample(&mut l, &[0, 2, 1, 99_999]);
@@ -411,7 +502,10 @@ mod tests {
         let c = counts(&params(1.0), &logits_for(&probs), n);
         for (i, &p) in probs.iter().enumerate() {
             let share = c[i] as f64 / n as f64;
-            assert!((share - p as f64).abs() < 0.015, "token {i}: {share} vs {p}");
+            assert!(
+                (share - p as f64).abs() < 0.015,
+                "token {i}: {share} vs {p}"
+            );
         }
         // Temperature 0.5 squares the odds: 0.5² : 0.3² = 25 : 9.
         let c = counts(&params(0.5), &logits_for(&probs), n);

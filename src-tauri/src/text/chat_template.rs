@@ -77,12 +77,16 @@ impl Default for RenderOptions {
 impl RenderOptions {
     /// Options for a conversation started on `today`, with a generation prompt and no extras.
     pub fn for_date(today: NaiveDate) -> Self {
-        Self { today, ..Self::default() }
+        Self {
+            today,
+            ..Self::default()
+        }
     }
 
     /// Sets the template variable `enable_thinking` (SmolLM3's reasoning switch).
     pub fn with_thinking(mut self, enabled: bool) -> Self {
-        self.extra.insert("enable_thinking".into(), serde_json::Value::Bool(enabled));
+        self.extra
+            .insert("enable_thinking".into(), serde_json::Value::Bool(enabled));
         self
     }
 }
@@ -234,7 +238,11 @@ fn strip_generation_tags(source: &str) -> String {
         let tag = &rest[start..];
         match parse_generation_tag(tag) {
             Some((len, open_mark, keyword, close_mark)) => {
-                let replacement = if keyword == "generation" { "if true" } else { "endif" };
+                let replacement = if keyword == "generation" {
+                    "if true"
+                } else {
+                    "endif"
+                };
                 out.push_str("{%");
                 out.push_str(open_mark);
                 out.push(' ');
@@ -308,17 +316,29 @@ mod tests {
 
     #[test]
     fn enable_thinking_false_prefills_an_empty_think_block() {
-        let out = render(&[user("Hi")], &RenderOptions::for_date(date()).with_thinking(false));
+        let out = render(
+            &[user("Hi")],
+            &RenderOptions::for_date(date()).with_thinking(false),
+        );
         assert!(out.contains("Reasoning Mode: /no_think\n"), "{out}");
-        assert!(out.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n"), "{out}");
+        assert!(
+            out.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn no_think_flag_in_system_message_wins_and_is_removed() {
-        let msgs = [ChatMessage::new("system", "Be brief. /no_think"), user("Hi")];
+        let msgs = [
+            ChatMessage::new("system", "Be brief. /no_think"),
+            user("Hi"),
+        ];
         let out = render(&msgs, &RenderOptions::for_date(date()).with_thinking(true));
         assert!(out.contains("Reasoning Mode: /no_think\n"));
-        assert!(out.contains("## Custom Instructions\n\nBe brief.\n\n"), "{out}");
+        assert!(
+            out.contains("## Custom Instructions\n\nBe brief.\n\n"),
+            "{out}"
+        );
         assert!(!out.contains("Be brief. /no_think"));
     }
 
@@ -332,7 +352,10 @@ mod tests {
 
     #[test]
     fn system_override_replaces_the_whole_header() {
-        let msgs = [ChatMessage::new("system", "You are a cat./system_override"), user("Hi")];
+        let msgs = [
+            ChatMessage::new("system", "You are a cat./system_override"),
+            user("Hi"),
+        ];
         let out = render(&msgs, &RenderOptions::for_date(date()));
         assert_eq!(
             out,
@@ -370,14 +393,19 @@ mod tests {
         assert!(out.contains("### Tools\n\n"), "{out}");
         assert!(out.contains("get_weather"));
         assert!(out.contains("</tools>\n\nFor each function call"));
-        assert!(out.contains("</tool_call>\n\n<|im_end|>\n<|im_start|>user\n"), "{out}");
+        assert!(
+            out.contains("</tool_call>\n\n<|im_end|>\n<|im_start|>user\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn generation_tags_are_stripped_with_their_whitespace_control() {
         let src = "{%- for m in messages -%}\n  {% generation %}\n[{{ m.content }}]\n  {%- endgeneration -%}\n{% endfor %}";
         let t = ChatTemplate::new(src).unwrap();
-        let out = t.render(&[user("x"), user("y")], &RenderOptions::for_date(date())).unwrap();
+        let out = t
+            .render(&[user("x"), user("y")], &RenderOptions::for_date(date()))
+            .unwrap();
         assert_eq!(out, "[x][y]");
         assert_eq!(
             strip_generation_tags("a{%- generation %}b{%endgeneration-%}c{% if x %}"),
@@ -401,7 +429,10 @@ mod tests {
 
     #[test]
     fn strftime_supports_python_patterns_and_rejects_bad_ones() {
-        assert_eq!(strftime(date(), "%Y-%m-%d %A").unwrap(), "2025-07-04 Friday");
+        assert_eq!(
+            strftime(date(), "%Y-%m-%d %A").unwrap(),
+            "2025-07-04 Friday"
+        );
         assert_eq!(strftime(date(), "%d %b %H:%M").unwrap(), "04 Jul 00:00");
         assert!(strftime(date(), "%Q").is_err());
     }
@@ -410,7 +441,11 @@ mod tests {
     fn sources_are_picked_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("tokenizer_config.json");
-        std::fs::write(&cfg, r#"{"chat_template": "from-config {{ messages|length }}"}"#).unwrap();
+        std::fs::write(
+            &cfg,
+            r#"{"chat_template": "from-config {{ messages|length }}"}"#,
+        )
+        .unwrap();
         let opts = RenderOptions::for_date(date());
         let msgs = [user("x")];
 
@@ -419,7 +454,10 @@ mod tests {
         let t = ChatTemplate::from_sources(None, Some(&cfg)).unwrap();
         assert_eq!(t.render(&msgs, &opts).unwrap(), "from-config 1");
         let t = ChatTemplate::from_sources(None, None).unwrap();
-        assert!(t.render(&msgs, &opts).unwrap().starts_with("<|im_start|>system\n"));
+        assert!(t
+            .render(&msgs, &opts)
+            .unwrap()
+            .starts_with("<|im_start|>system\n"));
 
         std::fs::write(
             &cfg,

@@ -73,7 +73,10 @@ impl Default for ThinkSplitter {
 impl ThinkSplitter {
     /// A splitter at the start of a reply.
     pub fn new() -> Self {
-        Self { state: State::Start, pending: String::new() }
+        Self {
+            state: State::Start,
+            pending: String::new(),
+        }
     }
 
     /// Whether the reply is inside its reasoning now (a thinking budget counts these tokens).
@@ -96,13 +99,15 @@ impl ThinkSplitter {
         let rest = std::mem::take(&mut self.pending);
         match self.state {
             State::Start => emit(&mut out, Delta::Answer(rest)),
-            State::ReasoningOpened | State::Reasoning => {
-                emit(&mut out, Delta::Reasoning(rest.trim_end_matches('\n').to_owned()))
-            }
+            State::ReasoningOpened | State::Reasoning => emit(
+                &mut out,
+                Delta::Reasoning(rest.trim_end_matches('\n').to_owned()),
+            ),
             State::AwaitingClose if CLOSE.starts_with(rest.trim_start_matches('\n')) => {}
-            State::AwaitingClose => {
-                emit(&mut out, Delta::Answer(rest.trim_start_matches('\n').to_owned()))
-            }
+            State::AwaitingClose => emit(
+                &mut out,
+                Delta::Answer(rest.trim_start_matches('\n').to_owned()),
+            ),
             State::AnswerStart | State::Answer => {}
         }
         self.state = State::Start;
@@ -116,7 +121,10 @@ impl ThinkSplitter {
         let mut out = Vec::new();
         if self.in_reasoning() {
             let rest = std::mem::take(&mut self.pending);
-            emit(&mut out, Delta::Reasoning(rest.trim_end_matches('\n').to_owned()));
+            emit(
+                &mut out,
+                Delta::Reasoning(rest.trim_end_matches('\n').to_owned()),
+            );
             self.state = State::AwaitingClose;
         }
         out
@@ -281,7 +289,11 @@ mod tests {
             let chars: Vec<(usize, char)> = reply.char_indices().collect();
             // Every single cut point.
             for &(i, _) in &chars {
-                assert_eq!(split(&[&reply[..i], &reply[i..]]), whole, "{reply:?} cut at {i}");
+                assert_eq!(
+                    split(&[&reply[..i], &reply[i..]]),
+                    whole,
+                    "{reply:?} cut at {i}"
+                );
             }
             // One character at a time.
             let pieces: Vec<String> = reply.chars().map(String::from).collect();
@@ -365,7 +377,13 @@ mod tests {
 
     #[test]
     fn deltas_become_engine_events() {
-        assert_eq!(EngineEvent::from(r("x")), EngineEvent::Reasoning { text: "x".into() });
-        assert_eq!(EngineEvent::from(a("y")), EngineEvent::Answer { text: "y".into() });
+        assert_eq!(
+            EngineEvent::from(r("x")),
+            EngineEvent::Reasoning { text: "x".into() }
+        );
+        assert_eq!(
+            EngineEvent::from(a("y")),
+            EngineEvent::Answer { text: "y".into() }
+        );
     }
 }
