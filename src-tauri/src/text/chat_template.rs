@@ -5,6 +5,9 @@
 //! renders them: `trim_blocks` and `lstrip_blocks` on, Python string methods available
 //! (`.replace`, `.rstrip`, …), `raise_exception` and `strftime_now` defined, and the
 //! `{% generation %}` markers (used by `transformers` to locate assistant tokens) removed.
+//! Values print as Python's `str()` would (`True`, `None`, `{'name': 'f'}`), because templates
+//! such as SmolLM3's write tool definitions with `tool | string` and the model was trained on
+//! that form.
 //!
 //! `strftime_now` formats the date passed in [`RenderOptions::today`], never the clock: a
 //! conversation keeps the date it started with, so its rendered prefix stays byte-identical from
@@ -15,6 +18,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
+use minijinja::value::ValueKind;
 use minijinja::{Environment, ErrorKind, Value};
 
 use crate::engine::events::ChatMessage;
@@ -111,6 +115,14 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
+        env.add_filter("string", |v: Value| py_str(&v));
+        env.set_formatter(|out, _state, value| {
+            match value.as_str() {
+                Some(s) => out.write_str(s),
+                None => out.write_str(&py_str(value)),
+            }
+            .map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "cannot write output"))
+        });
         env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(source))
             .map_err(TemplateError::Syntax)?;
         Ok(Self { env })
@@ -196,6 +208,118 @@ fn strftime(today: NaiveDate, fmt: &str) -> Result<String, minijinja::Error> {
         )
     })?;
     Ok(out)
+}
+
+/// Python's `str(value)`: strings as they are, everything else as `repr` would write it.
+fn py_str(value: &Value) -> String {
+    if value.is_undefined() {
+        return String::new();
+    }
+    if let Some(s) = value.as_str() {
+        return s.to_owned();
+    }
+    let mut out = String::new();
+    py_repr(value, &mut out);
+    out
+}
+
+/// Appends Python's `repr(value)`.
+fn py_repr(value: &Value, out: &mut String) {
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("None"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
+        ValueKind::Number if value.is_integer() => out.push_str(&value.to_string()),
+        ValueKind::Number => match f64::try_from(value.clone()) {
+            Ok(x) => out.push_str(&py_float(x)),
+            Err(_) => out.push_str(&value.to_string()),
+        },
+        ValueKind::String => py_quote(value.as_str().unwrap_or_default(), out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            out.push('[');
+            if let Ok(items) = value.try_iter() {
+                for (i, item) in items.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    py_repr(&item, out);
+                }
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            if let Ok(keys) = value.try_iter() {
+                for (i, key) in keys.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    py_repr(&key, out);
+                    out.push_str(": ");
+                    py_repr(&value.get_item(&key).unwrap_or_default(), out);
+                }
+            }
+            out.push('}');
+        }
+        _ => out.push_str(&value.to_string()),
+    }
+}
+
+/// Python's `repr(float)`: shortest round-trip digits, positional between 1e-4 and 1e16,
+/// scientific with a signed two-digit exponent outside.
+fn py_float(x: f64) -> String {
+    if x.is_nan() {
+        return "nan".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if x == 0.0 || (-4..16).contains(&exp) {
+        let s = x.to_string();
+        if s.contains('.') {
+            s
+        } else {
+            s + ".0"
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+/// Python's `repr(str)`: single quotes unless the text has `'` and no `"`; escapes for
+/// backslash, the quote, and characters Python does not print (controls and the invisible
+/// spaces and format characters a template is likely to meet).
+fn py_quote(s: &str, out: &mut String) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || (0x7f..=0xa0).contains(&(c as u32)) || c == '\u{ad}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if matches!(c as u32, 0x1680 | 0x2000..=0x200f | 0x2028..=0x202f | 0x205f..=0x2064 | 0x3000 | 0xfeff) =>
+            {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
 }
 
 /// Reads `chat_template` from a `tokenizer_config.json`; `None` when the file has none.
@@ -410,6 +534,32 @@ mod tests {
         assert_eq!(
             strip_generation_tags("a{%- generation %}b{%endgeneration-%}c{% if x %}"),
             "a{%- if true %}b{% endif -%}c{% if x %}"
+        );
+    }
+
+    #[test]
+    fn values_print_like_python() {
+        // Expected strings are what CPython's str() gives for the same data.
+        let t = ChatTemplate::new(
+            "{{ tools | string }}|{{ flags }}|{{ none }}|{{ 2.0 }}|{{ [1e20, 1e-7, -0.5, 0.0001] }}",
+        )
+        .unwrap();
+        let mut opts = RenderOptions::for_date(date());
+        opts.extra.insert(
+            "tools".into(),
+            serde_json::json!([{"name": "f", "d": "It's \"x\"\n", "p": {"ok": true, "n": null, "x": 1.5, "l": []}},
+                "a'b", "c\"d", "e\\f", "\u{1}\u{7f}\t", "ü😀\u{a0}", 1]),
+        );
+        opts.extra.insert(
+            "flags".into(),
+            serde_json::json!({"on": true, "off": false}),
+        );
+        let out = t.render(&[], &opts).unwrap();
+        assert_eq!(
+            out,
+            "[{'d': 'It\\'s \"x\"\\n', 'name': 'f', 'p': {'l': [], 'n': None, 'ok': True, 'x': 1.5}}, \
+             \"a'b\", 'c\"d', 'e\\\\f', '\\x01\\x7f\\t', 'ü😀\\xa0', 1]\
+             |{'off': False, 'on': True}|None|2.0|[1e+20, 1e-07, -0.5, 0.0001]"
         );
     }
 
