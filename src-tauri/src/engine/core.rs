@@ -9,7 +9,7 @@ use super::loader::LoadedModel;
 use super::sampler::{Sampler, SamplingParams};
 use crate::model::{KvCache, Logits};
 use crate::text::chat_template::{ChatTemplate, RenderOptions};
-use crate::text::detok::StreamDetokenizer;
+use crate::text::detok::Detokenizer;
 use crate::text::think::{Delta, ThinkSplitter};
 use crate::text::tokenizer;
 use candle_core::DType;
@@ -51,7 +51,11 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { context_size: 8192, kv_dtype: DType::F32, max_slots: 2 }
+        Self {
+            context_size: 8192,
+            kv_dtype: DType::F32,
+            max_slots: 2,
+        }
     }
 }
 
@@ -100,11 +104,21 @@ impl EngineCore {
     /// beside the model, or the bundled SmolLM3 one.
     pub fn new(loaded: LoadedModel, mut opts: EngineOptions) -> Result<Self, JobError> {
         let cfg_json = loaded.gguf.path().with_file_name("tokenizer_config.json");
-        let template = ChatTemplate::from_sources(loaded.gguf_chat_template(), cfg_json.exists().then_some(cfg_json.as_path()))
-            .map_err(|e| JobError::Template(e.to_string()))?;
-        opts.context_size = opts.context_size.clamp(16, loaded.model.config().context_length);
+        let template = ChatTemplate::from_sources(
+            loaded.gguf_chat_template(),
+            cfg_json.exists().then_some(cfg_json.as_path()),
+        )
+        .map_err(|e| JobError::Template(e.to_string()))?;
+        opts.context_size = opts
+            .context_size
+            .clamp(16, loaded.model.config().context_length);
         opts.max_slots = opts.max_slots.max(1);
-        Ok(Self { loaded, template, opts, slots: Vec::new() })
+        Ok(Self {
+            loaded,
+            template,
+            opts,
+            slots: Vec::new(),
+        })
     }
 
     /// The loaded model.
@@ -119,7 +133,10 @@ impl EngineCore {
 
     /// Tokens cached for a conversation (its context in use).
     pub fn cached_tokens(&self, conversation: &str) -> usize {
-        self.slots.iter().find(|s| s.key == conversation).map_or(0, |s| s.cache.len())
+        self.slots
+            .iter()
+            .find(|s| s.key == conversation)
+            .map_or(0, |s| s.cache.len())
     }
 
     /// Drops a conversation's cache (after `/clear` or deletion).
@@ -137,7 +154,11 @@ impl EngineCore {
         for m in &req.messages {
             let mut m = m.clone();
             if m.role == "assistant" {
-                if let Some(ids) = m.token_ids.take().and_then(|ids| self.content_ids(&ids, &m.content)) {
+                if let Some(ids) = m
+                    .token_ids
+                    .take()
+                    .and_then(|ids| self.content_ids(&ids, &m.content))
+                {
                     m.content = format!("{MARK}{}{MARK}", splices.len());
                     splices.push(Some(ids));
                 }
@@ -145,7 +166,10 @@ impl EngineCore {
             messages.push(m);
         }
         let opts = RenderOptions::for_date(req.today).with_thinking(req.enable_thinking);
-        let text = self.template.render(&messages, &opts).map_err(|e| JobError::Template(e.to_string()))?;
+        let text = self
+            .template
+            .render(&messages, &opts)
+            .map_err(|e| JobError::Template(e.to_string()))?;
         let mut ids = Vec::new();
         let encode = |s: &str, ids: &mut Vec<u32>| -> Result<(), JobError> {
             if !s.is_empty() {
@@ -156,9 +180,18 @@ impl EngineCore {
         let mut parts = text.split(MARK);
         encode(parts.next().unwrap_or(""), &mut ids)?;
         while let (Some(index), Some(after)) = (parts.next(), parts.next()) {
-            match index.parse::<usize>().ok().and_then(|i| splices.get_mut(i)).and_then(Option::take) {
+            match index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| splices.get_mut(i))
+                .and_then(Option::take)
+            {
                 Some(s) => ids.extend(s),
-                None => return Err(JobError::Template("an assistant message was rendered twice".into())),
+                None => {
+                    return Err(JobError::Template(
+                        "an assistant message was rendered twice".into(),
+                    ))
+                }
             }
             encode(after, &mut ids)?;
         }
@@ -199,7 +232,10 @@ impl EngineCore {
             return Err(JobError::Model("the prompt is empty".into()));
         }
         if prompt.len() >= context {
-            return Err(JobError::ContextFull { prompt: prompt.len(), context });
+            return Err(JobError::ContextFull {
+                prompt: prompt.len(),
+                context,
+            });
         }
         let model = &self.loaded.model;
         let slot = slot_for(&mut self.slots, &self.opts, model, conversation);
@@ -211,30 +247,59 @@ impl EngineCore {
             if cancel.load(Ordering::Relaxed) && last.is_some() {
                 break;
             }
-            last = Some(model.forward(chunk, &mut slot.cache, Logits::Last).map_err(|e| JobError::Model(e.to_string()))?);
+            last = Some(
+                model
+                    .forward(chunk, &mut slot.cache, Logits::Last)
+                    .map_err(|e| JobError::Model(e.to_string()))?,
+            );
         }
-        let logits = last.expect("one chunk at least").to_vec1().map_err(|e| JobError::Model(e.to_string()))?;
+        let logits = last
+            .expect("one chunk at least")
+            .to_vec1()
+            .map_err(|e| JobError::Model(e.to_string()))?;
         Ok((logits, reused))
     }
 
     /// Runs one job to the end, reporting through `emit` (never `Started` twice; always ends
     /// with `Done` or `Error`).
-    pub fn run(&mut self, req: &GenerateRequest, cancel: &AtomicBool, emit: &mut dyn FnMut(EngineEvent)) {
+    pub fn run(
+        &mut self,
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        emit: &mut dyn FnMut(EngineEvent),
+    ) {
         if let Err(e) = self.try_run(req, cancel, emit) {
-            emit(EngineEvent::Error { message: e.to_string() });
+            emit(EngineEvent::Error {
+                message: e.to_string(),
+            });
         }
     }
 
-    fn try_run(&mut self, req: &GenerateRequest, cancel: &AtomicBool, emit: &mut dyn FnMut(EngineEvent)) -> Result<(), JobError> {
+    fn try_run(
+        &mut self,
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        emit: &mut dyn FnMut(EngineEvent),
+    ) -> Result<(), JobError> {
         req.params.validate().map_err(JobError::Settings)?;
         let t0 = Instant::now();
         let prompt = self.build_prompt(req)?;
         let context = self.opts.context_size;
         if prompt.len() >= context {
-            return Err(JobError::ContextFull { prompt: prompt.len(), context });
+            return Err(JobError::ContextFull {
+                prompt: prompt.len(),
+                context,
+            });
         }
-        let reused_guess = self.slots.iter().find(|s| s.key == req.conversation).map_or(0, |s| s.cache.common_prefix(&prompt).min(prompt.len() - 1));
-        emit(EngineEvent::Started { prompt_tokens: prompt.len(), reused_tokens: reused_guess });
+        let reused_guess = self
+            .slots
+            .iter()
+            .find(|s| s.key == req.conversation)
+            .map_or(0, |s| s.cache.common_prefix(&prompt).min(prompt.len() - 1));
+        emit(EngineEvent::Started {
+            prompt_tokens: prompt.len(),
+            reused_tokens: reused_guess,
+        });
         let (mut logits, reused) = self.prefill(&req.conversation, &prompt, cancel)?;
         let prefill_s = t0.elapsed().as_secs_f64();
         let specials = self.loaded.specials.clone();
@@ -242,7 +307,7 @@ impl EngineCore {
         let model = &self.loaded.model;
         let slot = self.slots.last_mut().expect("prefill made the slot");
         let mut sampler = Sampler::new(&req.params);
-        let mut detok = StreamDetokenizer::new(tok);
+        let mut detok = Detokenizer::new(tok);
         let mut splitter = ThinkSplitter::new();
         let mut stop = StopMatcher::new(&req.stop);
         let mut history: Vec<u32> = prompt.clone();
@@ -264,7 +329,9 @@ impl EngineCore {
             forward_pending.push(next);
             if splitter.in_reasoning() {
                 reasoning_tokens += 1;
-                if req.thinking_budget.is_some_and(|b| reasoning_tokens >= b) && Some(next) != specials.end_think {
+                if req.thinking_budget.is_some_and(|b| reasoning_tokens >= b)
+                    && Some(next) != specials.end_think
+                {
                     // Over budget: close the reasoning ourselves and let the model answer.
                     if let Ok(close) = tokenizer::encode(tok, "\n</think>\n") {
                         forward_pending.extend(close);
@@ -311,18 +378,34 @@ impl EngineCore {
             reused_tokens: reused,
             generated_tokens: generated.len(),
             ttft_s: ttft.unwrap_or(prefill_s),
-            prefill_tps: if prefill_s > 0.0 { computed as f64 / prefill_s } else { 0.0 },
-            decode_tps: if decode_s > 0.0 && generated.len() > 1 { (generated.len() - 1) as f64 / decode_s } else { 0.0 },
+            prefill_tps: if prefill_s > 0.0 {
+                computed as f64 / prefill_s
+            } else {
+                0.0
+            },
+            decode_tps: if decode_s > 0.0 && generated.len() > 1 {
+                (generated.len() - 1) as f64 / decode_s
+            } else {
+                0.0
+            },
             finish_reason: finish,
         };
-        emit(EngineEvent::Done { stats, token_ids: generated });
+        emit(EngineEvent::Done {
+            stats,
+            token_ids: generated,
+        });
         Ok(())
     }
 }
 
 /// The conversation's slot, moved to the most-recent end; created (dropping the least
 /// recently used one when all are taken) if it does not exist.
-fn slot_for<'a>(slots: &'a mut Vec<Slot>, opts: &EngineOptions, model: &crate::model::Model, key: &str) -> &'a mut Slot {
+fn slot_for<'a>(
+    slots: &'a mut Vec<Slot>,
+    opts: &EngineOptions,
+    model: &crate::model::Model,
+    key: &str,
+) -> &'a mut Slot {
     if let Some(i) = slots.iter().position(|s| s.key == key) {
         let s = slots.remove(i);
         slots.push(s);
@@ -331,13 +414,21 @@ fn slot_for<'a>(slots: &'a mut Vec<Slot>, opts: &EngineOptions, model: &crate::m
             slots.remove(0);
         }
         let cache = model.new_cache(opts.context_size, opts.kv_dtype);
-        slots.push(Slot { key: key.to_string(), cache });
+        slots.push(Slot {
+            key: key.to_string(),
+            cache,
+        });
     }
     slots.last_mut().expect("just pushed")
 }
 
 /// Sends text through the think splitter and the stop matcher; true once a stop string matched.
-fn route(splitter: &mut ThinkSplitter, stop: &mut StopMatcher, text: &str, emit: &mut dyn FnMut(EngineEvent)) -> bool {
+fn route(
+    splitter: &mut ThinkSplitter,
+    stop: &mut StopMatcher,
+    text: &str,
+    emit: &mut dyn FnMut(EngineEvent),
+) -> bool {
     if stop.done {
         return true;
     }
@@ -368,7 +459,11 @@ struct StopMatcher {
 
 impl StopMatcher {
     fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new(), done: false }
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            held: String::new(),
+            done: false,
+        }
     }
 
     /// Text safe to show now, if any.
@@ -380,7 +475,12 @@ impl StopMatcher {
             return (!text.is_empty()).then(|| text.to_string());
         }
         self.held.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             self.done = true;
             let out: String = self.held[..at].to_string();
             self.held.clear();
@@ -390,7 +490,12 @@ impl StopMatcher {
         let keep = self
             .stops
             .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .flat_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .filter(|&n| s.is_char_boundary(n))
+                    .map(move |n| &s[..n])
+            })
             .filter(|p| self.held.ends_with(p))
             .map(str::len)
             .max()

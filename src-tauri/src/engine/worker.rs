@@ -47,6 +47,8 @@ pub struct JobHandle {
 
 struct Job {
     id: u64,
+    /// The queue position last reported to the caller.
+    position: usize,
     req: GenerateRequest,
     tx: UnboundedSender<EngineEvent>,
     cancel: CancelToken,
@@ -93,7 +95,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("model", &self.model_name).finish()
+        f.debug_struct("Engine")
+            .field("model", &self.model_name)
+            .finish()
     }
 }
 
@@ -132,13 +136,28 @@ impl Engine {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (lock, cv) = &*self.shared;
         let mut s = lock.lock().expect("engine state");
-        let ahead = s.queue.iter().filter(|w| matches!(w, Work::Generate(_))).count() + usize::from(s.busy);
+        let ahead = s
+            .queue
+            .iter()
+            .filter(|w| matches!(w, Work::Generate(_)))
+            .count()
+            + usize::from(s.busy);
         if ahead > 0 {
             let _ = tx.send(EngineEvent::Queued { position: ahead });
         }
-        s.queue.push_back(Work::Generate(Job { id, req, tx, cancel: cancel.clone() }));
+        s.queue.push_back(Work::Generate(Job {
+            id,
+            position: ahead,
+            req,
+            tx,
+            cancel: cancel.clone(),
+        }));
         cv.notify_one();
-        JobHandle { id, events: rx, cancel }
+        JobHandle {
+            id,
+            events: rx,
+            cancel,
+        }
     }
 
     /// Drops a conversation's KV cache (it is rebuilt on the next turn).
@@ -151,7 +170,14 @@ impl Engine {
 
     /// Tokens of a conversation held in the KV cache after its last job.
     pub fn cached_tokens(&self, conversation: &str) -> usize {
-        self.shared.0.lock().expect("engine state").cached.get(conversation).copied().unwrap_or(0)
+        self.shared
+            .0
+            .lock()
+            .expect("engine state")
+            .cached
+            .get(conversation)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// A snapshot for the status bar.
@@ -161,7 +187,11 @@ impl Engine {
             model: self.model_name.to_string(),
             context_size: self.context_size,
             busy: s.busy,
-            queued: s.queue.iter().filter(|w| matches!(w, Work::Generate(_))).count(),
+            queued: s
+                .queue
+                .iter()
+                .filter(|w| matches!(w, Work::Generate(_)))
+                .count(),
             load_s: self.load_s,
         }
     }
@@ -194,9 +224,12 @@ fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>
                     s.busy = matches!(w, Work::Generate(_));
                     // Tell the jobs still waiting where they stand now.
                     let mut pos = 1;
-                    for w in &s.queue {
+                    for w in s.queue.iter_mut() {
                         if let Work::Generate(j) = w {
-                            let _ = j.tx.send(EngineEvent::Queued { position: pos });
+                            if j.position != pos {
+                                j.position = pos;
+                                let _ = j.tx.send(EngineEvent::Queued { position: pos });
+                            }
                             pos += 1;
                         }
                     }
@@ -215,8 +248,14 @@ fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>
             }
             Work::Generate(job) => {
                 if job.cancel.is_cancelled() {
-                    let stats = GenerationStats { finish_reason: FinishReason::Cancelled, ..Default::default() };
-                    let _ = job.tx.send(EngineEvent::Done { stats, token_ids: Vec::new() });
+                    let stats = GenerationStats {
+                        finish_reason: FinishReason::Cancelled,
+                        ..Default::default()
+                    };
+                    let _ = job.tx.send(EngineEvent::Done {
+                        stats,
+                        token_ids: Vec::new(),
+                    });
                 } else {
                     let tx = job.tx.clone();
                     let span = tracing::info_span!("job", id = job.id, conversation = %job.req.conversation);

@@ -11,6 +11,3 @@ pub use config::Config;
 pub use gguf::{GgufError, GgufFile};
 pub use kv_cache::KvCache;
 pub use smollm3::{Logits, Model};
-
-/// The SmolLM3 chat template, used when neither the GGUF nor a tokenizer_config.json has one.
-pub const BUILTIN_CHAT_TEMPLATE: &str = include_str!("../../assets/smollm3.jinja");

@@ -252,7 +252,7 @@ fn tokenizer_metadata(w: &mut GgufWriter, vocab: usize, n_special: usize) {
         .meta("tokenizer.ggml.add_bos_token", Value::Bool(false))
         .meta(
             "tokenizer.chat_template",
-            Value::String(crate::model::BUILTIN_CHAT_TEMPLATE.into()),
+            Value::String(crate::text::chat_template::SMOLLM3_TEMPLATE.into()),
         );
 }
 

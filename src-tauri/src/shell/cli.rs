@@ -1,6 +1,6 @@
 //! The headless command line (`smollm3-bot <subcommand>`), built with clap.
 
-use super::model_cmds;
+use super::{model_cmds, text_cmds};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -27,6 +27,8 @@ pub enum Command {
     Logits(model_cmds::LogitsArgs),
     /// Continue a prompt or token sequence (raw completion, no chat template).
     Generate(model_cmds::GenerateArgs),
+    /// Print the prompt a conversation renders to with the chat template.
+    Render(text_cmds::RenderArgs),
 }
 
 /// Entry point shared by the binary.
@@ -41,6 +43,7 @@ pub fn main() -> ExitCode {
         Some(Command::Inspect(a)) => model_cmds::inspect(a),
         Some(Command::Logits(a)) => model_cmds::logits(a),
         Some(Command::Generate(a)) => model_cmds::generate(a),
+        Some(Command::Render(a)) => text_cmds::render(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,3 +2,4 @@
 
 pub mod cli;
 pub mod model_cmds;
+pub mod text_cmds;

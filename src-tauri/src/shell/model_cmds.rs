@@ -327,19 +327,30 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     let mut cache = m
         .model
         .new_cache((prompt.len() + a.max_tokens).min(ctx), a.model.kv_dtype());
-    if a.temperature != 0.0 {
-        bail!("only greedy decoding (--temperature 0) is available in this build");
-    }
-    let _ = a.seed;
+    let params = crate::engine::sampler::SamplingParams {
+        temperature: a.temperature,
+        seed: a.seed,
+        max_tokens: a.max_tokens,
+        ..Default::default()
+    };
+    params.validate().map_err(anyhow::Error::msg)?;
+    let mut sampler = crate::engine::sampler::Sampler::new(&params);
+    let mut detok = crate::text::detok::Detokenizer::new(&m.tokenizer);
+    let mut history = prompt.clone();
     let mut out = Vec::new();
     let mut logits = crate::engine::generate::prefill(&m.model, &prompt, &mut cache)?;
     let mut stdout = std::io::stdout().lock();
     while out.len() < a.max_tokens && cache.len() < cache.max_len() {
-        let next = crate::engine::generate::argmax(&logits);
+        let next = sampler.sample(&mut logits, &history);
         if !a.ignore_eos && m.specials.eos.contains(&next) {
             break;
         }
         out.push(next);
+        history.push(next);
+        if !a.json {
+            write!(stdout, "{}", detok.push(next)?)?;
+            stdout.flush()?;
+        }
         if out.len() == a.max_tokens {
             break;
         }
