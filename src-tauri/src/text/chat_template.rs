@@ -69,6 +69,8 @@ pub struct RenderOptions {
 }
 
 impl Default for RenderOptions {
+    /// A generation prompt, no extras, and today's date (a new conversation should store it
+    /// and pass it back on later turns).
     fn default() -> Self {
         Self {
             add_generation_prompt: true,
