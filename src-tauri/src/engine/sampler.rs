@@ -149,7 +149,9 @@ impl Sampler {
         }
         // Weights relative to the best logit: the best gets 1, nothing overflows.
         let max = cands.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-        if max == f32::NEG_INFINITY {
+        if !max.is_finite() {
+            // Everything masked, or an infinite logit that would turn the weights into NaN:
+            // the most likely token is the only sensible answer.
             return argmax(logits);
         }
         for c in cands.iter_mut() {
@@ -355,6 +357,20 @@ mod tests {
         assert_eq!(s.sample(&mut [0.1, 3.0, -2.0, 2.9], &[]), 1);
         assert_eq!(s.sample(&mut [1.0, 5.0, 5.0, 5.0], &[]), 1);
         assert_eq!(s.sample(&mut [f32::NAN, -1.0, f32::NAN], &[]), 1);
+    }
+
+    #[test]
+    fn infinite_and_masked_logits_do_not_break_sampling() {
+        let mut s = Sampler::new(&SamplingParams {
+            seed: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&mut [0.0, f32::INFINITY, 1.0], &[]), 1);
+        assert_eq!(s.sample(&mut [f32::NEG_INFINITY; 4], &[]), 0);
+        for _ in 0..50 {
+            let t = s.sample(&mut [f32::NEG_INFINITY, 0.0, f32::NAN, 0.0], &[]);
+            assert!(t == 1 || t == 3, "masked or NaN token {t} drawn");
+        }
     }
 
     #[test]

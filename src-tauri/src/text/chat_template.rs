@@ -69,6 +69,8 @@ pub struct RenderOptions {
 }
 
 impl Default for RenderOptions {
+    /// A generation prompt, no extras, and today's date (a new conversation should store it
+    /// and pass it back on later turns).
     fn default() -> Self {
         Self {
             add_generation_prompt: true,
@@ -539,7 +541,8 @@ mod tests {
 
     #[test]
     fn values_print_like_python() {
-        // Expected strings are what CPython's str() gives for the same data.
+        // Expected strings are what CPython's str() gives for the same data; keys keep the
+        // order they were written in, as Python dicts do.
         let t = ChatTemplate::new(
             "{{ tools | string }}|{{ flags }}|{{ none }}|{{ 2.0 }}|{{ [1e20, 1e-7, -0.5, 0.0001] }}",
         )
@@ -557,9 +560,9 @@ mod tests {
         let out = t.render(&[], &opts).unwrap();
         assert_eq!(
             out,
-            "[{'d': 'It\\'s \"x\"\\n', 'name': 'f', 'p': {'l': [], 'n': None, 'ok': True, 'x': 1.5}}, \
+            "[{'name': 'f', 'd': 'It\\'s \"x\"\\n', 'p': {'ok': True, 'n': None, 'x': 1.5, 'l': []}}, \
              \"a'b\", 'c\"d', 'e\\\\f', '\\x01\\x7f\\t', 'ü😀\\xa0', 1]\
-             |{'off': False, 'on': True}|None|2.0|[1e+20, 1e-07, -0.5, 0.0001]"
+             |{'on': True, 'off': False}|None|2.0|[1e+20, 1e-07, -0.5, 0.0001]"
         );
     }
 
