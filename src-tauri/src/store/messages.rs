@@ -54,7 +54,7 @@ pub(crate) fn encode_token_ids(ids: &[u32]) -> Vec<u8> {
 
 /// The inverse of [`encode_token_ids`]; `None` when the length is not a multiple of 4.
 pub(crate) fn decode_token_ids(bytes: &[u8]) -> Option<Vec<u32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(
