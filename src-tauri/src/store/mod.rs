@@ -341,6 +341,37 @@ mod tests {
     }
 
     #[test]
+    fn handles_cross_threads() {
+        // The store is shared with spawn_blocking closures; a writer moves into one.
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Store>();
+        send::<ReplyWriter>();
+        let (_dir, store) = temp_store();
+        let c = store
+            .create_conversation(&NewConversation::new("t", false, ""))
+            .unwrap()
+            .id;
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    store
+                        .add_message(c, None, Role::User, &format!("m{i}"))
+                        .unwrap()
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let ids = store
+            .siblings(store.conversation(c).unwrap().leaf_id.unwrap())
+            .unwrap();
+        assert_eq!(ids.len(), 4);
+    }
+
+    #[test]
     fn open_creates_missing_directories() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/db.sqlite3");
