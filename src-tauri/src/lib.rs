@@ -6,4 +6,6 @@
 pub mod engine;
 pub mod model;
 pub mod shell;
+pub mod store;
 pub mod text;
+pub mod view;
