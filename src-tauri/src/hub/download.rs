@@ -800,9 +800,6 @@ fn hash_existing(
             on_event(DownloadEvent::CheckingPartial { done, total: len });
         }
     }
-    // Anything past what was read (a file that shrank meanwhile) is cut off.
-    part.set_len(done)
-        .map_err(|e| HubError::io("cannot truncate", path, e))?;
     part.seek(SeekFrom::Start(done))
         .map_err(|e| HubError::io("cannot seek", path, e))?;
     Ok(done)

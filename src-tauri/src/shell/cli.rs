@@ -13,7 +13,10 @@ pub struct Cli {
 
 /// Subcommands; with none the desktop app opens.
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Manage models: list, pull, import, verify, rm.
+    Models(super::models::ModelsArgs),
+}
 
 /// Entry point shared by the binary.
 pub fn main() -> ExitCode {
@@ -23,5 +26,6 @@ pub fn main() -> ExitCode {
             eprintln!("the desktop app is not built into this binary yet; see --help");
             ExitCode::from(2)
         }
+        Some(Command::Models(args)) => super::models::run(args),
     }
 }
