@@ -255,6 +255,33 @@ async fn files_kept_in_git_are_checked_against_their_blob_sha1() {
         std::fs::read(dir.path().join("tokenizer.json")).unwrap(),
         tokenizer
     );
+    // Already in place: recognised by its blob id, not fetched again.
+    let fetched = hub.content_requests().len();
+    let (result, _) = pull(&d, &s, &DownloadControl::new()).await;
+    result.unwrap();
+    assert_eq!(hub.content_requests().len(), fetched);
+}
+
+#[tokio::test]
+async fn two_downloads_of_one_file_do_not_interleave() {
+    let (hub, bytes, _) = hub_with(200_000);
+    hub.throttle(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let d = downloader(&hub, fast_options());
+    let s = spec(dir.path(), FILE);
+    let (first, second) = (DownloadControl::new(), DownloadControl::new());
+    let (a, b) = tokio::join!(pull(&d, &s, &first), pull(&d, &s, &second));
+    let results = [a.0, b.0];
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(HubError::AlreadyRunning { .. })))
+        .count();
+    let done = results
+        .iter()
+        .filter(|r| matches!(r, Ok(DownloadOutcome::Completed { .. })))
+        .count();
+    assert_eq!((busy, done), (1, 1), "{results:?}");
+    assert_verified(dir.path(), &bytes);
 }
 
 #[tokio::test]
@@ -765,6 +792,14 @@ fn cli_lists_verifies_and_removes() {
             .output()
             .unwrap()
     };
+    // The folder can also come from the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_smollm3-bot"))
+        .args(["models", "list"])
+        .env("SMOLLM3_MODELS_DIR", dir.path())
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains(FILE), "{listing}");
     let out = run(&["list"]);
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -787,7 +822,18 @@ fn cli_lists_verifies_and_removes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
     assert!(hub::list(dir.path()).unwrap().is_empty());
 
-    assert!(cli(&hub, dir.path()).status().unwrap().success());
+    // HF_ENDPOINT names the hub when --endpoint is not given.
+    let out = Command::new(env!("CARGO_BIN_EXE_smollm3-bot"))
+        .args(["models", "pull", "--repo", REPO, "--file", FILE, "--dir"])
+        .arg(dir.path())
+        .env("HF_ENDPOINT", hub.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(run(&["rm", FILE]).status.success());
     assert!(hub::list(dir.path()).unwrap().is_empty());
     assert!(!run(&["rm", FILE]).status.success());

@@ -412,6 +412,26 @@ impl Downloader {
             }
         }
 
+        // A small file kept in git has no sidecar digest; its blob id is cheap to check.
+        if let (Some(want), Some(size)) = (&expected.git_sha1, expected.size) {
+            if std::fs::metadata(&paths.file).is_ok_and(|m| m.len() == size)
+                && git_blob_sha1(&paths.file).as_deref() == Some(want.as_str())
+            {
+                let sha256 = local::sha256_file(&paths.file)?;
+                on_event(DownloadEvent::Finished {
+                    path: paths.file.clone(),
+                    sha256: sha256.clone(),
+                    size,
+                });
+                return Ok(DownloadOutcome::Completed {
+                    path: paths.file,
+                    sha256,
+                    size,
+                    resumed_from: size,
+                });
+            }
+        }
+
         let info = PartInfo {
             repo: spec.remote.repo.clone(),
             file: spec.remote.file.clone(),
@@ -420,7 +440,18 @@ impl Downloader {
             sha256: expected.sha256.clone(),
             git_sha1: expected.git_sha1.clone(),
         };
-        let existing = self.usable_partial(&paths, &info)?;
+        let mut part = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&paths.part)
+            .map_err(|e| HubError::io("cannot open", &paths.part, e))?;
+        // Two downloads of one file (a double click, a second window) would interleave bytes.
+        if let Err(std::fs::TryLockError::WouldBlock) = part.try_lock() {
+            return Err(HubError::AlreadyRunning { name });
+        }
+        let existing = self.usable_partial(&paths, &part, &info)?;
 
         if let Some(size) = expected.size {
             let needed = size.saturating_sub(existing);
@@ -443,13 +474,6 @@ impl Downloader {
             resume_from: existing,
         });
 
-        let mut part = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&paths.part)
-            .map_err(|e| HubError::io("cannot open", &paths.part, e))?;
         let mut hashes = Hashes::new(&expected);
         let mut offset = hash_existing(&mut part, &paths.part, existing, &mut hashes, on_event)?;
         let resumed_from = offset;
@@ -536,11 +560,19 @@ impl Downloader {
 
     /// Bytes of a partial file that may be resumed: 0 when there is none or it belongs to
     /// another file (then it is removed).
-    fn usable_partial(&self, paths: &local::FilePaths, info: &PartInfo) -> Result<u64, HubError> {
-        let len = match std::fs::metadata(&paths.part) {
-            Ok(m) => m.len(),
-            Err(_) => return Ok(0),
-        };
+    fn usable_partial(
+        &self,
+        paths: &local::FilePaths,
+        part: &File,
+        info: &PartInfo,
+    ) -> Result<u64, HubError> {
+        let len = part
+            .metadata()
+            .map_err(|e| HubError::io("cannot read", &paths.part, e))?
+            .len();
+        if len == 0 {
+            return Ok(0);
+        }
         let recorded: Option<PartInfo> = std::fs::read(&paths.part_info)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
@@ -550,8 +582,8 @@ impl Downloader {
             return Ok(len);
         }
         tracing::info!(part = %paths.part.display(), "discarding a partial file of other content");
-        std::fs::remove_file(&paths.part)
-            .map_err(|e| HubError::io("cannot remove the stale partial file", &paths.part, e))?;
+        part.set_len(0)
+            .map_err(|e| HubError::io("cannot empty the stale partial file", &paths.part, e))?;
         Ok(0)
     }
 
@@ -803,6 +835,15 @@ fn hash_existing(
     part.seek(SeekFrom::Start(done))
         .map_err(|e| HubError::io("cannot seek", path, e))?;
     Ok(done)
+}
+
+/// The git blob id of a file (`git hash-object`), or `None` when it cannot be read.
+fn git_blob_sha1(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = Sha1::new();
+    h.update(format!("blob {}\0", bytes.len()).as_bytes());
+    h.update(&bytes);
+    Some(hex(&h.finalize()))
 }
 
 /// Verifies the complete partial file and moves it into place, or quarantines it.

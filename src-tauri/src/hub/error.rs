@@ -149,6 +149,12 @@ pub enum HubError {
         /// The models folder.
         dir: PathBuf,
     },
+    /// The same file is already being downloaded by another task or process.
+    #[error("{name} is already being downloaded; wait for it or stop it first")]
+    AlreadyRunning {
+        /// File name.
+        name: String,
+    },
     /// No platform data folder could be found and none was given.
     #[error("no data folder could be found for this user; pass --dir or set SMOLLM3_MODELS_DIR")]
     NoDataDir,
