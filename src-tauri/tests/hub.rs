@@ -838,3 +838,24 @@ fn cli_lists_verifies_and_removes() {
     assert!(hub::list(dir.path()).unwrap().is_empty());
     assert!(!run(&["rm", FILE]).status.success());
 }
+
+#[test]
+fn cli_first_run_pulls_the_recommended_model_and_its_tokenizer() {
+    let hub = MockHub::start();
+    let model = content(70_000, 3);
+    let tokenizer = br#"{"model":{"type":"BPE"}}"#.to_vec();
+    hub.add_lfs_file(REPO, "main", FILE, model.clone());
+    hub.add_git_file("HuggingFaceTB/SmolLM3-3B", "main", "tokenizer.json", tokenizer.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_smollm3-bot"))
+        .args(["models", "pull", "--endpoint"])
+        .arg(hub.url())
+        .arg("--dir")
+        .arg(dir.path())
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_verified(dir.path(), &model);
+    assert_eq!(std::fs::read(dir.path().join("tokenizer.json")).unwrap(), tokenizer);
+}

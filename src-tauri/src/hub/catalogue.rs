@@ -4,10 +4,11 @@
 //! (`X-Linked-Size`, `X-Linked-Etag`), so a re-uploaded file is still verified against what
 //! the hub publishes. Pin a `sha256` and `revision` (a commit) to freeze an entry.
 
-use super::download::Downloader;
+use super::download::{DownloadSpec, Downloader};
 use super::error::HubError;
 use super::remote::RemoteFile;
 use serde::Serialize;
+use std::path::Path;
 
 /// The tokenizer every SmolLM3 quantization shares, from the original model repository.
 pub const TOKENIZER: CatalogueFile = CatalogueFile {
@@ -113,6 +114,21 @@ pub fn catalogue() -> &'static [CatalogueEntry] {
     &CATALOGUE
 }
 
+impl CatalogueEntry {
+    /// What to download into `dir` for this entry: the model first, then its companions.
+    pub fn download_specs(&self, dir: &Path) -> Vec<DownloadSpec> {
+        std::iter::once(&self.model)
+            .chain(self.companions)
+            .map(|f| DownloadSpec {
+                remote: f.remote(),
+                dir: dir.to_path_buf(),
+                sha256: f.sha256.map(str::to_owned),
+                size: f.size,
+            })
+            .collect()
+    }
+}
+
 /// The recommended first download.
 pub fn default_entry() -> &'static CatalogueEntry {
     CATALOGUE
@@ -175,6 +191,9 @@ mod tests {
             Some("SmolLM3-Q8_0.gguf")
         );
         assert!(find("f16").is_some());
+        let specs = d.download_specs(Path::new("/m"));
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[1].remote.local_name(), "tokenizer.json");
         for e in catalogue() {
             assert!(e.ram_needed > e.approx_size, "{}", e.id);
             RemoteFile::new(e.model.repo, e.model.file, e.model.revision).unwrap();

@@ -475,7 +475,19 @@ impl Downloader {
         });
 
         let mut hashes = Hashes::new(&expected);
-        let mut offset = hash_existing(&mut part, &paths.part, existing, &mut hashes, on_event)?;
+        let hashed = hash_existing(
+            &mut part,
+            &paths.part,
+            existing,
+            &mut hashes,
+            &signals,
+            on_event,
+        )
+        .await?;
+        let Some(mut offset) = hashed else {
+            let signal = *signals.borrow();
+            return self.stop(signal, &paths, part, existing);
+        };
         let resumed_from = offset;
 
         let url = spec.remote.url(&self.config.endpoint);
@@ -636,7 +648,7 @@ impl Downloader {
         };
         let mut resp = match sent {
             Err(_) => return Ok(retry("no answer from the server in time", None)),
-            Ok(Err(e)) => return Ok(retry(&remote::error_chain(&e), None)),
+            Ok(Err(e)) => return Ok(retry(&transfer_reason(&e), None)),
             Ok(Ok(resp)) => resp,
         };
         let status = resp.status().as_u16();
@@ -708,7 +720,7 @@ impl Downloader {
                         None,
                     ))
                 }
-                Ok(Err(e)) => return Ok(retry(&remote::error_chain(&e), None)),
+                Ok(Err(e)) => return Ok(retry(&transfer_reason(&e), None)),
                 Ok(Ok(None)) => {
                     return Ok(match expected.size {
                         Some(size) if *offset < size => retry("the connection closed early", None),
@@ -767,6 +779,20 @@ impl Downloader {
     }
 }
 
+/// A short reason for a failed transfer, for people; the full chain goes to the log.
+fn transfer_reason(e: &reqwest::Error) -> String {
+    tracing::debug!(error = %remote::error_chain(e), "transfer failed");
+    if e.is_connect() {
+        format!("cannot connect ({})", remote::error_chain(e))
+    } else if e.is_timeout() {
+        "the server did not answer in time".to_owned()
+    } else if e.is_body() || e.is_decode() {
+        "the connection dropped".to_owned()
+    } else {
+        remote::error_chain(e)
+    }
+}
+
 fn retry(reason: &str, status: Option<u16>) -> AttemptEnd {
     AttemptEnd::Retry {
         reason: reason.to_owned(),
@@ -805,19 +831,27 @@ fn content_range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
 }
 
 /// Hashes the first `len` bytes kept from an earlier attempt and leaves the cursor after them.
-fn hash_existing(
+/// Returns `None` when paused or cancelled meanwhile.
+///
+/// Hashing 2 GB takes seconds, so it yields to the runtime between 1 MiB chunks rather than
+/// holding a worker thread for the whole file.
+async fn hash_existing(
     part: &mut File,
     path: &Path,
     len: u64,
     hashes: &mut Hashes,
+    signals: &watch::Receiver<Signal>,
     on_event: &(dyn Fn(DownloadEvent) + Send + Sync),
-) -> Result<u64, HubError> {
+) -> Result<Option<u64>, HubError> {
     part.seek(SeekFrom::Start(0))
         .map_err(|e| HubError::io("cannot read", path, e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     let mut last_event = Instant::now();
     while done < len {
+        if *signals.borrow() != Signal::Run {
+            return Ok(None);
+        }
         let want = buf.len().min((len - done) as usize);
         let n = part
             .read(&mut buf[..want])
@@ -831,10 +865,11 @@ fn hash_existing(
             last_event = Instant::now();
             on_event(DownloadEvent::CheckingPartial { done, total: len });
         }
+        tokio::task::yield_now().await;
     }
     part.seek(SeekFrom::Start(done))
         .map_err(|e| HubError::io("cannot seek", path, e))?;
-    Ok(done)
+    Ok(Some(done))
 }
 
 /// The git blob id of a file (`git hash-object`), or `None` when it cannot be read.

@@ -6,7 +6,7 @@ use crate::hub::{
 };
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -178,14 +178,13 @@ fn verify(dir: &Path, name: Option<&str>) -> Result<()> {
 }
 
 fn pull(dir: &Path, args: PullArgs) -> Result<ExitCode> {
-    let mut specs = Vec::new();
-    match (&args.repo, &args.file, &args.model) {
-        (Some(repo), Some(file), _) => specs.push(DownloadSpec {
+    let specs = match (&args.repo, &args.file) {
+        (Some(repo), Some(file)) => vec![DownloadSpec {
             remote: RemoteFile::new(repo.as_str(), file.as_str(), args.revision.as_str())?,
             dir: dir.to_path_buf(),
             sha256: args.sha256.clone(),
             size: None,
-        }),
+        }],
         _ => {
             let entry = match &args.model {
                 Some(id) => catalogue::find(id).with_context(|| {
@@ -193,25 +192,13 @@ fn pull(dir: &Path, args: PullArgs) -> Result<ExitCode> {
                 })?,
                 None => catalogue::default_entry(),
             };
-            specs.push(DownloadSpec {
-                remote: entry.model.remote(),
-                dir: dir.to_path_buf(),
-                sha256: args
-                    .sha256
-                    .clone()
-                    .or(entry.model.sha256.map(str::to_owned)),
-                size: entry.model.size,
-            });
-            for companion in entry.companions {
-                specs.push(DownloadSpec {
-                    remote: companion.remote(),
-                    dir: dir.to_path_buf(),
-                    sha256: companion.sha256.map(str::to_owned),
-                    size: companion.size,
-                });
+            let mut specs = entry.download_specs(dir);
+            if let Some(sha256) = &args.sha256 {
+                specs[0].sha256 = Some(sha256.clone());
             }
+            specs
         }
-    }
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -255,10 +242,11 @@ async fn pull_one(
     spec: &DownloadSpec,
     control: &DownloadControl,
 ) -> Result<DownloadOutcome> {
-    let bar = ProgressBar::new(0);
+    // Hidden until the hub has told the size, so no empty bar flashes first.
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
     bar.set_style(
         ProgressStyle::with_template(
-            "{msg:24!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            "{msg:24!} [{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} eta {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -272,6 +260,7 @@ async fn pull_one(
         } => {
             events_bar.set_length(total.unwrap_or(0));
             events_bar.set_position(resume_from);
+            events_bar.set_draw_target(ProgressDrawTarget::stderr());
             if resume_from > 0 {
                 events_bar.println(format!("resuming {name} from {}", human_bytes(resume_from)));
             }
@@ -302,6 +291,8 @@ async fn pull_one(
         DownloadEvent::Finished { .. } => events_bar.finish_and_clear(),
     };
     let outcome = downloader.download(spec, control, &on_event).await;
-    bar.abandon();
+    if !bar.is_finished() {
+        bar.abandon();
+    }
     outcome.map_err(Into::into)
 }
