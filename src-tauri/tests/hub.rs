@@ -845,7 +845,12 @@ fn cli_first_run_pulls_the_recommended_model_and_its_tokenizer() {
     let model = content(70_000, 3);
     let tokenizer = br#"{"model":{"type":"BPE"}}"#.to_vec();
     hub.add_lfs_file(REPO, "main", FILE, model.clone());
-    hub.add_git_file("HuggingFaceTB/SmolLM3-3B", "main", "tokenizer.json", tokenizer.clone());
+    hub.add_git_file(
+        "HuggingFaceTB/SmolLM3-3B",
+        "main",
+        "tokenizer.json",
+        tokenizer.clone(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_smollm3-bot"))
         .args(["models", "pull", "--endpoint"])
@@ -855,7 +860,49 @@ fn cli_first_run_pulls_the_recommended_model_and_its_tokenizer() {
         .env_remove("HF_TOKEN")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_verified(dir.path(), &model);
-    assert_eq!(std::fs::read(dir.path().join("tokenizer.json")).unwrap(), tokenizer);
+    assert_eq!(
+        std::fs::read(dir.path().join("tokenizer.json")).unwrap(),
+        tokenizer
+    );
+}
+
+#[test]
+fn cli_goes_through_the_proxy_from_the_environment() {
+    let (hub, bytes, _) = hub_with(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    // The hub's name does not resolve: only the proxy can reach it.
+    let out = Command::new(env!("CARGO_BIN_EXE_smollm3-bot"))
+        .args(["models", "pull", "--repo", REPO, "--file", FILE])
+        .args(["--endpoint", "http://hub.invalid", "--dir"])
+        .arg(dir.path())
+        .env("HTTP_PROXY", hub.url())
+        .env("http_proxy", hub.url())
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_verified(dir.path(), &bytes);
+    assert_eq!(hub.content_requests().len(), 1);
+}
+
+#[tokio::test]
+async fn catalogue_values_not_pinned_come_from_the_hub() {
+    let (hub, bytes, sha) = hub_with(4321);
+    let d = downloader(&hub, fast_options());
+    let entry = hub::default_entry();
+    let resolved = hub::catalogue::resolve(&d, &entry.model).await.unwrap();
+    assert_eq!(resolved.size, Some(bytes.len() as u64));
+    assert_eq!(resolved.sha256, Some(sha));
 }

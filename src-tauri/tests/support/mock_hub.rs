@@ -226,7 +226,12 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
         return Ok(());
     };
-    let (method, path) = (method.to_owned(), path.to_owned());
+    let method = method.to_owned();
+    // As a proxy it is asked for absolute URLs; the hub behind it sees only the path.
+    let path = match path.strip_prefix("http://") {
+        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]).to_owned(),
+        None => path.to_owned(),
+    };
     let mut headers = HashMap::new();
     loop {
         let mut h = String::new();
