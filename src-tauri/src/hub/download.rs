@@ -706,7 +706,10 @@ impl Downloader {
         }
 
         let mut rate = RateMeter::new(*offset);
-        let mut last_event = Instant::now() - self.options.progress_interval;
+        // The first chunk gets an event at once.
+        let mut last_event = Instant::now()
+            .checked_sub(self.options.progress_interval)
+            .unwrap_or_else(Instant::now);
         loop {
             let chunk = tokio::select! {
                 biased;
