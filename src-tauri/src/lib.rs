@@ -4,6 +4,7 @@
 //! transport shares the same model, chat engine and storage code.
 
 pub mod engine;
+pub mod hub;
 pub mod model;
 pub mod shell;
 pub mod store;

@@ -2,4 +2,5 @@
 
 pub mod cli;
 pub mod model_cmds;
+pub mod models;
 pub mod text_cmds;
