@@ -31,6 +31,8 @@ pub enum Command {
     Render(text_cmds::RenderArgs),
     /// Manage models: list, pull, import, verify, rm.
     Models(super::models::ModelsArgs),
+    /// Chat with a model in the terminal.
+    Chat(super::chat::ChatArgs),
 }
 
 /// Entry point shared by the binary.
@@ -48,6 +50,7 @@ pub fn main() -> ExitCode {
         Some(Command::Logits(a)) => model_cmds::logits(a),
         Some(Command::Generate(a)) => model_cmds::generate(a),
         Some(Command::Render(a)) => text_cmds::render(a),
+        Some(Command::Chat(a)) => super::chat::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
