@@ -249,7 +249,7 @@ impl ReplyPrinter {
             self.close_reasoning(out)?;
             if section == Section::Reasoning {
                 self.newline_if_needed(out)?;
-                write!(out, "{}[thinking]\n", self.style(DIM))?;
+                writeln!(out, "{}[thinking]", self.style(DIM))?;
             }
             self.section = section;
             trimmed
@@ -478,7 +478,13 @@ impl Session {
                 }
                 self.last = Some(stats);
             }
-            Err(message) => printer.error(out, &message)?,
+            Err(message) => {
+                printer.error(out, &message)?;
+                printer.note(
+                    out,
+                    "the message was not added to the conversation; /clear starts a new one, --context sets the context size",
+                )?;
+            }
         }
         out.flush()?;
         Ok(())
