@@ -165,9 +165,15 @@ impl Pane {
 
 impl Drop for Pane {
     fn drop(&mut self) {
+        // tmux leaves its socket file behind after kill-server.
+        let socket_path = self.tmux(&["display-message", "-p", "#{socket_path}"]);
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
             .status();
+        let socket_path = socket_path.trim();
+        if !socket_path.is_empty() {
+            let _ = std::fs::remove_file(socket_path);
+        }
     }
 }
 
