@@ -33,6 +33,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Manage models: list, pull, import, verify, rm.
     Models(super::models::ModelsArgs),
+    /// Chat with a model in the terminal.
+    Chat(super::chat::ChatArgs),
 }
 
 /// Entry point shared by the binary.
@@ -51,6 +53,7 @@ pub fn main() -> ExitCode {
         Some(Command::Generate(a)) => model_cmds::generate(a),
         Some(Command::Render(a)) => text_cmds::render(a),
         Some(Command::Bench(a)) => bench::bench(a),
+        Some(Command::Chat(a)) => super::chat::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
