@@ -1,0 +1,635 @@
+//! Quantized matrix products with AVX-512 VNNI, read straight from the GGUF block layout.
+//!
+//! Prefill spends almost all of its time in `x · Wᵀ` with Q4_K and Q6_K weights. candle's
+//! generic path computes one dot product at a time with AVX2, so every weight block is fetched
+//! and unpacked again for every activation row. The kernels here unpack a weight block once
+//! and use it against a tile of activation rows held in L1, with 512-bit `vpmaddubsw`
+//! (unsigned weight codes × signed Q8_K activations) and `vpdpwssd` (the per-sub-block scales).
+//!
+//! The activations are quantized to Q8_K with candle's own `BlockQ8K::from_float`, exactly as
+//! candle's path does, so both paths see the same integers and differ only in the order of
+//! the float additions. Weights are never copied or repacked: the memory-mapped file stays the
+//! only copy. Everything is chosen at run time ([`available`]); on other CPUs, or with
+//! `SMOLLM3_KERNELS=candle`, callers keep candle's path.
+
+use candle_core::quantized::k_quants::{BlockQ8K, GgmlType as _};
+use std::sync::OnceLock;
+
+/// Values per k-quant super-block.
+const QK: usize = 256;
+
+/// A Q4_K super-block as stored in GGUF: 8 sub-blocks of 32 values with 6-bit scales and mins.
+#[repr(C)]
+struct Q4K {
+    d: u16,
+    dmin: u16,
+    scales: [u8; 12],
+    qs: [u8; QK / 2],
+}
+
+/// A Q6_K super-block as stored in GGUF: 16 sub-blocks of 16 values with 8-bit scales.
+#[repr(C)]
+struct Q6K {
+    ql: [u8; QK / 2],
+    qh: [u8; QK / 4],
+    scales: [i8; QK / 16],
+    d: u16,
+}
+
+/// The Q8_K activation block, field for field the layout of candle's `BlockQ8K`.
+#[repr(C)]
+struct Q8K {
+    d: f32,
+    qs: [i8; QK],
+    bsums: [i16; QK / 16],
+}
+
+const _: () = assert!(std::mem::size_of::<Q4K>() == 144);
+const _: () = assert!(std::mem::size_of::<Q6K>() == 210);
+const _: () = assert!(std::mem::size_of::<Q8K>() == std::mem::size_of::<BlockQ8K>());
+const _: () = assert!(std::mem::align_of::<Q8K>() == std::mem::align_of::<BlockQ8K>());
+
+/// Weight formats these kernels compute with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// GGUF `Q4_K`.
+    Q4K,
+    /// GGUF `Q6_K`.
+    Q6K,
+}
+
+impl Format {
+    fn block_bytes(self) -> usize {
+        match self {
+            Format::Q4K => std::mem::size_of::<Q4K>(),
+            Format::Q6K => std::mem::size_of::<Q6K>(),
+        }
+    }
+}
+
+/// Whether the CPU has the instructions these kernels need (checked once).
+pub fn cpu_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Whether the kernels should be used: the CPU supports them and `SMOLLM3_KERNELS` is not
+/// `candle` (the switch that forces candle's path, for A/B measurements).
+pub fn available() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let forced_off = std::env::var("SMOLLM3_KERNELS")
+            .map(|v| v.eq_ignore_ascii_case("candle"))
+            .unwrap_or(false);
+        cpu_supported() && !forced_off
+    })
+}
+
+/// Errors from [`matmul`] on arguments that do not describe a valid product.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    /// The CPU lacks AVX-512 VNNI.
+    #[error("the CPU lacks the AVX-512 VNNI instructions these kernels need")]
+    Unsupported,
+    /// `k` is not a whole number of 256-value super-blocks.
+    #[error("{0} input features is not a multiple of {QK}")]
+    Features(usize),
+    /// A buffer does not match the (m, k, n) shape.
+    #[error("{what} holds {found} elements, ({m}, {k}, {n}) needs {expected}")]
+    Size {
+        /// Which buffer.
+        what: &'static str,
+        /// Its length.
+        found: usize,
+        /// The length the shape needs.
+        expected: usize,
+        /// Activation rows.
+        m: usize,
+        /// Input features.
+        k: usize,
+        /// Output features.
+        n: usize,
+    },
+}
+
+/// `dst = lhs · Wᵀ` where `lhs` is (m, k) row-major F32, `w` holds `n` rows of `k` values in
+/// the GGUF block layout of `format`, and `dst` is (m, n) row-major.
+///
+/// Work is split over candle's thread pool (`CANDLE_NUM_THREADS`) by groups of weight rows.
+pub fn matmul(
+    format: Format,
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    w: &[u8],
+    dst: &mut [f32],
+) -> Result<(), KernelError> {
+    if !cpu_supported() {
+        return Err(KernelError::Unsupported);
+    }
+    if k % QK != 0 {
+        return Err(KernelError::Features(k));
+    }
+    let size = |what, found, expected| {
+        if found == expected {
+            Ok(())
+        } else {
+            Err(KernelError::Size {
+                what,
+                found,
+                expected,
+                m,
+                k,
+                n,
+            })
+        }
+    };
+    size("lhs", lhs.len(), m * k)?;
+    size("dst", dst.len(), m * n)?;
+    let nb = k / QK;
+    size("weight bytes", w.len(), n * nb * format.block_bytes())?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if (w.as_ptr() as usize) % 2 != 0 {
+        // GGUF aligns tensor data; a caller with an odd address takes the generic path.
+        return Err(KernelError::Unsupported);
+    }
+
+    let act = quantize(lhs, m, k);
+    let act: &[Q8K] = &act;
+    let pool = candle_core::utils::barrier_pool();
+    let groups = n.div_ceil(ROW_GROUP);
+    let dst_addr = dst.as_mut_ptr() as usize;
+    let w_addr = w.as_ptr() as usize;
+    pool.execute_chunked(groups, |range| {
+        for g in range {
+            let rows = g * ROW_GROUP..n.min((g + 1) * ROW_GROUP);
+            // SAFETY: the sizes were checked above; each group writes only its own columns
+            // of `dst`, so concurrent workers never touch the same element.
+            unsafe {
+                run_group(
+                    format,
+                    rows,
+                    (m, nb, n),
+                    act,
+                    w_addr as *const u8,
+                    dst_addr as *mut f32,
+                )
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Weight rows per unit of work: their blocks stay in L1/L2 while the whole activation
+/// matrix streams past them once.
+const ROW_GROUP: usize = 16;
+/// Activation rows per micro-kernel call.
+const TILE: usize = 4;
+/// Weight rows per micro-kernel call.
+const WROWS: usize = 2;
+
+/// Quantizes each row of `lhs` to Q8_K with candle's quantizer, on the thread pool.
+fn quantize(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
+    let nb = k / QK;
+    let mut blocks = vec![BlockQ8K::zeros(); m * nb];
+    let addr = blocks.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(m, |rows| {
+        for r in rows {
+            // SAFETY: row `r` owns blocks r*nb..(r+1)*nb, disjoint from every other row.
+            let out =
+                unsafe { std::slice::from_raw_parts_mut((addr as *mut BlockQ8K).add(r * nb), nb) };
+            BlockQ8K::from_float(&lhs[r * k..(r + 1) * k], out);
+        }
+    });
+    let mut blocks = std::mem::ManuallyDrop::new(blocks);
+    // SAFETY: `Q8K` has the size, alignment and field layout of `BlockQ8K` (asserted above,
+    // both `repr(C)` with the same fields), and both are plain old data without `Drop`.
+    unsafe {
+        Vec::from_raw_parts(
+            blocks.as_mut_ptr() as *mut Q8K,
+            blocks.len(),
+            blocks.capacity(),
+        )
+    }
+}
+
+/// Computes `dst[.., rows]` for all activation rows.
+///
+/// # Safety
+/// `w` must hold `n * nb` blocks of `format`, `dst` must hold `m * n` floats, and `rows` must
+/// lie inside `0..n`; the caller must have checked the CPU features.
+unsafe fn run_group(
+    format: Format,
+    rows: std::ops::Range<usize>,
+    (m, nb, n): (usize, usize, usize),
+    act: &[Q8K],
+    w: *const u8,
+    dst: *mut f32,
+) {
+    let row_bytes = nb * format.block_bytes();
+    let mut c0 = 0;
+    while c0 < m {
+        let tile = TILE.min(m - c0);
+        let a = act.as_ptr().add(c0 * nb);
+        let mut r = rows.start;
+        while r < rows.end {
+            let wr = WROWS.min(rows.end - r);
+            let wp = w.add(r * row_bytes);
+            let mut out = [[0f32; TILE]; WROWS];
+            dispatch(format, wr, tile, wp, row_bytes, a, nb, &mut out);
+            for (i, o) in out.iter().enumerate().take(wr) {
+                for (c, v) in o.iter().enumerate().take(tile) {
+                    *dst.add((c0 + c) * n + r + i) = *v;
+                }
+            }
+            r += wr;
+        }
+        c0 += tile;
+    }
+}
+
+/// Picks the micro-kernel instance for `wr` weight rows by `tile` activation rows.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dispatch(
+    format: Format,
+    wr: usize,
+    tile: usize,
+    w: *const u8,
+    row_bytes: usize,
+    a: *const Q8K,
+    nb: usize,
+    out: &mut [[f32; TILE]; WROWS],
+) {
+    macro_rules! go {
+        ($r:literal, $c:literal) => {
+            match format {
+                Format::Q4K => avx512::q4k::<$r, $c>(w, row_bytes, a, nb, out),
+                Format::Q6K => avx512::q6k::<$r, $c>(w, row_bytes, a, nb, out),
+            }
+        };
+    }
+    match (wr, tile) {
+        (2, 4) => go!(2, 4),
+        (2, 3) => go!(2, 3),
+        (2, 2) => go!(2, 2),
+        (2, 1) => go!(2, 1),
+        (1, 4) => go!(1, 4),
+        (1, 3) => go!(1, 3),
+        (1, 2) => go!(1, 2),
+        _ => go!(1, 1),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! The micro-kernels: `R` weight rows × `C` activation rows over all super-blocks.
+
+    use super::{Q4K, Q6K, Q8K, QK, TILE, WROWS};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn f16_to_f32(bits: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// Q4_K scales and mins, unpacked from their 6-bit packing: `[sc0..sc7, m0..m7]`.
+    #[inline(always)]
+    fn q4k_scales(s: &[u8; 12]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for j in 0..4 {
+            out[j] = s[j] & 63;
+            out[8 + j] = s[j + 4] & 63;
+        }
+        for j in 4..8 {
+            out[j] = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+            out[8 + j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+        out
+    }
+
+    /// Lane indices that spread 16-bit scale `first + lane / width` over 32 lanes.
+    #[inline(always)]
+    unsafe fn spread_index(first: i16, width: i16) -> __m512i {
+        let mut idx = [0i16; 32];
+        for (lane, v) in idx.iter_mut().enumerate() {
+            *v = first + lane as i16 / width;
+        }
+        _mm512_loadu_si512(idx.as_ptr() as *const _)
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+
+    /// Q4_K: per sub-block s, `d·sc_s·Σ q·y − dmin·m_s·Σ y`, with `Σ y` from the Q8_K bsums.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub(super) unsafe fn q4k<const R: usize, const C: usize>(
+        w: *const u8,
+        row_bytes: usize,
+        a: *const Q8K,
+        nb: usize,
+        out: &mut [[f32; TILE]; WROWS],
+    ) {
+        let low = _mm512_set1_epi8(0x0F);
+        let sidx = [
+            spread_index(0, 16),
+            spread_index(2, 16),
+            spread_index(4, 16),
+            spread_index(6, 16),
+        ];
+        // Each min pairs with two 16-value bsums.
+        let mut midx = [0i16; 16];
+        for (lane, v) in midx.iter_mut().enumerate() {
+            *v = 8 + lane as i16 / 2;
+        }
+        let midx = _mm256_loadu_si256(midx.as_ptr() as *const _);
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for b in 0..nb {
+            let mut wq = [[_mm512_setzero_si512(); 4]; R];
+            let mut sv = [[_mm512_setzero_si512(); 4]; R];
+            let mut mv = [_mm256_setzero_si256(); R];
+            let mut d = [0f32; R];
+            let mut dmin = [0f32; R];
+            for r in 0..R {
+                let blk = &*(w.add(r * row_bytes) as *const Q4K).add(b);
+                d[r] = f16_to_f32(blk.d);
+                dmin[r] = f16_to_f32(blk.dmin);
+                let s = q4k_scales(&blk.scales);
+                let s16 = _mm256_cvtepu8_epi16(_mm_loadu_si128(s.as_ptr() as *const _));
+                let s512 = _mm512_zextsi256_si512(s16);
+                for j in 0..4 {
+                    sv[r][j] = _mm512_permutexvar_epi16(sidx[j], s512);
+                }
+                mv[r] = _mm256_permutexvar_epi16(midx, s16);
+                // Byte i of each 32-byte run holds value i (low nibble) and value 32 + i
+                // (high nibble) of a 64-value chunk.
+                for h in 0..2 {
+                    let v = _mm512_loadu_si512(blk.qs.as_ptr().add(64 * h) as *const _);
+                    let lo = _mm512_and_si512(v, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                    wq[r][2 * h] = _mm512_shuffle_i64x2(lo, hi, 0x44);
+                    wq[r][2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, 0xEE);
+                }
+            }
+            for c in 0..C {
+                let ab = &*a.add(c * nb + b);
+                let y = [
+                    _mm512_loadu_si512(ab.qs.as_ptr() as *const _),
+                    _mm512_loadu_si512(ab.qs.as_ptr().add(64) as *const _),
+                    _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
+                    _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
+                ];
+                let bsums = _mm256_loadu_si256(ab.bsums.as_ptr() as *const _);
+                for r in 0..R {
+                    let mut isum = _mm512_setzero_si512();
+                    for j in 0..4 {
+                        let p = _mm512_maddubs_epi16(wq[r][j], y[j]);
+                        isum = _mm512_dpwssd_epi32(isum, p, sv[r][j]);
+                    }
+                    let mins = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mv[r]));
+                    let a1 = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_set1_ps(d[r] * ab.d),
+                        acc[r][c],
+                    );
+                    acc[r][c] = _mm512_fnmadd_ps(
+                        _mm512_zextps256_ps512(mins),
+                        _mm512_set1_ps(dmin[r] * ab.d),
+                        a1,
+                    );
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = hsum(acc[r][c]);
+            }
+        }
+    }
+
+    /// Q6_K: `d·Σ_g sc_g·Σ (q − 32)·y`, the −32 folded in as `−32·sc_g·bsum_g`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub(super) unsafe fn q6k<const R: usize, const C: usize>(
+        w: *const u8,
+        row_bytes: usize,
+        a: *const Q8K,
+        nb: usize,
+        out: &mut [[f32; TILE]; WROWS],
+    ) {
+        let low = _mm512_set1_epi8(0x0F);
+        let top = _mm512_set1_epi8(0x30);
+        let sidx = [
+            spread_index(0, 8),
+            spread_index(4, 8),
+            spread_index(8, 8),
+            spread_index(12, 8),
+        ];
+        // The high-bit pairs of values 0..32 sit in bits 0-1 of qh, of 32..64 in bits 2-3,
+        // of 64..96 in bits 4-5 and of 96..128 in bits 6-7; move each to bits 4-5.
+        let mut left = [0i16; 32];
+        let mut right = [0i16; 32];
+        for lane in 0..32 {
+            left[lane] = if lane < 16 { 4 } else { 2 };
+            right[lane] = if lane < 16 { 0 } else { 2 };
+        }
+        let left = _mm512_loadu_si512(left.as_ptr() as *const _);
+        let right = _mm512_loadu_si512(right.as_ptr() as *const _);
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for b in 0..nb {
+            let mut wq = [[_mm512_setzero_si512(); 4]; R];
+            let mut sv = [[_mm512_setzero_si512(); 4]; R];
+            let mut s16 = [_mm256_setzero_si256(); R];
+            let mut d = [0f32; R];
+            for r in 0..R {
+                let blk = &*(w.add(r * row_bytes) as *const Q6K).add(b);
+                d[r] = f16_to_f32(blk.d);
+                s16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.scales.as_ptr() as *const _));
+                let s512 = _mm512_zextsi256_si512(s16[r]);
+                for j in 0..4 {
+                    sv[r][j] = _mm512_permutexvar_epi16(sidx[j], s512);
+                }
+                for h in 0..2 {
+                    let ql = _mm512_loadu_si512(blk.ql.as_ptr().add(64 * h) as *const _);
+                    let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        blk.qh.as_ptr().add(32 * h) as *const _,
+                    ));
+                    let lo = _mm512_and_si512(ql, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(ql, 4), low);
+                    let hl = _mm512_and_si512(_mm512_sllv_epi16(qh, left), top);
+                    let hh = _mm512_and_si512(_mm512_srlv_epi16(qh, right), top);
+                    wq[r][2 * h] = _mm512_or_si512(lo, hl);
+                    wq[r][2 * h + 1] = _mm512_or_si512(hi, hh);
+                }
+            }
+            for c in 0..C {
+                let ab = &*a.add(c * nb + b);
+                let y = [
+                    _mm512_loadu_si512(ab.qs.as_ptr() as *const _),
+                    _mm512_loadu_si512(ab.qs.as_ptr().add(64) as *const _),
+                    _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
+                    _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
+                ];
+                let bsums = _mm256_loadu_si256(ab.bsums.as_ptr() as *const _);
+                for r in 0..R {
+                    let mut isum = _mm512_setzero_si512();
+                    for j in 0..4 {
+                        let p = _mm512_maddubs_epi16(wq[r][j], y[j]);
+                        isum = _mm512_dpwssd_epi32(isum, p, sv[r][j]);
+                    }
+                    let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, s16[r]), 5);
+                    isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(offset));
+                    acc[r][c] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_set1_ps(d[r] * ab.d),
+                        acc[r][c],
+                    );
+                }
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = hsum(acc[r][c]);
+            }
+        }
+    }
+
+    const _: () = assert!(QK == 256);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    //! Never called: [`super::cpu_supported`] is false off x86-64.
+    use super::{Q8K, TILE, WROWS};
+    pub(super) unsafe fn q4k<const R: usize, const C: usize>(
+        _: *const u8,
+        _: usize,
+        _: *const Q8K,
+        _: usize,
+        _: &mut [[f32; TILE]; WROWS],
+    ) {
+        unreachable!("AVX-512 kernels called off x86-64")
+    }
+    pub(super) unsafe fn q6k<const R: usize, const C: usize>(
+        _: *const u8,
+        _: usize,
+        _: *const Q8K,
+        _: usize,
+        _: &mut [[f32; TILE]; WROWS],
+    ) {
+        unreachable!("AVX-512 kernels called off x86-64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, GgmlType};
+    use rand::{Rng, SeedableRng};
+
+    /// Random weights quantized with candle, as raw GGUF bytes.
+    fn weights<T: GgmlType>(n: usize, k: usize, rng: &mut rand::rngs::StdRng) -> Vec<T> {
+        let vals: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut blocks = vec![T::zeros(); n * k / QK];
+        T::from_float(&vals, &mut blocks);
+        blocks
+    }
+
+    fn bytes<T>(blocks: &[T]) -> &[u8] {
+        // SAFETY: candle's k-quant blocks are plain old data.
+        unsafe {
+            std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
+        }
+    }
+
+    /// Compares the kernel with candle's `vec_dot` path on one shape.
+    fn check<T: GgmlType>(format: Format, (m, k, n): (usize, usize, usize), seed: u64) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let w = weights::<T>(n, k, &mut rng);
+        // Activations with a spread of magnitudes, like hidden states.
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| rng.gen_range(-1.0..1.0) * if i % 7 == 0 { 8.0 } else { 1.0 })
+            .collect();
+        let mut want = vec![0f32; m * n];
+        k_quants::matmul::<T>((m, k, n), &x, &w, &mut want).unwrap();
+        let mut got = vec![0f32; m * n];
+        matmul(format, (m, k, n), &x, bytes(&w), &mut got).unwrap();
+        // Sums of many terms of both signs: compare against the size of the terms, not of
+        // the (possibly cancelling) result.
+        let scale = want.iter().fold(0f32, |s, v| s.max(v.abs())).max(1.0);
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - e).abs() <= 1e-5 * scale,
+                "{format:?} ({m},{k},{n}) element {i} (row {}, col {}): got {g}, candle {e}",
+                i / n,
+                i % n
+            );
+        }
+    }
+
+    const SHAPES: [(usize, usize, usize); 7] = [
+        (2, 256, 4),
+        (3, 512, 5),
+        (4, 256, 16),
+        (5, 768, 17),
+        (9, 1024, 35),
+        (17, 2048, 33),
+        (1, 512, 7),
+    ];
+
+    #[test]
+    fn q4k_matches_candle() {
+        if !cpu_supported() {
+            eprintln!("skipped: no AVX-512 VNNI");
+            return;
+        }
+        for (i, &shape) in SHAPES.iter().enumerate() {
+            check::<BlockQ4K>(Format::Q4K, shape, 40 + i as u64);
+        }
+    }
+
+    #[test]
+    fn q6k_matches_candle() {
+        if !cpu_supported() {
+            eprintln!("skipped: no AVX-512 VNNI");
+            return;
+        }
+        for (i, &shape) in SHAPES.iter().enumerate() {
+            check::<BlockQ6K>(Format::Q6K, shape, 60 + i as u64);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        if !cpu_supported() {
+            return;
+        }
+        let mut dst = vec![0f32; 4];
+        assert_eq!(
+            matmul(Format::Q4K, (2, 100, 2), &[0.0; 200], &[], &mut dst),
+            Err(KernelError::Features(100))
+        );
+        let err = matmul(Format::Q6K, (2, 256, 2), &[0.0; 512], &[0u8; 10], &mut dst);
+        assert!(matches!(
+            err,
+            Err(KernelError::Size {
+                what: "weight bytes",
+                ..
+            })
+        ));
+    }
+}
