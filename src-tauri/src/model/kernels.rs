@@ -170,6 +170,8 @@ pub fn matmul(
 
     let act = quantize(lhs, m, k);
     let act: &[Q8K] = &act;
+    let sums = block_sums(format, act);
+    let sums: &[f32] = &sums;
     let pool = candle_core::utils::barrier_pool();
     let groups = n.div_ceil(ROW_GROUP);
     let dst_addr = dst.as_mut_ptr() as usize;
@@ -184,7 +186,7 @@ pub fn matmul(
                     format,
                     rows,
                     (m, nb, n),
-                    act,
+                    (act, sums),
                     w_addr as *const u8,
                     dst_addr as *mut f32,
                 )
@@ -198,9 +200,13 @@ pub fn matmul(
 /// matrix streams past them once.
 const ROW_GROUP: usize = 16;
 /// Activation rows per micro-kernel call.
-const TILE: usize = 4;
+const TILE: usize = 8;
 /// Weight rows per micro-kernel call.
-const WROWS: usize = 2;
+const WROWS: usize = 1;
+const _: () = assert!(
+    TILE <= 8,
+    "run_group handles tails of up to 7 activation rows"
+);
 
 /// Quantizes each row of `lhs` to Q8_K with candle's quantizer, on the thread pool.
 fn quantize(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
@@ -227,6 +233,28 @@ fn quantize(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
     }
 }
 
+/// Per activation block, 16 floats that the weight-only offset terms multiply: for Q4_K the
+/// scaled sums of the 8 sub-blocks of 32 (then 8 zeros), for Q6_K of the 16 sub-blocks of 16.
+/// Taking these terms out of the integer loop leaves it one FMA per block and row pair.
+fn block_sums(format: Format, act: &[Q8K]) -> Vec<f32> {
+    let mut out = vec![0f32; act.len() * 16];
+    for (blk, o) in act.iter().zip(out.chunks_exact_mut(16)) {
+        match format {
+            Format::Q4K => {
+                for (s, v) in o.iter_mut().take(8).enumerate() {
+                    *v = blk.d * f32::from(blk.bsums[2 * s] + blk.bsums[2 * s + 1]);
+                }
+            }
+            Format::Q6K => {
+                for (v, &b) in o.iter_mut().zip(&blk.bsums) {
+                    *v = blk.d * f32::from(b);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Computes `dst[.., rows]` for all activation rows.
 ///
 /// # Safety
@@ -236,7 +264,7 @@ unsafe fn run_group(
     format: Format,
     rows: std::ops::Range<usize>,
     (m, nb, n): (usize, usize, usize),
-    act: &[Q8K],
+    (act, sums): (&[Q8K], &[f32]),
     w: *const u8,
     dst: *mut f32,
 ) {
@@ -245,16 +273,38 @@ unsafe fn run_group(
     while c0 < m {
         let tile = TILE.min(m - c0);
         let a = act.as_ptr().add(c0 * nb);
+        let sa = sums.as_ptr().add(c0 * nb * 16);
         let mut r = rows.start;
         while r < rows.end {
-            let wr = WROWS.min(rows.end - r);
-            let wp = w.add(r * row_bytes);
-            let mut out = [[0f32; TILE]; WROWS];
-            dispatch(format, wr, tile, wp, row_bytes, a, nb, &mut out);
-            for (i, o) in out.iter().enumerate().take(wr) {
-                for (c, v) in o.iter().enumerate().take(tile) {
-                    *dst.add((c0 + c) * n + r + i) = *v;
-                }
+            let wr = if rows.end - r >= WROWS { WROWS } else { 1 };
+            let at = Tile {
+                format,
+                w: w.add(r * row_bytes),
+                row_bytes,
+                a,
+                sa,
+                nb,
+                dst: dst.add(c0 * n + r),
+                n,
+            };
+            macro_rules! by_tile {
+                ($r:expr) => {
+                    match tile {
+                        _ if tile == TILE => at.run::<{ $r }, TILE>(),
+                        1 => at.run::<{ $r }, 1>(),
+                        2 => at.run::<{ $r }, 2>(),
+                        3 => at.run::<{ $r }, 3>(),
+                        4 => at.run::<{ $r }, 4>(),
+                        5 => at.run::<{ $r }, 5>(),
+                        6 => at.run::<{ $r }, 6>(),
+                        _ => at.run::<{ $r }, 7>(),
+                    }
+                };
+            }
+            if wr == WROWS {
+                by_tile!(WROWS)
+            } else {
+                by_tile!(1)
             }
             r += wr;
         }
@@ -262,35 +312,39 @@ unsafe fn run_group(
     }
 }
 
-/// Picks the micro-kernel instance for `wr` weight rows by `tile` activation rows.
-#[allow(clippy::too_many_arguments)]
-unsafe fn dispatch(
+/// One micro-kernel call: a few weight rows against a tile of activation rows.
+struct Tile {
     format: Format,
-    wr: usize,
-    tile: usize,
     w: *const u8,
     row_bytes: usize,
     a: *const Q8K,
+    sa: *const f32,
     nb: usize,
-    out: &mut [[f32; TILE]; WROWS],
-) {
-    macro_rules! go {
-        ($r:literal, $c:literal) => {
-            match format {
-                Format::Q4K => avx512::q4k::<$r, $c>(w, row_bytes, a, nb, out),
-                Format::Q6K => avx512::q6k::<$r, $c>(w, row_bytes, a, nb, out),
+    dst: *mut f32,
+    n: usize,
+}
+
+impl Tile {
+    /// Runs the `R` × `C` micro-kernel and writes its results into `dst`.
+    ///
+    /// # Safety
+    /// As for [`run_group`]: `R` weight rows and `C` activation rows exist from the pointers.
+    #[inline(always)]
+    unsafe fn run<const R: usize, const C: usize>(&self) {
+        let mut out = [[0f32; C]; R];
+        match self.format {
+            Format::Q4K => {
+                avx512::q4k::<R, C>(self.w, self.row_bytes, self.a, self.sa, self.nb, &mut out)
             }
-        };
-    }
-    match (wr, tile) {
-        (2, 4) => go!(2, 4),
-        (2, 3) => go!(2, 3),
-        (2, 2) => go!(2, 2),
-        (2, 1) => go!(2, 1),
-        (1, 4) => go!(1, 4),
-        (1, 3) => go!(1, 3),
-        (1, 2) => go!(1, 2),
-        _ => go!(1, 1),
+            Format::Q6K => {
+                avx512::q6k::<R, C>(self.w, self.row_bytes, self.a, self.sa, self.nb, &mut out)
+            }
+        }
+        for (i, o) in out.iter().enumerate() {
+            for (c, v) in o.iter().enumerate() {
+                *self.dst.add(c * self.n + i) = *v;
+            }
+        }
     }
 }
 
@@ -298,7 +352,7 @@ unsafe fn dispatch(
 mod avx512 {
     //! The micro-kernels: `R` weight rows × `C` activation rows over all super-blocks.
 
-    use super::{Q4K, Q6K, Q8K, QK, TILE, WROWS};
+    use super::{Q4K, Q6K, Q8K, QK};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -342,8 +396,9 @@ mod avx512 {
         w: *const u8,
         row_bytes: usize,
         a: *const Q8K,
+        sa: *const f32,
         nb: usize,
-        out: &mut [[f32; TILE]; WROWS],
+        out: &mut [[f32; C]; R],
     ) {
         let low = _mm512_set1_epi8(0x0F);
         let sidx = [
@@ -352,17 +407,11 @@ mod avx512 {
             spread_index(4, 16),
             spread_index(6, 16),
         ];
-        // Each min pairs with two 16-value bsums.
-        let mut midx = [0i16; 16];
-        for (lane, v) in midx.iter_mut().enumerate() {
-            *v = 8 + lane as i16 / 2;
-        }
-        let midx = _mm256_loadu_si256(midx.as_ptr() as *const _);
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for b in 0..nb {
             let mut wq = [[_mm512_setzero_si512(); 4]; R];
             let mut sv = [[_mm512_setzero_si512(); 4]; R];
-            let mut mv = [_mm256_setzero_si256(); R];
+            let mut mv = [_mm512_setzero_ps(); R];
             let mut d = [0f32; R];
             let mut dmin = [0f32; R];
             for r in 0..R {
@@ -375,7 +424,14 @@ mod avx512 {
                 for j in 0..4 {
                     sv[r][j] = _mm512_permutexvar_epi16(sidx[j], s512);
                 }
-                mv[r] = _mm256_permutexvar_epi16(midx, s16);
+                // dmin·m_s against the activation's scaled sub-block sums (lanes 8.. are 0 there).
+                mv[r] = _mm512_mul_ps(
+                    _mm512_set1_ps(dmin[r]),
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_srli_si128(
+                        _mm_loadu_si128(s.as_ptr() as *const _),
+                        8,
+                    ))),
+                );
                 // Byte i of each 32-byte run holds value i (low nibble) and value 32 + i
                 // (high nibble) of a 64-value chunk.
                 for h in 0..2 {
@@ -394,24 +450,19 @@ mod avx512 {
                     _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
                     _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
                 ];
-                let bsums = _mm256_loadu_si256(ab.bsums.as_ptr() as *const _);
+                let sums = _mm512_loadu_ps(sa.add((c * nb + b) * 16));
                 for r in 0..R {
                     let mut isum = _mm512_setzero_si512();
                     for j in 0..4 {
                         let p = _mm512_maddubs_epi16(wq[r][j], y[j]);
                         isum = _mm512_dpwssd_epi32(isum, p, sv[r][j]);
                     }
-                    let mins = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mv[r]));
                     let a1 = _mm512_fmadd_ps(
                         _mm512_cvtepi32_ps(isum),
                         _mm512_set1_ps(d[r] * ab.d),
                         acc[r][c],
                     );
-                    acc[r][c] = _mm512_fnmadd_ps(
-                        _mm512_zextps256_ps512(mins),
-                        _mm512_set1_ps(dmin[r] * ab.d),
-                        a1,
-                    );
+                    acc[r][c] = _mm512_fnmadd_ps(mv[r], sums, a1);
                 }
             }
         }
@@ -428,8 +479,9 @@ mod avx512 {
         w: *const u8,
         row_bytes: usize,
         a: *const Q8K,
+        sa: *const f32,
         nb: usize,
-        out: &mut [[f32; TILE]; WROWS],
+        out: &mut [[f32; C]; R],
     ) {
         let low = _mm512_set1_epi8(0x0F);
         let top = _mm512_set1_epi8(0x30);
@@ -453,13 +505,18 @@ mod avx512 {
         for b in 0..nb {
             let mut wq = [[_mm512_setzero_si512(); 4]; R];
             let mut sv = [[_mm512_setzero_si512(); 4]; R];
-            let mut s16 = [_mm256_setzero_si256(); R];
+            let mut ov = [_mm512_setzero_ps(); R];
             let mut d = [0f32; R];
             for r in 0..R {
                 let blk = &*(w.add(r * row_bytes) as *const Q6K).add(b);
                 d[r] = f16_to_f32(blk.d);
-                s16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.scales.as_ptr() as *const _));
-                let s512 = _mm512_zextsi256_si512(s16[r]);
+                let s8 = _mm_loadu_si128(blk.scales.as_ptr() as *const _);
+                let s512 = _mm512_zextsi256_si512(_mm256_cvtepi8_epi16(s8));
+                // 32·d·sc_g against the activation's scaled group sums: the codes' −32 offset.
+                ov[r] = _mm512_mul_ps(
+                    _mm512_set1_ps(32.0 * d[r]),
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)),
+                );
                 for j in 0..4 {
                     sv[r][j] = _mm512_permutexvar_epi16(sidx[j], s512);
                 }
@@ -484,20 +541,19 @@ mod avx512 {
                     _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
                     _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
                 ];
-                let bsums = _mm256_loadu_si256(ab.bsums.as_ptr() as *const _);
+                let sums = _mm512_loadu_ps(sa.add((c * nb + b) * 16));
                 for r in 0..R {
                     let mut isum = _mm512_setzero_si512();
                     for j in 0..4 {
                         let p = _mm512_maddubs_epi16(wq[r][j], y[j]);
                         isum = _mm512_dpwssd_epi32(isum, p, sv[r][j]);
                     }
-                    let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, s16[r]), 5);
-                    isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(offset));
-                    acc[r][c] = _mm512_fmadd_ps(
+                    let a1 = _mm512_fmadd_ps(
                         _mm512_cvtepi32_ps(isum),
                         _mm512_set1_ps(d[r] * ab.d),
                         acc[r][c],
                     );
+                    acc[r][c] = _mm512_fnmadd_ps(ov[r], sums, a1);
                 }
             }
         }
@@ -514,13 +570,14 @@ mod avx512 {
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     //! Never called: [`super::cpu_supported`] is false off x86-64.
-    use super::{Q8K, TILE, WROWS};
+    use super::Q8K;
     pub(super) unsafe fn q4k<const R: usize, const C: usize>(
         _: *const u8,
         _: usize,
         _: *const Q8K,
+        _: *const f32,
         _: usize,
-        _: &mut [[f32; TILE]; WROWS],
+        _: &mut [[f32; C]; R],
     ) {
         unreachable!("AVX-512 kernels called off x86-64")
     }
@@ -528,8 +585,9 @@ mod avx512 {
         _: *const u8,
         _: usize,
         _: *const Q8K,
+        _: *const f32,
         _: usize,
-        _: &mut [[f32; TILE]; WROWS],
+        _: &mut [[f32; C]; R],
     ) {
         unreachable!("AVX-512 kernels called off x86-64")
     }
