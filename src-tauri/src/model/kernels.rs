@@ -168,6 +168,8 @@ pub fn matmul(
         return Err(KernelError::Unsupported);
     }
 
+    // Passes over `k` add their partial sums into `dst`.
+    dst.fill(0.0);
     let act = quantize(lhs, m, k);
     let act: &[Q8K] = &act;
     let sums = block_sums(format, act);
@@ -198,7 +200,9 @@ pub fn matmul(
 
 /// Weight rows per unit of work: their blocks stay in L1/L2 while the whole activation
 /// matrix streams past them once.
-const ROW_GROUP: usize = 16;
+const ROW_GROUP: usize = 32;
+/// Super-blocks per pass: a tile of activation rows over this span of `k` stays in L1.
+const KBLOCKS: usize = 8;
 /// Activation rows per micro-kernel call.
 const TILE: usize = 8;
 /// Weight rows per micro-kernel call.
@@ -269,11 +273,43 @@ unsafe fn run_group(
     dst: *mut f32,
 ) {
     let row_bytes = nb * format.block_bytes();
-    let mut c0 = 0;
-    while c0 < m {
-        let tile = TILE.min(m - c0);
-        let a = act.as_ptr().add(c0 * nb);
-        let sa = sums.as_ptr().add(c0 * nb * 16);
+    for kb in (0..nb).step_by(KBLOCKS) {
+        let count = KBLOCKS.min(nb - kb);
+        for c0 in (0..m).step_by(TILE) {
+            let tile = TILE.min(m - c0);
+            let a = act.as_ptr().add(c0 * nb + kb);
+            let sa = sums.as_ptr().add((c0 * nb + kb) * 16);
+            run_tile(
+                format,
+                rows.clone(),
+                row_bytes,
+                (a, sa),
+                (nb, count, tile),
+                w.add(kb * format.block_bytes()),
+                dst.add(c0 * n),
+                n,
+            );
+        }
+    }
+}
+
+/// One tile of activation rows against the group's weight rows, over `count` blocks.
+///
+/// # Safety
+/// As for [`run_group`], with `a`, `sa` and `w` already offset to the first block.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn run_tile(
+    format: Format,
+    rows: std::ops::Range<usize>,
+    row_bytes: usize,
+    (a, sa): (*const Q8K, *const f32),
+    (nb, count, tile): (usize, usize, usize),
+    w: *const u8,
+    dst: *mut f32,
+    n: usize,
+) {
+    {
         let mut r = rows.start;
         while r < rows.end {
             let wr = if rows.end - r >= WROWS { WROWS } else { 1 };
@@ -284,7 +320,8 @@ unsafe fn run_group(
                 a,
                 sa,
                 nb,
-                dst: dst.add(c0 * n + r),
+                count,
+                dst: dst.add(r),
                 n,
             };
             macro_rules! by_tile {
@@ -308,7 +345,6 @@ unsafe fn run_group(
             }
             r += wr;
         }
-        c0 += tile;
     }
 }
 
@@ -320,6 +356,7 @@ struct Tile {
     a: *const Q8K,
     sa: *const f32,
     nb: usize,
+    count: usize,
     dst: *mut f32,
     n: usize,
 }
@@ -333,16 +370,26 @@ impl Tile {
     unsafe fn run<const R: usize, const C: usize>(&self) {
         let mut out = [[0f32; C]; R];
         match self.format {
-            Format::Q4K => {
-                avx512::q4k::<R, C>(self.w, self.row_bytes, self.a, self.sa, self.nb, &mut out)
-            }
-            Format::Q6K => {
-                avx512::q6k::<R, C>(self.w, self.row_bytes, self.a, self.sa, self.nb, &mut out)
-            }
+            Format::Q4K => avx512::q4k::<R, C>(
+                self.w,
+                self.row_bytes,
+                self.a,
+                self.sa,
+                (self.nb, self.count),
+                &mut out,
+            ),
+            Format::Q6K => avx512::q6k::<R, C>(
+                self.w,
+                self.row_bytes,
+                self.a,
+                self.sa,
+                (self.nb, self.count),
+                &mut out,
+            ),
         }
         for (i, o) in out.iter().enumerate() {
             for (c, v) in o.iter().enumerate() {
-                *self.dst.add(c * self.n + i) = *v;
+                *self.dst.add(c * self.n + i) += *v;
             }
         }
     }
@@ -375,14 +422,30 @@ mod avx512 {
         out
     }
 
-    /// Lane indices that spread 16-bit scale `first + lane / width` over 32 lanes.
+    /// Lane indices that put the right 16-bit scale under each word of
+    /// `_mm512_packs_epi32(x, y)`, whose 128-bit lane `l` holds 4 dwords of `x` (words 0-3)
+    /// then 4 of `y` (words 4-7); `scale(l, from_y)` names the scale for each half-lane.
     #[inline(always)]
-    unsafe fn spread_index(first: i16, width: i16) -> __m512i {
+    unsafe fn pack_index(scale: impl Fn(i16, bool) -> i16) -> __m512i {
         let mut idx = [0i16; 32];
-        for (lane, v) in idx.iter_mut().enumerate() {
-            *v = first + lane as i16 / width;
+        for (i, v) in idx.iter_mut().enumerate() {
+            *v = scale((i / 8) as i16, i % 8 >= 4);
         }
         _mm512_loadu_si512(idx.as_ptr() as *const _)
+    }
+
+    /// `Σ_j scale_j · (codes_j · y_j)`: `vpdpbusd` sums 4 products per dword (at most
+    /// 4·63·128 < 2¹⁵, so packing to words is exact), then one `vpmaddwd` per chunk pair
+    /// applies the sub-block scales.
+    #[inline(always)]
+    unsafe fn scaled_dot(wq: &[__m512i; 4], y: &[__m512i; 4], sv: &[__m512i; 2]) -> __m512i {
+        let z = _mm512_setzero_si512();
+        let d0 = _mm512_dpbusd_epi32(z, wq[0], y[0]);
+        let d1 = _mm512_dpbusd_epi32(z, wq[1], y[1]);
+        let d2 = _mm512_dpbusd_epi32(z, wq[2], y[2]);
+        let d3 = _mm512_dpbusd_epi32(z, wq[3], y[3]);
+        let lo = _mm512_madd_epi16(_mm512_packs_epi32(d0, d1), sv[0]);
+        _mm512_dpwssd_epi32(lo, _mm512_packs_epi32(d2, d3), sv[1])
     }
 
     #[inline(always)]
@@ -397,20 +460,19 @@ mod avx512 {
         row_bytes: usize,
         a: *const Q8K,
         sa: *const f32,
-        nb: usize,
+        (nb, count): (usize, usize),
         out: &mut [[f32; C]; R],
     ) {
         let low = _mm512_set1_epi8(0x0F);
+        // Chunk c covers sub-blocks 2c (128-bit lanes 0-1) and 2c + 1 (lanes 2-3).
         let sidx = [
-            spread_index(0, 16),
-            spread_index(2, 16),
-            spread_index(4, 16),
-            spread_index(6, 16),
+            pack_index(|l, y| 2 * i16::from(y) + l / 2),
+            pack_index(|l, y| 4 + 2 * i16::from(y) + l / 2),
         ];
         let mut acc = [[_mm512_setzero_ps(); C]; R];
-        for b in 0..nb {
+        for b in 0..count {
             let mut wq = [[_mm512_setzero_si512(); 4]; R];
-            let mut sv = [[_mm512_setzero_si512(); 4]; R];
+            let mut sv = [[_mm512_setzero_si512(); 2]; R];
             let mut mv = [_mm512_setzero_ps(); R];
             let mut d = [0f32; R];
             let mut dmin = [0f32; R];
@@ -421,7 +483,7 @@ mod avx512 {
                 let s = q4k_scales(&blk.scales);
                 let s16 = _mm256_cvtepu8_epi16(_mm_loadu_si128(s.as_ptr() as *const _));
                 let s512 = _mm512_zextsi256_si512(s16);
-                for j in 0..4 {
+                for j in 0..2 {
                     sv[r][j] = _mm512_permutexvar_epi16(sidx[j], s512);
                 }
                 // dmin·m_s against the activation's scaled sub-block sums (lanes 8.. are 0 there).
@@ -452,11 +514,7 @@ mod avx512 {
                 ];
                 let sums = _mm512_loadu_ps(sa.add((c * nb + b) * 16));
                 for r in 0..R {
-                    let mut isum = _mm512_setzero_si512();
-                    for j in 0..4 {
-                        let p = _mm512_maddubs_epi16(wq[r][j], y[j]);
-                        isum = _mm512_dpwssd_epi32(isum, p, sv[r][j]);
-                    }
+                    let isum = scaled_dot(&wq[r], &y, &sv[r]);
                     let a1 = _mm512_fmadd_ps(
                         _mm512_cvtepi32_ps(isum),
                         _mm512_set1_ps(d[r] * ab.d),
@@ -480,16 +538,15 @@ mod avx512 {
         row_bytes: usize,
         a: *const Q8K,
         sa: *const f32,
-        nb: usize,
+        (nb, count): (usize, usize),
         out: &mut [[f32; C]; R],
     ) {
         let low = _mm512_set1_epi8(0x0F);
         let top = _mm512_set1_epi8(0x30);
+        // Chunk c covers groups 4c..4c + 4, one per 128-bit lane.
         let sidx = [
-            spread_index(0, 8),
-            spread_index(4, 8),
-            spread_index(8, 8),
-            spread_index(12, 8),
+            pack_index(|l, y| 4 * i16::from(y) + l),
+            pack_index(|l, y| 8 + 4 * i16::from(y) + l),
         ];
         // The high-bit pairs of values 0..32 sit in bits 0-1 of qh, of 32..64 in bits 2-3,
         // of 64..96 in bits 4-5 and of 96..128 in bits 6-7; move each to bits 4-5.
@@ -502,9 +559,9 @@ mod avx512 {
         let left = _mm512_loadu_si512(left.as_ptr() as *const _);
         let right = _mm512_loadu_si512(right.as_ptr() as *const _);
         let mut acc = [[_mm512_setzero_ps(); C]; R];
-        for b in 0..nb {
+        for b in 0..count {
             let mut wq = [[_mm512_setzero_si512(); 4]; R];
-            let mut sv = [[_mm512_setzero_si512(); 4]; R];
+            let mut sv = [[_mm512_setzero_si512(); 2]; R];
             let mut ov = [_mm512_setzero_ps(); R];
             let mut d = [0f32; R];
             for r in 0..R {
@@ -517,7 +574,7 @@ mod avx512 {
                     _mm512_set1_ps(32.0 * d[r]),
                     _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)),
                 );
-                for j in 0..4 {
+                for j in 0..2 {
                     sv[r][j] = _mm512_permutexvar_epi16(sidx[j], s512);
                 }
                 for h in 0..2 {
@@ -543,11 +600,7 @@ mod avx512 {
                 ];
                 let sums = _mm512_loadu_ps(sa.add((c * nb + b) * 16));
                 for r in 0..R {
-                    let mut isum = _mm512_setzero_si512();
-                    for j in 0..4 {
-                        let p = _mm512_maddubs_epi16(wq[r][j], y[j]);
-                        isum = _mm512_dpwssd_epi32(isum, p, sv[r][j]);
-                    }
+                    let isum = scaled_dot(&wq[r], &y, &sv[r]);
                     let a1 = _mm512_fmadd_ps(
                         _mm512_cvtepi32_ps(isum),
                         _mm512_set1_ps(d[r] * ab.d),
@@ -576,7 +629,7 @@ mod avx512 {
         _: usize,
         _: *const Q8K,
         _: *const f32,
-        _: usize,
+        _: (usize, usize),
         _: &mut [[f32; C]; R],
     ) {
         unreachable!("AVX-512 kernels called off x86-64")
@@ -586,7 +639,7 @@ mod avx512 {
         _: usize,
         _: *const Q8K,
         _: *const f32,
-        _: usize,
+        _: (usize, usize),
         _: &mut [[f32; C]; R],
     ) {
         unreachable!("AVX-512 kernels called off x86-64")
