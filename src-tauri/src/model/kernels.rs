@@ -3,8 +3,10 @@
 //! Prefill spends almost all of its time in `x · Wᵀ` with Q4_K and Q6_K weights. candle's
 //! generic path computes one dot product at a time with AVX2, so every weight block is fetched
 //! and unpacked again for every activation row. The kernels here unpack a weight block once
-//! and use it against a tile of activation rows held in L1, with 512-bit `vpmaddubsw`
-//! (unsigned weight codes × signed Q8_K activations) and `vpdpwssd` (the per-sub-block scales).
+//! and use it against a tile of activation rows held in L1, with 512-bit `vpdpbusd`
+//! (unsigned weight codes × signed Q8_K activations) and `vpmaddwd` (the per-sub-block scales).
+//! The weights' offset terms (Q4_K mins, the −32 of Q6_K codes) only need the activation's
+//! per-sub-block sums, so they are one FMA per block against sums computed once per product.
 //!
 //! The activations are quantized to Q8_K with candle's own `BlockQ8K::from_float`, exactly as
 //! candle's path does, so both paths see the same integers and differ only in the order of
@@ -163,7 +165,7 @@ pub fn matmul(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    if (w.as_ptr() as usize) % 2 != 0 {
+    if !(w.as_ptr() as usize).is_multiple_of(2) {
         // GGUF aligns tensor data; a caller with an odd address takes the generic path.
         return Err(KernelError::Unsupported);
     }
@@ -396,6 +398,8 @@ impl Tile {
 }
 
 #[cfg(target_arch = "x86_64")]
+// The micro-kernels index several per-row and per-column register arrays in step.
+#[allow(clippy::needless_range_loop)]
 mod avx512 {
     //! The micro-kernels: `R` weight rows × `C` activation rows over all super-blocks.
 
