@@ -233,16 +233,23 @@ impl Model {
         let group = nh / nkv;
         let q = q.reshape((nkv, group * seq, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores
-                .reshape((nkv, group, seq, kv_len))?
-                .broadcast_add(m)?
-                .reshape((nkv, group * seq, kv_len))?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?; // (nkv, group*seq, hd)
+        // One KV head at a time: a head's rows of the cache are contiguous, so the keys and
+        // values are read in place instead of being copied out of the preallocated buffer.
+        let mut outs = Vec::with_capacity(nkv);
+        for h in 0..nkv {
+            let (kh, vh) = (k.get(h)?, v.get(h)?);
+            let scores = (q.get(h)?.matmul(&kh.t()?)? * scale)?;
+            let scores = match mask {
+                Some(m) => scores
+                    .reshape((group, seq, kv_len))?
+                    .broadcast_add(m)?
+                    .reshape((group * seq, kv_len))?,
+                None => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            outs.push(probs.matmul(&vh)?);
+        }
+        let out = Tensor::stack(&outs, 0)?; // (nkv, group*seq, hd)
         out.reshape((nh, seq, hd))?
             .transpose(0, 1)?
             .reshape((seq, nh * hd))
