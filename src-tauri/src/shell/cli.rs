@@ -19,9 +19,12 @@ pub enum Command {}
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        None => {
-            eprintln!("the desktop app is not built into this binary yet; see --help");
-            ExitCode::from(2)
-        }
+        None => match super::desktop::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -1,3 +1,6 @@
 //! Shells: the ways a user reaches the core (command line; desktop and HTTP come later).
 
 pub mod cli;
+pub mod desktop;
+pub mod html;
+pub mod http;

@@ -1,0 +1,261 @@
+// SmolLM3 Bot glue: sends htmx requests through the desktop bridge when running in the app,
+// streams replies into the page, and handles the keyboard, copy buttons and theme.
+// Everything it shows comes from the app's router as HTML; it never builds markup from text.
+(() => {
+  "use strict";
+
+  const tauri = window.__TAURI__;
+  const desktop = !!(tauri && tauri.core && tauri.event);
+
+  // ---------------------------------------------------------------- transport
+  // In the desktop there is no server: each htmx request becomes one `hx` command, which runs
+  // the same router in-process and returns status, headers and HTML.
+  async function bridgeFetch(action, request) {
+    const u = new URL(action, window.location.href);
+    let body = "";
+    const b = request.body;
+    if (b instanceof URLSearchParams) body = b.toString();
+    else if (b instanceof FormData) body = new URLSearchParams(b).toString();
+    else if (typeof b === "string") body = b;
+    const headers = {};
+    const h = request.headers || {};
+    const entries = h instanceof Headers ? [...h.entries()] : Object.entries(h);
+    for (const [k, v] of entries) headers[k] = String(v);
+    const res = await tauri.core.invoke("hx", {
+      request: { method: (request.method || "GET").toUpperCase(), url: u.pathname + u.search, headers, body },
+    });
+    const noBody = res.status === 204 || res.status === 304;
+    return new Response(noBody ? null : res.body, { status: res.status, headers: res.headers });
+  }
+
+  if (desktop) {
+    document.addEventListener("htmx:config:request", (evt) => {
+      evt.detail.ctx.fetch = bridgeFetch;
+    });
+    tauri.event.listen("chat-stream", (e) => onStream(e.payload));
+  } else {
+    const source = new EventSource("/events");
+    source.addEventListener("chat-stream", (e) => onStream(JSON.parse(e.data)));
+  }
+
+  // ---------------------------------------------------------------- streaming
+  // Deltas append text nodes to the one message being written, so each token costs the same
+  // however long the conversation is. The last event brings the finished message's HTML.
+  const pending = new Map();
+
+  function onStream(p) {
+    const el = document.getElementById("msg-" + p.message_id);
+    if (!el) {
+      // The POST that created the message may not have been swapped in yet.
+      const list = pending.get(p.message_id) || [];
+      if (list.length < 5000) list.push(p);
+      pending.set(p.message_id, list);
+      return;
+    }
+    apply(el, p);
+  }
+
+  function apply(el, p) {
+    const seen = Number(el.dataset.seq || "0");
+    if (p.seq && p.seq <= seen) return;
+    const follow = nearBottom();
+    if (p.type === "done" || p.type === "error") {
+      pending.delete(p.message_id);
+      if (p.html) {
+        el.outerHTML = p.html;
+        const fresh = document.getElementById("msg-" + p.message_id);
+        if (fresh && window.htmx) window.htmx.process(fresh);
+        if (fresh) decorate(fresh);
+      }
+      refreshStreamingState();
+      if (follow) scrollToBottom();
+      return;
+    }
+    el.dataset.seq = String(p.seq);
+    const answer = el.querySelector(".answer");
+    const details = el.querySelector("details.reasoning");
+    if (p.type === "reasoning" && details) {
+      details.hidden = false;
+      if (!answer || answer.textContent.length === 0) details.open = true;
+      details.querySelector(".reasoning-body").appendChild(document.createTextNode(p.text));
+    } else if (p.type === "answer" && answer) {
+      if (details && answer.textContent.length === 0) details.open = false;
+      answer.appendChild(document.createTextNode(p.text));
+    } else if (p.type === "queued") {
+      el.classList.add("queued");
+    } else if (p.type === "started") {
+      el.classList.remove("queued");
+    }
+    if (follow) scrollToBottom();
+  }
+
+  function flushPending() {
+    for (const [id, list] of pending) {
+      const el = document.getElementById("msg-" + id);
+      if (!el) continue;
+      pending.delete(id);
+      for (const p of list) {
+        const cur = document.getElementById("msg-" + id);
+        if (cur) apply(cur, p);
+      }
+    }
+  }
+
+  function messagesBox() {
+    return document.getElementById("messages");
+  }
+
+  function nearBottom() {
+    const m = messagesBox();
+    return !m || m.scrollHeight - m.scrollTop - m.clientHeight < 80;
+  }
+
+  function scrollToBottom() {
+    const m = messagesBox();
+    if (m) m.scrollTop = m.scrollHeight;
+  }
+
+  function refreshStreamingState() {
+    const pane = document.getElementById("chat-pane");
+    if (pane) pane.classList.toggle("is-streaming", !!pane.querySelector(".msg.streaming"));
+  }
+
+  // ---------------------------------------------------------------- after every swap
+  function decorate(root) {
+    for (const pre of root.querySelectorAll(".md pre")) {
+      if (pre.querySelector(".copy-code")) continue;
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "btn small copy-code";
+      b.textContent = "Copy";
+      pre.appendChild(b);
+    }
+  }
+
+  function afterSwap() {
+    const theme = document.getElementById("theme-state");
+    if (theme) document.documentElement.dataset.theme = theme.dataset.theme || "system";
+    const pane = document.getElementById("chat-pane");
+    const current = pane ? pane.dataset.conversationId : undefined;
+    for (const c of document.querySelectorAll(".conv[data-conversation-id]")) {
+      c.classList.toggle("active", c.dataset.conversationId === current);
+    }
+    const m = messagesBox();
+    if (m && m.querySelector(".msg")) {
+      const empty = document.getElementById("empty-state");
+      if (empty) empty.remove();
+    }
+    decorate(document);
+    flushPending();
+    refreshStreamingState();
+  }
+
+  let lastPane = null;
+  document.addEventListener("htmx:after:swap", () => {
+    afterSwap();
+    const pane = document.getElementById("chat-pane");
+    if (pane && pane !== lastPane) {
+      lastPane = pane;
+      scrollToBottom();
+      const prompt = document.getElementById("prompt");
+      if (prompt) prompt.focus();
+    }
+  });
+
+  document.addEventListener("htmx:after:request", (evt) => {
+    const ctx = evt.detail.ctx;
+    const src = ctx && ctx.sourceElement;
+    const ok = ctx && ctx.response && ctx.response.status < 400;
+    if (!src || !ok) return;
+    if (src.id === "composer") {
+      const prompt = document.getElementById("prompt");
+      if (prompt) prompt.value = "";
+      scrollToBottom();
+    }
+    if (src.classList.contains("js-delete")) {
+      const row = src.closest(".conv");
+      const pane = document.getElementById("chat-pane");
+      if (row && pane && row.dataset.conversationId === pane.dataset.conversationId && window.htmx) {
+        window.htmx.ajax("GET", "/empty", { target: "#chat" });
+      }
+    }
+  });
+
+  function showError(text) {
+    const toast = document.getElementById("toast");
+    if (!toast) return;
+    const div = document.createElement("div");
+    div.className = "toast-error";
+    div.setAttribute("role", "alert");
+    div.textContent = text;
+    toast.replaceChildren(div);
+  }
+
+  document.addEventListener("htmx:error", (evt) => {
+    const err = evt.detail && evt.detail.error;
+    showError("Something went wrong: " + (err && err.message ? err.message : String(err || "unknown error")));
+  });
+
+  // ---------------------------------------------------------------- keyboard and clicks
+  document.addEventListener("keydown", (e) => {
+    const t = e.target;
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing && t instanceof HTMLTextAreaElement && t.name === "text") {
+      e.preventDefault();
+      if (t.value.trim() !== "" && t.form) t.form.requestSubmit();
+      return;
+    }
+    if (e.key === "Escape") {
+      const overlay = document.getElementById("overlay");
+      if (overlay && overlay.firstChild) {
+        overlay.replaceChildren();
+        return;
+      }
+      const pane = document.getElementById("chat-pane");
+      const stop = document.getElementById("stop");
+      if (pane && pane.classList.contains("is-streaming") && stop) {
+        e.preventDefault();
+        stop.click();
+      }
+    }
+  });
+
+  async function copyText(text, button) {
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch {
+      const ta = document.createElement("textarea");
+      ta.value = text;
+      document.body.appendChild(ta);
+      ta.select();
+      document.execCommand("copy");
+      ta.remove();
+    }
+    if (button) {
+      const old = button.textContent;
+      button.textContent = "Copied";
+      setTimeout(() => (button.textContent = old), 1200);
+    }
+  }
+
+  document.addEventListener("click", (e) => {
+    const t = e.target instanceof Element ? e.target : null;
+    if (!t) return;
+    const code = t.closest(".copy-code");
+    if (code) {
+      const pre = code.closest("pre");
+      const src = pre && (pre.querySelector("code") || pre);
+      copyText(src ? src.textContent.replace(/Copy$/, "") : "", code);
+      return;
+    }
+    const msgCopy = t.closest(".js-copy-message");
+    if (msgCopy) {
+      const answer = msgCopy.closest(".msg").querySelector(".answer");
+      copyText(answer ? answer.innerText : "", msgCopy);
+      return;
+    }
+    if (t.closest(".js-close-overlay") || t.classList.contains("overlay-backdrop")) {
+      const overlay = document.getElementById("overlay");
+      if (overlay) overlay.replaceChildren();
+    }
+  });
+})();
