@@ -16,17 +16,28 @@ fn app() -> (ChatService, Router) {
     (service.clone(), router(service))
 }
 
-async fn call(app: &Router, method: &str, uri: &str, form: Option<&str>) -> (StatusCode, HeaderMap, String) {
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    form: Option<&str>,
+) -> (StatusCode, HeaderMap, String) {
     let mut req = Request::builder().method(method).uri(uri);
     if form.is_some() {
         req = req.header("content-type", "application/x-www-form-urlencoded");
     }
-    let req = req.body(Body::from(form.unwrap_or("").to_string())).expect("request");
+    let req = req
+        .body(Body::from(form.unwrap_or("").to_string()))
+        .expect("request");
     let resp = app.clone().oneshot(req).await.expect("infallible");
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, headers, String::from_utf8(bytes.to_vec()).expect("utf-8"))
+    (
+        status,
+        headers,
+        String::from_utf8(bytes.to_vec()).expect("utf-8"),
+    )
 }
 
 fn enc(text: &str) -> String {
@@ -43,10 +54,17 @@ fn enc(text: &str) -> String {
 
 /// Extracts the first `id="msg-N"` with class `assistant` from a fragment.
 fn assistant_id(html: &str) -> i64 {
-    let at = html.find("class=\"msg assistant").expect("an assistant message");
+    let at = html
+        .find("class=\"msg assistant")
+        .expect("an assistant message");
     let rest = &html[at..];
     let start = rest.find("id=\"msg-").expect("message id") + 8;
-    rest[start..].split('"').next().expect("id").parse().expect("numeric id")
+    rest[start..]
+        .split('"')
+        .next()
+        .expect("id")
+        .parse()
+        .expect("numeric id")
 }
 
 /// Polls a message until it is no longer streaming (bounded).
@@ -65,8 +83,16 @@ async fn wait_done(app: &Router, id: i64) -> String {
 async fn new_conversation(app: &Router) -> i64 {
     let (status, _, body) = call(app, "POST", "/conversations", None).await;
     assert_eq!(status, StatusCode::OK);
-    let start = body.find("data-conversation-id=\"").expect("conversation id") + 22;
-    body[start..].split('"').next().expect("id").parse().expect("numeric")
+    let start = body
+        .find("data-conversation-id=\"")
+        .expect("conversation id")
+        + 22;
+    body[start..]
+        .split('"')
+        .next()
+        .expect("id")
+        .parse()
+        .expect("numeric")
 }
 
 #[tokio::test]
@@ -74,16 +100,26 @@ async fn full_page_shows_the_empty_state_and_loads_only_local_scripts() {
     let (_, app) = app();
     let (status, headers, body) = call(&app, "GET", "/", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     assert!(body.contains("Start a conversation"));
     assert!(body.contains("No conversations yet"));
     assert!(body.contains("src=\"/assets/vendor/htmx.min.js\""));
     // Every script is a file from this origin: no inline code, nothing remote.
     for part in body.split("<script").skip(1) {
-        assert!(part.starts_with(" src=\"/assets/"), "unexpected script: {part:.60}");
+        assert!(
+            part.starts_with(" src=\"/assets/"),
+            "unexpected script: {part:.60}"
+        );
         assert!(part.contains("></script>"));
     }
-    for asset in ["/assets/app.css", "/assets/app.js", "/assets/vendor/htmx.min.js"] {
+    for asset in [
+        "/assets/app.css",
+        "/assets/app.js",
+        "/assets/vendor/htmx.min.js",
+    ] {
         let (status, _, body) = call(&app, "GET", asset, None).await;
         assert_eq!(status, StatusCode::OK, "{asset}");
         assert!(!body.is_empty());
@@ -94,16 +130,30 @@ async fn full_page_shows_the_empty_state_and_loads_only_local_scripts() {
 async fn quote_streams_into_the_store_and_renders_escaped() {
     let (_, app) = app();
     let text = "/quote hello <script>alert(1)</script> <img src=x onerror=alert(2)> done";
-    let (status, headers, body) = call(&app, "POST", "/messages", Some(&format!("text={}", enc(text)))).await;
+    let (status, headers, body) = call(
+        &app,
+        "POST",
+        "/messages",
+        Some(&format!("text={}", enc(text))),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     // A new conversation replaces the whole chat pane.
     assert_eq!(headers["hx-retarget"], "#chat");
-    assert!(body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "user text escaped");
+    assert!(
+        body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "user text escaped"
+    );
     assert!(!body.contains("<script>alert"));
     assert!(!body.contains("<img src=x"));
     let id = assistant_id(&body);
     let done = wait_done(&app, id).await;
-    assert!(done.contains("hello &lt;script&gt;alert(1)&lt;/script&gt; &lt;img src=x onerror=alert(2)&gt; done"), "{done}");
+    assert!(
+        done.contains(
+            "hello &lt;script&gt;alert(1)&lt;/script&gt; &lt;img src=x onerror=alert(2)&gt; done"
+        ),
+        "{done}"
+    );
     assert!(!done.contains("<script") && !done.contains("<img"));
     assert!(done.contains("tokens"), "stats under the reply: {done}");
     assert!(done.contains("Regenerate"));
@@ -113,13 +163,22 @@ async fn quote_streams_into_the_store_and_renders_escaped() {
 async fn stream_events_carry_deltas_then_the_final_html() {
     let (service, app) = app();
     let mut rx = service.subscribe();
-    let (_, _, body) = call(&app, "POST", "/messages", Some("text=%2Fquote+one+two+three")).await;
+    let (_, _, body) = call(
+        &app,
+        "POST",
+        "/messages",
+        Some("text=%2Fquote+one+two+three"),
+    )
+    .await;
     let id = assistant_id(&body);
     let mut text = String::new();
     let mut last_seq = 0;
     let mut final_html = None;
     for _ in 0..100 {
-        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event in time").expect("open");
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("event in time")
+            .expect("open");
         assert_eq!(ev.message_id, id);
         assert!(ev.seq > last_seq, "sequence numbers grow");
         last_seq = ev.seq;
@@ -146,7 +205,13 @@ async fn stop_cuts_a_reply_short() {
     let app = router(service);
     let c = new_conversation(&app).await;
     let long = "word ".repeat(200);
-    let (_, _, body) = call(&app, "POST", &format!("/conversations/{c}/messages"), Some(&format!("text={}", enc(&format!("/quote {long}"))))).await;
+    let (_, _, body) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some(&format!("text={}", enc(&format!("/quote {long}")))),
+    )
+    .await;
     let id = assistant_id(&body);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, _, _) = call(&app, "POST", &format!("/conversations/{c}/stop"), None).await;
@@ -162,8 +227,20 @@ async fn a_second_message_while_streaming_is_refused_with_a_reason() {
     let service = ChatService::in_memory().with_quote_delay(Duration::from_millis(50));
     let app = router(service);
     let c = new_conversation(&app).await;
-    call(&app, "POST", &format!("/conversations/{c}/messages"), Some("text=%2Fquote")).await;
-    let (status, headers, body) = call(&app, "POST", &format!("/conversations/{c}/messages"), Some("text=hi")).await;
+    call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some("text=%2Fquote"),
+    )
+    .await;
+    let (status, headers, body) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some("text=hi"),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(headers["hx-retarget"], "#toast");
     assert!(body.contains("still being written"));
@@ -174,7 +251,13 @@ async fn a_second_message_while_streaming_is_refused_with_a_reason() {
 async fn without_a_model_a_message_fails_with_a_human_error() {
     let (_, app) = app();
     let c = new_conversation(&app).await;
-    let (_, _, body) = call(&app, "POST", &format!("/conversations/{c}/messages"), Some("text=Hello+there")).await;
+    let (_, _, body) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some("text=Hello+there"),
+    )
+    .await;
     let done = wait_done(&app, assistant_id(&body)).await;
     assert!(done.contains("role=\"alert\""));
     assert!(done.contains("No model is loaded"));
@@ -185,10 +268,25 @@ async fn sidebar_rename_delete_undo_and_search() {
     let (_, app) = app();
     let a = new_conversation(&app).await;
     let b = new_conversation(&app).await;
-    let (_, _, list) = call(&app, "POST", &format!("/conversations/{a}/rename"), Some("title=Rust+%3Cquestions%3E")).await;
+    let (_, _, list) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{a}/rename"),
+        Some("title=Rust+%3Cquestions%3E"),
+    )
+    .await;
     assert!(list.contains("Rust &lt;questions&gt;"));
-    assert!(list.contains(&format!("id=\"chat-title-{a}\"")), "title swaps into an open pane");
-    let (status, headers, _) = call(&app, "POST", &format!("/conversations/{a}/rename"), Some("title=+++")).await;
+    assert!(
+        list.contains(&format!("id=\"chat-title-{a}\"")),
+        "title swaps into an open pane"
+    );
+    let (status, headers, _) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{a}/rename"),
+        Some("title=+++"),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(headers["hx-retarget"], "#toast");
 
@@ -197,9 +295,13 @@ async fn sidebar_rename_delete_undo_and_search() {
     let (_, _, none) = call(&app, "GET", "/conversations?q=zebra", None).await;
     assert!(none.contains("Nothing matches"));
 
-    let (_, _, after_delete) = call(&app, "POST", &format!("/conversations/{a}/delete"), None).await;
+    let (_, _, after_delete) =
+        call(&app, "POST", &format!("/conversations/{a}/delete"), None).await;
     assert!(!after_delete.contains(&format!("conv-{a}\"")));
-    assert!(after_delete.contains(&format!("/conversations/{a}/undo")), "undo offered");
+    assert!(
+        after_delete.contains(&format!("/conversations/{a}/undo")),
+        "undo offered"
+    );
     let (status, _, _) = call(&app, "GET", &format!("/conversations/{a}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, _, restored) = call(&app, "POST", &format!("/conversations/{a}/undo"), None).await;
@@ -210,27 +312,66 @@ async fn sidebar_rename_delete_undo_and_search() {
 async fn slash_commands_toggle_reasoning_and_explain_mistakes() {
     let (service, app) = app();
     let c = new_conversation(&app).await;
-    let (_, headers, body) = call(&app, "POST", &format!("/conversations/{c}/messages"), Some("text=%2Fthink")).await;
+    let (_, headers, body) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some("text=%2Fthink"),
+    )
+    .await;
     assert_eq!(headers["hx-retarget"], "#messages");
     assert!(body.contains("Reasoning is on"));
     assert!(body.contains("name=\"enabled\" checked"));
     assert!(service.conversation(c).unwrap().conversation.thinking);
 
     // With reasoning on, /quote streams reasoning first; the finished reply keeps it collapsed.
-    let (_, _, body) = call(&app, "POST", &format!("/conversations/{c}/messages"), Some("text=%2Fquote")).await;
+    let (_, _, body) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some("text=%2Fquote"),
+    )
+    .await;
     let done = wait_done(&app, assistant_id(&body)).await;
-    assert!(done.contains("<details class=\"reasoning\"><summary>Reasoning</summary>"), "{done}");
+    assert!(
+        done.contains("<details class=\"reasoning\"><summary>Reasoning</summary>"),
+        "{done}"
+    );
 
-    let (_, _, body) = call(&app, "POST", &format!("/conversations/{c}/thinking"), Some("")).await;
+    let (_, _, body) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/thinking"),
+        Some(""),
+    )
+    .await;
     assert!(!body.contains("checked"));
 
-    let (_, _, help) = call(&app, "POST", &format!("/conversations/{c}/messages"), Some("text=%2Fhelp")).await;
+    let (_, _, help) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some("text=%2Fhelp"),
+    )
+    .await;
     assert!(help.contains("/no_think") && help.contains("/quote"));
-    let (status, _, bad) = call(&app, "POST", &format!("/conversations/{c}/messages"), Some("text=%2Fthnik")).await;
+    let (status, _, bad) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some("text=%2Fthnik"),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.contains("Unknown command /thnik") && bad.contains("/help"));
 
-    let (_, _, cleared) = call(&app, "POST", &format!("/conversations/{c}/messages"), Some("text=%2Fclear")).await;
+    let (_, _, cleared) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some("text=%2Fclear"),
+    )
+    .await;
     assert!(cleared.contains("Conversation cleared") && !cleared.contains("class=\"msg "));
 }
 
@@ -238,7 +379,13 @@ async fn slash_commands_toggle_reasoning_and_explain_mistakes() {
 async fn regenerate_and_edit_keep_the_old_branch() {
     let (_, app) = app();
     let c = new_conversation(&app).await;
-    let (_, _, body) = call(&app, "POST", &format!("/conversations/{c}/messages"), Some("text=%2Fquote+first")).await;
+    let (_, _, body) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some("text=%2Fquote+first"),
+    )
+    .await;
     let first = assistant_id(&body);
     wait_done(&app, first).await;
 
@@ -257,7 +404,13 @@ async fn regenerate_and_edit_keep_the_old_branch() {
     };
     let (_, _, form) = call(&app, "GET", &format!("/messages/{user_id}/edit"), None).await;
     assert!(form.contains("/quote first"));
-    let (_, _, edited) = call(&app, "POST", &format!("/messages/{user_id}/edit"), Some("text=%2Fquote+second")).await;
+    let (_, _, edited) = call(
+        &app,
+        "POST",
+        &format!("/messages/{user_id}/edit"),
+        Some("text=%2Fquote+second"),
+    )
+    .await;
     assert!(edited.contains("/quote second") && !edited.contains("/quote first"));
     assert!(edited.contains("2/2"), "edited message has a sibling");
     wait_done(&app, assistant_id(&edited)).await;
@@ -267,13 +420,39 @@ async fn regenerate_and_edit_keep_the_old_branch() {
 async fn settings_validate_and_save() {
     let (service, app) = app();
     let (_, _, panel) = call(&app, "GET", "/settings", None).await;
-    for field in ["system_prompt", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "context_size", "threads", "thinking_default", "thinking_budget", "theme"] {
-        assert!(panel.contains(&format!("name=\"{field}\"")), "{field} in the panel");
+    for field in [
+        "system_prompt",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "max_tokens",
+        "context_size",
+        "threads",
+        "thinking_default",
+        "thinking_budget",
+        "theme",
+    ] {
+        assert!(
+            panel.contains(&format!("name=\"{field}\"")),
+            "{field} in the panel"
+        );
     }
-    let (status, _, bad) = call(&app, "POST", "/settings", Some("temperature=9&top_k=abc&theme=dark")).await;
+    let (status, _, bad) = call(
+        &app,
+        "POST",
+        "/settings",
+        Some("temperature=9&top_k=abc&theme=dark"),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.contains("“abc” is not a number"));
-    assert_eq!(service.settings().theme, smollm3_bot::app::Theme::System, "nothing saved");
+    assert_eq!(
+        service.settings().theme,
+        smollm3_bot::app::Theme::System,
+        "nothing saved"
+    );
     let (status, _, bad) = call(&app, "POST", "/settings", Some("temperature=9&theme=dark")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.contains("must be between 0 and 2"));
@@ -303,13 +482,19 @@ async fn status_bar_reports_engine_and_context() {
 #[tokio::test]
 async fn sse_stream_sends_reply_events() {
     let (_, app) = app();
-    let resp = app.clone().oneshot(Request::get("/events").body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(Request::get("/events").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut body = resp.into_body();
     call(&app, "POST", "/messages", Some("text=%2Fquote+hi")).await;
     let mut seen = String::new();
     for _ in 0..50 {
-        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.expect("frame in time");
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("frame in time");
         let Some(Ok(frame)) = frame else { break };
         if let Some(data) = frame.data_ref() {
             seen.push_str(&String::from_utf8_lossy(data));

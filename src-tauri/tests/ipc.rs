@@ -8,25 +8,38 @@ use serde_json::{json, Value};
 use smollm3_bot::app::ChatService;
 use smollm3_bot::shell::desktop::{configure, install};
 use tauri::ipc::{CallbackFn, InvokeBody};
-use tauri::test::{get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY};
+use tauri::test::{
+    get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY,
+};
 use tauri::webview::InvokeRequest;
 use tauri::{App, Listener, WebviewWindow, WebviewWindowBuilder};
 
 fn setup() -> (App<MockRuntime>, WebviewWindow<MockRuntime>, ChatService) {
     let service = ChatService::in_memory().with_quote_delay(Duration::from_millis(5));
-    let app = configure(mock_builder()).build(mock_context(noop_assets())).expect("app builds");
+    let app = configure(mock_builder())
+        .build(mock_context(noop_assets()))
+        .expect("app builds");
     install(app.handle(), service.clone());
-    let window = WebviewWindowBuilder::new(&app, "main", Default::default()).build().expect("window");
+    let window = WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .expect("window");
     (app, window, service)
 }
 
-fn hx(window: &WebviewWindow<MockRuntime>, method: &str, url: &str, body: &str) -> Result<Value, Value> {
+fn hx(
+    window: &WebviewWindow<MockRuntime>,
+    method: &str,
+    url: &str,
+    body: &str,
+) -> Result<Value, Value> {
     let request = InvokeRequest {
         cmd: "hx".into(),
         callback: CallbackFn(0),
         error: CallbackFn(1),
         url: "http://tauri.localhost".parse().expect("url"),
-        body: InvokeBody::Json(json!({ "request": { "method": method, "url": url, "headers": {}, "body": body } })),
+        body: InvokeBody::Json(
+            json!({ "request": { "method": method, "url": url, "headers": {}, "body": body } }),
+        ),
         headers: Default::default(),
         invoke_key: INVOKE_KEY.to_string(),
     };
@@ -38,12 +51,22 @@ fn hx_round_trips_through_the_router() {
     let (_app, window, service) = setup();
     let page = hx(&window, "GET", "/layout", "").expect("layout");
     assert_eq!(page["status"], 200);
-    assert!(page["headers"]["content-type"].as_str().unwrap().starts_with("text/html"));
-    assert!(page["body"].as_str().unwrap().contains("Start a conversation"));
+    assert!(page["headers"]["content-type"]
+        .as_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page["body"]
+        .as_str()
+        .unwrap()
+        .contains("Start a conversation"));
 
     let created = hx(&window, "POST", "/conversations", "").expect("create");
     assert_eq!(created["status"], 200);
-    assert_eq!(service.conversations(None).len(), 1, "the action reached the service");
+    assert_eq!(
+        service.conversations(None).len(),
+        1,
+        "the action reached the service"
+    );
 
     let missing = hx(&window, "GET", "/conversations/424242", "").expect("a response");
     assert_eq!(missing["status"], 404);
@@ -72,7 +95,9 @@ fn streaming_quote_emits_window_events() {
     let mut answer = String::new();
     let mut done = None;
     for _ in 0..100 {
-        let p = rx.recv_timeout(Duration::from_secs(5)).expect("an event in time");
+        let p = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an event in time");
         match p["type"].as_str().unwrap() {
             "answer" => answer.push_str(p["text"].as_str().unwrap()),
             "done" => {
@@ -85,6 +110,15 @@ fn streaming_quote_emits_window_events() {
     assert_eq!(answer, "alpha beta");
     let done = done.expect("done event");
     let id = done["message_id"].as_i64().unwrap();
-    assert!(done["html"].as_str().unwrap().contains(&format!("id=\"msg-{id}\"")));
-    assert!(sent["body"].as_str().unwrap().contains(&format!("id=\"msg-{id}\"")), "the event names the message the response rendered");
+    assert!(done["html"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("id=\"msg-{id}\"")));
+    assert!(
+        sent["body"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("id=\"msg-{id}\"")),
+        "the event names the message the response rendered"
+    );
 }

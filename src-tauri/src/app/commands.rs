@@ -35,7 +35,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("/no_think", "turn reasoning off for this conversation"),
     ("/clear", "remove every message of this conversation"),
     ("/status", "show the model and engine state"),
-    ("/quote [text]", "stream a quotation (or your text) word by word, without a model"),
+    (
+        "/quote [text]",
+        "stream a quotation (or your text) word by word, without a model",
+    ),
     ("/help", "show this list"),
 ];
 
@@ -84,14 +87,26 @@ mod tests {
     fn commands_parse() {
         assert_eq!(parse("/think"), Some(Ok(SlashCommand::Think)));
         assert_eq!(parse("  /no_think  "), Some(Ok(SlashCommand::NoThink)));
-        assert_eq!(parse("/quote"), Some(Ok(SlashCommand::Quote(String::new()))));
-        assert_eq!(parse("/quote <b>hi</b> there"), Some(Ok(SlashCommand::Quote("<b>hi</b> there".into()))));
+        assert_eq!(
+            parse("/quote"),
+            Some(Ok(SlashCommand::Quote(String::new())))
+        );
+        assert_eq!(
+            parse("/quote <b>hi</b> there"),
+            Some(Ok(SlashCommand::Quote("<b>hi</b> there".into())))
+        );
     }
 
     #[test]
     fn mistakes_are_explained() {
-        assert_eq!(parse("/thnk"), Some(Err(CommandError::Unknown("thnk".into()))));
-        assert_eq!(parse("/clear now"), Some(Err(CommandError::UnexpectedArgument("clear"))));
+        assert_eq!(
+            parse("/thnk"),
+            Some(Err(CommandError::Unknown("thnk".into())))
+        );
+        assert_eq!(
+            parse("/clear now"),
+            Some(Err(CommandError::UnexpectedArgument("clear")))
+        );
         let msg = CommandError::Unknown("x".into()).to_string();
         assert!(msg.contains("/help"));
     }

@@ -34,7 +34,14 @@ pub struct SamplingSettings {
 impl Default for SamplingSettings {
     /// The values SmolLM3's model card recommends.
     fn default() -> Self {
-        Self { temperature: 0.6, top_p: 0.95, top_k: 20, min_p: 0.0, repeat_penalty: 1.0, max_tokens: 2048 }
+        Self {
+            temperature: 0.6,
+            top_p: 0.95,
+            top_k: 20,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            max_tokens: 2048,
+        }
     }
 }
 
@@ -69,8 +76,13 @@ impl JobHandle {
     pub fn failed(message: impl Into<String>) -> Self {
         let (tx, rx) = mpsc::channel(1);
         // A fresh channel with capacity 1 always has room for one event.
-        let _ = tx.try_send(EngineEvent::Error { message: message.into() });
-        Self { events: rx, cancel: Arc::new(AtomicBool::new(false)) }
+        let _ = tx.try_send(EngineEvent::Error {
+            message: message.into(),
+        });
+        Self {
+            events: rx,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
@@ -79,6 +91,9 @@ impl JobHandle {
 pub trait Generator: Send + Sync {
     /// Queues a job and returns at once; events arrive on the handle.
     fn submit(&self, req: GenerateRequest) -> JobHandle;
+
+    /// Drops whatever is cached for a conversation (it was deleted or cleared).
+    fn forget(&self, _conversation_id: i64) {}
 }
 
 /// The generator in place while no model is loaded: every job fails with a clear message.
@@ -90,7 +105,9 @@ pub struct NoModel {
 impl NoModel {
     /// A stand-in that explains why there is no model (`reason` is shown to the user).
     pub fn new(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into() }
+        Self {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -107,12 +124,14 @@ impl Generator for NoModel {
 }
 
 /// The quotation `/quote` streams when given no text of its own.
-pub const DEFAULT_QUOTE: &str = "The most exciting phrase to hear in science, the one that heralds new \
+pub const DEFAULT_QUOTE: &str =
+    "The most exciting phrase to hear in science, the one that heralds new \
 discoveries, is not \"Eureka!\" but \"That's funny...\" — Isaac Asimov";
 
 /// Reasoning text `/quote` streams first when thinking is on, so the reasoning block can be
 /// checked without a model.
-pub const QUOTE_REASONING: &str = "The user asked for a quotation. I will pick one about curiosity.";
+pub const QUOTE_REASONING: &str =
+    "The user asked for a quotation. I will pick one about curiosity.";
 
 /// Streams fixed text word by word, through exactly the events a model reply produces.
 #[derive(Debug, Clone)]
@@ -125,8 +144,15 @@ pub struct Quote {
 impl Quote {
     /// Streams `text` (the built-in quotation when empty).
     pub fn new(text: &str) -> Self {
-        let text = if text.trim().is_empty() { DEFAULT_QUOTE.to_string() } else { text.to_string() };
-        Self { text, word_delay: Duration::from_millis(60) }
+        let text = if text.trim().is_empty() {
+            DEFAULT_QUOTE.to_string()
+        } else {
+            text.to_string()
+        };
+        Self {
+            text,
+            word_delay: Duration::from_millis(60),
+        }
     }
 
     /// Changes the pause between words.
@@ -167,11 +193,18 @@ impl Generator for Quote {
         let text = self.text.clone();
         let delay = self.word_delay;
         let thinking = req.enable_thinking;
-        let prompt_tokens: usize = req.messages.iter().map(|m| words(&m.content).len() + 4).sum();
+        let prompt_tokens: usize = req
+            .messages
+            .iter()
+            .map(|m| words(&m.content).len() + 4)
+            .sum();
         std::thread::spawn(move || {
             let begin = Instant::now();
             let send = |ev: EngineEvent| tx.blocking_send(ev).is_ok();
-            if !send(EngineEvent::Started { prompt_tokens, reused_tokens: 0 }) {
+            if !send(EngineEvent::Started {
+                prompt_tokens,
+                reused_tokens: 0,
+            }) {
                 return;
             }
             let mut pieces: Vec<(bool, &str)> = Vec::new();
@@ -191,7 +224,11 @@ impl Generator for Quote {
                 first_token.get_or_insert_with(|| begin.elapsed());
                 generated += 1;
                 let text = piece.to_string();
-                let ev = if reasoning { EngineEvent::Reasoning { text } } else { EngineEvent::Answer { text } };
+                let ev = if reasoning {
+                    EngineEvent::Reasoning { text }
+                } else {
+                    EngineEvent::Answer { text }
+                };
                 if !send(ev) {
                     return;
                 }
@@ -204,10 +241,17 @@ impl Generator for Quote {
                 generated_tokens: generated,
                 ttft_s: ttft.as_secs_f64(),
                 prefill_tps: 0.0,
-                decode_tps: if decode > 0.0 { generated.saturating_sub(1) as f64 / decode } else { 0.0 },
+                decode_tps: if decode > 0.0 {
+                    generated.saturating_sub(1) as f64 / decode
+                } else {
+                    0.0
+                },
                 finish_reason: finish,
             };
-            send(EngineEvent::Done { stats, token_ids: Vec::new() });
+            send(EngineEvent::Done {
+                stats,
+                token_ids: Vec::new(),
+            });
         });
         JobHandle { events: rx, cancel }
     }
@@ -245,7 +289,11 @@ mod tests {
 
     #[test]
     fn quote_streams_the_text_then_done() {
-        let events = drain(Quote::new("hello <b>world</b> again").with_delay(Duration::ZERO).submit(request(false)));
+        let events = drain(
+            Quote::new("hello <b>world</b> again")
+                .with_delay(Duration::ZERO)
+                .submit(request(false)),
+        );
         assert!(matches!(events[0], EngineEvent::Started { .. }));
         let answer: String = events
             .iter()
@@ -266,18 +314,31 @@ mod tests {
 
     #[test]
     fn quote_reasons_first_when_thinking() {
-        let events = drain(Quote::new("").with_delay(Duration::ZERO).submit(request(true)));
-        let first_delta = events.iter().find(|e| matches!(e, EngineEvent::Reasoning { .. } | EngineEvent::Answer { .. }));
+        let events = drain(
+            Quote::new("")
+                .with_delay(Duration::ZERO)
+                .submit(request(true)),
+        );
+        let first_delta = events.iter().find(|e| {
+            matches!(
+                e,
+                EngineEvent::Reasoning { .. } | EngineEvent::Answer { .. }
+            )
+        });
         assert!(matches!(first_delta, Some(EngineEvent::Reasoning { .. })));
     }
 
     #[test]
     fn cancel_ends_with_cancelled() {
-        let job = Quote::new("").with_delay(Duration::from_millis(5)).submit(request(false));
+        let job = Quote::new("")
+            .with_delay(Duration::from_millis(5))
+            .submit(request(false));
         job.cancel.store(true, Ordering::Relaxed);
         let events = drain(job);
         match events.last() {
-            Some(EngineEvent::Done { stats, .. }) => assert_eq!(stats.finish_reason, FinishReason::Cancelled),
+            Some(EngineEvent::Done { stats, .. }) => {
+                assert_eq!(stats.finish_reason, FinishReason::Cancelled)
+            }
             other => panic!("expected Done, got {other:?}"),
         }
     }
@@ -285,6 +346,8 @@ mod tests {
     #[test]
     fn no_model_fails_with_a_message() {
         let events = drain(NoModel::default().submit(request(false)));
-        assert!(matches!(&events[..], [EngineEvent::Error { message }] if message.contains("No model")));
+        assert!(
+            matches!(&events[..], [EngineEvent::Error { message }] if message.contains("No model"))
+        );
     }
 }

@@ -3,11 +3,14 @@
 //! keeps state of its own.
 
 pub mod commands;
+pub mod engine_adapter;
 pub mod generator;
 pub mod repo;
 pub mod service;
 pub mod settings;
 
 pub use generator::{GenerateRequest, Generator, JobHandle, NoModel, Quote, SamplingSettings};
-pub use service::{ChatService, ConversationView, EngineState, SendOutcome, ServiceError, StreamEvent};
+pub use service::{
+    ChatService, ConversationView, EngineState, SendOutcome, ServiceError, StreamEvent,
+};
 pub use settings::{Settings, Theme};

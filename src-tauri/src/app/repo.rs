@@ -154,7 +154,13 @@ pub fn now_ms() -> i64 {
 impl Repo {
     /// A repository that forgets everything when dropped.
     pub fn in_memory() -> Self {
-        Self { data: Data { next_id: 1, ..Data::default() }, path: None }
+        Self {
+            data: Data {
+                next_id: 1,
+                ..Data::default()
+            },
+            path: None,
+        }
     }
 
     /// Opens the repository saved at `path` (an empty one if the file does not exist yet),
@@ -162,9 +168,16 @@ impl Repo {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let mut data = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Data>(&bytes)
-                .map_err(|source| RepoError::Corrupt { path: path.clone(), source })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data { next_id: 1, ..Data::default() },
+            Ok(bytes) => {
+                serde_json::from_slice::<Data>(&bytes).map_err(|source| RepoError::Corrupt {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data {
+                next_id: 1,
+                ..Data::default()
+            },
             Err(source) => return Err(RepoError::Io { path, source }),
         };
         for m in data.messages.values_mut() {
@@ -173,19 +186,30 @@ impl Repo {
             }
         }
         data.next_id = data.next_id.max(1);
-        Ok(Self { data, path: Some(path) })
+        Ok(Self {
+            data,
+            path: Some(path),
+        })
     }
 
     /// Writes the repository to its file (no-op in memory). Writes a temporary file and renames
     /// it over the old one, so a crash leaves either the old or the new state.
     pub fn save(&self) -> Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
-        let io = |source| RepoError::Io { path: path.clone(), source };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let io = |source| RepoError::Io {
+            path: path.clone(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let tmp = path.with_extension("tmp");
-        let bytes = serde_json::to_vec(&self.data).map_err(|source| RepoError::Corrupt { path: path.clone(), source })?;
+        let bytes = serde_json::to_vec(&self.data).map_err(|source| RepoError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
         std::fs::write(&tmp, bytes).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     }
@@ -207,7 +231,12 @@ impl Repo {
     }
 
     /// Starts a conversation.
-    pub fn create_conversation(&mut self, title: &str, today: &str, thinking: bool) -> Conversation {
+    pub fn create_conversation(
+        &mut self,
+        title: &str,
+        today: &str,
+        thinking: bool,
+    ) -> Conversation {
         let id = self.next_id();
         let now = now_ms();
         let conv = Conversation {
@@ -227,7 +256,10 @@ impl Repo {
     /// Conversations not deleted, newest first; with a query, only those whose title or any
     /// message contains it (case-insensitive).
     pub fn list_conversations(&self, query: Option<&str>) -> Vec<Conversation> {
-        let needle = query.map(str::trim).filter(|q| !q.is_empty()).map(str::to_lowercase);
+        let needle = query
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(str::to_lowercase);
         let mut out: Vec<Conversation> = self
             .data
             .conversations
@@ -237,11 +269,9 @@ impl Repo {
                 None => true,
                 Some(n) => {
                     c.title.to_lowercase().contains(n)
-                        || self
-                            .data
-                            .messages
-                            .values()
-                            .any(|m| m.conversation_id == c.id && m.content.to_lowercase().contains(n))
+                        || self.data.messages.values().any(|m| {
+                            m.conversation_id == c.id && m.content.to_lowercase().contains(n)
+                        })
                 }
             })
             .cloned()
@@ -256,7 +286,10 @@ impl Repo {
             .conversations
             .get(&id)
             .filter(|c| c.deleted_at.is_none())
-            .ok_or(RepoError::NotFound { what: "conversation", id })
+            .ok_or(RepoError::NotFound {
+                what: "conversation",
+                id,
+            })
     }
 
     fn conversation_mut(&mut self, id: i64) -> Result<&mut Conversation> {
@@ -264,7 +297,10 @@ impl Repo {
             .conversations
             .get_mut(&id)
             .filter(|c| c.deleted_at.is_none())
-            .ok_or(RepoError::NotFound { what: "conversation", id })
+            .ok_or(RepoError::NotFound {
+                what: "conversation",
+                id,
+            })
     }
 
     /// Renames a conversation.
@@ -287,7 +323,14 @@ impl Repo {
 
     /// Brings back a deleted conversation.
     pub fn undo_delete(&mut self, id: i64) -> Result<()> {
-        let conv = self.data.conversations.get_mut(&id).ok_or(RepoError::NotFound { what: "conversation", id })?;
+        let conv = self
+            .data
+            .conversations
+            .get_mut(&id)
+            .ok_or(RepoError::NotFound {
+                what: "conversation",
+                id,
+            })?;
         conv.deleted_at = None;
         Ok(())
     }
@@ -333,13 +376,19 @@ impl Repo {
 
     /// A message by id (in a conversation that is not deleted).
     pub fn message(&self, id: i64) -> Result<&Message> {
-        let m = self.data.messages.get(&id).ok_or(RepoError::NotFound { what: "message", id })?;
+        let m = self.data.messages.get(&id).ok_or(RepoError::NotFound {
+            what: "message",
+            id,
+        })?;
         self.conversation(m.conversation_id)?;
         Ok(m)
     }
 
     fn message_mut(&mut self, id: i64) -> Result<&mut Message> {
-        self.data.messages.get_mut(&id).ok_or(RepoError::NotFound { what: "message", id })
+        self.data.messages.get_mut(&id).ok_or(RepoError::NotFound {
+            what: "message",
+            id,
+        })
     }
 
     /// Appends streamed text to a reply.
@@ -375,7 +424,9 @@ impl Repo {
         // Bounded by the number of messages, so a corrupt cycle cannot hang the app.
         for _ in 0..=self.data.messages.len() {
             let Some(id) = cur else { break };
-            let Some(m) = self.data.messages.get(&id) else { break };
+            let Some(m) = self.data.messages.get(&id) else {
+                break;
+            };
             out.push(m.clone());
             cur = m.parent_id;
         }
@@ -390,7 +441,11 @@ impl Repo {
             .data
             .messages
             .values()
-            .filter(|o| o.conversation_id == m.conversation_id && o.parent_id == m.parent_id && o.role == m.role)
+            .filter(|o| {
+                o.conversation_id == m.conversation_id
+                    && o.parent_id == m.parent_id
+                    && o.role == m.role
+            })
             .map(|o| o.id)
             .collect())
     }
@@ -401,7 +456,13 @@ impl Repo {
         let conversation_id = self.message(id)?.conversation_id;
         let mut leaf = id;
         for _ in 0..=self.data.messages.len() {
-            let child = self.data.messages.values().filter(|m| m.parent_id == Some(leaf)).map(|m| m.id).max();
+            let child = self
+                .data
+                .messages
+                .values()
+                .filter(|m| m.parent_id == Some(leaf))
+                .map(|m| m.id)
+                .max();
             match child {
                 Some(c) => leaf = c,
                 None => break,
@@ -420,9 +481,21 @@ mod tests {
     fn branch_follows_the_leaf_and_edits_keep_the_old_branch() {
         let mut r = Repo::in_memory();
         let c = r.create_conversation("t", "2026-01-02", false);
-        let u1 = r.add_message(c.id, None, Role::User, "hi", MessageStatus::Complete).unwrap();
-        let a1 = r.add_message(c.id, Some(u1.id), Role::Assistant, "hello", MessageStatus::Complete).unwrap();
-        let u2 = r.add_message(c.id, None, Role::User, "hi again", MessageStatus::Complete).unwrap();
+        let u1 = r
+            .add_message(c.id, None, Role::User, "hi", MessageStatus::Complete)
+            .unwrap();
+        let a1 = r
+            .add_message(
+                c.id,
+                Some(u1.id),
+                Role::Assistant,
+                "hello",
+                MessageStatus::Complete,
+            )
+            .unwrap();
+        let u2 = r
+            .add_message(c.id, None, Role::User, "hi again", MessageStatus::Complete)
+            .unwrap();
         let ids: Vec<i64> = r.branch(c.id).unwrap().iter().map(|m| m.id).collect();
         assert_eq!(ids, vec![u2.id]);
         assert_eq!(r.siblings(u2.id).unwrap(), vec![u1.id, u2.id]);
@@ -447,8 +520,20 @@ mod tests {
         let mut r = Repo::in_memory();
         let a = r.create_conversation("Rust questions", "2026-01-02", false);
         let b = r.create_conversation("Cooking", "2026-01-02", false);
-        r.add_message(b.id, None, Role::User, "How long to boil an EGG?", MessageStatus::Complete).unwrap();
-        let found = |q| r.list_conversations(Some(q)).iter().map(|c| c.id).collect::<Vec<_>>();
+        r.add_message(
+            b.id,
+            None,
+            Role::User,
+            "How long to boil an EGG?",
+            MessageStatus::Complete,
+        )
+        .unwrap();
+        let found = |q| {
+            r.list_conversations(Some(q))
+                .iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(found("rust"), vec![a.id]);
         assert_eq!(found("egg"), vec![b.id]);
         assert!(found("nothing like this").is_empty());
@@ -460,7 +545,15 @@ mod tests {
         let path = dir.path().join("chats.json");
         let mut r = Repo::open(&path).unwrap();
         let c = r.create_conversation("saved", "2026-01-02", true);
-        let m = r.add_message(c.id, None, Role::Assistant, "partial", MessageStatus::Streaming).unwrap();
+        let m = r
+            .add_message(
+                c.id,
+                None,
+                Role::Assistant,
+                "partial",
+                MessageStatus::Streaming,
+            )
+            .unwrap();
         r.save().unwrap();
         let r2 = Repo::open(&path).unwrap();
         assert_eq!(r2.conversation(c.id).unwrap().title, "saved");

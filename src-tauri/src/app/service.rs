@@ -50,7 +50,9 @@ pub enum ServiceError {
 impl From<RepoError> for ServiceError {
     fn from(e: RepoError) -> Self {
         match e {
-            RepoError::NotFound { what, .. } => ServiceError::NotFound(format!("That {what} no longer exists.")),
+            RepoError::NotFound { what, .. } => {
+                ServiceError::NotFound(format!("That {what} no longer exists."))
+            }
             other => ServiceError::Storage(other.to_string()),
         }
     }
@@ -185,7 +187,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A title from the first words of a message.
 fn title_from(text: &str) -> String {
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or(NEW_TITLE);
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(NEW_TITLE);
     let mut title: String = line.chars().take(48).collect();
     if line.chars().count() > 48 {
         title.push('…');
@@ -199,9 +205,14 @@ impl ChatService {
         let (events, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(State { repo, active: HashMap::new() }),
+                state: Mutex::new(State {
+                    repo,
+                    active: HashMap::new(),
+                }),
                 generator: RwLock::new(Arc::new(NoModel::default())),
-                engine: RwLock::new(EngineState::NoModel { reason: "No model is loaded.".into() }),
+                engine: RwLock::new(EngineState::NoModel {
+                    reason: "No model is loaded.".into(),
+                }),
                 events,
                 quote_delay: Duration::from_millis(60),
             }),
@@ -223,7 +234,9 @@ impl ChatService {
         match Arc::try_unwrap(self.inner) {
             Ok(mut inner) => {
                 inner.quote_delay = delay;
-                Self { inner: Arc::new(inner) }
+                Self {
+                    inner: Arc::new(inner),
+                }
             }
             Err(inner) => Self { inner },
         }
@@ -244,7 +257,11 @@ impl ChatService {
 
     /// Installs the generator new replies use, and the state the status bar shows.
     pub fn set_generator(&self, generator: Arc<dyn Generator>, state: EngineState) {
-        *self.inner.generator.write().unwrap_or_else(|p| p.into_inner()) = generator;
+        *self
+            .inner
+            .generator
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = generator;
         self.set_engine_state(state);
     }
 
@@ -255,7 +272,11 @@ impl ChatService {
 
     /// The engine state.
     pub fn engine_state(&self) -> EngineState {
-        self.inner.engine.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether any reply is being generated.
@@ -291,7 +312,10 @@ impl ChatService {
 
     fn create(st: &mut State) -> Conversation {
         let thinking = st.repo.settings().thinking_default;
-        let today = chrono::Local::now().date_naive().format("%Y-%m-%d").to_string();
+        let today = chrono::Local::now()
+            .date_naive()
+            .format("%Y-%m-%d")
+            .to_string();
         st.repo.create_conversation(NEW_TITLE, &today, thinking)
     }
 
@@ -302,11 +326,22 @@ impl ChatService {
         let mut messages = Vec::new();
         for message in st.repo.branch(id)? {
             let siblings = st.repo.siblings(message.id)?;
-            let pos = siblings.iter().position(|&s| s == message.id).map_or(1, |p| p + 1);
+            let pos = siblings
+                .iter()
+                .position(|&s| s == message.id)
+                .map_or(1, |p| p + 1);
             let seq = st.active.get(&message.id).map_or(0, |a| a.seq);
-            messages.push(MessageView { branch: (pos, siblings.len()), siblings, seq, message });
+            messages.push(MessageView {
+                branch: (pos, siblings.len()),
+                siblings,
+                seq,
+                message,
+            });
         }
-        Ok(ConversationView { conversation, messages })
+        Ok(ConversationView {
+            conversation,
+            messages,
+        })
     }
 
     /// One message with its stream position.
@@ -316,7 +351,12 @@ impl ChatService {
         let siblings = st.repo.siblings(id)?;
         let pos = siblings.iter().position(|&s| s == id).map_or(1, |p| p + 1);
         let seq = st.active.get(&id).map_or(0, |a| a.seq);
-        Ok(MessageView { branch: (pos, siblings.len()), siblings, seq, message })
+        Ok(MessageView {
+            branch: (pos, siblings.len()),
+            siblings,
+            seq,
+            message,
+        })
     }
 
     /// Renames a conversation.
@@ -335,6 +375,7 @@ impl ChatService {
     /// Deletes a conversation (undoable), stopping its reply if one is streaming.
     pub fn delete(&self, id: i64) -> Result<Conversation> {
         self.stop(id);
+        self.current_generator().forget(id);
         let mut st = self.state();
         let conv = st.repo.conversation(id)?.clone();
         st.repo.delete(id)?;
@@ -362,7 +403,11 @@ impl ChatService {
     pub fn stop(&self, conversation_id: i64) -> bool {
         let st = self.state();
         let mut any = false;
-        for a in st.active.values().filter(|a| a.conversation_id == conversation_id) {
+        for a in st
+            .active
+            .values()
+            .filter(|a| a.conversation_id == conversation_id)
+        {
             a.cancel.store(true, Ordering::Relaxed);
             any = true;
         }
@@ -371,7 +416,10 @@ impl ChatService {
 
     /// Whether a reply is streaming in the conversation.
     pub fn is_streaming(&self, conversation_id: i64) -> bool {
-        self.state().active.values().any(|a| a.conversation_id == conversation_id)
+        self.state()
+            .active
+            .values()
+            .any(|a| a.conversation_id == conversation_id)
     }
 
     /// Handles a line from the message box: a slash command, or a message to answer.
@@ -388,7 +436,11 @@ impl ChatService {
         };
         let notice = |st: &State, text: String| -> Result<SendOutcome> {
             Self::save(st)?;
-            Ok(SendOutcome::Notice { conversation: Some(st.repo.conversation(conv.id)?.clone()), created, text })
+            Ok(SendOutcome::Notice {
+                conversation: Some(st.repo.conversation(conv.id)?.clone()),
+                created,
+                text,
+            })
         };
         let generator: Arc<dyn Generator> = match command {
             Some(SlashCommand::Think) => {
@@ -401,9 +453,12 @@ impl ChatService {
             }
             Some(SlashCommand::Clear) => {
                 if st.active.values().any(|a| a.conversation_id == conv.id) {
-                    return Err(ServiceError::Invalid("Stop the reply before clearing the conversation.".into()));
+                    return Err(ServiceError::Invalid(
+                        "Stop the reply before clearing the conversation.".into(),
+                    ));
                 }
                 st.repo.clear(conv.id)?;
+                self.current_generator().forget(conv.id);
                 return notice(&st, "Conversation cleared.".into());
             }
             Some(SlashCommand::Status) => {
@@ -411,22 +466,41 @@ impl ChatService {
                 return notice(&st, text);
             }
             Some(SlashCommand::Help) => {
-                let text = commands::HELP.iter().map(|(c, h)| format!("{c} — {h}")).collect::<Vec<_>>().join("\n");
+                let text = commands::HELP
+                    .iter()
+                    .map(|(c, h)| format!("{c} — {h}"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 return notice(&st, text);
             }
-            Some(SlashCommand::Quote(arg)) => Arc::new(Quote::new(&arg).with_delay(self.inner.quote_delay)),
-            None => self.inner.generator.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            Some(SlashCommand::Quote(arg)) => {
+                Arc::new(Quote::new(&arg).with_delay(self.inner.quote_delay))
+            }
+            None => self.current_generator(),
         };
         if st.active.values().any(|a| a.conversation_id == conv.id) {
-            return Err(ServiceError::Invalid("A reply is still being written. Stop it or wait for it to finish.".into()));
+            return Err(ServiceError::Invalid(
+                "A reply is still being written. Stop it or wait for it to finish.".into(),
+            ));
         }
         let parent = st.repo.conversation(conv.id)?.leaf_id;
-        let user = st.repo.add_message(conv.id, parent, Role::User, text.trim(), MessageStatus::Complete)?;
+        let user = st.repo.add_message(
+            conv.id,
+            parent,
+            Role::User,
+            text.trim(),
+            MessageStatus::Complete,
+        )?;
         if st.repo.conversation(conv.id)?.title == NEW_TITLE {
             st.repo.rename(conv.id, &title_from(text))?;
         }
         let assistant = self.start_reply(&mut st, conv.id, user.id, generator)?;
-        Ok(SendOutcome::Reply { conversation: st.repo.conversation(conv.id)?.clone(), created, user, assistant })
+        Ok(SendOutcome::Reply {
+            conversation: st.repo.conversation(conv.id)?.clone(),
+            created,
+            user,
+            assistant,
+        })
     }
 
     /// Answers the same user message again; the old reply stays as a sibling branch.
@@ -434,13 +508,21 @@ impl ChatService {
         let mut st = self.state();
         let old = st.repo.message(assistant_id)?.clone();
         if old.role != Role::Assistant {
-            return Err(ServiceError::Invalid("Only a reply can be regenerated.".into()));
+            return Err(ServiceError::Invalid(
+                "Only a reply can be regenerated.".into(),
+            ));
         }
         let Some(parent) = old.parent_id else {
             return Err(ServiceError::Invalid("This reply answers nothing.".into()));
         };
-        if st.active.values().any(|a| a.conversation_id == old.conversation_id) {
-            return Err(ServiceError::Invalid("A reply is still being written. Stop it first.".into()));
+        if st
+            .active
+            .values()
+            .any(|a| a.conversation_id == old.conversation_id)
+        {
+            return Err(ServiceError::Invalid(
+                "A reply is still being written. Stop it first.".into(),
+            ));
         }
         let question = st.repo.message(parent)?.content.clone();
         let generator = self.generator_for(&question);
@@ -456,14 +538,27 @@ impl ChatService {
         let mut st = self.state();
         let old = st.repo.message(user_id)?.clone();
         if old.role != Role::User {
-            return Err(ServiceError::Invalid("Only your own messages can be edited.".into()));
+            return Err(ServiceError::Invalid(
+                "Only your own messages can be edited.".into(),
+            ));
         }
-        if st.active.values().any(|a| a.conversation_id == old.conversation_id) {
-            return Err(ServiceError::Invalid("A reply is still being written. Stop it first.".into()));
+        if st
+            .active
+            .values()
+            .any(|a| a.conversation_id == old.conversation_id)
+        {
+            return Err(ServiceError::Invalid(
+                "A reply is still being written. Stop it first.".into(),
+            ));
         }
         let generator = self.generator_for(text);
-        let user =
-            st.repo.add_message(old.conversation_id, old.parent_id, Role::User, text.trim(), MessageStatus::Complete)?;
+        let user = st.repo.add_message(
+            old.conversation_id,
+            old.parent_id,
+            Role::User,
+            text.trim(),
+            MessageStatus::Complete,
+        )?;
         let assistant = self.start_reply(&mut st, old.conversation_id, user.id, generator)?;
         Ok((user, assistant))
     }
@@ -473,7 +568,9 @@ impl ChatService {
         let mut st = self.state();
         let conv = st.repo.message(id)?.conversation_id;
         if st.active.values().any(|a| a.conversation_id == conv) {
-            return Err(ServiceError::Invalid("Wait for the reply to finish before switching branches.".into()));
+            return Err(ServiceError::Invalid(
+                "Wait for the reply to finish before switching branches.".into(),
+            ));
         }
         st.repo.select_branch(id)?;
         Self::save(&st)?;
@@ -482,27 +579,47 @@ impl ChatService {
 
     fn generator_for(&self, text: &str) -> Arc<dyn Generator> {
         match commands::parse(text) {
-            Some(Ok(SlashCommand::Quote(arg))) => Arc::new(Quote::new(&arg).with_delay(self.inner.quote_delay)),
-            _ => self.inner.generator.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            Some(Ok(SlashCommand::Quote(arg))) => {
+                Arc::new(Quote::new(&arg).with_delay(self.inner.quote_delay))
+            }
+            _ => self.current_generator(),
         }
+    }
+
+    fn current_generator(&self) -> Arc<dyn Generator> {
+        self.inner
+            .generator
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Tokens used by the last reply of the branch on screen, if any.
     pub fn context_used(&self, conversation_id: i64) -> Option<usize> {
         let st = self.state();
         let branch = st.repo.branch(conversation_id).ok()?;
-        branch.iter().rev().find_map(|m| m.stats.as_ref()).map(|s| s.prompt_tokens + s.generated_tokens)
+        branch
+            .iter()
+            .rev()
+            .find_map(|m| m.stats.as_ref())
+            .map(|s| s.prompt_tokens + s.generated_tokens)
     }
 
     fn status_line(&self, st: &State, conversation_id: i64) -> String {
         let engine = match self.engine_state() {
             EngineState::NoModel { reason } => reason,
-            EngineState::Loading { model, progress } => format!("Loading {model} ({:.0}%).", progress * 100.0),
+            EngineState::Loading { model, progress } => {
+                format!("Loading {model} ({:.0}%).", progress * 100.0)
+            }
             EngineState::Ready { model } => format!("Model {model} is ready."),
             EngineState::Failed { message } => format!("The model failed to load: {message}"),
         };
         let s = st.repo.settings();
-        let thinking = st.repo.conversation(conversation_id).map(|c| c.thinking).unwrap_or(false);
+        let thinking = st
+            .repo
+            .conversation(conversation_id)
+            .map(|c| c.thinking)
+            .unwrap_or(false);
         format!(
             "{engine}\nContext size {} tokens; replies generating: {}.\nReasoning is {} in this conversation.",
             s.context_size,
@@ -526,14 +643,27 @@ impl ChatService {
             messages.push(ChatMessage::new("system", settings.system_prompt.trim()));
         }
         for m in st.repo.branch(conversation_id)? {
-            if m.role == Role::Assistant && (m.status == MessageStatus::Error || m.content.is_empty()) {
+            if m.role == Role::Assistant
+                && (m.status == MessageStatus::Error || m.content.is_empty())
+            {
                 continue;
             }
-            messages.push(ChatMessage { role: m.role.as_str().into(), content: m.content, token_ids: m.token_ids });
+            messages.push(ChatMessage {
+                role: m.role.as_str().into(),
+                content: m.content,
+                token_ids: m.token_ids,
+            });
         }
-        let assistant = st.repo.add_message(conversation_id, Some(user_id), Role::Assistant, "", MessageStatus::Streaming)?;
+        let assistant = st.repo.add_message(
+            conversation_id,
+            Some(user_id),
+            Role::Assistant,
+            "",
+            MessageStatus::Streaming,
+        )?;
         Self::save(st)?;
-        let today = NaiveDate::parse_from_str(&conv.today, "%Y-%m-%d").unwrap_or_else(|_| chrono::Local::now().date_naive());
+        let today = NaiveDate::parse_from_str(&conv.today, "%Y-%m-%d")
+            .unwrap_or_else(|_| chrono::Local::now().date_naive());
         let req = GenerateRequest {
             conversation_id,
             messages,
@@ -543,7 +673,14 @@ impl ChatService {
             thinking_budget: (settings.thinking_budget > 0).then_some(settings.thinking_budget),
         };
         let job = generator.submit(req);
-        st.active.insert(assistant.id, Active { conversation_id, cancel: job.cancel.clone(), seq: 0 });
+        st.active.insert(
+            assistant.id,
+            Active {
+                conversation_id,
+                cancel: job.cancel.clone(),
+                seq: 0,
+            },
+        );
         let this = self.clone();
         let message_id = assistant.id;
         tokio::spawn(async move { this.pump(conversation_id, message_id, job.events).await });
@@ -551,7 +688,12 @@ impl ChatService {
     }
 
     /// Moves a job's events into the repository and out to subscribers, in that order.
-    async fn pump(&self, conversation_id: i64, message_id: i64, mut events: tokio::sync::mpsc::Receiver<EngineEvent>) {
+    async fn pump(
+        &self,
+        conversation_id: i64,
+        message_id: i64,
+        mut events: tokio::sync::mpsc::Receiver<EngineEvent>,
+    ) {
         let mut last_save = Instant::now();
         let mut ended = false;
         while let Some(event) = events.recv().await {
@@ -589,17 +731,31 @@ impl ChatService {
                 st.active.remove(&message_id);
             }
             // Nobody listening is fine: the text is saved and views render it from there.
-            let _ = self.inner.events.send(StreamEvent { conversation_id, message_id, seq, event });
+            let _ = self.inner.events.send(StreamEvent {
+                conversation_id,
+                message_id,
+                seq,
+                event,
+            });
             if ended {
                 return;
             }
         }
         let message = "The engine stopped before finishing the reply.".to_string();
         let mut st = self.state();
-        if let Err(e) = st.repo.fail(message_id, &message).and_then(|_| st.repo.save()) {
+        if let Err(e) = st
+            .repo
+            .fail(message_id, &message)
+            .and_then(|_| st.repo.save())
+        {
             tracing::warn!(error = %e, "saving the failed reply failed");
         }
         let seq = st.active.remove(&message_id).map_or(0, |a| a.seq + 1);
-        let _ = self.inner.events.send(StreamEvent { conversation_id, message_id, seq, event: EngineEvent::Error { message } });
+        let _ = self.inner.events.send(StreamEvent {
+            conversation_id,
+            message_id,
+            seq,
+            event: EngineEvent::Error { message },
+        });
     }
 }

@@ -97,19 +97,58 @@ impl Settings {
         let mut bad = Vec::new();
         let mut check = |ok: bool, field: &'static str, message: &str| {
             if !ok {
-                bad.push(InvalidSetting { field, message: message.to_string() });
+                bad.push(InvalidSetting {
+                    field,
+                    message: message.to_string(),
+                });
             }
         };
         let s = &self.sampling;
-        check((0.0..=2.0).contains(&s.temperature), "temperature", "must be between 0 and 2");
-        check(s.top_p > 0.0 && s.top_p <= 1.0, "top_p", "must be above 0 and at most 1");
-        check(s.top_k <= 1000, "top_k", "must be at most 1000 (0 turns it off)");
-        check((0.0..1.0).contains(&s.min_p), "min_p", "must be at least 0 and below 1");
-        check((0.5..=2.0).contains(&s.repeat_penalty), "repeat_penalty", "must be between 0.5 and 2");
-        check(s.max_tokens >= 1 && s.max_tokens <= self.context_size, "max_tokens", "must be at least 1 and fit in the context size");
-        check((512..=MAX_CONTEXT).contains(&self.context_size), "context_size", "must be between 512 and 131072");
-        check(self.threads <= 256, "threads", "must be at most 256 (0 uses every core)");
-        check(self.thinking_budget <= self.context_size, "thinking_budget", "must fit in the context size (0 means no limit)");
+        check(
+            (0.0..=2.0).contains(&s.temperature),
+            "temperature",
+            "must be between 0 and 2",
+        );
+        check(
+            s.top_p > 0.0 && s.top_p <= 1.0,
+            "top_p",
+            "must be above 0 and at most 1",
+        );
+        check(
+            s.top_k <= 1000,
+            "top_k",
+            "must be at most 1000 (0 turns it off)",
+        );
+        check(
+            (0.0..1.0).contains(&s.min_p),
+            "min_p",
+            "must be at least 0 and below 1",
+        );
+        check(
+            (0.5..=2.0).contains(&s.repeat_penalty),
+            "repeat_penalty",
+            "must be between 0.5 and 2",
+        );
+        check(
+            s.max_tokens >= 1 && s.max_tokens <= self.context_size,
+            "max_tokens",
+            "must be at least 1 and fit in the context size",
+        );
+        check(
+            (512..=MAX_CONTEXT).contains(&self.context_size),
+            "context_size",
+            "must be between 512 and 131072",
+        );
+        check(
+            self.threads <= 256,
+            "threads",
+            "must be at most 256 (0 uses every core)",
+        );
+        check(
+            self.thinking_budget <= self.context_size,
+            "thinking_budget",
+            "must fit in the context size (0 means no limit)",
+        );
         if bad.is_empty() {
             Ok(())
         } else {

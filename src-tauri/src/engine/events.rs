@@ -19,7 +19,11 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message from text alone.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into(), token_ids: None }
+        Self {
+            role: role.into(),
+            content: content.into(),
+            token_ids: None,
+        }
     }
 }
 

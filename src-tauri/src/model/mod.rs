@@ -1,1 +1,13 @@
 //! SmolLM3 on candle: GGUF loading (memory-mapped), configuration, the NoPE decoder and its KV cache.
+
+pub mod config;
+pub mod gguf;
+pub mod kv_cache;
+pub mod smollm3;
+pub mod synth;
+pub mod weights;
+
+pub use config::Config;
+pub use gguf::{GgufError, GgufFile};
+pub use kv_cache::KvCache;
+pub use smollm3::{Logits, Model};

@@ -1,11 +1,16 @@
 //! The headless command line (`smollm3-bot <subcommand>`), built with clap.
 
+use super::{model_cmds, text_cmds};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Command-line arguments.
 #[derive(Parser, Debug)]
-#[command(name = "smollm3-bot", version, about = "Chat with SmolLM3-3B on your own machine")]
+#[command(
+    name = "smollm3-bot",
+    version,
+    about = "Chat with SmolLM3-3B on your own machine"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -13,18 +18,53 @@ pub struct Cli {
 
 /// Subcommands; with none the desktop app opens.
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Write a synthetic SmolLM3 GGUF (random weights, real layout, working tokenizer).
+    Synth(model_cmds::SynthArgs),
+    /// Describe a GGUF file: metadata, tensors, types, memory needs, NoPE layers.
+    Inspect(model_cmds::InspectArgs),
+    /// Print the model's logits for a token sequence as JSON.
+    Logits(model_cmds::LogitsArgs),
+    /// Continue a prompt or token sequence (raw completion, no chat template).
+    Generate(model_cmds::GenerateArgs),
+    /// Print the prompt a conversation renders to with the chat template.
+    Render(text_cmds::RenderArgs),
+}
 
 /// Entry point shared by the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        None => match super::desktop::run() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+    init_tracing();
+    let result = match cli.command {
+        None => super::desktop::run(),
+        Some(Command::Synth(a)) => model_cmds::synth(a),
+        Some(Command::Inspect(a)) => model_cmds::inspect(a),
+        Some(Command::Logits(a)) => model_cmds::logits(a),
+        Some(Command::Generate(a)) => model_cmds::generate(a),
+        Some(Command::Render(a)) => text_cmds::render(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (warnings by default).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Sets the matmul thread count; must run before the first model computation.
+pub fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads.filter(|&n| n > 0) {
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
 }

@@ -17,7 +17,7 @@ use tower::ServiceExt;
 
 use super::http::{self, STREAM_EVENT};
 use crate::app::service::{ChatService, EngineState};
-use crate::app::Generator;
+use crate::app::{Generator, Settings};
 
 /// Environment variable naming the folder for the app's data (overrides the platform default).
 pub const DATA_DIR_ENV: &str = "SMOLLM3_BOT_DATA_DIR";
@@ -59,7 +59,9 @@ pub struct Bridge {
 impl Bridge {
     /// A bridge over the router of `service`.
     pub fn new(service: ChatService) -> Self {
-        Self { router: http::router(service) }
+        Self {
+            router: http::router(service),
+        }
     }
 
     /// Runs one request through the router in-process.
@@ -67,9 +69,13 @@ impl Bridge {
         let path = req.url.split('?').next().unwrap_or_default();
         if path == "/events" {
             // An endless body would never return; the desktop streams through Tauri events.
-            anyhow::bail!("/events is served to browsers only; the desktop receives replies as events");
+            anyhow::bail!(
+                "/events is served to browsers only; the desktop receives replies as events"
+            );
         }
-        let mut builder = axum::http::Request::builder().method(req.method.as_str()).uri(&req.url);
+        let mut builder = axum::http::Request::builder()
+            .method(req.method.as_str())
+            .uri(&req.url);
         let mut has_type = false;
         for (k, v) in &req.headers {
             has_type |= k.eq_ignore_ascii_case("content-type");
@@ -78,7 +84,9 @@ impl Bridge {
         if !has_type && !req.body.is_empty() {
             builder = builder.header("content-type", "application/x-www-form-urlencoded");
         }
-        let request = builder.body(Body::from(req.body)).context("the request from the page is malformed")?;
+        let request = builder
+            .body(Body::from(req.body))
+            .context("the request from the page is malformed")?;
         let response = match self.router.clone().oneshot(request).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -89,8 +97,17 @@ impl Bridge {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        let bytes = response.into_body().collect().await.context("reading the router's response failed")?.to_bytes();
-        Ok(HxResponse { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() })
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the router's response failed")?
+            .to_bytes();
+        Ok(HxResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        })
     }
 }
 
@@ -100,7 +117,10 @@ pub mod commands {
 
     /// Runs an htmx request through the app's router and returns the response.
     #[tauri::command]
-    pub async fn hx(bridge: tauri::State<'_, Bridge>, request: HxRequest) -> Result<HxResponse, String> {
+    pub async fn hx(
+        bridge: tauri::State<'_, Bridge>,
+        request: HxRequest,
+    ) -> Result<HxResponse, String> {
         bridge.call(request).await.map_err(|e| format!("{e:#}"))
     }
 }
@@ -125,7 +145,9 @@ pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
                     }
                 }
                 // The final event carries the whole message, so skipped deltas heal.
-                Err(RecvError::Lagged(n)) => tracing::debug!(skipped = n, "window fell behind the stream"),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!(skipped = n, "window fell behind the stream")
+                }
                 Err(RecvError::Closed) => break,
             }
         }
@@ -137,25 +159,18 @@ fn data_dir<R: Runtime>(app: &AppHandle<R>) -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    app.path().app_data_dir().context("no data folder is known for this platform")
+    app.path()
+        .app_data_dir()
+        .context("no data folder is known for this platform")
 }
 
 /// Loads a model into a generator, reporting progress from 0.0 to 1.0.
-pub type ModelLoader =
-    fn(model: &Path, tokenizer: Option<&Path>, progress: &dyn Fn(f32)) -> anyhow::Result<Arc<dyn Generator>>;
-
-/// The loader of this build: checks the file is a GGUF model; running it needs the inference
-/// engine, which this build does not include yet.
-fn check_model(model: &Path, _tokenizer: Option<&Path>, progress: &dyn Fn(f32)) -> anyhow::Result<Arc<dyn Generator>> {
-    use std::io::Read as _;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(model)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .with_context(|| format!("cannot read {}", model.display()))?;
-    anyhow::ensure!(&magic == b"GGUF", "{} is not a GGUF model file", model.display());
-    progress(1.0);
-    anyhow::bail!("this build has no inference engine; /quote still works")
-}
+pub type ModelLoader = fn(
+    model: &Path,
+    tokenizer: Option<&Path>,
+    settings: &Settings,
+    progress: &dyn Fn(f32),
+) -> anyhow::Result<Arc<dyn Generator>>;
 
 /// Where the model comes from: `MODEL_PATH`/`TOKENIZER_PATH`, else the settings.
 fn model_paths(service: &ChatService) -> (Option<PathBuf>, Option<PathBuf>) {
@@ -166,7 +181,10 @@ fn model_paths(service: &ChatService) -> (Option<PathBuf>, Option<PathBuf>) {
             .map(PathBuf::from)
             .or_else(|| (!setting.trim().is_empty()).then(|| PathBuf::from(setting.trim())))
     };
-    (pick("MODEL_PATH", &settings.model_path), pick("TOKENIZER_PATH", &settings.tokenizer_path))
+    (
+        pick("MODEL_PATH", &settings.model_path),
+        pick("TOKENIZER_PATH", &settings.tokenizer_path),
+    )
 }
 
 /// Loads the model on a background thread so the window is usable at once; the status bar
@@ -179,15 +197,29 @@ pub fn load_model_in_background(service: ChatService, loader: ModelLoader) {
         });
         return;
     };
-    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    service.set_engine_state(EngineState::Loading { model: name.clone(), progress: 0.0 });
+    let name = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    service.set_engine_state(EngineState::Loading {
+        model: name.clone(),
+        progress: 0.0,
+    });
     std::thread::spawn(move || {
-        let report = |p: f32| service.set_engine_state(EngineState::Loading { model: name.clone(), progress: p });
-        match loader(&model, tokenizer.as_deref(), &report) {
+        let report = |p: f32| {
+            service.set_engine_state(EngineState::Loading {
+                model: name.clone(),
+                progress: p,
+            })
+        };
+        let settings = service.settings();
+        match loader(&model, tokenizer.as_deref(), &settings, &report) {
             Ok(generator) => service.set_generator(generator, EngineState::Ready { model: name }),
             Err(e) => {
                 tracing::warn!(error = %e, "model not loaded");
-                service.set_engine_state(EngineState::Failed { message: format!("{e:#}") });
+                service.set_engine_state(EngineState::Failed {
+                    message: format!("{e:#}"),
+                });
             }
         }
     });
@@ -196,16 +228,19 @@ pub fn load_model_in_background(service: ChatService, loader: ModelLoader) {
 /// Opens the desktop window and runs until it is closed.
 pub fn run() -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .try_init();
     configure(tauri::Builder::default())
         .setup(|app| {
             let dir = data_dir(app.handle())?;
             let file = dir.join(DATA_FILE);
-            let service = ChatService::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+            let service = ChatService::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
             tracing::info!(data = %file.display(), "chat data");
             install(app.handle(), service.clone());
-            load_model_in_background(service, check_model);
+            load_model_in_background(service, crate::app::engine_adapter::load);
             Ok(())
         })
         .run(tauri::generate_context!())

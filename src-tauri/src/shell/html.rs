@@ -124,7 +124,10 @@ pub fn undo_toast(c: &Conversation) -> String {
 
 fn composer(conversation_id: Option<i64>) -> String {
     let (action, stop) = match conversation_id {
-        Some(id) => (format!("/conversations/{id}/messages"), format!("/conversations/{id}/stop")),
+        Some(id) => (
+            format!("/conversations/{id}/messages"),
+            format!("/conversations/{id}/stop"),
+        ),
         None => ("/messages".to_string(), String::new()),
     };
     let stop_button = if stop.is_empty() {
@@ -209,11 +212,13 @@ fn branch_nav(m: &MessageView) -> String {
     }
     let prev = m.siblings.get(pos.wrapping_sub(2)).copied();
     let next = m.siblings.get(pos).copied();
-    let link = |target: Option<i64>, label: &str, name: &str| match target {
+    let link = |target: Option<i64>, label: &str, name: &str| {
+        match target {
         Some(id) => format!(
             "<button type=\"button\" class=\"btn icon small\" hx-post=\"/messages/{id}/select\" hx-target=\"#messages\" aria-label=\"{name}\">{label}</button>"
         ),
         None => format!("<button type=\"button\" class=\"btn icon small\" disabled aria-label=\"{name}\">{label}</button>"),
+    }
     };
     format!(
         "<span class=\"branch-nav\">{}<span class=\"muted\">{pos}/{total}</span>{}</span>",
@@ -224,7 +229,9 @@ fn branch_nav(m: &MessageView) -> String {
 
 /// Figures under a reply: tokens, speed, time to first token, why it ended.
 pub fn stats_line(m: &Message) -> String {
-    let Some(s) = &m.stats else { return String::new() };
+    let Some(s) = &m.stats else {
+        return String::new();
+    };
     let mut parts = vec![format!("{} tokens", s.generated_tokens)];
     if s.decode_tps > 0.0 {
         parts.push(format!("{:.1} tok/s", s.decode_tps));
@@ -276,7 +283,10 @@ fn assistant_message(m: &MessageView) -> String {
         )
     };
     let answer = if streaming {
-        format!("<div class=\"answer live plain\">{}</div>", esc(&msg.content))
+        format!(
+            "<div class=\"answer live plain\">{}</div>",
+            esc(&msg.content)
+        )
     } else {
         format!("<div class=\"answer md\">{}</div>", markdown(&msg.content))
     };
@@ -285,7 +295,9 @@ fn assistant_message(m: &MessageView) -> String {
             "<div class=\"error\" role=\"alert\">{}</div>",
             esc(msg.error.as_deref().unwrap_or("The reply failed."))
         ),
-        MessageStatus::Interrupted => "<div class=\"error\">The app closed before this reply finished.</div>".into(),
+        MessageStatus::Interrupted => {
+            "<div class=\"error\">The app closed before this reply finished.</div>".into()
+        }
         _ => String::new(),
     };
     let actions = if streaming {
@@ -328,14 +340,26 @@ pub fn notice(text: &str) -> String {
 
 /// A human error message, shown in the toast area.
 pub fn error_toast(text: &str) -> String {
-    format!("<div class=\"toast-error\" role=\"alert\">{}</div>", esc(text))
+    format!(
+        "<div class=\"toast-error\" role=\"alert\">{}</div>",
+        esc(text)
+    )
 }
 
 /// The status bar: model, context used, engine state; it refreshes itself every two seconds.
-pub fn status_bar(engine: &EngineState, busy: bool, conversation: Option<i64>, used: Option<usize>, context: usize) -> String {
+pub fn status_bar(
+    engine: &EngineState,
+    busy: bool,
+    conversation: Option<i64>,
+    used: Option<usize>,
+    context: usize,
+) -> String {
     let (class, model) = match engine {
         EngineState::NoModel { .. } => ("off", "No model".to_string()),
-        EngineState::Loading { model, progress } => ("loading", format!("Loading {model} {:.0}%", progress * 100.0)),
+        EngineState::Loading { model, progress } => (
+            "loading",
+            format!("Loading {model} {:.0}%", progress * 100.0),
+        ),
         EngineState::Ready { model } => ("ready", model.clone()),
         EngineState::Failed { .. } => ("failed", "Model failed to load".to_string()),
     };
@@ -357,9 +381,25 @@ pub fn status_bar(engine: &EngineState, busy: bool, conversation: Option<i64>, u
 }
 
 fn field(label: &str, name: &str, input: String, errors: &[InvalidSetting], help: &str) -> String {
-    let err = errors.iter().find(|e| e.field == name).map(|e| format!("<span class=\"field-error\" role=\"alert\">{}</span>", esc(&e.message))).unwrap_or_default();
-    let help = if help.is_empty() { String::new() } else { format!("<span class=\"muted help\">{}</span>", esc(help)) };
-    format!("<label class=\"field\" for=\"set-{name}\"><span>{label}</span>{input}{help}{err}</label>", label = esc(label))
+    let err = errors
+        .iter()
+        .find(|e| e.field == name)
+        .map(|e| {
+            format!(
+                "<span class=\"field-error\" role=\"alert\">{}</span>",
+                esc(&e.message)
+            )
+        })
+        .unwrap_or_default();
+    let help = if help.is_empty() {
+        String::new()
+    } else {
+        format!("<span class=\"muted help\">{}</span>", esc(help))
+    };
+    format!(
+        "<label class=\"field\" for=\"set-{name}\"><span>{label}</span>{input}{help}{err}</label>",
+        label = esc(label)
+    )
 }
 
 fn number(name: &str, value: String, step: &str) -> String {
@@ -424,7 +464,10 @@ mod tests {
 
     #[test]
     fn esc_neutralises_markup_and_quotes() {
-        assert_eq!(esc("<img src=x onerror=\"a('b')\">&"), "&lt;img src=x onerror=&quot;a(&#39;b&#39;)&quot;&gt;&amp;");
+        assert_eq!(
+            esc("<img src=x onerror=\"a('b')\">&"),
+            "&lt;img src=x onerror=&quot;a(&#39;b&#39;)&quot;&gt;&amp;"
+        );
     }
 
     #[test]

@@ -83,18 +83,34 @@ type Result<T, E = UiError> = std::result::Result<T, E>;
 
 /// Tells htmx to put the response somewhere else than the element asked for.
 fn retarget(resp: &mut Response, target: &'static str, swap: &'static str) {
-    resp.headers_mut().insert("HX-Retarget", HeaderValue::from_static(target));
-    resp.headers_mut().insert("HX-Reswap", HeaderValue::from_static(swap));
+    resp.headers_mut()
+        .insert("HX-Retarget", HeaderValue::from_static(target));
+    resp.headers_mut()
+        .insert("HX-Reswap", HeaderValue::from_static(swap));
 }
 
 async fn not_found() -> Response {
-    UiError(ServiceError::NotFound("There is nothing at this address.".into())).into_response()
+    UiError(ServiceError::NotFound(
+        "There is nothing at this address.".into(),
+    ))
+    .into_response()
 }
 
 fn layout_html(s: &ChatService) -> String {
     let settings = s.settings();
-    let status = html::status_bar(&s.engine_state(), s.busy(), None, None, settings.context_size);
-    html::layout(&s.conversations(None), &html::empty_chat(), &status, settings.theme)
+    let status = html::status_bar(
+        &s.engine_state(),
+        s.busy(),
+        None,
+        None,
+        settings.context_size,
+    );
+    html::layout(
+        &s.conversations(None),
+        &html::empty_chat(),
+        &status,
+        settings.theme,
+    )
 }
 
 async fn index(State(s): State<ChatService>) -> Html<String> {
@@ -110,19 +126,35 @@ async fn empty() -> Html<String> {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn css() -> Response {
-    asset("text/css; charset=utf-8", include_str!("../../../ui/app.css"))
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../../../ui/app.css"),
+    )
 }
 
 async fn js() -> Response {
-    asset("text/javascript; charset=utf-8", include_str!("../../../ui/app.js"))
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../../ui/app.js"),
+    )
 }
 
 async fn htmx() -> Response {
-    asset("text/javascript; charset=utf-8", include_str!("../../../ui/vendor/htmx.min.js"))
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../../ui/vendor/htmx.min.js"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -134,7 +166,10 @@ struct SearchQuery {
 async fn list(State(s): State<ChatService>, Query(q): Query<SearchQuery>) -> Html<String> {
     let found = s.conversations(Some(&q.q));
     if found.is_empty() && !q.q.trim().is_empty() {
-        return Html(format!("<p class=\"muted empty-list\">Nothing matches “{}”.</p>", html::esc(q.q.trim())));
+        return Html(format!(
+            "<p class=\"muted empty-list\">Nothing matches “{}”.</p>",
+            html::esc(q.q.trim())
+        ));
     }
     Html(html::conversation_list(&found, None))
 }
@@ -142,11 +177,17 @@ async fn list(State(s): State<ChatService>, Query(q): Query<SearchQuery>) -> Htm
 fn chat_with_sidebar(s: &ChatService, id: i64, extra: &str) -> Result<String> {
     let view = s.conversation(id)?;
     let settings = s.settings();
-    let status =
-        html::status_bar(&s.engine_state(), s.busy(), Some(id), s.context_used(id), settings.context_size).replace(
-            "<footer id=\"statusbar\"",
-            "<footer id=\"statusbar\" hx-swap-oob=\"true\"",
-        );
+    let status = html::status_bar(
+        &s.engine_state(),
+        s.busy(),
+        Some(id),
+        s.context_used(id),
+        settings.context_size,
+    )
+    .replace(
+        "<footer id=\"statusbar\"",
+        "<footer id=\"statusbar\" hx-swap-oob=\"true\"",
+    );
     let list = html::conversation_list(&s.conversations(None), None);
     Ok(format!(
         "{}<nav id=\"conversation-list\" class=\"conversation-list\" hx-swap-oob=\"true\">{list}</nav>{status}",
@@ -174,20 +215,34 @@ struct TitleForm {
     title: String,
 }
 
-async fn rename(State(s): State<ChatService>, Path(id): Path<i64>, Form(f): Form<TitleForm>) -> Result<Html<String>> {
+async fn rename(
+    State(s): State<ChatService>,
+    Path(id): Path<i64>,
+    Form(f): Form<TitleForm>,
+) -> Result<Html<String>> {
     let c = s.rename(id, &f.title)?;
     // The title swaps in only where this conversation is open.
-    Ok(Html(format!("{}{}", html::conversation_list(&s.conversations(None), None), html::chat_title(&c, true))))
+    Ok(Html(format!(
+        "{}{}",
+        html::conversation_list(&s.conversations(None), None),
+        html::chat_title(&c, true)
+    )))
 }
 
 async fn delete(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
     let c = s.delete(id)?;
-    Ok(Html(html::conversation_list(&s.conversations(None), Some(&html::undo_toast(&c)))))
+    Ok(Html(html::conversation_list(
+        &s.conversations(None),
+        Some(&html::undo_toast(&c)),
+    )))
 }
 
 async fn undo(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
     s.undo_delete(id)?;
-    Ok(Html(html::conversation_list(&s.conversations(None), Some(""))))
+    Ok(Html(html::conversation_list(
+        &s.conversations(None),
+        Some(""),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -195,7 +250,11 @@ struct ThinkingForm {
     enabled: Option<String>,
 }
 
-async fn thinking(State(s): State<ChatService>, Path(id): Path<i64>, Form(f): Form<ThinkingForm>) -> Result<Html<String>> {
+async fn thinking(
+    State(s): State<ChatService>,
+    Path(id): Path<i64>,
+    Form(f): Form<ThinkingForm>,
+) -> Result<Html<String>> {
     let c = s.set_thinking(id, f.enabled.is_some())?;
     Ok(Html(html::chat_head(&c, false)))
 }
@@ -206,7 +265,11 @@ struct TextForm {
     text: String,
 }
 
-async fn send_in(State(s): State<ChatService>, Path(id): Path<i64>, Form(f): Form<TextForm>) -> Result<Response> {
+async fn send_in(
+    State(s): State<ChatService>,
+    Path(id): Path<i64>,
+    Form(f): Form<TextForm>,
+) -> Result<Response> {
     let outcome = s.send(Some(id), &f.text)?;
     sent(&s, outcome)
 }
@@ -226,12 +289,21 @@ fn sent(s: &ChatService, outcome: SendOutcome) -> Result<Response> {
         )
     };
     match outcome {
-        SendOutcome::Reply { conversation, created: true, .. } => {
+        SendOutcome::Reply {
+            conversation,
+            created: true,
+            ..
+        } => {
             let mut resp = Html(chat_with_sidebar(s, conversation.id, "")?).into_response();
             retarget(&mut resp, "#chat", "innerHTML");
             Ok(resp)
         }
-        SendOutcome::Reply { conversation, created: false, user, assistant } => {
+        SendOutcome::Reply {
+            conversation,
+            created: false,
+            user,
+            assistant,
+        } => {
             let body = format!(
                 "{}{}{}{}",
                 html::message(&s.message(user.id)?),
@@ -241,19 +313,33 @@ fn sent(s: &ChatService, outcome: SendOutcome) -> Result<Response> {
             );
             Ok(Html(body).into_response())
         }
-        SendOutcome::Notice { conversation: Some(c), created, text } => {
+        SendOutcome::Notice {
+            conversation: Some(c),
+            created,
+            text,
+        } => {
             if created {
-                let mut resp = Html(chat_with_sidebar(s, c.id, &html::notice(&text))?).into_response();
+                let mut resp =
+                    Html(chat_with_sidebar(s, c.id, &html::notice(&text))?).into_response();
                 retarget(&mut resp, "#chat", "innerHTML");
                 return Ok(resp);
             }
             let view = s.conversation(c.id)?;
-            let body = format!("{}{}{}", html::messages(&view), html::notice(&text), html::chat_head(&c, true));
+            let body = format!(
+                "{}{}{}",
+                html::messages(&view),
+                html::notice(&text),
+                html::chat_head(&c, true)
+            );
             let mut resp = Html(body).into_response();
             retarget(&mut resp, "#messages", "innerHTML");
             Ok(resp)
         }
-        SendOutcome::Notice { conversation: None, text, .. } => Ok(Html(html::notice(&text)).into_response()),
+        SendOutcome::Notice {
+            conversation: None,
+            text,
+            ..
+        } => Ok(Html(html::notice(&text)).into_response()),
     }
 }
 
@@ -272,10 +358,18 @@ async fn edit_form(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<
 
 fn messages_of(s: &ChatService, conversation_id: i64) -> Result<Html<String>> {
     let view = s.conversation(conversation_id)?;
-    Ok(Html(format!("{}{}", html::messages(&view), html::chat_head(&view.conversation, true))))
+    Ok(Html(format!(
+        "{}{}",
+        html::messages(&view),
+        html::chat_head(&view.conversation, true)
+    )))
 }
 
-async fn edit(State(s): State<ChatService>, Path(id): Path<i64>, Form(f): Form<TextForm>) -> Result<Html<String>> {
+async fn edit(
+    State(s): State<ChatService>,
+    Path(id): Path<i64>,
+    Form(f): Form<TextForm>,
+) -> Result<Html<String>> {
     let (user, _) = s.edit(id, &f.text)?;
     messages_of(&s, user.conversation_id)
 }
@@ -294,16 +388,27 @@ async fn settings(State(s): State<ChatService>) -> Html<String> {
     Html(html::settings_panel(&s.settings(), &[], false))
 }
 
-fn parse_field<T: FromStr>(form: &HashMap<String, String>, name: &'static str, into: &mut T, bad: &mut Vec<InvalidSetting>) {
+fn parse_field<T: FromStr>(
+    form: &HashMap<String, String>,
+    name: &'static str,
+    into: &mut T,
+    bad: &mut Vec<InvalidSetting>,
+) {
     let Some(raw) = form.get(name) else { return };
     match raw.trim().parse() {
         Ok(v) => *into = v,
-        Err(_) => bad.push(InvalidSetting { field: name, message: format!("“{}” is not a number", raw.trim()) }),
+        Err(_) => bad.push(InvalidSetting {
+            field: name,
+            message: format!("“{}” is not a number", raw.trim()),
+        }),
     }
 }
 
 /// Reads the settings form over the current settings; fields left out keep their value.
-fn settings_from_form(current: &Settings, form: &HashMap<String, String>) -> (Settings, Vec<InvalidSetting>) {
+fn settings_from_form(
+    current: &Settings,
+    form: &HashMap<String, String>,
+) -> (Settings, Vec<InvalidSetting>) {
     let mut s = current.clone();
     let mut bad = Vec::new();
     if let Some(p) = form.get("system_prompt") {
@@ -313,7 +418,12 @@ fn settings_from_form(current: &Settings, form: &HashMap<String, String>) -> (Se
     parse_field(form, "top_p", &mut s.sampling.top_p, &mut bad);
     parse_field(form, "top_k", &mut s.sampling.top_k, &mut bad);
     parse_field(form, "min_p", &mut s.sampling.min_p, &mut bad);
-    parse_field(form, "repeat_penalty", &mut s.sampling.repeat_penalty, &mut bad);
+    parse_field(
+        form,
+        "repeat_penalty",
+        &mut s.sampling.repeat_penalty,
+        &mut bad,
+    );
     parse_field(form, "max_tokens", &mut s.sampling.max_tokens, &mut bad);
     parse_field(form, "context_size", &mut s.context_size, &mut bad);
     parse_field(form, "threads", &mut s.threads, &mut bad);
@@ -325,7 +435,10 @@ fn settings_from_form(current: &Settings, form: &HashMap<String, String>) -> (Se
     if let Some(t) = form.get("theme") {
         match Theme::parse(t) {
             Some(t) => s.theme = t,
-            None => bad.push(InvalidSetting { field: "theme", message: "choose one of the listed themes".into() }),
+            None => bad.push(InvalidSetting {
+                field: "theme",
+                message: "choose one of the listed themes".into(),
+            }),
         }
     }
     if let Some(p) = form.get("model_path") {
@@ -337,7 +450,10 @@ fn settings_from_form(current: &Settings, form: &HashMap<String, String>) -> (Se
     (s, bad)
 }
 
-async fn save_settings(State(s): State<ChatService>, Form(form): Form<HashMap<String, String>>) -> Result<Response> {
+async fn save_settings(
+    State(s): State<ChatService>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response> {
     let (new, mut bad) = settings_from_form(&s.settings(), &form);
     if bad.is_empty() {
         match s.update_settings(new.clone()) {
@@ -346,7 +462,11 @@ async fn save_settings(State(s): State<ChatService>, Form(form): Form<HashMap<St
             Err(e) => return Err(e.into()),
         }
     }
-    Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(html::settings_panel(&new, &bad, false))).into_response())
+    Ok((
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Html(html::settings_panel(&new, &bad, false)),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -356,7 +476,13 @@ struct StatusQuery {
 
 async fn status(State(s): State<ChatService>, Query(q): Query<StatusQuery>) -> Html<String> {
     let used = q.c.and_then(|c| s.context_used(c));
-    Html(html::status_bar(&s.engine_state(), s.busy(), q.c, used, s.settings().context_size))
+    Html(html::status_bar(
+        &s.engine_state(),
+        s.busy(),
+        q.c,
+        used,
+        s.settings().context_size,
+    ))
 }
 
 /// The JSON a client receives for one stream event, over SSE or as a Tauri event: the delta
@@ -387,7 +513,10 @@ pub fn stream_payload(s: &ChatService, ev: &StreamEvent) -> serde_json::Value {
             v
         }
     };
-    if matches!(ev.event, EngineEvent::Done { .. } | EngineEvent::Error { .. }) {
+    if matches!(
+        ev.event,
+        EngineEvent::Done { .. } | EngineEvent::Error { .. }
+    ) {
         if let Ok(m) = s.message(ev.message_id) {
             v["html"] = json!(html::message(&m));
         }
@@ -395,7 +524,9 @@ pub fn stream_payload(s: &ChatService, ev: &StreamEvent) -> serde_json::Value {
     v
 }
 
-async fn events(State(s): State<ChatService>) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
+async fn events(
+    State(s): State<ChatService>,
+) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
     let rx = s.subscribe();
     let stream = futures_util::stream::unfold((rx, s), |(mut rx, s)| async move {
         loop {

@@ -4,3 +4,5 @@ pub mod cli;
 pub mod desktop;
 pub mod html;
 pub mod http;
+pub mod model_cmds;
+pub mod text_cmds;

@@ -1,0 +1,85 @@
+//! Opening a model file: GGUF map, validated configuration, weights, tokenizer and template.
+
+use crate::model::{GgufFile, Model};
+use crate::text::tokenizer::{self, SpecialTokens};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tokenizers::Tokenizer;
+
+/// Everything needed to run a chat on one model file.
+pub struct LoadedModel {
+    /// The mapped file (weights point into it).
+    pub gguf: GgufFile,
+    /// The decoder.
+    pub model: Model,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// End-of-turn and thinking tokens.
+    pub specials: SpecialTokens,
+    /// Seconds spent loading.
+    pub load_s: f64,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("path", &self.gguf.path())
+            .field("load_s", &self.load_s)
+            .finish()
+    }
+}
+
+/// The `tokenizer.json` to use: the given one, else one lying beside the model, else none
+/// (the GGUF's own vocabulary is used).
+pub fn tokenizer_path(model: &Path, given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = given {
+        return Some(p.to_path_buf());
+    }
+    let beside = model.with_file_name("tokenizer.json");
+    beside.exists().then_some(beside)
+}
+
+impl LoadedModel {
+    /// Maps, validates and prepares a model; `tokenizer_json` overrides the GGUF's vocabulary.
+    pub fn open(path: &Path, tokenizer_json: Option<&Path>) -> anyhow::Result<Self> {
+        let t0 = Instant::now();
+        let gguf =
+            GgufFile::open(path).with_context(|| format!("cannot load {}", path.display()))?;
+        let model =
+            Model::load(&gguf).with_context(|| format!("cannot load {}", path.display()))?;
+        let tok_path = tokenizer_path(path, tokenizer_json);
+        let tokenizer = tokenizer::load(&gguf, tok_path.as_deref())?;
+        if tokenizer.get_vocab_size(true) > model.config().vocab {
+            anyhow::bail!(
+                "the tokenizer has {} tokens but the model only {}; is it the right tokenizer?",
+                tokenizer.get_vocab_size(true),
+                model.config().vocab
+            );
+        }
+        let specials = tokenizer::special_tokens(&gguf, &tokenizer);
+        Ok(Self {
+            gguf,
+            model,
+            tokenizer,
+            specials,
+            load_s: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The chat template stored in the GGUF, if any.
+    pub fn gguf_chat_template(&self) -> Option<&str> {
+        self.gguf.get_str("tokenizer.chat_template")
+    }
+}
+
+/// Checks that a file is a usable SmolLM3 model (used before importing or offering a file).
+pub fn validate_file(path: &Path) -> anyhow::Result<()> {
+    let gguf = GgufFile::open(path)?;
+    Model::load(&gguf)?;
+    if tokenizer_path(path, None).is_none() {
+        tokenizer::from_gguf(&gguf)
+            .context("the file has no usable tokenizer and no tokenizer.json lies beside it")?;
+    }
+    Ok(())
+}

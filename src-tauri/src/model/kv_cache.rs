@@ -1,0 +1,154 @@
+//! The key/value cache: one preallocated buffer per layer, the token ids it covers, and
+//! truncation to any position, so a new chat turn recomputes only what changed.
+
+use super::config::Config;
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Keys and values of every layer for a sequence of tokens.
+///
+/// Buffers are laid out `(kv_heads, capacity, head_dim)` and written in place; when a turn
+/// outgrows them the capacity doubles (bounded by `max_len`), so appending is amortised
+/// linear, never quadratic.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    tokens: Vec<u32>,
+    capacity: usize,
+    max_len: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    dtype: DType,
+}
+
+/// The smallest capacity allocated, in tokens.
+const MIN_CAPACITY: usize = 256;
+
+impl KvCache {
+    /// An empty cache for `cfg` holding up to `max_len` tokens with elements of `dtype`
+    /// (F32, or F16 to halve its memory).
+    pub fn new(cfg: &Config, max_len: usize, dtype: DType) -> Self {
+        Self {
+            layers: vec![None; cfg.n_layer],
+            tokens: Vec::new(),
+            capacity: 0,
+            max_len,
+            n_kv_head: cfg.n_kv_head,
+            head_dim: cfg.head_dim,
+            dtype,
+        }
+    }
+
+    /// Tokens whose keys and values are stored.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The token ids covered, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The most tokens this cache may hold.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Element type of the stored keys and values.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes currently allocated.
+    pub fn allocated_bytes(&self) -> usize {
+        self.layers.iter().flatten().count()
+            * 2
+            * self.n_kv_head
+            * self.capacity
+            * self.head_dim
+            * self.dtype.size_in_bytes()
+    }
+
+    /// Forgets everything after the first `n` tokens (keeps the buffers).
+    pub fn truncate(&mut self, n: usize) {
+        self.tokens.truncate(n);
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+    }
+
+    /// Length of the longest common prefix of the cached tokens and `tokens`.
+    pub fn common_prefix(&self, tokens: &[u32]) -> usize {
+        self.tokens
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
+    /// Makes room for `extra` more tokens; errors when that would exceed `max_len`.
+    pub(crate) fn reserve(&mut self, extra: usize) -> Result<()> {
+        let needed = self.len() + extra;
+        if needed > self.max_len {
+            candle_core::bail!(
+                "the context is full: {needed} tokens needed, the limit is {}",
+                self.max_len
+            );
+        }
+        if needed <= self.capacity {
+            return Ok(());
+        }
+        let new_cap = needed
+            .max(self.capacity * 2)
+            .max(MIN_CAPACITY)
+            .min(self.max_len);
+        let keep = self.len();
+        for slot in self.layers.iter_mut() {
+            let fresh = |old: Option<&Tensor>| -> Result<Tensor> {
+                let t = Tensor::zeros(
+                    (self.n_kv_head, new_cap, self.head_dim),
+                    self.dtype,
+                    &Device::Cpu,
+                )?;
+                if let Some(old) = old {
+                    if keep > 0 {
+                        t.slice_set(&old.narrow(1, 0, keep)?.contiguous()?, 1, 0)?;
+                    }
+                }
+                Ok(t)
+            };
+            let (k, v) = match slot.as_ref() {
+                Some((k, v)) => (fresh(Some(k))?, fresh(Some(v))?),
+                None => (fresh(None)?, fresh(None)?),
+            };
+            *slot = Some((k, v));
+        }
+        self.capacity = new_cap;
+        Ok(())
+    }
+
+    /// Stores layer `il`'s keys and values `(kv_heads, seq, head_dim)` at the current end and
+    /// returns views of all keys and values so far. Call [`KvCache::reserve`] first and
+    /// [`KvCache::commit`] once every layer is done.
+    pub(crate) fn append(&mut self, il: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let pos = self.len();
+        let seq = k.dim(1)?;
+        let (ck, cv) = self.layers[il]
+            .as_ref()
+            .expect("reserve() allocates every layer");
+        ck.slice_set(&k.to_dtype(self.dtype)?.contiguous()?, 1, pos)?;
+        cv.slice_set(&v.to_dtype(self.dtype)?.contiguous()?, 1, pos)?;
+        Ok((ck.narrow(1, 0, pos + seq)?, cv.narrow(1, 0, pos + seq)?))
+    }
+
+    /// Records that `tokens` were appended to every layer.
+    pub(crate) fn commit(&mut self, tokens: &[u32]) {
+        self.tokens.extend_from_slice(tokens);
+    }
+}

@@ -1,0 +1,262 @@
+//! The SmolLM3 decoder: a Llama-style transformer (RMSNorm, grouped-query attention, SwiGLU)
+//! whose every fourth layer uses no positional encoding at all (NoPE; see doc/nope.md).
+//!
+//! Reads top to bottom like llama.cpp's `smollm3.cpp`: embed → for each layer
+//! `x += attn(norm(x))`, `x += mlp(norm(x))` → norm → tied output projection.
+
+use super::config::Config;
+use super::gguf::{GgufError, GgufFile};
+use super::kv_cache::KvCache;
+use super::weights::{vector_f32, QWeight};
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// SwiGLU feed-forward block.
+#[derive(Debug)]
+struct Mlp {
+    gate: QWeight,
+    up: QWeight,
+    down: QWeight,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate.matmul(x)?)?;
+        let up = self.up.matmul(x)?;
+        self.down.matmul(&(gate * up)?)
+    }
+}
+
+/// One decoder layer.
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Tensor,
+    wq: QWeight,
+    wk: QWeight,
+    wv: QWeight,
+    wo: QWeight,
+    ffn_norm: Tensor,
+    mlp: Mlp,
+    /// False on NoPE layers.
+    use_rope: bool,
+}
+
+/// Rotary tables for a run of positions.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &Config, start: usize, len: usize) -> Result<Self> {
+        let half = cfg.rope_dim / 2;
+        let inv: Vec<f64> = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.rope_dim as f64))
+            .collect();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for p in start..start + len {
+            for f in &inv {
+                // Angles in f64 so that positions in the tens of thousands keep their precision.
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (len, half), &Device::Cpu)?,
+            sin: Tensor::from_vec(sin, (len, half), &Device::Cpu)?,
+        })
+    }
+
+    /// Rotates adjacent pairs (ggml's "normal" RoPE, which GGUF Llama-family weights expect)
+    /// of the first `rope_dim` dimensions of `x` (heads, seq, head_dim).
+    fn apply(&self, x: &Tensor, rope_dim: usize) -> Result<Tensor> {
+        let head_dim = x.dim(D::Minus1)?;
+        if rope_dim == head_dim {
+            return candle_nn::rotary_emb::rope_i(
+                &x.unsqueeze(0)?.contiguous()?,
+                &self.cos,
+                &self.sin,
+            )?
+            .squeeze(0);
+        }
+        let rot = x
+            .narrow(D::Minus1, 0, rope_dim)?
+            .unsqueeze(0)?
+            .contiguous()?;
+        let rot = candle_nn::rotary_emb::rope_i(&rot, &self.cos, &self.sin)?.squeeze(0)?;
+        Tensor::cat(
+            &[rot, x.narrow(D::Minus1, rope_dim, head_dim - rope_dim)?],
+            D::Minus1,
+        )
+    }
+}
+
+/// Which positions a forward pass returns logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position of the input (teacher forcing, tests).
+    All,
+}
+
+/// A loaded SmolLM3 model. Weights stay in the memory-mapped file.
+#[derive(Debug)]
+pub struct Model {
+    cfg: Config,
+    embd: QWeight,
+    layers: Vec<Layer>,
+    out_norm: Tensor,
+    lm_head: QWeight,
+}
+
+impl Model {
+    /// Builds the model from an open GGUF, validating every tensor's presence, shape and type.
+    pub fn load(g: &GgufFile) -> std::result::Result<Self, GgufError> {
+        let cfg = Config::from_gguf(g)?;
+        Self::load_with_config(g, cfg)
+    }
+
+    /// Like [`Model::load`] with a configuration the caller may have adjusted (e.g. the NoPE
+    /// interval, for experiments).
+    pub fn load_with_config(g: &GgufFile, cfg: Config) -> std::result::Result<Self, GgufError> {
+        cfg.validate_tensors(g)?;
+        let w = |name: &str| -> std::result::Result<QWeight, GgufError> {
+            let info = g
+                .tensor(name)
+                .ok_or_else(|| GgufError::MissingTensor(name.into()))?;
+            QWeight::from_gguf(g, info)
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for il in 0..cfg.n_layer {
+            let p = |n: &str| format!("blk.{il}.{n}.weight");
+            layers.push(Layer {
+                attn_norm: vector_f32(g, &p("attn_norm"))?,
+                wq: w(&p("attn_q"))?,
+                wk: w(&p("attn_k"))?,
+                wv: w(&p("attn_v"))?,
+                wo: w(&p("attn_output"))?,
+                ffn_norm: vector_f32(g, &p("ffn_norm"))?,
+                mlp: Mlp {
+                    gate: w(&p("ffn_gate"))?,
+                    up: w(&p("ffn_up"))?,
+                    down: w(&p("ffn_down"))?,
+                },
+                use_rope: cfg.uses_rope(il),
+            });
+        }
+        let embd = w("token_embd.weight")?;
+        // SmolLM3 ties the output projection to the embedding; use an explicit head if present.
+        let lm_head = if g.tensor("output.weight").is_some() {
+            w("output.weight")?
+        } else {
+            embd.clone()
+        };
+        Ok(Self {
+            out_norm: vector_f32(g, "output_norm.weight")?,
+            cfg,
+            embd,
+            layers,
+            lm_head,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// A fresh cache for this model.
+    pub fn new_cache(&self, max_len: usize, dtype: DType) -> KvCache {
+        KvCache::new(&self.cfg, max_len.min(self.cfg.context_length), dtype)
+    }
+
+    /// Runs `tokens` after what `cache` holds, appends them to the cache, and returns logits
+    /// `(vocab,)` for the last position or `(tokens, vocab)` for all.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Tensor> {
+        if tokens.is_empty() {
+            candle_core::bail!("forward called with no tokens");
+        }
+        let cfg = &self.cfg;
+        let (seq, pos) = (tokens.len(), cache.len());
+        cache.reserve(seq)?;
+        let rope = Rope::new(cfg, pos, seq)?;
+        let mask = causal_mask(seq, pos)?;
+        let mut x = self.embd.rows_f32(tokens)?;
+        for (il, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
+            let attn = self.attention(il, layer, &h, cache, &rope, mask.as_ref())?;
+            x = (x + layer.wo.matmul(&attn)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
+            x = (x + layer.mlp.forward(&h)?)?;
+        }
+        cache.commit(tokens);
+        let x = match which {
+            Logits::Last => x.narrow(0, seq - 1, 1)?,
+            Logits::All => x,
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.out_norm, cfg.rms_eps as f32)?;
+        let logits = self.lm_head.matmul(&x)?;
+        match which {
+            Logits::Last => logits.squeeze(0),
+            Logits::All => Ok(logits),
+        }
+    }
+
+    /// Grouped-query attention over the cache; `h` is (seq, hidden), the result (seq, heads·head_dim).
+    fn attention(
+        &self,
+        il: usize,
+        layer: &Layer,
+        h: &Tensor,
+        cache: &mut KvCache,
+        rope: &Rope,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (seq, hd, nh, nkv) = (h.dim(0)?, cfg.head_dim, cfg.n_head, cfg.n_kv_head);
+        let heads = |t: Tensor, n: usize| t.reshape((seq, n, hd))?.transpose(0, 1)?.contiguous();
+        let mut q = heads(layer.wq.matmul(h)?, nh)?;
+        let mut k = heads(layer.wk.matmul(h)?, nkv)?;
+        let v = heads(layer.wv.matmul(h)?, nkv)?;
+        // NoPE: on every `nope_interval`-th layer queries and keys carry no position at all.
+        if layer.use_rope {
+            q = rope.apply(&q, cfg.rope_dim)?;
+            k = rope.apply(&k, cfg.rope_dim)?;
+        }
+        let (k, v) = cache.append(il, &k, &v)?;
+        let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+        let kv_len = k.dim(1)?;
+        // Query heads that share a KV head are stacked along the sequence axis, so the shared
+        // keys and values are used as they are, never repeated.
+        let group = nh / nkv;
+        let q = q.reshape((nkv, group * seq, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((nkv, group, seq, kv_len))?
+                .broadcast_add(m)?
+                .reshape((nkv, group * seq, kv_len))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v.contiguous()?)?; // (nkv, group*seq, hd)
+        out.reshape((nh, seq, hd))?
+            .transpose(0, 1)?
+            .reshape((seq, nh * hd))
+    }
+}
+
+/// Additive mask (seq, pos + seq): query i (at absolute position pos + i) sees keys 0..=pos + i.
+fn causal_mask(seq: usize, pos: usize) -> Result<Option<Tensor>> {
+    if seq == 1 {
+        return Ok(None);
+    }
+    let total = pos + seq;
+    let m: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(m, (seq, total), &Device::Cpu).map(Some)
+}

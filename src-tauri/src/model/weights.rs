@@ -1,0 +1,273 @@
+//! Quantized weights that stay in the memory-mapped file.
+//!
+//! A [`QWeight`] is a view of a GGUF tensor's bytes. Matrix products run candle's k-quant
+//! kernels (`candle_core::quantized::k_quants::matmul`, which quantizes the activations to the
+//! weight's dot-product type, Q8_K for the k-quants, exactly as llama.cpp does) directly on the
+//! GGUF block layout, so loading copies nothing and the 1.9 GB file costs only page cache.
+
+use super::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
+use candle_core::quantized::k_quants::{
+    self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ8_0, GgmlType as GgmlType_,
+};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use std::sync::Arc;
+
+/// Calls `$body` with `$T` bound to the candle block type of a ggml type.
+macro_rules! with_block_type {
+    ($ty:expr, $T:ident => $body:expr, else $other:expr) => {
+        match $ty {
+            GgmlType::F32 => {
+                type $T = f32;
+                $body
+            }
+            GgmlType::F16 => {
+                type $T = f16;
+                $body
+            }
+            GgmlType::BF16 => {
+                type $T = bf16;
+                $body
+            }
+            GgmlType::Q4_0 => {
+                type $T = BlockQ4_0;
+                $body
+            }
+            GgmlType::Q4_1 => {
+                type $T = BlockQ4_1;
+                $body
+            }
+            GgmlType::Q5_0 => {
+                type $T = BlockQ5_0;
+                $body
+            }
+            GgmlType::Q5_1 => {
+                type $T = BlockQ5_1;
+                $body
+            }
+            GgmlType::Q8_0 => {
+                type $T = BlockQ8_0;
+                $body
+            }
+            GgmlType::Q2K => {
+                type $T = BlockQ2K;
+                $body
+            }
+            GgmlType::Q3K => {
+                type $T = BlockQ3K;
+                $body
+            }
+            GgmlType::Q4K => {
+                type $T = BlockQ4K;
+                $body
+            }
+            GgmlType::Q5K => {
+                type $T = BlockQ5K;
+                $body
+            }
+            GgmlType::Q6K => {
+                type $T = BlockQ6K;
+                $body
+            }
+            _ => $other,
+        }
+    };
+}
+
+/// Whether we can compute with weights of this type.
+pub fn is_supported(ty: GgmlType) -> bool {
+    with_block_type!(ty, T => {
+        let (blk, bytes) = ty.block_layout().expect("known type");
+        std::mem::size_of::<T>() == bytes && <T as GgmlType_>::BLCK_SIZE == blk
+    }, else false)
+}
+
+/// A 2-D weight of `rows` output features by `cols` input features, in the GGUF's layout.
+#[derive(Clone)]
+pub struct QWeight {
+    map: Arc<Mmap>,
+    offset: usize,
+    size: usize,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    name: String,
+}
+
+impl std::fmt::Debug for QWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QWeight({} {}x{} {})",
+            self.name, self.rows, self.cols, self.ty
+        )
+    }
+}
+
+impl QWeight {
+    /// A view of a 2-D tensor of the file.
+    pub fn from_gguf(g: &GgufFile, info: &TensorInfo) -> Result<Self, GgufError> {
+        if info.dims.len() != 2 {
+            return Err(GgufError::Shape {
+                name: info.name.clone(),
+                found: info.dims.clone(),
+                expected: vec![info.dims[0], 1],
+            });
+        }
+        if !is_supported(info.ty) {
+            return Err(GgufError::UnsupportedType {
+                name: info.name.clone(),
+                ty: info.ty.to_string(),
+            });
+        }
+        let w = Self {
+            map: g.map().clone(),
+            offset: info.offset,
+            size: info.size,
+            ty: info.ty,
+            rows: info.dims[1] as usize,
+            cols: info.dims[0] as usize,
+            name: info.name.clone(),
+        };
+        let align = with_block_type!(w.ty, T => std::mem::align_of::<T>(), else 1);
+        if (w.map.as_ptr() as usize + w.offset) % align != 0 {
+            return Err(GgufError::Malformed(format!(
+                "tensor {} is misaligned",
+                info.name
+            )));
+        }
+        Ok(w)
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Element type.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// The raw bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.offset..self.offset + self.size]
+    }
+
+    fn blocks<T>(&self) -> &[T] {
+        let bytes = self.bytes();
+        // SAFETY: `from_gguf` checked the type's block size and alignment, the byte range lies
+        // inside the map (checked at parse time), and the block types are plain old data.
+        unsafe {
+            std::slice::from_raw_parts(
+                bytes.as_ptr() as *const T,
+                bytes.len() / std::mem::size_of::<T>(),
+            )
+        }
+    }
+
+    /// `x · Wᵀ` for `x` of shape (.., cols), giving (.., rows).
+    pub fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
+        x.apply_op1_no_bwd(self)
+    }
+
+    /// Dequantizes the given rows (an embedding lookup) into a (ids.len(), cols) F32 tensor.
+    pub fn rows_f32(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let mut out = vec![0f32; ids.len() * self.cols];
+        with_block_type!(self.ty, T => {
+            let per_row = self.cols / <T as GgmlType_>::BLCK_SIZE;
+            let blocks = self.blocks::<T>();
+            for (dst, &id) in out.chunks_mut(self.cols).zip(ids) {
+                let id = id as usize;
+                if id >= self.rows {
+                    candle_core::bail!("token id {id} is outside the vocabulary of {} tokens", self.rows);
+                }
+                T::to_float(&blocks[id * per_row..(id + 1) * per_row], dst);
+            }
+        }, else candle_core::bail!("unsupported type {}", self.ty));
+        Tensor::from_vec(out, (ids.len(), self.cols), &candle_core::Device::Cpu)
+    }
+
+    /// The whole weight as F32 (tests and reference paths only).
+    pub fn to_f32(&self) -> candle_core::Result<Tensor> {
+        let ids: Vec<u32> = (0..self.rows as u32).collect();
+        self.rows_f32(&ids)
+    }
+}
+
+impl CustomOp1 for QWeight {
+    fn name(&self) -> &'static str {
+        "gguf-qmatmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims();
+        let Some((&k, lead)) = dims.split_last() else {
+            candle_core::bail!("matmul input has no dimensions")
+        };
+        if k != self.cols {
+            candle_core::bail!(
+                "matmul input has {k} features, {} expects {}",
+                self.name,
+                self.cols
+            );
+        }
+        let m: usize = lead.iter().product();
+        let x = match storage {
+            CpuStorage::F32(v) => &v[layout.start_offset()..layout.start_offset() + m * k],
+            _ => candle_core::bail!("matmul input must be F32"),
+        };
+        let mut dst = vec![0f32; m * self.rows];
+        with_block_type!(self.ty, T => {
+            k_quants::matmul::<T>((m, k, self.rows), x, self.blocks::<T>(), &mut dst)?
+        }, else candle_core::bail!("unsupported type {}", self.ty));
+        let mut out_dims = lead.to_vec();
+        out_dims.push(self.rows);
+        Ok((CpuStorage::F32(dst), Shape::from(out_dims)))
+    }
+}
+
+/// A 1-D F32 tensor of the file (norm weights), copied into a candle tensor (they are tiny).
+pub fn vector_f32(g: &GgufFile, name: &str) -> Result<Tensor, GgufError> {
+    let info = g
+        .tensor(name)
+        .ok_or_else(|| GgufError::MissingTensor(name.to_string()))?;
+    if info.dims.len() != 1 {
+        return Err(GgufError::Shape {
+            name: name.into(),
+            found: info.dims.clone(),
+            expected: vec![info.dims[0]],
+        });
+    }
+    let bytes = g.tensor_data(info);
+    let v: Vec<f32> = match info.ty {
+        GgmlType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        GgmlType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes(c.try_into().unwrap()).to_f32())
+            .collect(),
+        other => {
+            return Err(GgufError::UnsupportedType {
+                name: name.into(),
+                ty: other.to_string(),
+            })
+        }
+    };
+    Tensor::from_vec(v, info.dims[0] as usize, &candle_core::Device::Cpu)
+        .map_err(|e| GgufError::Malformed(e.to_string()))
+}

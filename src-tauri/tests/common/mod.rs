@@ -1,0 +1,36 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The shared fixtures: `$SMOLLM3_FIXTURES`, else `../shared/fixtures` beside the repository.
+pub fn fixtures() -> PathBuf {
+    if let Ok(p) = std::env::var("SMOLLM3_FIXTURES") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+}
+
+/// A reference GGUF by file name.
+pub fn reference(name: &str) -> PathBuf {
+    let p = fixtures().join("reference").join(name);
+    assert!(
+        p.exists(),
+        "fixture {} not found (set SMOLLM3_FIXTURES)",
+        p.display()
+    );
+    p
+}
+
+/// Our own committed fixtures (small JSON files).
+pub fn own_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Reads a JSON file.
+pub fn json(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}

@@ -1,0 +1,320 @@
+//! The chat engine end to end on a synthetic model: prompt building, KV prefix reuse with
+//! logits equal to a cold prefill, streaming order, stop, queueing, context limits.
+
+use candle_core::DType;
+use chrono::NaiveDate;
+use smollm3_bot::engine::core::{EngineCore, EngineOptions, GenerateRequest};
+use smollm3_bot::engine::events::{ChatMessage, EngineEvent, FinishReason, GenerationStats};
+use smollm3_bot::engine::loader::LoadedModel;
+use smollm3_bot::engine::sampler::SamplingParams;
+use smollm3_bot::engine::worker::Engine;
+use smollm3_bot::model::synth::{self, Preset, Quant};
+use smollm3_bot::model::Logits;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::OnceLock;
+
+/// One synthetic F32 model shared by the tests of this file.
+fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("smollm3-engine-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("tiny-f32.gguf");
+        synth::write(Preset::Tiny, Quant::F32, 7, &p).unwrap();
+        p
+    })
+    .clone()
+}
+
+fn core() -> EngineCore {
+    let loaded = LoadedModel::open(&model_path(), None).unwrap();
+    EngineCore::new(
+        loaded,
+        EngineOptions {
+            context_size: 2048,
+            kv_dtype: DType::F32,
+            max_slots: 2,
+        },
+    )
+    .unwrap()
+}
+
+fn request(messages: Vec<ChatMessage>, thinking: bool, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        conversation: "c1".into(),
+        messages,
+        params: SamplingParams {
+            max_tokens,
+            seed: Some(42),
+            ..SamplingParams::default()
+        },
+        enable_thinking: thinking,
+        today: NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
+        thinking_budget: None,
+        stop: Vec::new(),
+    }
+}
+
+/// Runs a job on the core and returns its events.
+fn run(core: &mut EngineCore, req: &GenerateRequest) -> Vec<EngineEvent> {
+    let mut events = Vec::new();
+    core.run(req, &AtomicBool::new(false), &mut |e| events.push(e));
+    events
+}
+
+fn done(events: &[EngineEvent]) -> (GenerationStats, Vec<u32>) {
+    match events.last() {
+        Some(EngineEvent::Done { stats, token_ids }) => (stats.clone(), token_ids.clone()),
+        other => panic!("job did not finish: {other:?}"),
+    }
+}
+
+fn answer(events: &[EngineEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Answer { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Logits of the prompt computed from scratch in one pass.
+fn cold_logits(core: &EngineCore, prompt: &[u32]) -> Vec<f32> {
+    let model = &core.loaded().model;
+    let mut cache = model.new_cache(4096, DType::F32);
+    model
+        .forward(prompt, &mut cache, Logits::Last)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Three turns: each reuses what the cache holds, and the reused prefill's logits equal a
+/// cold prefill of the whole prompt.
+fn conversation(thinking: bool) {
+    let mut core = core();
+    let mut messages = vec![
+        ChatMessage::new("system", "You are terse."),
+        ChatMessage::new("user", "Hello there!"),
+    ];
+    let mut prev_prompt_len = 0;
+    let mut prev_reply_len = 0;
+    for turn in 0..3 {
+        let req = request(messages.clone(), thinking, 12);
+        let prompt = core.build_prompt(&req).unwrap();
+        let events = run(&mut core, &req);
+        assert!(
+            matches!(events[0], EngineEvent::Started { .. }),
+            "{:?}",
+            events[0]
+        );
+        let (stats, ids) = done(&events);
+        assert_eq!(stats.prompt_tokens, prompt.len());
+        if turn > 0 {
+            let want = if thinking {
+                prev_prompt_len
+            } else {
+                prev_prompt_len + prev_reply_len
+            };
+            assert!(
+                stats.reused_tokens >= want,
+                "turn {turn}: reused {} < {want} (thinking {thinking})",
+                stats.reused_tokens
+            );
+        }
+        // The cache now holds prompt + reply; compare a reused prefill with a cold one.
+        let mut probe = messages.clone();
+        probe.push(ChatMessage {
+            role: "assistant".into(),
+            content: answer(&events),
+            token_ids: Some(ids.clone()),
+        });
+        probe.push(ChatMessage::new("user", "And then?"));
+        let probe_req = request(probe, thinking, 1);
+        let probe_prompt = core.build_prompt(&probe_req).unwrap();
+        let (warm, reused) = core
+            .prefill("c1", &probe_prompt, &AtomicBool::new(false))
+            .unwrap();
+        assert!(
+            reused >= prompt.len(),
+            "reused {reused} < first prompt {}",
+            prompt.len()
+        );
+        let cold = cold_logits(&core, &probe_prompt);
+        let d = max_abs_diff(&warm, &cold);
+        assert!(d <= 1e-3, "turn {turn}: warm vs cold logits differ by {d}");
+        prev_prompt_len = prompt.len();
+        prev_reply_len = ids.len();
+        messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: answer(&events),
+            token_ids: Some(ids),
+        });
+        messages.push(ChatMessage::new("user", format!("Question number {turn}?")));
+    }
+}
+
+#[test]
+fn no_think_conversation_reuses_prompt_and_reply() {
+    conversation(false);
+}
+
+#[test]
+fn think_conversation_reuses_prompt() {
+    conversation(true);
+}
+
+#[test]
+fn same_seed_same_reply_and_greedy_is_deterministic() {
+    let mut a = core();
+    let mut b = core();
+    let req = request(
+        vec![ChatMessage::new("user", "Tell me a story.")],
+        false,
+        16,
+    );
+    assert_eq!(done(&run(&mut a, &req)).1, done(&run(&mut b, &req)).1);
+}
+
+#[test]
+fn context_limit_is_a_clear_error() {
+    let loaded = LoadedModel::open(&model_path(), None).unwrap();
+    let mut core = EngineCore::new(
+        loaded,
+        EngineOptions {
+            context_size: 256,
+            kv_dtype: DType::F32,
+            max_slots: 1,
+        },
+    )
+    .unwrap();
+    let long = "word ".repeat(400);
+    let events = run(
+        &mut core,
+        &request(vec![ChatMessage::new("user", long)], false, 8),
+    );
+    match events.last() {
+        Some(EngineEvent::Error { message }) => assert!(message.contains("too long"), "{message}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // Generation that reaches the limit ends with ContextFull, not a panic. A random model
+    // may emit an end token first, so try a few seeds (bounded).
+    let mut full = 0;
+    for seed in 0..8 {
+        let mut req = request(vec![ChatMessage::new("user", "hi")], false, 1000);
+        req.params.seed = Some(seed);
+        req.conversation = format!("s{seed}");
+        let (stats, ids) = done(&run(&mut core, &req));
+        assert!(stats.prompt_tokens + ids.len() <= 256);
+        if stats.finish_reason == FinishReason::ContextFull {
+            full += 1;
+        } else {
+            assert_eq!(stats.finish_reason, FinishReason::Stop);
+        }
+    }
+    assert!(full > 0, "no run reached the context limit");
+}
+
+#[test]
+fn stop_strings_end_the_answer() {
+    let mut core = core();
+    let req = request(vec![ChatMessage::new("user", "Go on.")], false, 24);
+    let full = answer(&run(&mut core, &req));
+    assert!(
+        full.chars().count() > 4,
+        "reply too short to test: {full:?}"
+    );
+    let stop: String = full.chars().skip(3).take(2).collect();
+    let mut req2 = req.clone();
+    req2.stop = vec![stop.clone()];
+    req2.conversation = "c2".into();
+    let events = run(&mut core, &req2);
+    let cut = answer(&events);
+    assert_eq!(cut, full[..full.find(&stop).unwrap()]);
+    assert_eq!(done(&events).0.finish_reason, FinishReason::Stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_streams_queues_and_stops() {
+    let loaded = LoadedModel::open(&model_path(), None).unwrap();
+    let engine = Engine::start(
+        loaded,
+        EngineOptions {
+            context_size: 2048,
+            kv_dtype: DType::F32,
+            max_slots: 2,
+        },
+    )
+    .unwrap();
+    let mut first = engine.submit(request(
+        vec![ChatMessage::new("user", "Write a long essay.")],
+        false,
+        400,
+    ));
+    let mut second_req = request(vec![ChatMessage::new("user", "Hi")], false, 5);
+    second_req.conversation = "c2".into();
+    let mut second = engine.submit(second_req);
+    // The second job waits behind the first.
+    let e = second.events.recv().await.unwrap();
+    assert_eq!(e, EngineEvent::Queued { position: 1 });
+    // Stop the first after a few answer deltas.
+    let mut deltas = 0;
+    let mut first_events = Vec::new();
+    while let Some(e) = first.events.recv().await {
+        if matches!(e, EngineEvent::Answer { .. }) {
+            deltas += 1;
+            if deltas == 3 {
+                first.cancel.cancel();
+            }
+        }
+        first_events.push(e);
+    }
+    let (stats, ids) = done(&first_events);
+    assert_eq!(stats.finish_reason, FinishReason::Cancelled);
+    assert!(
+        ids.len() <= 5,
+        "stop took effect after {} tokens",
+        ids.len()
+    );
+    let mut second_events = Vec::new();
+    while let Some(e) = second.events.recv().await {
+        if !matches!(e, EngineEvent::Queued { .. }) {
+            second_events.push(e);
+        }
+    }
+    assert!(matches!(second_events[0], EngineEvent::Started { .. }));
+    assert!(matches!(
+        second_events.last(),
+        Some(EngineEvent::Done { .. })
+    ));
+    // The cancelled conversation's cache is still usable: the next turn reuses it.
+    let mut msgs = vec![ChatMessage::new("user", "Write a long essay.")];
+    msgs.push(ChatMessage {
+        role: "assistant".into(),
+        content: answer(&first_events),
+        token_ids: Some(ids),
+    });
+    msgs.push(ChatMessage::new("user", "Continue."));
+    let mut third = engine.submit(request(msgs, false, 3));
+    let mut third_events = Vec::new();
+    while let Some(e) = third.events.recv().await {
+        third_events.push(e);
+    }
+    let (stats, _) = done(&third_events);
+    assert!(
+        stats.reused_tokens > 10,
+        "reused only {}",
+        stats.reused_tokens
+    );
+    assert!(engine.cached_tokens("c1") > stats.reused_tokens);
+    engine.shutdown();
+}

@@ -1,0 +1,158 @@
+//! Our SmolLM3 against llama.cpp's numbers on the same GGUF files and tokens.
+
+mod common;
+
+use candle_core::DType;
+use smollm3_bot::model::{GgufFile, Logits, Model};
+use smollm3_bot::text::tokenizer;
+
+struct Reference {
+    tokens: Vec<u32>,
+    last_logits: Vec<f32>,
+    top1: Vec<u32>,
+    greedy: Vec<u32>,
+}
+
+fn reference(json_name: &str) -> Reference {
+    let j = common::json(&common::reference(json_name));
+    let ids = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect::<Vec<_>>()
+    };
+    Reference {
+        tokens: ids(&j["tokens"]),
+        last_logits: j["last_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect(),
+        top1: j["per_position_top10"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0][0].as_u64().unwrap() as u32)
+            .collect(),
+        greedy: ids(&j["greedy"]),
+    }
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+struct Run {
+    last: Vec<f32>,
+    top1: Vec<u32>,
+    greedy: Vec<u32>,
+}
+
+fn run(model: &Model, tokens: &[u32], n_greedy: usize) -> Run {
+    let mut cache = model.new_cache(256, DType::F32);
+    let all = model.forward(tokens, &mut cache, Logits::All).unwrap();
+    let rows: Vec<Vec<f32>> = all.to_vec2().unwrap();
+    let top1 = rows.iter().map(|r| argmax(r)).collect();
+    let last = rows.last().unwrap().clone();
+    let mut greedy = Vec::new();
+    let mut next = argmax(&last);
+    for _ in 0..n_greedy {
+        greedy.push(next);
+        let l: Vec<f32> = model
+            .forward(&[next], &mut cache, Logits::Last)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        next = argmax(&l);
+    }
+    Run { last, top1, greedy }
+}
+
+#[test]
+fn f32_model_matches_llama_cpp() {
+    let g = GgufFile::open(common::reference("tiny-smollm3-f32.gguf")).unwrap();
+    let model = Model::load(&g).unwrap();
+    let r = reference("tiny-smollm3-f32.llama-cpp.kvf32.json");
+    let ours = run(&model, &r.tokens, r.greedy.len());
+    let d = max_abs_diff(&ours.last, &r.last_logits);
+    eprintln!("f32: max |Δ logit| = {d:e}");
+    assert!(d <= 1e-3, "max |Δ| {d} > 1e-3");
+    assert_eq!(
+        ours.top1, r.top1,
+        "top-1 differs at some teacher-forced position"
+    );
+    assert_eq!(ours.greedy, r.greedy, "greedy continuation differs");
+}
+
+#[test]
+fn q4_k_m_model_matches_llama_cpp() {
+    let g = GgufFile::open(common::reference("tiny-smollm3-q4_k_m.gguf")).unwrap();
+    let model = Model::load(&g).unwrap();
+    let r = reference("tiny-smollm3-q4_k_m.llama-cpp.kvf32.json");
+    let ours = run(&model, &r.tokens, 0);
+    let d = max_abs_diff(&ours.last, &r.last_logits);
+    let agree = ours
+        .top1
+        .iter()
+        .zip(&r.top1)
+        .filter(|(a, b)| a == b)
+        .count();
+    eprintln!(
+        "q4_k_m: max |Δ logit| = {d:e}, top-1 agreement {agree}/{}",
+        r.top1.len()
+    );
+    assert!(d <= 0.2, "max |Δ| {d} > 0.2");
+    assert!(agree >= 30, "top-1 agrees at only {agree} of 32 positions");
+}
+
+#[test]
+fn nope_layers_matter() {
+    let g = GgufFile::open(common::reference("tiny-smollm3-f32.gguf")).unwrap();
+    let r = reference("tiny-smollm3-f32.llama-cpp.kvf32.json");
+    let model = Model::load(&g).unwrap();
+    assert_eq!(model.config().nope_layers(), vec![3, 7]);
+    let mut cfg = model.config().clone();
+    cfg.nope_interval = 0; // RoPE on every layer
+    let all_rope = Model::load_with_config(&g, cfg).unwrap();
+    let with_nope = run(&model, &r.tokens, 0).last;
+    let without = run(&all_rope, &r.tokens, 0).last;
+    let d = max_abs_diff(&with_nope, &without);
+    eprintln!("RoPE on every layer moves the logits by {d}");
+    assert!(d > 0.05, "NoPE made no difference ({d})");
+    assert!(max_abs_diff(&without, &r.last_logits) > 0.05);
+}
+
+#[test]
+fn tokenizer_from_gguf_matches_llama_cpp() {
+    for name in ["tiny-smollm3-f32", "tiny-smollm3-q4_k_m"] {
+        let g = GgufFile::open(common::reference(&format!("{name}.gguf"))).unwrap();
+        let j = common::json(&common::reference(&format!("{name}.llama-cpp.kvf32.json")));
+        let tok = tokenizer::from_gguf(&g).unwrap();
+        let text = j["tokenize_text"].as_str().unwrap();
+        let want: Vec<u32> = j["tokenize_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let got = tokenizer::encode(&tok, text).unwrap();
+        assert_eq!(got, want, "{name}");
+        assert_eq!(tok.decode(&got, false).unwrap(), text, "round trip");
+    }
+}
