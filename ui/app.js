@@ -150,34 +150,56 @@
     refreshStreamingState();
   }
 
+  // htmx fires its swap events on the element that made the request, which a swap may have
+  // just removed from the page; watching the DOM itself catches every swap. Text appended to
+  // the message being streamed is ignored, so streaming stays cheap.
   let lastPane = null;
-  document.addEventListener("htmx:after:swap", () => {
-    afterSwap();
-    const pane = document.getElementById("chat-pane");
-    if (pane && pane !== lastPane) {
-      lastPane = pane;
-      scrollToBottom();
-      const prompt = document.getElementById("prompt");
-      if (prompt) prompt.focus();
+  let scheduled = false;
+  let scrollWanted = false;
+  const observer = new MutationObserver((records) => {
+    let relevant = false;
+    for (const r of records) {
+      const t = r.target instanceof Element ? r.target : r.target.parentElement;
+      if (t && t.closest(".msg.streaming") && !(r.target instanceof Element && r.target.matches(".msg"))) continue;
+      relevant = true;
+      for (const n of r.addedNodes) {
+        if (n instanceof Element && (n.matches(".msg.user") || n.matches(".notice"))) scrollWanted = true;
+      }
     }
+    if (!relevant || scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(() => {
+      scheduled = false;
+      afterSwap();
+      const pane = document.getElementById("chat-pane");
+      if (pane && pane !== lastPane) {
+        lastPane = pane;
+        scrollWanted = true;
+        const prompt = document.getElementById("prompt");
+        if (prompt) prompt.focus();
+      }
+      if (scrollWanted) {
+        scrollWanted = false;
+        scrollToBottom();
+      }
+    });
+  });
+  observer.observe(document.documentElement, { childList: true, subtree: true });
+
+  // Every request says which conversation is open, so the app can update the pane when that
+  // conversation is deleted.
+  document.addEventListener("htmx:config:request", (evt) => {
+    const pane = document.getElementById("chat-pane");
+    if (pane && pane.dataset.conversationId) evt.detail.ctx.request.headers["X-Open-Conversation"] = pane.dataset.conversationId;
   });
 
   document.addEventListener("htmx:after:request", (evt) => {
     const ctx = evt.detail.ctx;
     const src = ctx && ctx.sourceElement;
     const ok = ctx && ctx.response && ctx.response.status < 400;
-    if (!src || !ok) return;
-    if (src.id === "composer") {
+    if (src && ok && src.id === "composer") {
       const prompt = document.getElementById("prompt");
       if (prompt) prompt.value = "";
-      scrollToBottom();
-    }
-    if (src.classList.contains("js-delete")) {
-      const row = src.closest(".conv");
-      const pane = document.getElementById("chat-pane");
-      if (row && pane && row.dataset.conversationId === pane.dataset.conversationId && window.htmx) {
-        window.htmx.ajax("GET", "/empty", { target: "#chat" });
-      }
     }
   });
 

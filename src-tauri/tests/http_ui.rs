@@ -411,7 +411,10 @@ async fn regenerate_and_edit_keep_the_old_branch() {
         Some("text=%2Fquote+second"),
     )
     .await;
-    assert!(edited.contains("/quote second") && !edited.contains("/quote first"));
+    assert!(
+        edited.contains("/quote second") && !edited.contains("plain\">/quote first"),
+        "{edited}"
+    );
     assert!(edited.contains("2/2"), "edited message has a sibling");
     wait_done(&app, assistant_id(&edited)).await;
 }
@@ -517,4 +520,43 @@ async fn unknown_things_get_a_human_404() {
     let (status, _, body) = call(&app, "GET", "/conversations/999", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("no longer exists"));
+}
+
+#[tokio::test]
+async fn deleting_the_open_conversation_clears_the_pane() {
+    let (_, app) = app();
+    let open = new_conversation(&app).await;
+    let other = new_conversation(&app).await;
+    let delete = |id: i64| {
+        Request::post(format!("/conversations/{id}/delete"))
+            .header("x-open-conversation", open.to_string())
+            .body(Body::empty())
+            .unwrap()
+    };
+    let resp = app.clone().oneshot(delete(other)).await.unwrap();
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        !body.contains("<main id=\"chat\""),
+        "another conversation's pane stays"
+    );
+    let resp = app.clone().oneshot(delete(open)).await.unwrap();
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(body.contains("<main id=\"chat\" class=\"chat-slot\" hx-swap-oob=\"true\">"));
+    assert!(body.contains("Start a conversation"));
 }

@@ -8,16 +8,15 @@ use serde_json::{json, Value};
 use smollm3_bot::app::ChatService;
 use smollm3_bot::shell::desktop::{configure, install};
 use tauri::ipc::{CallbackFn, InvokeBody};
-use tauri::test::{
-    get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY,
-};
+use tauri::test::{get_ipc_response, mock_builder, MockRuntime, INVOKE_KEY};
 use tauri::webview::InvokeRequest;
 use tauri::{App, Listener, WebviewWindow, WebviewWindowBuilder};
 
 fn setup() -> (App<MockRuntime>, WebviewWindow<MockRuntime>, ChatService) {
     let service = ChatService::in_memory().with_quote_delay(Duration::from_millis(5));
+    // The app's real context, so its capabilities decide what the window may call.
     let app = configure(mock_builder())
-        .build(mock_context(noop_assets()))
+        .build(tauri::generate_context!(test = true))
         .expect("app builds");
     install(app.handle(), service.clone());
     let window = WebviewWindowBuilder::new(&app, "main", Default::default())
@@ -36,7 +35,7 @@ fn hx(
         cmd: "hx".into(),
         callback: CallbackFn(0),
         error: CallbackFn(1),
-        url: "http://tauri.localhost".parse().expect("url"),
+        url: "tauri://localhost".parse().expect("url"),
         body: InvokeBody::Json(
             json!({ "request": { "method": method, "url": url, "headers": {}, "body": body } }),
         ),
@@ -121,4 +120,14 @@ fn streaming_quote_emits_window_events() {
             .contains(&format!("id=\"msg-{id}\"")),
         "the event names the message the response rendered"
     );
+}
+
+#[test]
+fn only_the_main_window_may_call_hx() {
+    let (app, _main, _) = setup();
+    let other = WebviewWindowBuilder::new(&app, "other", Default::default())
+        .build()
+        .expect("second window");
+    let err = hx(&other, "GET", "/layout", "").expect_err("refused by the capability");
+    assert!(err.as_str().unwrap().contains("not allowed"), "{err}");
 }

@@ -93,7 +93,7 @@ pub fn conversation_item(c: &Conversation) -> String {
         "<div class=\"conv\" id=\"conv-{id}\" data-conversation-id=\"{id}\">\
 <a href=\"#\" class=\"conv-title\" hx-get=\"/conversations/{id}\" hx-target=\"#chat\" title=\"{t}\">{t}</a>\
 <button type=\"button\" class=\"btn icon small\" hx-get=\"/conversations/{id}/rename\" hx-target=\"#conv-{id}\" hx-swap=\"outerHTML\" title=\"Rename\" aria-label=\"Rename {t}\">✎</button>\
-<button type=\"button\" class=\"btn icon small js-delete\" hx-post=\"/conversations/{id}/delete\" hx-target=\"#conversation-list\" title=\"Delete\" aria-label=\"Delete {t}\">🗑</button>\
+<button type=\"button\" class=\"btn icon small js-delete\" hx-post=\"/conversations/{id}/delete\" hx-target=\"#conversation-list\" title=\"Delete\" aria-label=\"Delete {t}\">✕</button>\
 </div>",
         id = c.id,
         t = esc(&c.title)

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::str::FromStr;
 
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -229,12 +229,28 @@ async fn rename(
     )))
 }
 
-async fn delete(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+/// Header in which the page names the conversation it has open.
+pub const OPEN_CONVERSATION: &str = "x-open-conversation";
+
+async fn delete(
+    State(s): State<ChatService>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Html<String>> {
     let c = s.delete(id)?;
-    Ok(Html(html::conversation_list(
-        &s.conversations(None),
-        Some(&html::undo_toast(&c)),
-    )))
+    let mut body = html::conversation_list(&s.conversations(None), Some(&html::undo_toast(&c)));
+    let open = headers
+        .get(OPEN_CONVERSATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    if open == Some(id) {
+        // The open conversation is gone: show the start screen in its place.
+        body.push_str(&format!(
+            "<main id=\"chat\" class=\"chat-slot\" hx-swap-oob=\"true\">{}</main>",
+            html::empty_chat()
+        ));
+    }
+    Ok(Html(body))
 }
 
 async fn undo(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {

@@ -118,8 +118,11 @@ def quote_streams(d):
     assert len([n for n in seen if n > 0]) >= 3, f"saw the text grow: {sorted(seen)}"
     text = last_reply(d).find_element(By.CSS_SELECTOR, ".answer").text
     assert "Eureka" in text, text
-    assert "tokens" in last_reply(d).find_element(By.CSS_SELECTOR, ".msg-meta").text
-    assert d.find_element(By.CSS_SELECTOR, ".conv.active").text.startswith("/quote")
+    meta = last_reply(d).find_element(By.CSS_SELECTOR, ".msg-meta").text
+    assert "tokens" in meta, f"figures under the reply: {meta!r}"
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".conv.active"), "the conversation is marked in the sidebar")
+    title = d.find_element(By.CSS_SELECTOR, ".conv.active .conv-title").text
+    assert title == "/quote", f"sidebar title {title!r}"
     shot(d, "02-quote-streamed")
 
 
@@ -163,6 +166,7 @@ def markup_stays_inert(d):
     time.sleep(0.5)
     text = last_reply(d).find_element(By.CSS_SELECTOR, ".answer").text
     assert "<script>window.__pwned=1</script>" in text, text
+    assert js(d, "const m=document.getElementById('messages');return m.scrollHeight-m.scrollTop-m.clientHeight<80"), "scrolled to the newest reply"
     assert js(d, "return document.querySelectorAll('#messages script, #messages img').length") == 0
     assert js(d, "return window.__pwned === undefined"), "no injected code ran"
     shot(d, "05-markup-inert")
@@ -191,13 +195,30 @@ def settings_panel(d):
     d.find_element(By.CSS_SELECTOR, ".settings-foot .js-close-overlay").click()
 
 
+def delete_and_undo(d):
+    d.find_element(By.ID, "new-chat").click()
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 2, "a second conversation")
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".conv.active"), "it is open")
+    active = d.find_element(By.CSS_SELECTOR, ".conv.active")
+    js(d, "arguments[0].querySelector('.js-delete').click()", active)
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 1, "deleted")
+    wait(d, lambda d: d.find_element(By.ID, "empty-state").is_displayed(), "the start screen replaces it")
+    assert "Deleted" in d.find_element(By.ID, "toast").text
+    d.find_element(By.ID, "undo-delete").click()
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 2, "undone")
+    js(d, "[...document.querySelectorAll('.conv')].find(c=>c.textContent.includes('New chat')).querySelector('.js-delete').click()")
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 1, "deleted again")
+    shot(d, "08-deleted")
+
+
 def found_after_restart(title):
     def run(d):
         wait(d, lambda d: title in d.find_element(By.ID, "conversation-list").text, "conversation listed after restart")
         d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
         wait(d, lambda d: replies(d) >= 4, "its replies are back")
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".conv.active"), "marked open in the sidebar")
         assert js(d, "return document.documentElement.dataset.theme") == "dark", "settings kept"
-        shot(d, "08-after-restart")
+        shot(d, "09-after-restart")
     return run
 
 
@@ -218,6 +239,7 @@ def main():
             check("markup stays inert", markup_stays_inert, d)
             check("usable at 900x600", small_window, d)
             check("settings and theme", settings_panel, d)
+            check("delete and undo", delete_and_undo, d)
             title = d.find_element(By.CSS_SELECTOR, ".conv .conv-title").text
         finally:
             d.quit()
