@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.common.options import ArgOptions
@@ -49,7 +49,10 @@ def start_session():
 
 
 def wait(driver, cond, what, seconds=TIMEOUT):
-    return WebDriverWait(driver, seconds, poll_frequency=0.1).until(lambda d: cond(d), message=what)
+    # Swaps replace elements under the test's feet; a stale element just means "look again".
+    return WebDriverWait(
+        driver, seconds, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda d: cond(d), message=what)
 
 
 def shot(driver, name):
@@ -121,7 +124,7 @@ def quote_streams(d):
     meta = last_reply(d).find_element(By.CSS_SELECTOR, ".msg-meta").text
     assert "tokens" in meta, f"figures under the reply: {meta!r}"
     wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".conv.active"), "the conversation is marked in the sidebar")
-    title = d.find_element(By.CSS_SELECTOR, ".conv.active .conv-title").text
+    title = js(d, "return document.querySelector('.conv.active .conv-title').textContent")
     assert title == "/quote", f"sidebar title {title!r}"
     shot(d, "02-quote-streamed")
 
