@@ -5,6 +5,9 @@
 
 pub mod app;
 pub mod engine;
+pub mod hub;
 pub mod model;
 pub mod shell;
+pub mod store;
 pub mod text;
+pub mod view;

@@ -29,6 +29,8 @@ pub enum Command {
     Generate(model_cmds::GenerateArgs),
     /// Print the prompt a conversation renders to with the chat template.
     Render(text_cmds::RenderArgs),
+    /// Manage models: list, pull, import, verify, rm.
+    Models(super::models::ModelsArgs),
 }
 
 /// Entry point shared by the binary.
@@ -36,6 +38,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
+        // Model management has its own exit codes (130 when a download is paused).
+        Some(Command::Models(args)) => return super::models::run(args),
         None => super::desktop::run(),
         Some(Command::Synth(a)) => model_cmds::synth(a),
         Some(Command::Inspect(a)) => model_cmds::inspect(a),

@@ -5,4 +5,5 @@ pub mod desktop;
 pub mod html;
 pub mod http;
 pub mod model_cmds;
+pub mod models;
 pub mod text_cmds;
