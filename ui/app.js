@@ -68,6 +68,7 @@
         if (fresh) decorate(fresh);
       }
       refreshStreamingState();
+      refreshStatus();
       if (follow) scrollToBottom();
       return;
     }
@@ -80,13 +81,51 @@
       details.querySelector(".reasoning-body").appendChild(document.createTextNode(p.text));
     } else if (p.type === "answer" && answer) {
       if (details && answer.textContent.length === 0) details.open = false;
+      if (el._raw === undefined) el._raw = answer.textContent;
+      el._raw += p.text;
       answer.appendChild(document.createTextNode(p.text));
+      scheduleRender(el);
     } else if (p.type === "queued") {
       el.classList.add("queued");
     } else if (p.type === "started") {
       el.classList.remove("queued");
     }
     if (follow) scrollToBottom();
+  }
+
+  // While a reply streams, its markdown is rendered by the app a few times a second; text that
+  // arrives in between is shown plain after it until the next render.
+  async function renderMarkdown(text) {
+    const body = new URLSearchParams({ text }).toString();
+    if (desktop) {
+      const res = await tauri.core.invoke("hx", { request: { method: "POST", url: "/render", headers: {}, body } });
+      return res.body;
+    }
+    const res = await fetch("/render", { method: "POST", body, headers: { "Content-Type": "application/x-www-form-urlencoded" } });
+    return res.text();
+  }
+
+  function scheduleRender(el) {
+    if (el._renderTimer) return;
+    el._renderTimer = setTimeout(async () => {
+      el._renderTimer = null;
+      const raw = el._raw;
+      let html;
+      try {
+        html = await renderMarkdown(raw);
+      } catch {
+        return;
+      }
+      const answer = el.querySelector(".answer");
+      if (!answer || !el.isConnected || !el.classList.contains("streaming")) return;
+      const follow = nearBottom();
+      answer.classList.remove("plain");
+      answer.classList.add("md");
+      answer.innerHTML = html;
+      const tail = el._raw.slice(raw.length);
+      if (tail) answer.appendChild(document.createTextNode(tail));
+      if (follow) scrollToBottom();
+    }, 250);
   }
 
   function flushPending() {
@@ -115,6 +154,12 @@
     if (m) m.scrollTop = m.scrollHeight;
   }
 
+  // The status bar polls every two seconds; a finished reply updates it at once.
+  function refreshStatus() {
+    const bar = document.getElementById("statusbar");
+    if (bar && window.htmx) window.htmx.ajax("GET", bar.getAttribute("hx-get"), { target: "#statusbar", swap: "outerHTML" });
+  }
+
   function refreshStreamingState() {
     const pane = document.getElementById("chat-pane");
     if (pane) pane.classList.toggle("is-streaming", !!pane.querySelector(".msg.streaming"));
@@ -123,7 +168,8 @@
   // ---------------------------------------------------------------- after every swap
   function decorate(root) {
     for (const pre of root.querySelectorAll(".md pre")) {
-      if (pre.querySelector(".copy-code")) continue;
+      // Fenced code blocks come with their own copy button ([data-copy]).
+      if (pre.closest(".code-block") || pre.querySelector(".copy-code")) continue;
       const b = document.createElement("button");
       b.type = "button";
       b.className = "btn small copy-code";
@@ -262,6 +308,13 @@
   document.addEventListener("click", (e) => {
     const t = e.target instanceof Element ? e.target : null;
     if (!t) return;
+    const fenced = t.closest("[data-copy]");
+    if (fenced) {
+      const block = fenced.closest(".code-block");
+      const src = block && block.querySelector("pre code, pre");
+      copyText(src ? src.textContent : "", fenced);
+      return;
+    }
     const code = t.closest(".copy-code");
     if (code) {
       const pre = code.closest("pre");

@@ -365,14 +365,44 @@ async fn slash_commands_toggle_reasoning_and_explain_mistakes() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.contains("Unknown command /thnik") && bad.contains("/help"));
 
-    let (_, _, cleared) = call(
+    // /clear starts over in a fresh conversation; the old one stays listed.
+    let (_, headers, cleared) = call(
         &app,
         "POST",
         &format!("/conversations/{c}/messages"),
         Some("text=%2Fclear"),
     )
     .await;
-    assert!(cleared.contains("Conversation cleared") && !cleared.contains("class=\"msg "));
+    assert_eq!(headers["hx-retarget"], "#chat");
+    assert!(cleared.contains("Cleared: this is a new conversation"));
+    assert!(
+        !cleared.contains("class=\"msg "),
+        "the new pane has no messages"
+    );
+    assert!(
+        service.conversation(c).is_ok(),
+        "the old conversation is kept"
+    );
+    assert_eq!(service.conversations(None).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn streaming_markdown_renders_sanitized() {
+    let (_, app) = app();
+    let (status, _, html) = call(
+        &app,
+        "POST",
+        "/render",
+        Some("text=**bold**+%3Cscript%3Ealert(1)%3C%2Fscript%3E%0A%0A%60%60%60rust%0Alet+x+%3D+1%3B%0A"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("<strong>bold</strong>"), "{html}");
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(
+        html.contains("class=\"code-block\""),
+        "unterminated fence still a code block: {html}"
+    );
 }
 
 #[tokio::test]

@@ -62,7 +62,7 @@ fn hx_round_trips_through_the_router() {
     let created = hx(&window, "POST", "/conversations", "").expect("create");
     assert_eq!(created["status"], 200);
     assert_eq!(
-        service.conversations(None).len(),
+        service.conversations(None).unwrap().len(),
         1,
         "the action reached the service"
     );

@@ -8,7 +8,7 @@ pub enum SlashCommand {
     Think,
     /// Turn reasoning off for this conversation.
     NoThink,
-    /// Remove every message of this conversation.
+    /// Start over in a new conversation; the current one stays in the sidebar.
     Clear,
     /// Show the engine's state.
     Status,
@@ -33,7 +33,10 @@ pub enum CommandError {
 pub const HELP: &[(&str, &str)] = &[
     ("/think", "turn reasoning on for this conversation"),
     ("/no_think", "turn reasoning off for this conversation"),
-    ("/clear", "remove every message of this conversation"),
+    (
+        "/clear",
+        "start over in a new conversation (this one stays in the sidebar)",
+    ),
     ("/status", "show the model and engine state"),
     (
         "/quote [text]",

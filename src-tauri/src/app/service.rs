@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -20,9 +20,6 @@ use super::generator::{GenerateRequest, Generator, NoModel, Quote};
 use super::repo::{Conversation, Message, MessageStatus, Repo, RepoError, Role};
 use super::settings::{InvalidSetting, Settings};
 use crate::engine::events::{ChatMessage, EngineEvent};
-
-/// How often a streaming reply is written to disk.
-pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Title of a conversation before its first message names it.
 pub const NEW_TITLE: &str = "New chat";
@@ -246,10 +243,6 @@ impl ChatService {
         lock(&self.inner.state)
     }
 
-    fn save(state: &State) -> Result<()> {
-        state.repo.save().map_err(ServiceError::from)
-    }
-
     /// Receives every reply event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {
         self.inner.events.subscribe()
@@ -293,36 +286,30 @@ impl ChatService {
     pub fn update_settings(&self, settings: Settings) -> Result<()> {
         settings.validate().map_err(ServiceError::Settings)?;
         let mut st = self.state();
-        st.repo.set_settings(settings);
-        Self::save(&st)
+        st.repo.set_settings(settings)?;
+        Ok(())
     }
 
     /// Conversations, newest first, optionally filtered by a search query.
-    pub fn conversations(&self, query: Option<&str>) -> Vec<Conversation> {
-        self.state().repo.list_conversations(query)
+    pub fn conversations(&self, query: Option<&str>) -> Result<Vec<Conversation>> {
+        Ok(self.state().repo.list_conversations(query)?)
     }
 
     /// Starts an empty conversation with the default reasoning mode.
     pub fn new_conversation(&self) -> Result<Conversation> {
         let mut st = self.state();
-        let conv = Self::create(&mut st);
-        Self::save(&st)?;
-        Ok(conv)
+        Self::create(&mut st)
     }
 
-    fn create(st: &mut State) -> Conversation {
+    fn create(st: &mut State) -> Result<Conversation> {
         let thinking = st.repo.settings().thinking_default;
-        let today = chrono::Local::now()
-            .date_naive()
-            .format("%Y-%m-%d")
-            .to_string();
-        st.repo.create_conversation(NEW_TITLE, &today, thinking)
+        Ok(st.repo.create_conversation(NEW_TITLE, thinking)?)
     }
 
     /// A conversation and the branch on screen.
     pub fn conversation(&self, id: i64) -> Result<ConversationView> {
         let st = self.state();
-        let conversation = st.repo.conversation(id)?.clone();
+        let conversation = st.repo.conversation(id)?;
         let mut messages = Vec::new();
         for message in st.repo.branch(id)? {
             let siblings = st.repo.siblings(message.id)?;
@@ -347,7 +334,7 @@ impl ChatService {
     /// One message with its stream position.
     pub fn message(&self, id: i64) -> Result<MessageView> {
         let st = self.state();
-        let message = st.repo.message(id)?.clone();
+        let message = st.repo.message(id)?;
         let siblings = st.repo.siblings(id)?;
         let pos = siblings.iter().position(|&s| s == id).map_or(1, |p| p + 1);
         let seq = st.active.get(&id).map_or(0, |a| a.seq);
@@ -368,8 +355,7 @@ impl ChatService {
         let title: String = title.chars().take(200).collect();
         let mut st = self.state();
         st.repo.rename(id, &title)?;
-        Self::save(&st)?;
-        Ok(st.repo.conversation(id)?.clone())
+        Ok(st.repo.conversation(id)?)
     }
 
     /// Deletes a conversation (undoable), stopping its reply if one is streaming.
@@ -377,9 +363,8 @@ impl ChatService {
         self.stop(id);
         self.current_generator().forget(id);
         let mut st = self.state();
-        let conv = st.repo.conversation(id)?.clone();
+        let conv = st.repo.conversation(id)?;
         st.repo.delete(id)?;
-        Self::save(&st)?;
         Ok(conv)
     }
 
@@ -387,16 +372,14 @@ impl ChatService {
     pub fn undo_delete(&self, id: i64) -> Result<Conversation> {
         let mut st = self.state();
         st.repo.undo_delete(id)?;
-        Self::save(&st)?;
-        Ok(st.repo.conversation(id)?.clone())
+        Ok(st.repo.conversation(id)?)
     }
 
     /// Turns reasoning on or off for a conversation.
     pub fn set_thinking(&self, id: i64, on: bool) -> Result<Conversation> {
         let mut st = self.state();
         st.repo.set_thinking(id, on)?;
-        Self::save(&st)?;
-        Ok(st.repo.conversation(id)?.clone())
+        Ok(st.repo.conversation(id)?)
     }
 
     /// Asks every reply streaming in a conversation to stop; returns whether one was.
@@ -431,13 +414,12 @@ impl ChatService {
         let command = commands::parse(text).transpose()?;
         let mut st = self.state();
         let (conv, created) = match conversation_id {
-            Some(id) => (st.repo.conversation(id)?.clone(), false),
-            None => (Self::create(&mut st), true),
+            Some(id) => (st.repo.conversation(id)?, false),
+            None => (Self::create(&mut st)?, true),
         };
         let notice = |st: &State, text: String| -> Result<SendOutcome> {
-            Self::save(st)?;
             Ok(SendOutcome::Notice {
-                conversation: Some(st.repo.conversation(conv.id)?.clone()),
+                conversation: Some(st.repo.conversation(conv.id)?),
                 created,
                 text,
             })
@@ -452,14 +434,16 @@ impl ChatService {
                 return notice(&st, "Reasoning is off for this conversation.".into());
             }
             Some(SlashCommand::Clear) => {
-                if st.active.values().any(|a| a.conversation_id == conv.id) {
-                    return Err(ServiceError::Invalid(
-                        "Stop the reply before clearing the conversation.".into(),
-                    ));
+                if created {
+                    return notice(&st, "This conversation is already empty.".into());
                 }
-                st.repo.clear(conv.id)?;
-                self.current_generator().forget(conv.id);
-                return notice(&st, "Conversation cleared.".into());
+                // The old conversation is kept (and searchable); the chat starts over.
+                let fresh = st.repo.create_conversation(NEW_TITLE, conv.thinking)?;
+                return Ok(SendOutcome::Notice {
+                    conversation: Some(fresh),
+                    created: true,
+                    text: "Cleared: this is a new conversation. The previous one is still in the sidebar.".into(),
+                });
             }
             Some(SlashCommand::Status) => {
                 let text = self.status_line(&st, conv.id);
@@ -484,19 +468,15 @@ impl ChatService {
             ));
         }
         let parent = st.repo.conversation(conv.id)?.leaf_id;
-        let user = st.repo.add_message(
-            conv.id,
-            parent,
-            Role::User,
-            text.trim(),
-            MessageStatus::Complete,
-        )?;
+        let user = st
+            .repo
+            .add_message(conv.id, parent, Role::User, text.trim())?;
         if st.repo.conversation(conv.id)?.title == NEW_TITLE {
             st.repo.rename(conv.id, &title_from(text))?;
         }
         let assistant = self.start_reply(&mut st, conv.id, user.id, generator)?;
         Ok(SendOutcome::Reply {
-            conversation: st.repo.conversation(conv.id)?.clone(),
+            conversation: st.repo.conversation(conv.id)?,
             created,
             user,
             assistant,
@@ -506,7 +486,7 @@ impl ChatService {
     /// Answers the same user message again; the old reply stays as a sibling branch.
     pub fn regenerate(&self, assistant_id: i64) -> Result<Message> {
         let mut st = self.state();
-        let old = st.repo.message(assistant_id)?.clone();
+        let old = st.repo.message(assistant_id)?;
         if old.role != Role::Assistant {
             return Err(ServiceError::Invalid(
                 "Only a reply can be regenerated.".into(),
@@ -524,7 +504,7 @@ impl ChatService {
                 "A reply is still being written. Stop it first.".into(),
             ));
         }
-        let question = st.repo.message(parent)?.content.clone();
+        let question = st.repo.message(parent)?.content;
         let generator = self.generator_for(&question);
         self.start_reply(&mut st, old.conversation_id, parent, generator)
     }
@@ -536,7 +516,7 @@ impl ChatService {
             return Err(ServiceError::Invalid("Type a message first.".into()));
         }
         let mut st = self.state();
-        let old = st.repo.message(user_id)?.clone();
+        let old = st.repo.message(user_id)?;
         if old.role != Role::User {
             return Err(ServiceError::Invalid(
                 "Only your own messages can be edited.".into(),
@@ -552,13 +532,9 @@ impl ChatService {
             ));
         }
         let generator = self.generator_for(text);
-        let user = st.repo.add_message(
-            old.conversation_id,
-            old.parent_id,
-            Role::User,
-            text.trim(),
-            MessageStatus::Complete,
-        )?;
+        let user =
+            st.repo
+                .add_message(old.conversation_id, old.parent_id, Role::User, text.trim())?;
         let assistant = self.start_reply(&mut st, old.conversation_id, user.id, generator)?;
         Ok((user, assistant))
     }
@@ -573,7 +549,6 @@ impl ChatService {
             ));
         }
         st.repo.select_branch(id)?;
-        Self::save(&st)?;
         Ok(conv)
     }
 
@@ -635,14 +610,14 @@ impl ChatService {
         user_id: i64,
         generator: Arc<dyn Generator>,
     ) -> Result<Message> {
-        let conv = st.repo.conversation(conversation_id)?.clone();
+        let conv = st.repo.conversation(conversation_id)?;
         let settings = st.repo.settings().clone();
-        st.repo.select_branch(user_id)?;
         let mut messages = Vec::new();
         if !settings.system_prompt.trim().is_empty() {
             messages.push(ChatMessage::new("system", settings.system_prompt.trim()));
         }
-        for m in st.repo.branch(conversation_id)? {
+        // The path up to the message being answered (for a regenerate, the leaf is further down).
+        for m in st.repo.path_to(user_id)? {
             if m.role == Role::Assistant
                 && (m.status == MessageStatus::Error || m.content.is_empty())
             {
@@ -654,15 +629,10 @@ impl ChatService {
                 token_ids: m.token_ids,
             });
         }
-        let assistant = st.repo.add_message(
-            conversation_id,
-            Some(user_id),
-            Role::Assistant,
-            "",
-            MessageStatus::Streaming,
-        )?;
-        Self::save(st)?;
-        let today = NaiveDate::parse_from_str(&conv.today, "%Y-%m-%d")
+        let assistant = st.repo.begin_reply(conversation_id, user_id)?;
+        // The store keeps the date as the chat template prints it ("27 November 2026").
+        let today = NaiveDate::parse_from_str(&conv.today, "%d %B %Y")
+            .or_else(|_| NaiveDate::parse_from_str(&conv.today, "%Y-%m-%d"))
             .unwrap_or_else(|_| chrono::Local::now().date_naive());
         let req = GenerateRequest {
             conversation_id,
@@ -694,7 +664,6 @@ impl ChatService {
         message_id: i64,
         mut events: tokio::sync::mpsc::Receiver<EngineEvent>,
     ) {
-        let mut last_save = Instant::now();
         let mut ended = false;
         while let Some(event) = events.recv().await {
             let mut st = self.state();
@@ -713,12 +682,6 @@ impl ChatService {
             };
             if let Err(e) = applied {
                 tracing::warn!(message_id, error = %e, "reply could not be saved");
-            }
-            if ended || last_save.elapsed() >= SAVE_INTERVAL {
-                if let Err(e) = st.repo.save() {
-                    tracing::warn!(error = %e, "saving the conversation failed");
-                }
-                last_save = Instant::now();
             }
             let seq = match st.active.get_mut(&message_id) {
                 Some(a) => {
@@ -743,11 +706,7 @@ impl ChatService {
         }
         let message = "The engine stopped before finishing the reply.".to_string();
         let mut st = self.state();
-        if let Err(e) = st
-            .repo
-            .fail(message_id, &message)
-            .and_then(|_| st.repo.save())
-        {
+        if let Err(e) = st.repo.fail(message_id, &message) {
             tracing::warn!(error = %e, "saving the failed reply failed");
         }
         let seq = st.active.remove(&message_id).map_or(0, |a| a.seq + 1);

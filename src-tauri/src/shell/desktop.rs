@@ -22,9 +22,6 @@ use crate::app::{Generator, Settings};
 /// Environment variable naming the folder for the app's data (overrides the platform default).
 pub const DATA_DIR_ENV: &str = "SMOLLM3_BOT_DATA_DIR";
 
-/// File in the data folder that holds conversations and settings.
-pub const DATA_FILE: &str = "chats.json";
-
 /// An HTTP request as the page's glue script sends it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HxRequest {
@@ -154,14 +151,13 @@ pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
     });
 }
 
-/// The folder for conversations and settings: `SMOLLM3_BOT_DATA_DIR`, else the platform's.
-fn data_dir<R: Runtime>(app: &AppHandle<R>) -> anyhow::Result<PathBuf> {
+/// The database of conversations and settings: in `SMOLLM3_BOT_DATA_DIR` when set, else in the
+/// platform's data folder (shared with the command line).
+fn database_path() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
+        return Ok(PathBuf::from(dir).join(crate::store::DATABASE_FILE));
     }
-    app.path()
-        .app_data_dir()
-        .context("no data folder is known for this platform")
+    crate::store::Store::default_path().context("no data folder is known for this platform")
 }
 
 /// Loads a model into a generator, reporting progress from 0.0 to 1.0.
@@ -234,8 +230,7 @@ pub fn run() -> anyhow::Result<()> {
         .try_init();
     configure(tauri::Builder::default())
         .setup(|app| {
-            let dir = data_dir(app.handle())?;
-            let file = dir.join(DATA_FILE);
+            let file = database_path()?;
             let service = ChatService::open(&file)
                 .with_context(|| format!("cannot open {}", file.display()))?;
             tracing::info!(data = %file.display(), "chat data");

@@ -24,10 +24,9 @@ pub fn esc(text: &str) -> String {
     out
 }
 
-/// Model output as safe HTML. Shown as escaped text with its line breaks kept until the
-/// sanitizing markdown renderer is wired in.
+/// Model output as safe HTML: markdown rendered and sanitized by `view::markdown`.
 pub fn markdown(text: &str) -> String {
-    format!("<div class=\"plain\">{}</div>", esc(text))
+    crate::view::markdown::render_markdown(text)
 }
 
 /// The document around the app: stylesheet, htmx and the glue script, all from this origin.
@@ -471,7 +470,7 @@ mod tests {
     }
 
     #[test]
-    fn markdown_fallback_escapes() {
+    fn markdown_shows_raw_html_as_text() {
         let html = markdown("<script>alert(1)</script>");
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;"));

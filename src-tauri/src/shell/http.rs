@@ -51,6 +51,7 @@ pub fn router(service: ChatService) -> Router {
         .route("/messages/{id}/select", post(select))
         .route("/settings", get(settings).post(save_settings))
         .route("/status", get(status))
+        .route("/render", post(render))
         .route("/events", get(events))
         .fallback(not_found)
         .with_state(service)
@@ -96,7 +97,7 @@ async fn not_found() -> Response {
     .into_response()
 }
 
-fn layout_html(s: &ChatService) -> String {
+fn layout_html(s: &ChatService) -> Result<String> {
     let settings = s.settings();
     let status = html::status_bar(
         &s.engine_state(),
@@ -105,20 +106,20 @@ fn layout_html(s: &ChatService) -> String {
         None,
         settings.context_size,
     );
-    html::layout(
-        &s.conversations(None),
+    Ok(html::layout(
+        &s.conversations(None)?,
         &html::empty_chat(),
         &status,
         settings.theme,
-    )
+    ))
 }
 
-async fn index(State(s): State<ChatService>) -> Html<String> {
-    Html(html::page(&layout_html(&s)))
+async fn index(State(s): State<ChatService>) -> Result<Html<String>> {
+    Ok(Html(html::page(&layout_html(&s)?)))
 }
 
-async fn layout(State(s): State<ChatService>) -> Html<String> {
-    Html(layout_html(&s))
+async fn layout(State(s): State<ChatService>) -> Result<Html<String>> {
+    Ok(Html(layout_html(&s)?))
 }
 
 async fn empty() -> Html<String> {
@@ -163,15 +164,15 @@ struct SearchQuery {
     q: String,
 }
 
-async fn list(State(s): State<ChatService>, Query(q): Query<SearchQuery>) -> Html<String> {
-    let found = s.conversations(Some(&q.q));
+async fn list(State(s): State<ChatService>, Query(q): Query<SearchQuery>) -> Result<Html<String>> {
+    let found = s.conversations(Some(&q.q))?;
     if found.is_empty() && !q.q.trim().is_empty() {
-        return Html(format!(
+        return Ok(Html(format!(
             "<p class=\"muted empty-list\">Nothing matches “{}”.</p>",
             html::esc(q.q.trim())
-        ));
+        )));
     }
-    Html(html::conversation_list(&found, None))
+    Ok(Html(html::conversation_list(&found, None)))
 }
 
 fn chat_with_sidebar(s: &ChatService, id: i64, extra: &str) -> Result<String> {
@@ -188,7 +189,7 @@ fn chat_with_sidebar(s: &ChatService, id: i64, extra: &str) -> Result<String> {
         "<footer id=\"statusbar\"",
         "<footer id=\"statusbar\" hx-swap-oob=\"true\"",
     );
-    let list = html::conversation_list(&s.conversations(None), None);
+    let list = html::conversation_list(&s.conversations(None)?, None);
     Ok(format!(
         "{}<nav id=\"conversation-list\" class=\"conversation-list\" hx-swap-oob=\"true\">{list}</nav>{status}",
         html::chat(&view, extra)
@@ -224,7 +225,7 @@ async fn rename(
     // The title swaps in only where this conversation is open.
     Ok(Html(format!(
         "{}{}",
-        html::conversation_list(&s.conversations(None), None),
+        html::conversation_list(&s.conversations(None)?, None),
         html::chat_title(&c, true)
     )))
 }
@@ -238,7 +239,7 @@ async fn delete(
     headers: HeaderMap,
 ) -> Result<Html<String>> {
     let c = s.delete(id)?;
-    let mut body = html::conversation_list(&s.conversations(None), Some(&html::undo_toast(&c)));
+    let mut body = html::conversation_list(&s.conversations(None)?, Some(&html::undo_toast(&c)));
     let open = headers
         .get(OPEN_CONVERSATION)
         .and_then(|v| v.to_str().ok())
@@ -256,7 +257,7 @@ async fn delete(
 async fn undo(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
     s.undo_delete(id)?;
     Ok(Html(html::conversation_list(
-        &s.conversations(None),
+        &s.conversations(None)?,
         Some(""),
     )))
 }
@@ -298,11 +299,11 @@ async fn send_new(State(s): State<ChatService>, Form(f): Form<TextForm>) -> Resu
 /// The response to a sent line. A reply appends the two new messages to the list; a new
 /// conversation replaces the chat pane; a command re-renders the list with its notice.
 fn sent(s: &ChatService, outcome: SendOutcome) -> Result<Response> {
-    let list = || {
-        format!(
+    let list = || -> Result<String> {
+        Ok(format!(
             "<nav id=\"conversation-list\" class=\"conversation-list\" hx-swap-oob=\"true\">{}</nav>",
-            html::conversation_list(&s.conversations(None), None)
-        )
+            html::conversation_list(&s.conversations(None)?, None)
+        ))
     };
     match outcome {
         SendOutcome::Reply {
@@ -325,7 +326,7 @@ fn sent(s: &ChatService, outcome: SendOutcome) -> Result<Response> {
                 html::message(&s.message(user.id)?),
                 html::message(&s.message(assistant.id)?),
                 html::chat_title(&conversation, true),
-                list()
+                list()?
             );
             Ok(Html(body).into_response())
         }
@@ -483,6 +484,12 @@ async fn save_settings(
         Html(html::settings_panel(&new, &bad, false)),
     )
         .into_response())
+}
+
+/// Markdown to sanitized HTML, for a reply still streaming (the page re-renders it a few times
+/// a second; each call costs the length of that one reply).
+async fn render(Form(f): Form<TextForm>) -> Html<String> {
+    Html(html::markdown(&f.text))
 }
 
 #[derive(Deserialize)]
