@@ -175,6 +175,16 @@ def markup_stays_inert(d):
     shot(d, "05-markup-inert")
 
 
+def markdown_renders(d):
+    n = replies(d)
+    send(d, "/quote Some **bold** words and `inline code` here")
+    wait(d, lambda d: replies(d) == n + 1, "a new reply")
+    wait(d, lambda d: not streaming(d), "the reply finishes")
+    answer = last_reply(d).find_element(By.CSS_SELECTOR, ".answer")
+    assert answer.find_element(By.TAG_NAME, "strong").text == "bold"
+    assert answer.find_element(By.TAG_NAME, "code").text == "inline code"
+
+
 def small_window(d):
     try:
         d.set_window_size(900, 600)
@@ -240,6 +250,7 @@ def main():
             check("stop mid reply", stop_mid_reply, d)
             check("reasoning toggle", reasoning_toggle, d)
             check("markup stays inert", markup_stays_inert, d)
+            check("markdown renders", markdown_renders, d)
             check("usable at 900x600", small_window, d)
             check("settings and theme", settings_panel, d)
             check("delete and undo", delete_and_undo, d)
