@@ -395,11 +395,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chats.sqlite3");
         let mut r = Repo::open(&path).unwrap();
-        let mut s = Settings::default();
-        s.theme = Theme::Dark;
-        s.threads = 3;
-        s.thinking_budget = 100;
-        s.model_path = "/models/x.gguf".into();
+        let s = Settings {
+            theme: Theme::Dark,
+            threads: 3,
+            thinking_budget: 100,
+            model_path: "/models/x.gguf".into(),
+            ..Settings::default()
+        };
         r.set_settings(s.clone()).unwrap();
         drop(r);
         assert_eq!(Repo::open(&path).unwrap().settings(), &s);

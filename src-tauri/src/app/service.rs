@@ -100,6 +100,8 @@ pub struct StreamEvent {
 }
 
 /// What sending a line produced.
+// Built once per request and consumed at once, so the size gap between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum SendOutcome {
     /// A reply started: the user's message and the (empty, streaming) assistant message.
