@@ -1,6 +1,6 @@
 //! The headless command line (`smollm3-bot <subcommand>`), built with clap.
 
-use super::{model_cmds, text_cmds};
+use super::{bench, model_cmds, text_cmds};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -29,8 +29,12 @@ pub enum Command {
     Generate(model_cmds::GenerateArgs),
     /// Print the prompt a conversation renders to with the chat template.
     Render(text_cmds::RenderArgs),
+    /// Measure load time, prefill and decode speed, and peak memory.
+    Bench(bench::BenchArgs),
     /// Manage models: list, pull, import, verify, rm.
     Models(super::models::ModelsArgs),
+    /// Chat with a model in the terminal.
+    Chat(super::chat::ChatArgs),
 }
 
 /// Entry point shared by the binary.
@@ -46,6 +50,8 @@ pub fn main() -> ExitCode {
         Some(Command::Logits(a)) => model_cmds::logits(a),
         Some(Command::Generate(a)) => model_cmds::generate(a),
         Some(Command::Render(a)) => text_cmds::render(a),
+        Some(Command::Bench(a)) => bench::bench(a),
+        Some(Command::Chat(a)) => super::chat::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

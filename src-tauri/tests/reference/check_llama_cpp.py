@@ -73,6 +73,13 @@ def check_3b(bin_path, path):
     load = time.time() - t0
     prompt = list(range(1000, 1016))
     llm.eval(prompt)
+    theirs = [float(x) for x in llm.scores[llm.n_tokens - 1]]
+    out = subprocess.run([bin_path, "logits", "--model", path, "--tokens", ",".join(map(str, prompt))],
+                         check=True, capture_output=True, text=True)
+    ours = json.loads(out.stdout)["logits"]
+    d = max(abs(a - b) for a, b in zip(ours, theirs))
+    top = lambda v: max(range(len(v)), key=v.__getitem__)
+    print(f"3B: last-position logits max |Δ| = {d:.4f}; top-1 ours {top(ours)} llama.cpp {top(theirs)}")
     seq = []
     for _ in range(8):
         row = llm.scores[llm.n_tokens - 1]
