@@ -3,6 +3,7 @@
 //! The crate is one library with thin shells on top (desktop, HTTP, CLI), so that every
 //! transport shares the same model, chat engine and storage code.
 
+pub mod app;
 pub mod engine;
 pub mod hub;
 pub mod model;

@@ -44,9 +44,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         // Model management has its own exit codes (130 when a download is paused).
         Some(Command::Models(args)) => return super::models::run(args),
-        None => Err(anyhow::anyhow!(
-            "the desktop app is not part of this build; see --help"
-        )),
+        None => super::desktop::run(),
         Some(Command::Synth(a)) => model_cmds::synth(a),
         Some(Command::Inspect(a)) => model_cmds::inspect(a),
         Some(Command::Logits(a)) => model_cmds::logits(a),

@@ -3,6 +3,9 @@
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod desktop;
+pub mod html;
+pub mod http;
 pub mod model_cmds;
 pub mod models;
 pub mod text_cmds;

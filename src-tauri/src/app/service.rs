@@ -1,0 +1,722 @@
+//! [`ChatService`]: what a user can do in the app, independent of how they reach it.
+//!
+//! Replies stream as [`StreamEvent`]s on a broadcast channel that every shell subscribes to
+//! (Tauri events in the desktop, SSE in the browser). Each reply's text is saved as it arrives,
+//! before its event goes out, so anything a shell renders from the repository is never behind
+//! the events it has seen; a per-reply sequence number lets a client drop events it already has.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::commands::{self, CommandError, SlashCommand};
+use super::generator::{GenerateRequest, Generator, NoModel, Quote};
+use super::repo::{Conversation, Message, MessageStatus, Repo, RepoError, Role};
+use super::settings::{InvalidSetting, Settings};
+use crate::engine::events::{ChatMessage, EngineEvent};
+
+/// Title of a conversation before its first message names it.
+pub const NEW_TITLE: &str = "New chat";
+
+/// What can go wrong in a user action; every message is meant for a person.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The conversation or message is gone.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request makes no sense as given.
+    #[error("{0}")]
+    Invalid(String),
+    /// A slash command was mistyped.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// Settings out of range.
+    #[error("some settings are out of range")]
+    Settings(Vec<InvalidSetting>),
+    /// Saving failed.
+    #[error("could not save: {0}")]
+    Storage(String),
+}
+
+impl From<RepoError> for ServiceError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::NotFound { what, .. } => {
+                ServiceError::NotFound(format!("That {what} no longer exists."))
+            }
+            other => ServiceError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// Result type of the service.
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// The engine as the status bar shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum EngineState {
+    /// Nothing loaded; `reason` says what to do.
+    NoModel {
+        /// For a person to read.
+        reason: String,
+    },
+    /// A model is loading.
+    Loading {
+        /// What is loading (file name).
+        model: String,
+        /// 0.0 to 1.0.
+        progress: f32,
+    },
+    /// Ready to generate.
+    Ready {
+        /// Model name.
+        model: String,
+    },
+    /// Loading failed.
+    Failed {
+        /// For a person to read.
+        message: String,
+    },
+}
+
+/// One event of a reply's stream, tagged with where it belongs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamEvent {
+    /// The conversation.
+    pub conversation_id: i64,
+    /// The assistant message being written.
+    pub message_id: i64,
+    /// Counts the events of this reply from 1; a view rendered at `seq` n already holds 1..=n.
+    pub seq: u64,
+    /// What happened.
+    pub event: EngineEvent,
+}
+
+/// What sending a line produced.
+// Built once per request and consumed at once, so the size gap between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum SendOutcome {
+    /// A reply started: the user's message and the (empty, streaming) assistant message.
+    Reply {
+        /// The conversation (created if none was given).
+        conversation: Conversation,
+        /// Whether the conversation was created by this send.
+        created: bool,
+        /// The stored user message.
+        user: Message,
+        /// The assistant message the stream fills.
+        assistant: Message,
+    },
+    /// A command ran; `text` tells the user what happened.
+    Notice {
+        /// The conversation it applied to, if any.
+        conversation: Option<Conversation>,
+        /// Whether the conversation was created by this send.
+        created: bool,
+        /// For a person to read.
+        text: String,
+    },
+}
+
+/// A conversation as a screen shows it.
+#[derive(Debug, Clone)]
+pub struct ConversationView {
+    /// The header.
+    pub conversation: Conversation,
+    /// The branch on screen, oldest first.
+    pub messages: Vec<MessageView>,
+}
+
+/// A message with what a view needs besides its text.
+#[derive(Debug, Clone)]
+pub struct MessageView {
+    /// The message.
+    pub message: Message,
+    /// Events of its stream already included (0 unless streaming).
+    pub seq: u64,
+    /// This message's position among its siblings (1-based) and how many there are.
+    pub branch: (usize, usize),
+    /// Sibling ids, oldest first (for branch navigation).
+    pub siblings: Vec<i64>,
+}
+
+struct Active {
+    conversation_id: i64,
+    cancel: Arc<AtomicBool>,
+    seq: u64,
+}
+
+struct State {
+    repo: Repo,
+    active: HashMap<i64, Active>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    generator: RwLock<Arc<dyn Generator>>,
+    engine: RwLock<EngineState>,
+    events: broadcast::Sender<StreamEvent>,
+    quote_delay: Duration,
+}
+
+/// The chat service. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct ChatService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ChatService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatService").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change under this lock is applied whole, so a poisoned lock holds consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A title from the first words of a message.
+fn title_from(text: &str) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(NEW_TITLE);
+    let mut title: String = line.chars().take(48).collect();
+    if line.chars().count() > 48 {
+        title.push('…');
+    }
+    title
+}
+
+impl ChatService {
+    /// A service over `repo`, with no model loaded.
+    pub fn new(repo: Repo) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    repo,
+                    active: HashMap::new(),
+                }),
+                generator: RwLock::new(Arc::new(NoModel::default())),
+                engine: RwLock::new(EngineState::NoModel {
+                    reason: "No model is loaded.".into(),
+                }),
+                events,
+                quote_delay: Duration::from_millis(60),
+            }),
+        }
+    }
+
+    /// A service that keeps nothing after it is dropped.
+    pub fn in_memory() -> Self {
+        Self::new(Repo::in_memory())
+    }
+
+    /// A service whose data lives in the file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self::new(Repo::open(path)?))
+    }
+
+    /// Changes how fast `/quote` streams (tests use a short delay).
+    pub fn with_quote_delay(self, delay: Duration) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.quote_delay = delay;
+                Self {
+                    inner: Arc::new(inner),
+                }
+            }
+            Err(inner) => Self { inner },
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
+    }
+
+    /// Receives every reply event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Installs the generator new replies use, and the state the status bar shows.
+    pub fn set_generator(&self, generator: Arc<dyn Generator>, state: EngineState) {
+        *self
+            .inner
+            .generator
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = generator;
+        self.set_engine_state(state);
+    }
+
+    /// Updates the engine state (loading progress, failure).
+    pub fn set_engine_state(&self, state: EngineState) {
+        *self.inner.engine.write().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    /// The engine state.
+    pub fn engine_state(&self) -> EngineState {
+        self.inner
+            .engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether any reply is being generated.
+    pub fn busy(&self) -> bool {
+        !self.state().active.is_empty()
+    }
+
+    /// The current settings.
+    pub fn settings(&self) -> Settings {
+        self.state().repo.settings().clone()
+    }
+
+    /// Checks and saves new settings.
+    pub fn update_settings(&self, settings: Settings) -> Result<()> {
+        settings.validate().map_err(ServiceError::Settings)?;
+        let mut st = self.state();
+        st.repo.set_settings(settings)?;
+        Ok(())
+    }
+
+    /// Conversations, newest first, optionally filtered by a search query.
+    pub fn conversations(&self, query: Option<&str>) -> Result<Vec<Conversation>> {
+        Ok(self.state().repo.list_conversations(query)?)
+    }
+
+    /// Starts an empty conversation with the default reasoning mode.
+    pub fn new_conversation(&self) -> Result<Conversation> {
+        let mut st = self.state();
+        Self::create(&mut st)
+    }
+
+    fn create(st: &mut State) -> Result<Conversation> {
+        let thinking = st.repo.settings().thinking_default;
+        Ok(st.repo.create_conversation(NEW_TITLE, thinking)?)
+    }
+
+    /// A conversation and the branch on screen.
+    pub fn conversation(&self, id: i64) -> Result<ConversationView> {
+        let st = self.state();
+        let conversation = st.repo.conversation(id)?;
+        let mut messages = Vec::new();
+        for message in st.repo.branch(id)? {
+            let siblings = st.repo.siblings(message.id)?;
+            let pos = siblings
+                .iter()
+                .position(|&s| s == message.id)
+                .map_or(1, |p| p + 1);
+            let seq = st.active.get(&message.id).map_or(0, |a| a.seq);
+            messages.push(MessageView {
+                branch: (pos, siblings.len()),
+                siblings,
+                seq,
+                message,
+            });
+        }
+        Ok(ConversationView {
+            conversation,
+            messages,
+        })
+    }
+
+    /// One message with its stream position.
+    pub fn message(&self, id: i64) -> Result<MessageView> {
+        let st = self.state();
+        let message = st.repo.message(id)?;
+        let siblings = st.repo.siblings(id)?;
+        let pos = siblings.iter().position(|&s| s == id).map_or(1, |p| p + 1);
+        let seq = st.active.get(&id).map_or(0, |a| a.seq);
+        Ok(MessageView {
+            branch: (pos, siblings.len()),
+            siblings,
+            seq,
+            message,
+        })
+    }
+
+    /// Renames a conversation.
+    pub fn rename(&self, id: i64, title: &str) -> Result<Conversation> {
+        let title = title.trim();
+        if title.is_empty() {
+            return Err(ServiceError::Invalid("A title cannot be empty.".into()));
+        }
+        let title: String = title.chars().take(200).collect();
+        let mut st = self.state();
+        st.repo.rename(id, &title)?;
+        Ok(st.repo.conversation(id)?)
+    }
+
+    /// Deletes a conversation (undoable), stopping its reply if one is streaming.
+    pub fn delete(&self, id: i64) -> Result<Conversation> {
+        self.stop(id);
+        self.current_generator().forget(id);
+        let mut st = self.state();
+        let conv = st.repo.conversation(id)?;
+        st.repo.delete(id)?;
+        Ok(conv)
+    }
+
+    /// Brings back a deleted conversation.
+    pub fn undo_delete(&self, id: i64) -> Result<Conversation> {
+        let mut st = self.state();
+        st.repo.undo_delete(id)?;
+        Ok(st.repo.conversation(id)?)
+    }
+
+    /// Turns reasoning on or off for a conversation.
+    pub fn set_thinking(&self, id: i64, on: bool) -> Result<Conversation> {
+        let mut st = self.state();
+        st.repo.set_thinking(id, on)?;
+        Ok(st.repo.conversation(id)?)
+    }
+
+    /// Asks every reply streaming in a conversation to stop; returns whether one was.
+    pub fn stop(&self, conversation_id: i64) -> bool {
+        let st = self.state();
+        let mut any = false;
+        for a in st
+            .active
+            .values()
+            .filter(|a| a.conversation_id == conversation_id)
+        {
+            a.cancel.store(true, Ordering::Relaxed);
+            any = true;
+        }
+        any
+    }
+
+    /// Whether a reply is streaming in the conversation.
+    pub fn is_streaming(&self, conversation_id: i64) -> bool {
+        self.state()
+            .active
+            .values()
+            .any(|a| a.conversation_id == conversation_id)
+    }
+
+    /// Handles a line from the message box: a slash command, or a message to answer.
+    /// `conversation_id` None starts a new conversation.
+    pub fn send(&self, conversation_id: Option<i64>, text: &str) -> Result<SendOutcome> {
+        if text.trim().is_empty() {
+            return Err(ServiceError::Invalid("Type a message first.".into()));
+        }
+        let command = commands::parse(text).transpose()?;
+        let mut st = self.state();
+        let (conv, created) = match conversation_id {
+            Some(id) => (st.repo.conversation(id)?, false),
+            None => (Self::create(&mut st)?, true),
+        };
+        let notice = |st: &State, text: String| -> Result<SendOutcome> {
+            Ok(SendOutcome::Notice {
+                conversation: Some(st.repo.conversation(conv.id)?),
+                created,
+                text,
+            })
+        };
+        let generator: Arc<dyn Generator> = match command {
+            Some(SlashCommand::Think) => {
+                st.repo.set_thinking(conv.id, true)?;
+                return notice(&st, "Reasoning is on for this conversation.".into());
+            }
+            Some(SlashCommand::NoThink) => {
+                st.repo.set_thinking(conv.id, false)?;
+                return notice(&st, "Reasoning is off for this conversation.".into());
+            }
+            Some(SlashCommand::Clear) => {
+                if created {
+                    return notice(&st, "This conversation is already empty.".into());
+                }
+                // The old conversation is kept (and searchable); the chat starts over.
+                let fresh = st.repo.create_conversation(NEW_TITLE, conv.thinking)?;
+                return Ok(SendOutcome::Notice {
+                    conversation: Some(fresh),
+                    created: true,
+                    text: "Cleared: this is a new conversation. The previous one is still in the sidebar.".into(),
+                });
+            }
+            Some(SlashCommand::Status) => {
+                let text = self.status_line(&st, conv.id);
+                return notice(&st, text);
+            }
+            Some(SlashCommand::Help) => {
+                let text = commands::HELP
+                    .iter()
+                    .map(|(c, h)| format!("{c} — {h}"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return notice(&st, text);
+            }
+            Some(SlashCommand::Quote(arg)) => {
+                Arc::new(Quote::new(&arg).with_delay(self.inner.quote_delay))
+            }
+            None => self.current_generator(),
+        };
+        if st.active.values().any(|a| a.conversation_id == conv.id) {
+            return Err(ServiceError::Invalid(
+                "A reply is still being written. Stop it or wait for it to finish.".into(),
+            ));
+        }
+        let parent = st.repo.conversation(conv.id)?.leaf_id;
+        let user = st
+            .repo
+            .add_message(conv.id, parent, Role::User, text.trim())?;
+        if st.repo.conversation(conv.id)?.title == NEW_TITLE {
+            st.repo.rename(conv.id, &title_from(text))?;
+        }
+        let assistant = self.start_reply(&mut st, conv.id, user.id, generator)?;
+        Ok(SendOutcome::Reply {
+            conversation: st.repo.conversation(conv.id)?,
+            created,
+            user,
+            assistant,
+        })
+    }
+
+    /// Answers the same user message again; the old reply stays as a sibling branch.
+    pub fn regenerate(&self, assistant_id: i64) -> Result<Message> {
+        let mut st = self.state();
+        let old = st.repo.message(assistant_id)?;
+        if old.role != Role::Assistant {
+            return Err(ServiceError::Invalid(
+                "Only a reply can be regenerated.".into(),
+            ));
+        }
+        let Some(parent) = old.parent_id else {
+            return Err(ServiceError::Invalid("This reply answers nothing.".into()));
+        };
+        if st
+            .active
+            .values()
+            .any(|a| a.conversation_id == old.conversation_id)
+        {
+            return Err(ServiceError::Invalid(
+                "A reply is still being written. Stop it first.".into(),
+            ));
+        }
+        let question = st.repo.message(parent)?.content;
+        let generator = self.generator_for(&question);
+        self.start_reply(&mut st, old.conversation_id, parent, generator)
+    }
+
+    /// Replaces a user message with `text` and answers it; the old message and its replies stay
+    /// as a sibling branch.
+    pub fn edit(&self, user_id: i64, text: &str) -> Result<(Message, Message)> {
+        if text.trim().is_empty() {
+            return Err(ServiceError::Invalid("Type a message first.".into()));
+        }
+        let mut st = self.state();
+        let old = st.repo.message(user_id)?;
+        if old.role != Role::User {
+            return Err(ServiceError::Invalid(
+                "Only your own messages can be edited.".into(),
+            ));
+        }
+        if st
+            .active
+            .values()
+            .any(|a| a.conversation_id == old.conversation_id)
+        {
+            return Err(ServiceError::Invalid(
+                "A reply is still being written. Stop it first.".into(),
+            ));
+        }
+        let generator = self.generator_for(text);
+        let user =
+            st.repo
+                .add_message(old.conversation_id, old.parent_id, Role::User, text.trim())?;
+        let assistant = self.start_reply(&mut st, old.conversation_id, user.id, generator)?;
+        Ok((user, assistant))
+    }
+
+    /// Shows the branch through message `id` (for the ‹ › branch switcher).
+    pub fn select_branch(&self, id: i64) -> Result<i64> {
+        let mut st = self.state();
+        let conv = st.repo.message(id)?.conversation_id;
+        if st.active.values().any(|a| a.conversation_id == conv) {
+            return Err(ServiceError::Invalid(
+                "Wait for the reply to finish before switching branches.".into(),
+            ));
+        }
+        st.repo.select_branch(id)?;
+        Ok(conv)
+    }
+
+    fn generator_for(&self, text: &str) -> Arc<dyn Generator> {
+        match commands::parse(text) {
+            Some(Ok(SlashCommand::Quote(arg))) => {
+                Arc::new(Quote::new(&arg).with_delay(self.inner.quote_delay))
+            }
+            _ => self.current_generator(),
+        }
+    }
+
+    fn current_generator(&self) -> Arc<dyn Generator> {
+        self.inner
+            .generator
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Tokens used by the last reply of the branch on screen, if any.
+    pub fn context_used(&self, conversation_id: i64) -> Option<usize> {
+        let st = self.state();
+        let branch = st.repo.branch(conversation_id).ok()?;
+        branch
+            .iter()
+            .rev()
+            .find_map(|m| m.stats.as_ref())
+            .map(|s| s.prompt_tokens + s.generated_tokens)
+    }
+
+    fn status_line(&self, st: &State, conversation_id: i64) -> String {
+        let engine = match self.engine_state() {
+            EngineState::NoModel { reason } => reason,
+            EngineState::Loading { model, progress } => {
+                format!("Loading {model} ({:.0}%).", progress * 100.0)
+            }
+            EngineState::Ready { model } => format!("Model {model} is ready."),
+            EngineState::Failed { message } => format!("The model failed to load: {message}"),
+        };
+        let s = st.repo.settings();
+        let thinking = st
+            .repo
+            .conversation(conversation_id)
+            .map(|c| c.thinking)
+            .unwrap_or(false);
+        format!(
+            "{engine}\nContext size {} tokens; replies generating: {}.\nReasoning is {} in this conversation.",
+            s.context_size,
+            st.active.len(),
+            if thinking { "on" } else { "off" }
+        )
+    }
+
+    fn start_reply(
+        &self,
+        st: &mut State,
+        conversation_id: i64,
+        user_id: i64,
+        generator: Arc<dyn Generator>,
+    ) -> Result<Message> {
+        let conv = st.repo.conversation(conversation_id)?;
+        let settings = st.repo.settings().clone();
+        let mut messages = Vec::new();
+        if !settings.system_prompt.trim().is_empty() {
+            messages.push(ChatMessage::new("system", settings.system_prompt.trim()));
+        }
+        // The path up to the message being answered (for a regenerate, the leaf is further down).
+        for m in st.repo.path_to(user_id)? {
+            if m.role == Role::Assistant
+                && (m.status == MessageStatus::Error || m.content.is_empty())
+            {
+                continue;
+            }
+            messages.push(ChatMessage {
+                role: m.role.as_str().into(),
+                content: m.content,
+                token_ids: m.token_ids,
+            });
+        }
+        let assistant = st.repo.begin_reply(conversation_id, user_id)?;
+        // The store keeps the date as the chat template prints it ("27 November 2026").
+        let today = NaiveDate::parse_from_str(&conv.today, "%d %B %Y")
+            .or_else(|_| NaiveDate::parse_from_str(&conv.today, "%Y-%m-%d"))
+            .unwrap_or_else(|_| chrono::Local::now().date_naive());
+        let req = GenerateRequest {
+            conversation_id,
+            messages,
+            sampling: settings.sampling.clone(),
+            enable_thinking: conv.thinking,
+            today,
+            thinking_budget: (settings.thinking_budget > 0).then_some(settings.thinking_budget),
+        };
+        let job = generator.submit(req);
+        st.active.insert(
+            assistant.id,
+            Active {
+                conversation_id,
+                cancel: job.cancel.clone(),
+                seq: 0,
+            },
+        );
+        let this = self.clone();
+        let message_id = assistant.id;
+        tokio::spawn(async move { this.pump(conversation_id, message_id, job.events).await });
+        Ok(assistant)
+    }
+
+    /// Moves a job's events into the repository and out to subscribers, in that order.
+    async fn pump(
+        &self,
+        conversation_id: i64,
+        message_id: i64,
+        mut events: tokio::sync::mpsc::Receiver<EngineEvent>,
+    ) {
+        let mut ended = false;
+        while let Some(event) = events.recv().await {
+            let mut st = self.state();
+            let applied = match &event {
+                EngineEvent::Reasoning { text } => st.repo.append(message_id, text, ""),
+                EngineEvent::Answer { text } => st.repo.append(message_id, "", text),
+                EngineEvent::Done { stats, token_ids } => {
+                    ended = true;
+                    st.repo.finish(message_id, stats.clone(), token_ids.clone())
+                }
+                EngineEvent::Error { message } => {
+                    ended = true;
+                    st.repo.fail(message_id, message)
+                }
+                EngineEvent::Started { .. } | EngineEvent::Queued { .. } => Ok(()),
+            };
+            if let Err(e) = applied {
+                tracing::warn!(message_id, error = %e, "reply could not be saved");
+            }
+            let seq = match st.active.get_mut(&message_id) {
+                Some(a) => {
+                    a.seq += 1;
+                    a.seq
+                }
+                None => 0,
+            };
+            if ended {
+                st.active.remove(&message_id);
+            }
+            // Nobody listening is fine: the text is saved and views render it from there.
+            let _ = self.inner.events.send(StreamEvent {
+                conversation_id,
+                message_id,
+                seq,
+                event,
+            });
+            if ended {
+                return;
+            }
+        }
+        let message = "The engine stopped before finishing the reply.".to_string();
+        let mut st = self.state();
+        if let Err(e) = st.repo.fail(message_id, &message) {
+            tracing::warn!(error = %e, "saving the failed reply failed");
+        }
+        let seq = st.active.remove(&message_id).map_or(0, |a| a.seq + 1);
+        let _ = self.inner.events.send(StreamEvent {
+            conversation_id,
+            message_id,
+            seq,
+            event: EngineEvent::Error { message },
+        });
+    }
+}

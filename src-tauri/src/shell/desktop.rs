@@ -1,0 +1,243 @@
+//! The desktop shell: a Tauri window whose HTML comes from the same axum router the browser
+//! uses. The page's htmx requests reach the router through the `hx` command (in-process, no
+//! port opened) and reply deltas arrive as Tauri events with the payload the SSE path sends.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::body::Body;
+use axum::Router;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use tauri::{AppHandle, Builder, Emitter, Manager, Runtime};
+use tokio::sync::broadcast::error::RecvError;
+use tower::ServiceExt;
+
+use super::http::{self, STREAM_EVENT};
+use crate::app::service::{ChatService, EngineState};
+use crate::app::{Generator, Settings};
+
+/// Environment variable naming the folder for the app's data (overrides the platform default).
+pub const DATA_DIR_ENV: &str = "SMOLLM3_BOT_DATA_DIR";
+
+/// An HTTP request as the page's glue script sends it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HxRequest {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// Path and query, such as `/conversations?q=rust`.
+    pub url: String,
+    /// Request headers.
+    #[serde(default)]
+    pub headers: HashMap<String, String>,
+    /// URL-encoded form body (empty for `GET`).
+    #[serde(default)]
+    pub body: String,
+}
+
+/// The router's answer, handed back to the page.
+#[derive(Debug, Clone, Serialize)]
+pub struct HxResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers (htmx reads `HX-*` ones).
+    pub headers: HashMap<String, String>,
+    /// The HTML.
+    pub body: String,
+}
+
+/// What the `hx` command needs: the router, built once.
+pub struct Bridge {
+    router: Router,
+}
+
+impl Bridge {
+    /// A bridge over the router of `service`.
+    pub fn new(service: ChatService) -> Self {
+        Self {
+            router: http::router(service),
+        }
+    }
+
+    /// Runs one request through the router in-process.
+    pub async fn call(&self, req: HxRequest) -> anyhow::Result<HxResponse> {
+        let path = req.url.split('?').next().unwrap_or_default();
+        if path == "/events" {
+            // An endless body would never return; the desktop streams through Tauri events.
+            anyhow::bail!(
+                "/events is served to browsers only; the desktop receives replies as events"
+            );
+        }
+        let mut builder = axum::http::Request::builder()
+            .method(req.method.as_str())
+            .uri(&req.url);
+        let mut has_type = false;
+        for (k, v) in &req.headers {
+            has_type |= k.eq_ignore_ascii_case("content-type");
+            builder = builder.header(k, v);
+        }
+        if !has_type && !req.body.is_empty() {
+            builder = builder.header("content-type", "application/x-www-form-urlencoded");
+        }
+        let request = builder
+            .body(Body::from(req.body))
+            .context("the request from the page is malformed")?;
+        let response = match self.router.clone().oneshot(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the router's response failed")?
+            .to_bytes();
+        Ok(HxResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+}
+
+/// Tauri's commands, grouped here as the only IPC surface of the app.
+pub mod commands {
+    use super::{Bridge, HxRequest, HxResponse};
+
+    /// Runs an htmx request through the app's router and returns the response.
+    #[tauri::command]
+    pub async fn hx(
+        bridge: tauri::State<'_, Bridge>,
+        request: HxRequest,
+    ) -> Result<HxResponse, String> {
+        bridge.call(request).await.map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// Installs the app's commands on a Tauri builder; shared by the real app and tests.
+pub fn configure<R: Runtime>(builder: Builder<R>) -> Builder<R> {
+    builder.invoke_handler(tauri::generate_handler![commands::hx])
+}
+
+/// Puts the chat service behind the `hx` command and forwards its reply stream as
+/// `chat-stream` events to every window.
+pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
+    app.manage(Bridge::new(service.clone()));
+    let mut rx = service.subscribe();
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    if let Err(e) = app.emit(STREAM_EVENT, http::stream_payload(&service, &ev)) {
+                        tracing::warn!(error = %e, "could not send a reply event to the window");
+                    }
+                }
+                // The final event carries the whole message, so skipped deltas heal.
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!(skipped = n, "window fell behind the stream")
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+}
+
+/// The database of conversations and settings: in `SMOLLM3_BOT_DATA_DIR` when set, else in the
+/// platform's data folder (shared with the command line).
+fn database_path() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join(crate::store::DATABASE_FILE));
+    }
+    crate::store::Store::default_path().context("no data folder is known for this platform")
+}
+
+/// Loads a model into a generator, reporting progress from 0.0 to 1.0.
+pub type ModelLoader = fn(
+    model: &Path,
+    tokenizer: Option<&Path>,
+    settings: &Settings,
+    progress: &dyn Fn(f32),
+) -> anyhow::Result<Arc<dyn Generator>>;
+
+/// Where the model comes from: `MODEL_PATH`/`TOKENIZER_PATH`, else the settings.
+fn model_paths(service: &ChatService) -> (Option<PathBuf>, Option<PathBuf>) {
+    let settings = service.settings();
+    let pick = |env: &str, setting: &str| {
+        std::env::var_os(env)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| (!setting.trim().is_empty()).then(|| PathBuf::from(setting.trim())))
+    };
+    (
+        pick("MODEL_PATH", &settings.model_path),
+        pick("TOKENIZER_PATH", &settings.tokenizer_path),
+    )
+}
+
+/// Loads the model on a background thread so the window is usable at once; the status bar
+/// shows progress, then the model or the reason there is none.
+pub fn load_model_in_background(service: ChatService, loader: ModelLoader) {
+    let (model, tokenizer) = model_paths(&service);
+    let Some(model) = model else {
+        service.set_engine_state(EngineState::NoModel {
+            reason: "No model is loaded. Set the model file in Settings or start the app with MODEL_PATH.".into(),
+        });
+        return;
+    };
+    let name = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    service.set_engine_state(EngineState::Loading {
+        model: name.clone(),
+        progress: 0.0,
+    });
+    std::thread::spawn(move || {
+        let report = |p: f32| {
+            service.set_engine_state(EngineState::Loading {
+                model: name.clone(),
+                progress: p,
+            })
+        };
+        let settings = service.settings();
+        match loader(&model, tokenizer.as_deref(), &settings, &report) {
+            Ok(generator) => service.set_generator(generator, EngineState::Ready { model: name }),
+            Err(e) => {
+                tracing::warn!(error = %e, "model not loaded");
+                service.set_engine_state(EngineState::Failed {
+                    message: format!("{e:#}"),
+                });
+            }
+        }
+    });
+}
+
+/// Opens the desktop window and runs until it is closed.
+pub fn run() -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+    configure(tauri::Builder::default())
+        .setup(|app| {
+            let file = database_path()?;
+            let service = ChatService::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            tracing::info!(data = %file.display(), "chat data");
+            install(app.handle(), service.clone());
+            load_model_in_background(service, crate::app::engine_adapter::load);
+            Ok(())
+        })
+        .run(tauri::generate_context!())
+        .context("the desktop window failed")
+}

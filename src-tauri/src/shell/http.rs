@@ -1,0 +1,568 @@
+//! The axum [`Router`]: the single source of every page, fragment and action of the chat UI.
+//!
+//! A browser reaches it over TCP (replies stream as server-sent events from `/events`); the
+//! desktop runs the same router in-process for each request (see `shell::desktop`) and gets
+//! the same stream as Tauri events. Handlers are small: extractors in, HTML out.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::str::FromStr;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::html;
+use crate::app::service::{ChatService, SendOutcome, ServiceError, StreamEvent};
+use crate::app::settings::{InvalidSetting, Settings, Theme};
+use crate::engine::events::EngineEvent;
+
+/// Name of the SSE event (and of the Tauri event) that carries reply deltas.
+pub const STREAM_EVENT: &str = "chat-stream";
+
+/// Builds the router over a chat service.
+pub fn router(service: ChatService) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/layout", get(layout))
+        .route("/empty", get(empty))
+        .route("/assets/app.css", get(css))
+        .route("/assets/app.js", get(js))
+        .route("/assets/vendor/htmx.min.js", get(htmx))
+        .route("/conversations", get(list).post(create))
+        .route("/conversations/{id}", get(open))
+        .route("/conversations/{id}/rename", get(rename_form).post(rename))
+        .route("/conversations/{id}/delete", post(delete))
+        .route("/conversations/{id}/undo", post(undo))
+        .route("/conversations/{id}/thinking", post(thinking))
+        .route("/conversations/{id}/messages", post(send_in))
+        .route("/conversations/{id}/stop", post(stop))
+        .route("/messages", post(send_new))
+        .route("/messages/{id}", get(message))
+        .route("/messages/{id}/edit", get(edit_form).post(edit))
+        .route("/messages/{id}/regenerate", post(regenerate))
+        .route("/messages/{id}/select", post(select))
+        .route("/settings", get(settings).post(save_settings))
+        .route("/status", get(status))
+        .route("/render", post(render))
+        .route("/events", get(events))
+        .fallback(not_found)
+        .with_state(service)
+}
+
+/// A failed action, shown to the user as a message in the toast area.
+#[derive(Debug)]
+pub struct UiError(ServiceError);
+
+impl From<ServiceError> for UiError {
+    fn from(e: ServiceError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let mut resp = (status, Html(html::error_toast(&self.0.to_string()))).into_response();
+        retarget(&mut resp, "#toast", "innerHTML");
+        resp
+    }
+}
+
+type Result<T, E = UiError> = std::result::Result<T, E>;
+
+/// Tells htmx to put the response somewhere else than the element asked for.
+fn retarget(resp: &mut Response, target: &'static str, swap: &'static str) {
+    resp.headers_mut()
+        .insert("HX-Retarget", HeaderValue::from_static(target));
+    resp.headers_mut()
+        .insert("HX-Reswap", HeaderValue::from_static(swap));
+}
+
+async fn not_found() -> Response {
+    UiError(ServiceError::NotFound(
+        "There is nothing at this address.".into(),
+    ))
+    .into_response()
+}
+
+fn layout_html(s: &ChatService) -> Result<String> {
+    let settings = s.settings();
+    let status = html::status_bar(
+        &s.engine_state(),
+        s.busy(),
+        None,
+        None,
+        settings.context_size,
+    );
+    Ok(html::layout(
+        &s.conversations(None)?,
+        &html::empty_chat(),
+        &status,
+        settings.theme,
+    ))
+}
+
+async fn index(State(s): State<ChatService>) -> Result<Html<String>> {
+    Ok(Html(html::page(&layout_html(&s)?)))
+}
+
+async fn layout(State(s): State<ChatService>) -> Result<Html<String>> {
+    Ok(Html(layout_html(&s)?))
+}
+
+async fn empty() -> Html<String> {
+    Html(html::empty_chat())
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn css() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../../../ui/app.css"),
+    )
+}
+
+async fn js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../../ui/app.js"),
+    )
+}
+
+async fn htmx() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../../ui/vendor/htmx.min.js"),
+    )
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    #[serde(default)]
+    q: String,
+}
+
+async fn list(State(s): State<ChatService>, Query(q): Query<SearchQuery>) -> Result<Html<String>> {
+    let found = s.conversations(Some(&q.q))?;
+    if found.is_empty() && !q.q.trim().is_empty() {
+        return Ok(Html(format!(
+            "<p class=\"muted empty-list\">Nothing matches “{}”.</p>",
+            html::esc(q.q.trim())
+        )));
+    }
+    Ok(Html(html::conversation_list(&found, None)))
+}
+
+fn chat_with_sidebar(s: &ChatService, id: i64, extra: &str) -> Result<String> {
+    let view = s.conversation(id)?;
+    let settings = s.settings();
+    let status = html::status_bar(
+        &s.engine_state(),
+        s.busy(),
+        Some(id),
+        s.context_used(id),
+        settings.context_size,
+    )
+    .replace(
+        "<footer id=\"statusbar\"",
+        "<footer id=\"statusbar\" hx-swap-oob=\"true\"",
+    );
+    let list = html::conversation_list(&s.conversations(None)?, None);
+    Ok(format!(
+        "{}<nav id=\"conversation-list\" class=\"conversation-list\" hx-swap-oob=\"true\">{list}</nav>{status}",
+        html::chat(&view, extra)
+    ))
+}
+
+async fn create(State(s): State<ChatService>) -> Result<Html<String>> {
+    let c = s.new_conversation()?;
+    Ok(Html(chat_with_sidebar(&s, c.id, "")?))
+}
+
+async fn open(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+    Ok(Html(chat_with_sidebar(&s, id, "")?))
+}
+
+async fn rename_form(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+    let view = s.conversation(id)?;
+    Ok(Html(html::rename_form(&view.conversation)))
+}
+
+#[derive(Deserialize)]
+struct TitleForm {
+    #[serde(default)]
+    title: String,
+}
+
+async fn rename(
+    State(s): State<ChatService>,
+    Path(id): Path<i64>,
+    Form(f): Form<TitleForm>,
+) -> Result<Html<String>> {
+    let c = s.rename(id, &f.title)?;
+    // The title swaps in only where this conversation is open.
+    Ok(Html(format!(
+        "{}{}",
+        html::conversation_list(&s.conversations(None)?, None),
+        html::chat_title(&c, true)
+    )))
+}
+
+/// Header in which the page names the conversation it has open.
+pub const OPEN_CONVERSATION: &str = "x-open-conversation";
+
+async fn delete(
+    State(s): State<ChatService>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Html<String>> {
+    let c = s.delete(id)?;
+    let mut body = html::conversation_list(&s.conversations(None)?, Some(&html::undo_toast(&c)));
+    let open = headers
+        .get(OPEN_CONVERSATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    if open == Some(id) {
+        // The open conversation is gone: show the start screen in its place.
+        body.push_str(&format!(
+            "<main id=\"chat\" class=\"chat-slot\" hx-swap-oob=\"true\">{}</main>",
+            html::empty_chat()
+        ));
+    }
+    Ok(Html(body))
+}
+
+async fn undo(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+    s.undo_delete(id)?;
+    Ok(Html(html::conversation_list(
+        &s.conversations(None)?,
+        Some(""),
+    )))
+}
+
+#[derive(Deserialize)]
+struct ThinkingForm {
+    enabled: Option<String>,
+}
+
+async fn thinking(
+    State(s): State<ChatService>,
+    Path(id): Path<i64>,
+    Form(f): Form<ThinkingForm>,
+) -> Result<Html<String>> {
+    let c = s.set_thinking(id, f.enabled.is_some())?;
+    Ok(Html(html::chat_head(&c, false)))
+}
+
+#[derive(Deserialize)]
+struct TextForm {
+    #[serde(default)]
+    text: String,
+}
+
+async fn send_in(
+    State(s): State<ChatService>,
+    Path(id): Path<i64>,
+    Form(f): Form<TextForm>,
+) -> Result<Response> {
+    let outcome = s.send(Some(id), &f.text)?;
+    sent(&s, outcome)
+}
+
+async fn send_new(State(s): State<ChatService>, Form(f): Form<TextForm>) -> Result<Response> {
+    let outcome = s.send(None, &f.text)?;
+    sent(&s, outcome)
+}
+
+/// The response to a sent line. A reply appends the two new messages to the list; a new
+/// conversation replaces the chat pane; a command re-renders the list with its notice.
+fn sent(s: &ChatService, outcome: SendOutcome) -> Result<Response> {
+    let list = || -> Result<String> {
+        Ok(format!(
+            "<nav id=\"conversation-list\" class=\"conversation-list\" hx-swap-oob=\"true\">{}</nav>",
+            html::conversation_list(&s.conversations(None)?, None)
+        ))
+    };
+    match outcome {
+        SendOutcome::Reply {
+            conversation,
+            created: true,
+            ..
+        } => {
+            let mut resp = Html(chat_with_sidebar(s, conversation.id, "")?).into_response();
+            retarget(&mut resp, "#chat", "innerHTML");
+            Ok(resp)
+        }
+        SendOutcome::Reply {
+            conversation,
+            created: false,
+            user,
+            assistant,
+        } => {
+            let body = format!(
+                "{}{}{}{}",
+                html::message(&s.message(user.id)?),
+                html::message(&s.message(assistant.id)?),
+                html::chat_title(&conversation, true),
+                list()?
+            );
+            Ok(Html(body).into_response())
+        }
+        SendOutcome::Notice {
+            conversation: Some(c),
+            created,
+            text,
+        } => {
+            if created {
+                let mut resp =
+                    Html(chat_with_sidebar(s, c.id, &html::notice(&text))?).into_response();
+                retarget(&mut resp, "#chat", "innerHTML");
+                return Ok(resp);
+            }
+            let view = s.conversation(c.id)?;
+            let body = format!(
+                "{}{}{}",
+                html::messages(&view),
+                html::notice(&text),
+                html::chat_head(&c, true)
+            );
+            let mut resp = Html(body).into_response();
+            retarget(&mut resp, "#messages", "innerHTML");
+            Ok(resp)
+        }
+        SendOutcome::Notice {
+            conversation: None,
+            text,
+            ..
+        } => Ok(Html(html::notice(&text)).into_response()),
+    }
+}
+
+async fn stop(State(s): State<ChatService>, Path(id): Path<i64>) -> StatusCode {
+    s.stop(id);
+    StatusCode::NO_CONTENT
+}
+
+async fn message(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+    Ok(Html(html::message(&s.message(id)?)))
+}
+
+async fn edit_form(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+    Ok(Html(html::edit_form(&s.message(id)?.message)))
+}
+
+fn messages_of(s: &ChatService, conversation_id: i64) -> Result<Html<String>> {
+    let view = s.conversation(conversation_id)?;
+    Ok(Html(format!(
+        "{}{}",
+        html::messages(&view),
+        html::chat_head(&view.conversation, true)
+    )))
+}
+
+async fn edit(
+    State(s): State<ChatService>,
+    Path(id): Path<i64>,
+    Form(f): Form<TextForm>,
+) -> Result<Html<String>> {
+    let (user, _) = s.edit(id, &f.text)?;
+    messages_of(&s, user.conversation_id)
+}
+
+async fn regenerate(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+    let reply = s.regenerate(id)?;
+    messages_of(&s, reply.conversation_id)
+}
+
+async fn select(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+    let conversation_id = s.select_branch(id)?;
+    messages_of(&s, conversation_id)
+}
+
+async fn settings(State(s): State<ChatService>) -> Html<String> {
+    Html(html::settings_panel(&s.settings(), &[], false))
+}
+
+fn parse_field<T: FromStr>(
+    form: &HashMap<String, String>,
+    name: &'static str,
+    into: &mut T,
+    bad: &mut Vec<InvalidSetting>,
+) {
+    let Some(raw) = form.get(name) else { return };
+    match raw.trim().parse() {
+        Ok(v) => *into = v,
+        Err(_) => bad.push(InvalidSetting {
+            field: name,
+            message: format!("“{}” is not a number", raw.trim()),
+        }),
+    }
+}
+
+/// Reads the settings form over the current settings; fields left out keep their value.
+fn settings_from_form(
+    current: &Settings,
+    form: &HashMap<String, String>,
+) -> (Settings, Vec<InvalidSetting>) {
+    let mut s = current.clone();
+    let mut bad = Vec::new();
+    if let Some(p) = form.get("system_prompt") {
+        s.system_prompt = p.clone();
+    }
+    parse_field(form, "temperature", &mut s.sampling.temperature, &mut bad);
+    parse_field(form, "top_p", &mut s.sampling.top_p, &mut bad);
+    parse_field(form, "top_k", &mut s.sampling.top_k, &mut bad);
+    parse_field(form, "min_p", &mut s.sampling.min_p, &mut bad);
+    parse_field(
+        form,
+        "repeat_penalty",
+        &mut s.sampling.repeat_penalty,
+        &mut bad,
+    );
+    parse_field(form, "max_tokens", &mut s.sampling.max_tokens, &mut bad);
+    parse_field(form, "context_size", &mut s.context_size, &mut bad);
+    parse_field(form, "threads", &mut s.threads, &mut bad);
+    parse_field(form, "thinking_budget", &mut s.thinking_budget, &mut bad);
+    // The form always carries the theme select, so a missing checkbox means "off".
+    if form.contains_key("theme") {
+        s.thinking_default = form.contains_key("thinking_default");
+    }
+    if let Some(t) = form.get("theme") {
+        match Theme::parse(t) {
+            Some(t) => s.theme = t,
+            None => bad.push(InvalidSetting {
+                field: "theme",
+                message: "choose one of the listed themes".into(),
+            }),
+        }
+    }
+    if let Some(p) = form.get("model_path") {
+        s.model_path = p.trim().to_string();
+    }
+    if let Some(p) = form.get("tokenizer_path") {
+        s.tokenizer_path = p.trim().to_string();
+    }
+    (s, bad)
+}
+
+async fn save_settings(
+    State(s): State<ChatService>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response> {
+    let (new, mut bad) = settings_from_form(&s.settings(), &form);
+    if bad.is_empty() {
+        match s.update_settings(new.clone()) {
+            Ok(()) => return Ok(Html(html::settings_panel(&new, &[], true)).into_response()),
+            Err(ServiceError::Settings(errors)) => bad = errors,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Html(html::settings_panel(&new, &bad, false)),
+    )
+        .into_response())
+}
+
+/// Markdown to sanitized HTML, for a reply still streaming (the page re-renders it a few times
+/// a second; each call costs the length of that one reply).
+async fn render(Form(f): Form<TextForm>) -> Html<String> {
+    Html(html::markdown(&f.text))
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    c: Option<i64>,
+}
+
+async fn status(State(s): State<ChatService>, Query(q): Query<StatusQuery>) -> Html<String> {
+    let used = q.c.and_then(|c| s.context_used(c));
+    Html(html::status_bar(
+        &s.engine_state(),
+        s.busy(),
+        q.c,
+        used,
+        s.settings().context_size,
+    ))
+}
+
+/// The JSON a client receives for one stream event, over SSE or as a Tauri event: the delta
+/// text, or for the last event the finished message's HTML.
+pub fn stream_payload(s: &ChatService, ev: &StreamEvent) -> serde_json::Value {
+    let base = |kind: &str| json!({"conversation_id": ev.conversation_id, "message_id": ev.message_id, "seq": ev.seq, "type": kind});
+    let mut v = match &ev.event {
+        EngineEvent::Started { .. } => base("started"),
+        EngineEvent::Queued { position } => {
+            let mut v = base("queued");
+            v["position"] = json!(position);
+            v
+        }
+        EngineEvent::Reasoning { text } => {
+            let mut v = base("reasoning");
+            v["text"] = json!(text);
+            v
+        }
+        EngineEvent::Answer { text } => {
+            let mut v = base("answer");
+            v["text"] = json!(text);
+            v
+        }
+        EngineEvent::Done { .. } => base("done"),
+        EngineEvent::Error { message } => {
+            let mut v = base("error");
+            v["text"] = json!(message);
+            v
+        }
+    };
+    if matches!(
+        ev.event,
+        EngineEvent::Done { .. } | EngineEvent::Error { .. }
+    ) {
+        if let Ok(m) = s.message(ev.message_id) {
+            v["html"] = json!(html::message(&m));
+        }
+    }
+    v
+}
+
+async fn events(
+    State(s): State<ChatService>,
+) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
+    let rx = s.subscribe();
+    let stream = futures_util::stream::unfold((rx, s), |(mut rx, s)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let data = stream_payload(&s, &ev).to_string();
+                    return Some((Ok(Event::default().event(STREAM_EVENT).data(data)), (rx, s)));
+                }
+                // A slow client misses deltas; the final event carries the whole message.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

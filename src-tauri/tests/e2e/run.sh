@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# End-to-end test of the desktop app: the real binary in a real WebKitGTK webview under Xvfb,
+# driven over WebDriver (tauri-driver + WebKitWebDriver + selenium).
+# Installs what it needs when missing, so it runs on a fresh Debian machine.
+# Screenshots land in target/e2e-screenshots/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+cd "$ROOT"
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for pkg in libwebkit2gtk-4.1-dev xvfb xauth webkit2gtk-driver imagemagick python3-venv; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v tauri-driver >/dev/null 2>&1; then
+  cargo install --locked tauri-driver --version '^2'
+fi
+
+VENV="$ROOT/target/e2e-venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import selenium' 2>/dev/null; then
+  "$VENV/bin/pip" install -q 'selenium>=4.20,<5'
+fi
+
+cargo build -p smollm3-bot --bin smollm3-bot
+
+export APP_BIN="$ROOT/target/debug/smollm3-bot"
+export SCREENSHOTS="$ROOT/target/e2e-screenshots"
+mkdir -p "$SCREENSHOTS"
+xvfb-run -a --server-args="-screen 0 1400x1000x24" \
+  "$VENV/bin/python" "$ROOT/src-tauri/tests/e2e/test_desktop.py"

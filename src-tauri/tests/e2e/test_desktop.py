@@ -1,0 +1,278 @@
+"""End-to-end checks of the desktop window, as a person would use it.
+
+Started by run.sh under Xvfb. Launches tauri-driver (which starts WebKitWebDriver and the app),
+then: sees the empty state, streams /quote, stops a reply, toggles reasoning, checks that a
+reply containing markup stays inert, restarts the app and finds the conversation again.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.common.options import ArgOptions
+from selenium.webdriver.support.ui import WebDriverWait
+
+APP_BIN = os.environ["APP_BIN"]
+SHOTS = os.environ.get("SCREENSHOTS", "target/e2e-screenshots")
+DRIVER_PORT = 4444
+TIMEOUT = 30
+
+passed = 0
+failed = 0
+
+
+def wait_port(port, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def start_session():
+    opts = ArgOptions()
+    opts.set_capability("browserName", "wry")
+    opts.set_capability("tauri:options", {"application": APP_BIN})
+    driver = webdriver.Remote(command_executor=f"http://127.0.0.1:{DRIVER_PORT}", options=opts)
+    driver.implicitly_wait(0)
+    return driver
+
+
+def wait(driver, cond, what, seconds=TIMEOUT):
+    # Swaps replace elements under the test's feet; a stale element just means "look again".
+    return WebDriverWait(
+        driver, seconds, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda d: cond(d), message=what)
+
+
+def shot(driver, name):
+    path = os.path.join(SHOTS, name + ".png")
+    driver.save_screenshot(path)
+    print(f"  screenshot {path}")
+
+
+def js(driver, code, *args):
+    return driver.execute_script(code, *args)
+
+
+def send(driver, text):
+    box = wait(driver, lambda d: d.find_element(By.ID, "prompt"), "message box")
+    box.click()
+    box.send_keys(text)
+    box.send_keys(Keys.ENTER)
+
+
+def last_reply(driver):
+    return driver.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant")[-1]
+
+
+def replies(driver):
+    return len(driver.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant"))
+
+
+def streaming(driver):
+    return bool(driver.find_elements(By.CSS_SELECTOR, "#messages .msg.streaming"))
+
+
+def check(name, fn, driver):
+    global passed, failed
+    print(f"- {name}")
+    try:
+        fn(driver)
+        passed += 1
+        print("  ok")
+    except Exception as e:  # noqa: BLE001 - report every failure and go on
+        failed += 1
+        print(f"  FAILED: {type(e).__name__}: {e}")
+        try:
+            shot(driver, "failed-" + name.replace(" ", "-"))
+        except WebDriverException:
+            pass
+
+
+def empty_state(d):
+    wait(d, lambda d: d.find_element(By.ID, "empty-state").is_displayed(), "empty state shown")
+    text = d.find_element(By.ID, "empty-state").text
+    assert "Start a conversation" in text, text
+    assert "No conversations yet" in d.find_element(By.ID, "conversation-list").text
+    shot(d, "01-empty-state")
+
+
+def quote_streams(d):
+    send(d, "/quote")
+    wait(d, lambda d: replies(d) == 1, "a reply appears")
+    # Text arrives in pieces while the reply is still streaming.
+    seen = set()
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and streaming(d):
+        seen.add(len(js(d, "const a=document.querySelector('#messages .msg.streaming .answer');return a?a.textContent:''") or ""))
+        time.sleep(0.05)
+    wait(d, lambda d: not streaming(d), "the reply finishes")
+    assert len([n for n in seen if n > 0]) >= 3, f"saw the text grow: {sorted(seen)}"
+    text = last_reply(d).find_element(By.CSS_SELECTOR, ".answer").text
+    assert "Eureka" in text, text
+    meta = last_reply(d).find_element(By.CSS_SELECTOR, ".msg-meta").text
+    assert "tokens" in meta, f"figures under the reply: {meta!r}"
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".conv.active"), "the conversation is marked in the sidebar")
+    title = js(d, "return document.querySelector('.conv.active .conv-title').textContent")
+    assert title == "/quote", f"sidebar title {title!r}"
+    shot(d, "02-quote-streamed")
+
+
+def stop_mid_reply(d):
+    n = replies(d)
+    send(d, "/quote " + " ".join(f"w{i}" for i in range(400)))
+    wait(d, lambda d: replies(d) == n + 1 and streaming(d), "a new reply streams")
+    wait(d, lambda d: len(last_reply(d).find_element(By.CSS_SELECTOR, ".answer").text) > 10, "some text")
+    d.find_element(By.ID, "stop").click()
+    wait(d, lambda d: not streaming(d), "the reply stops")
+    reply = last_reply(d)
+    assert "stopped" in reply.find_element(By.CSS_SELECTOR, ".msg-meta").text
+    words = reply.find_element(By.CSS_SELECTOR, ".answer").text.split()
+    assert 0 < len(words) < 400, f"{len(words)} words kept"
+    shot(d, "03-stopped")
+
+
+def reasoning_toggle(d):
+    box = d.find_element(By.ID, "thinking")
+    assert not box.is_selected()
+    box.click()
+    wait(d, lambda d: d.find_element(By.ID, "thinking").is_selected(), "reasoning on")
+    n = replies(d)
+    send(d, "/quote")
+    wait(d, lambda d: replies(d) == n + 1, "a new reply")
+    wait(d, lambda d: js(d, "const r=document.querySelector('#messages .msg.streaming details.reasoning');return !!r && !r.hidden && r.open"),
+         "reasoning streams in an open block")
+    wait(d, lambda d: not streaming(d), "the reply finishes")
+    details = last_reply(d).find_element(By.CSS_SELECTOR, "details.reasoning")
+    assert details.get_attribute("open") is None, "collapsed once the answer came"
+    details.find_element(By.TAG_NAME, "summary").click()
+    wait(d, lambda d: "pick one about curiosity" in last_reply(d).find_element(By.CSS_SELECTOR, "details.reasoning").text, "reasoning readable")
+    shot(d, "04-reasoning")
+
+
+def markup_stays_inert(d):
+    n = replies(d)
+    send(d, '/quote <script>window.__pwned=1</script> <img src=x onerror="window.__pwned=2"> end')
+    wait(d, lambda d: replies(d) == n + 1, "a new reply")
+    wait(d, lambda d: not streaming(d), "the reply finishes")
+    time.sleep(0.5)
+    text = last_reply(d).find_element(By.CSS_SELECTOR, ".answer").text
+    assert "<script>window.__pwned=1</script>" in text, text
+    assert js(d, "const m=document.getElementById('messages');return m.scrollHeight-m.scrollTop-m.clientHeight<80"), "scrolled to the newest reply"
+    assert js(d, "return document.querySelectorAll('#messages script, #messages img').length") == 0
+    assert js(d, "return window.__pwned === undefined"), "no injected code ran"
+    shot(d, "05-markup-inert")
+
+
+def markdown_renders(d):
+    n = replies(d)
+    send(d, "/quote Some **bold** words and `inline code` here")
+    wait(d, lambda d: replies(d) == n + 1, "a new reply")
+    wait(d, lambda d: not streaming(d), "the reply finishes")
+    answer = last_reply(d).find_element(By.CSS_SELECTOR, ".answer")
+    assert answer.find_element(By.TAG_NAME, "strong").text == "bold"
+    assert answer.find_element(By.TAG_NAME, "code").text == "inline code"
+
+
+def small_window(d):
+    try:
+        d.set_window_size(900, 600)
+        time.sleep(0.5)
+    except WebDriverException as e:
+        print(f"  (window not resized: {e.msg})")
+    assert d.find_element(By.ID, "prompt").is_displayed()
+    assert d.find_element(By.ID, "new-chat").is_displayed()
+    shot(d, "06-900x600")
+
+
+def settings_panel(d):
+    d.find_element(By.ID, "open-settings").click()
+    wait(d, lambda d: d.find_element(By.ID, "settings").is_displayed(), "settings open")
+    theme = d.find_element(By.ID, "set-theme")
+    theme.find_element(By.CSS_SELECTOR, "option[value=dark]").click()
+    d.find_element(By.ID, "save-settings").click()
+    wait(d, lambda d: "Settings saved" in d.find_element(By.ID, "settings").text, "saved")
+    wait(d, lambda d: js(d, "return document.documentElement.dataset.theme") == "dark", "dark theme applied")
+    shot(d, "07-settings-dark")
+    d.find_element(By.CSS_SELECTOR, ".settings-foot .js-close-overlay").click()
+
+
+def delete_and_undo(d):
+    d.find_element(By.ID, "new-chat").click()
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 2, "a second conversation")
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".conv.active"), "it is open")
+    active = d.find_element(By.CSS_SELECTOR, ".conv.active")
+    js(d, "arguments[0].querySelector('.js-delete').click()", active)
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 1, "deleted")
+    wait(d, lambda d: d.find_element(By.ID, "empty-state").is_displayed(), "the start screen replaces it")
+    assert "Deleted" in d.find_element(By.ID, "toast").text
+    d.find_element(By.ID, "undo-delete").click()
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 2, "undone")
+    js(d, "[...document.querySelectorAll('.conv')].find(c=>c.textContent.includes('New chat')).querySelector('.js-delete').click()")
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 1, "deleted again")
+    shot(d, "08-deleted")
+
+
+def found_after_restart(title):
+    def run(d):
+        wait(d, lambda d: title in d.find_element(By.ID, "conversation-list").text, "conversation listed after restart")
+        d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
+        wait(d, lambda d: replies(d) >= 4, "its replies are back")
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".conv.active"), "marked open in the sidebar")
+        assert js(d, "return document.documentElement.dataset.theme") == "dark", "settings kept"
+        shot(d, "09-after-restart")
+    return run
+
+
+def main():
+    os.makedirs(SHOTS, exist_ok=True)
+    data = tempfile.mkdtemp(prefix="smollm3-bot-e2e-")
+    os.environ["SMOLLM3_BOT_DATA_DIR"] = data
+    driver_bin = shutil.which("tauri-driver") or os.path.expanduser("~/.cargo/bin/tauri-driver")
+    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT)], stdout=sys.stdout, stderr=sys.stderr)
+    try:
+        wait_port(DRIVER_PORT)
+        d = start_session()
+        try:
+            check("empty state", empty_state, d)
+            check("quote streams", quote_streams, d)
+            check("stop mid reply", stop_mid_reply, d)
+            check("reasoning toggle", reasoning_toggle, d)
+            check("markup stays inert", markup_stays_inert, d)
+            check("markdown renders", markdown_renders, d)
+            check("usable at 900x600", small_window, d)
+            check("settings and theme", settings_panel, d)
+            check("delete and undo", delete_and_undo, d)
+            title = d.find_element(By.CSS_SELECTOR, ".conv .conv-title").text
+        finally:
+            d.quit()
+        time.sleep(1)
+        d = start_session()
+        try:
+            check("restart keeps the conversation", found_after_restart(title), d)
+        finally:
+            d.quit()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(data, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+// SmolLM3 Bot glue: sends htmx requests through the desktop bridge when running in the app,
+// streams replies into the page, and handles the keyboard, copy buttons and theme.
+// Everything it shows comes from the app's router as HTML; it never builds markup from text.
+(() => {
+  "use strict";
+
+  const tauri = window.__TAURI__;
+  const desktop = !!(tauri && tauri.core && tauri.event);
+
+  // ---------------------------------------------------------------- transport
+  // In the desktop there is no server: each htmx request becomes one `hx` command, which runs
+  // the same router in-process and returns status, headers and HTML.
+  async function bridgeFetch(action, request) {
+    const u = new URL(action, window.location.href);
+    let body = "";
+    const b = request.body;
+    if (b instanceof URLSearchParams) body = b.toString();
+    else if (b instanceof FormData) body = new URLSearchParams(b).toString();
+    else if (typeof b === "string") body = b;
+    const headers = {};
+    const h = request.headers || {};
+    const entries = h instanceof Headers ? [...h.entries()] : Object.entries(h);
+    for (const [k, v] of entries) headers[k] = String(v);
+    const res = await tauri.core.invoke("hx", {
+      request: { method: (request.method || "GET").toUpperCase(), url: u.pathname + u.search, headers, body },
+    });
+    const noBody = res.status === 204 || res.status === 304;
+    return new Response(noBody ? null : res.body, { status: res.status, headers: res.headers });
+  }
+
+  if (desktop) {
+    document.addEventListener("htmx:config:request", (evt) => {
+      evt.detail.ctx.fetch = bridgeFetch;
+    });
+    tauri.event.listen("chat-stream", (e) => onStream(e.payload));
+  } else {
+    const source = new EventSource("/events");
+    source.addEventListener("chat-stream", (e) => onStream(JSON.parse(e.data)));
+  }
+
+  // ---------------------------------------------------------------- streaming
+  // Deltas append text nodes to the one message being written, so each token costs the same
+  // however long the conversation is. The last event brings the finished message's HTML.
+  const pending = new Map();
+
+  function onStream(p) {
+    const el = document.getElementById("msg-" + p.message_id);
+    if (!el) {
+      // The POST that created the message may not have been swapped in yet.
+      const list = pending.get(p.message_id) || [];
+      if (list.length < 5000) list.push(p);
+      pending.set(p.message_id, list);
+      return;
+    }
+    apply(el, p);
+  }
+
+  function apply(el, p) {
+    const seen = Number(el.dataset.seq || "0");
+    if (p.seq && p.seq <= seen) return;
+    const follow = nearBottom();
+    if (p.type === "done" || p.type === "error") {
+      pending.delete(p.message_id);
+      if (p.html) {
+        el.outerHTML = p.html;
+        const fresh = document.getElementById("msg-" + p.message_id);
+        if (fresh && window.htmx) window.htmx.process(fresh);
+        if (fresh) decorate(fresh);
+      }
+      refreshStreamingState();
+      refreshStatus();
+      if (follow) scrollToBottom();
+      return;
+    }
+    el.dataset.seq = String(p.seq);
+    const answer = el.querySelector(".answer");
+    const details = el.querySelector("details.reasoning");
+    if (p.type === "reasoning" && details) {
+      details.hidden = false;
+      if (!answer || answer.textContent.length === 0) details.open = true;
+      details.querySelector(".reasoning-body").appendChild(document.createTextNode(p.text));
+    } else if (p.type === "answer" && answer) {
+      if (details && answer.textContent.length === 0) details.open = false;
+      if (el._raw === undefined) el._raw = answer.textContent;
+      el._raw += p.text;
+      answer.appendChild(document.createTextNode(p.text));
+      scheduleRender(el);
+    } else if (p.type === "queued") {
+      el.classList.add("queued");
+    } else if (p.type === "started") {
+      el.classList.remove("queued");
+    }
+    if (follow) scrollToBottom();
+  }
+
+  // While a reply streams, its markdown is rendered by the app a few times a second; text that
+  // arrives in between is shown plain after it until the next render.
+  async function renderMarkdown(text) {
+    const body = new URLSearchParams({ text }).toString();
+    if (desktop) {
+      const res = await tauri.core.invoke("hx", { request: { method: "POST", url: "/render", headers: {}, body } });
+      return res.body;
+    }
+    const res = await fetch("/render", { method: "POST", body, headers: { "Content-Type": "application/x-www-form-urlencoded" } });
+    return res.text();
+  }
+
+  function scheduleRender(el) {
+    if (el._renderTimer) return;
+    el._renderTimer = setTimeout(async () => {
+      el._renderTimer = null;
+      const raw = el._raw;
+      let html;
+      try {
+        html = await renderMarkdown(raw);
+      } catch {
+        return;
+      }
+      const answer = el.querySelector(".answer");
+      if (!answer || !el.isConnected || !el.classList.contains("streaming")) return;
+      const follow = nearBottom();
+      answer.classList.remove("plain");
+      answer.classList.add("md");
+      answer.innerHTML = html;
+      const tail = el._raw.slice(raw.length);
+      if (tail) answer.appendChild(document.createTextNode(tail));
+      if (follow) scrollToBottom();
+    }, 250);
+  }
+
+  function flushPending() {
+    for (const [id, list] of pending) {
+      const el = document.getElementById("msg-" + id);
+      if (!el) continue;
+      pending.delete(id);
+      for (const p of list) {
+        const cur = document.getElementById("msg-" + id);
+        if (cur) apply(cur, p);
+      }
+    }
+  }
+
+  function messagesBox() {
+    return document.getElementById("messages");
+  }
+
+  function nearBottom() {
+    const m = messagesBox();
+    return !m || m.scrollHeight - m.scrollTop - m.clientHeight < 80;
+  }
+
+  function scrollToBottom() {
+    const m = messagesBox();
+    if (m) m.scrollTop = m.scrollHeight;
+  }
+
+  // The status bar polls every two seconds; a finished reply updates it at once.
+  function refreshStatus() {
+    const bar = document.getElementById("statusbar");
+    if (bar && window.htmx) window.htmx.ajax("GET", bar.getAttribute("hx-get"), { target: "#statusbar", swap: "outerHTML" });
+  }
+
+  function refreshStreamingState() {
+    const pane = document.getElementById("chat-pane");
+    if (pane) pane.classList.toggle("is-streaming", !!pane.querySelector(".msg.streaming"));
+  }
+
+  // ---------------------------------------------------------------- after every swap
+  function decorate(root) {
+    for (const pre of root.querySelectorAll(".md pre")) {
+      // Fenced code blocks come with their own copy button ([data-copy]).
+      if (pre.closest(".code-block") || pre.querySelector(".copy-code")) continue;
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "btn small copy-code";
+      b.textContent = "Copy";
+      pre.appendChild(b);
+    }
+  }
+
+  function afterSwap() {
+    const theme = document.getElementById("theme-state");
+    if (theme) document.documentElement.dataset.theme = theme.dataset.theme || "system";
+    const pane = document.getElementById("chat-pane");
+    const current = pane ? pane.dataset.conversationId : undefined;
+    for (const c of document.querySelectorAll(".conv[data-conversation-id]")) {
+      c.classList.toggle("active", c.dataset.conversationId === current);
+    }
+    const m = messagesBox();
+    if (m && m.querySelector(".msg")) {
+      const empty = document.getElementById("empty-state");
+      if (empty) empty.remove();
+    }
+    decorate(document);
+    flushPending();
+    refreshStreamingState();
+  }
+
+  // htmx fires its swap events on the element that made the request, which a swap may have
+  // just removed from the page; watching the DOM itself catches every swap. Text appended to
+  // the message being streamed is ignored, so streaming stays cheap.
+  let lastPane = null;
+  let scheduled = false;
+  let scrollWanted = false;
+  const observer = new MutationObserver((records) => {
+    let relevant = false;
+    for (const r of records) {
+      const t = r.target instanceof Element ? r.target : r.target.parentElement;
+      if (t && t.closest(".msg.streaming") && !(r.target instanceof Element && r.target.matches(".msg"))) continue;
+      relevant = true;
+      for (const n of r.addedNodes) {
+        if (n instanceof Element && (n.matches(".msg.user") || n.matches(".notice"))) scrollWanted = true;
+      }
+    }
+    if (!relevant || scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(() => {
+      scheduled = false;
+      afterSwap();
+      const pane = document.getElementById("chat-pane");
+      if (pane && pane !== lastPane) {
+        lastPane = pane;
+        scrollWanted = true;
+        const prompt = document.getElementById("prompt");
+        if (prompt) prompt.focus();
+      }
+      if (scrollWanted) {
+        scrollWanted = false;
+        scrollToBottom();
+      }
+    });
+  });
+  observer.observe(document.documentElement, { childList: true, subtree: true });
+
+  // Every request says which conversation is open, so the app can update the pane when that
+  // conversation is deleted.
+  document.addEventListener("htmx:config:request", (evt) => {
+    const pane = document.getElementById("chat-pane");
+    if (pane && pane.dataset.conversationId) evt.detail.ctx.request.headers["X-Open-Conversation"] = pane.dataset.conversationId;
+  });
+
+  document.addEventListener("htmx:after:request", (evt) => {
+    const ctx = evt.detail.ctx;
+    const src = ctx && ctx.sourceElement;
+    const ok = ctx && ctx.response && ctx.response.status < 400;
+    if (src && ok && src.id === "composer") {
+      const prompt = document.getElementById("prompt");
+      if (prompt) prompt.value = "";
+    }
+  });
+
+  function showError(text) {
+    const toast = document.getElementById("toast");
+    if (!toast) return;
+    const div = document.createElement("div");
+    div.className = "toast-error";
+    div.setAttribute("role", "alert");
+    div.textContent = text;
+    toast.replaceChildren(div);
+  }
+
+  document.addEventListener("htmx:error", (evt) => {
+    const err = evt.detail && evt.detail.error;
+    showError("Something went wrong: " + (err && err.message ? err.message : String(err || "unknown error")));
+  });
+
+  // ---------------------------------------------------------------- keyboard and clicks
+  document.addEventListener("keydown", (e) => {
+    const t = e.target;
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing && t instanceof HTMLTextAreaElement && t.name === "text") {
+      e.preventDefault();
+      if (t.value.trim() !== "" && t.form) t.form.requestSubmit();
+      return;
+    }
+    if (e.key === "Escape") {
+      const overlay = document.getElementById("overlay");
+      if (overlay && overlay.firstChild) {
+        overlay.replaceChildren();
+        return;
+      }
+      const pane = document.getElementById("chat-pane");
+      const stop = document.getElementById("stop");
+      if (pane && pane.classList.contains("is-streaming") && stop) {
+        e.preventDefault();
+        stop.click();
+      }
+    }
+  });
+
+  async function copyText(text, button) {
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch {
+      const ta = document.createElement("textarea");
+      ta.value = text;
+      document.body.appendChild(ta);
+      ta.select();
+      document.execCommand("copy");
+      ta.remove();
+    }
+    if (button) {
+      const old = button.textContent;
+      button.textContent = "Copied";
+      setTimeout(() => (button.textContent = old), 1200);
+    }
+  }
+
+  document.addEventListener("click", (e) => {
+    const t = e.target instanceof Element ? e.target : null;
+    if (!t) return;
+    const fenced = t.closest("[data-copy]");
+    if (fenced) {
+      const block = fenced.closest(".code-block");
+      const src = block && block.querySelector("pre code, pre");
+      copyText(src ? src.textContent : "", fenced);
+      return;
+    }
+    const code = t.closest(".copy-code");
+    if (code) {
+      const pre = code.closest("pre");
+      const src = pre && (pre.querySelector("code") || pre);
+      copyText(src ? src.textContent.replace(/Copy$/, "") : "", code);
+      return;
+    }
+    const msgCopy = t.closest(".js-copy-message");
+    if (msgCopy) {
+      const answer = msgCopy.closest(".msg").querySelector(".answer");
+      copyText(answer ? answer.innerText : "", msgCopy);
+      return;
+    }
+    if (t.closest(".js-close-overlay") || t.classList.contains("overlay-backdrop")) {
+      const overlay = document.getElementById("overlay");
+      if (overlay) overlay.replaceChildren();
+    }
+  });
+})();
