@@ -31,6 +31,8 @@ pub enum Command {
     Render(text_cmds::RenderArgs),
     /// Manage models: list, pull, import, verify, rm.
     Models(super::models::ModelsArgs),
+    /// Serve the OpenAI-compatible API (and the browser UI) over HTTP; 127.0.0.1 by default.
+    Serve(super::serve::ServeArgs),
 }
 
 /// Entry point shared by the binary.
@@ -48,6 +50,7 @@ pub fn main() -> ExitCode {
         Some(Command::Logits(a)) => model_cmds::logits(a),
         Some(Command::Generate(a)) => model_cmds::generate(a),
         Some(Command::Render(a)) => text_cmds::render(a),
+        Some(Command::Serve(a)) => super::serve::serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

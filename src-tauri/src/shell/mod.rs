@@ -1,6 +1,9 @@
 //! Shells: the ways a user reaches the core (command line; desktop and HTTP come later).
 
 pub mod cli;
+pub mod guard;
 pub mod model_cmds;
 pub mod models;
+pub mod openai;
+pub mod serve;
 pub mod text_cmds;
