@@ -1,6 +1,6 @@
 //! The headless command line (`smollm3-bot <subcommand>`), built with clap.
 
-use super::{model_cmds, text_cmds};
+use super::{bench, model_cmds, text_cmds};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -29,6 +29,8 @@ pub enum Command {
     Generate(model_cmds::GenerateArgs),
     /// Print the prompt a conversation renders to with the chat template.
     Render(text_cmds::RenderArgs),
+    /// Measure load time, prefill and decode speed, and peak memory.
+    Bench(bench::BenchArgs),
     /// Manage models: list, pull, import, verify, rm.
     Models(super::models::ModelsArgs),
     /// Serve the OpenAI-compatible API (and the browser UI) over HTTP; 127.0.0.1 by default.
@@ -50,6 +52,7 @@ pub fn main() -> ExitCode {
         Some(Command::Logits(a)) => model_cmds::logits(a),
         Some(Command::Generate(a)) => model_cmds::generate(a),
         Some(Command::Render(a)) => text_cmds::render(a),
+        Some(Command::Bench(a)) => bench::bench(a),
         Some(Command::Serve(a)) => super::serve::serve(a),
     };
     match result {
