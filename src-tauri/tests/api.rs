@@ -583,3 +583,35 @@ async fn a_full_queue_answers_503_and_a_dropped_stream_frees_its_place() {
     let (s, _, b) = send(&app, post_json("/v1/chat/completions", &chat(json!({})))).await;
     assert_eq!(s, StatusCode::OK, "{b}");
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_before_the_reply_cancels_its_job() {
+    let api = api(2048, 4);
+    let app = guarded(api.clone(), local_cfg());
+    // Greedy decoding of 2000 tokens takes far longer than this test waits.
+    let long = chat(json!({"max_tokens": 2000}));
+    let call = tokio::spawn(
+        app.clone()
+            .oneshot(post_json("/v1/chat/completions", &long)),
+    );
+    let t0 = Instant::now();
+    while !api.engine().status().busy && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(api.engine().status().busy, "the job started");
+    call.abort();
+    let t0 = Instant::now();
+    while api.engine().status().busy && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !api.engine().status().busy,
+        "the job stopped when its client left"
+    );
+    // Its half-written reply is not kept for continuation.
+    let t0 = Instant::now();
+    while api.engine().cached_tokens("api-1") > 0 && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.engine().cached_tokens("api-1"), 0);
+}

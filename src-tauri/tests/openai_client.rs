@@ -17,7 +17,8 @@ fn python_has_openai(python: &Path) -> bool {
 }
 
 /// A Python that can `import openai`: the system one, else a venv in the target folder with
-/// `openai` installed from PyPI.
+/// `openai` installed from PyPI, else the system one after a user-level install (for systems
+/// without the venv module).
 fn python_with_openai() -> Option<PathBuf> {
     let system = PathBuf::from("python3");
     if Command::new(&system).arg("--version").output().is_err() {
@@ -28,31 +29,38 @@ fn python_with_openai() -> Option<PathBuf> {
     }
     let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
     let python = venv.join("bin/python");
-    if !python_has_openai(&python) {
-        let made = Command::new(&system)
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 -m venv runs");
-        assert!(
-            made.success(),
-            "cannot make a virtual environment at {}",
-            venv.display()
-        );
-        let pip = Command::new(&python)
+    if python_has_openai(&python) {
+        return Some(python);
+    }
+    let pip = |py: &Path, extra: &[&str]| {
+        Command::new(py)
             .args([
                 "-m",
                 "pip",
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "openai",
             ])
+            .args(extra)
+            .arg("openai")
             .status()
-            .expect("pip runs");
-        assert!(pip.success(), "pip could not install the openai package");
+            .is_ok_and(|s| s.success())
+    };
+    let venv_made = Command::new(&system)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success());
+    if venv_made && pip(&python, &[]) && python_has_openai(&python) {
+        return Some(python);
     }
-    Some(python)
+    eprintln!("no usable venv; installing openai for the user instead");
+    let _ = std::fs::remove_dir_all(&venv);
+    assert!(
+        pip(&system, &["--user", "--break-system-packages"]) && python_has_openai(&system),
+        "pip could not install the openai package (PyPI must be reachable)"
+    );
+    Some(system)
 }
 
 #[test]
