@@ -89,3 +89,29 @@ fn the_official_openai_client_works_against_serve() {
         .expect("the server stopped on SIGTERM");
     assert!(status.success(), "clean exit after the signal: {status}");
 }
+
+#[test]
+fn serve_refuses_a_network_address_without_a_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_smollm3-bot"))
+        .args([
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--model",
+            "/nonexistent.gguf",
+        ])
+        .env_remove("SMOLLM3_API_KEY")
+        .env_remove("HOST")
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success(), "it must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without an API key") && err.contains("SMOLLM3_API_KEY=smol-"),
+        "{err}"
+    );
+    // The key check comes first: nothing was loaded or bound.
+    assert!(!err.contains("nonexistent"), "{err}");
+}

@@ -76,10 +76,22 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let m = loaded.expect("loaded at least once");
     let cfg = m.model.config().clone();
     // Ordinary (non-special) ids spread over the vocabulary.
-    let n_regular = m.specials.bos.map_or(cfg.vocab, |b| b as usize).min(cfg.vocab);
-    let ids = |n: usize, salt: usize| -> Vec<u32> { (0..n).map(|i| ((i * 7919 + salt * 104729 + 13) % n_regular) as u32).collect() };
+    let n_regular = m
+        .specials
+        .bos
+        .map_or(cfg.vocab, |b| b as usize)
+        .min(cfg.vocab);
+    let ids = |n: usize, salt: usize| -> Vec<u32> {
+        (0..n)
+            .map(|i| ((i * 7919 + salt * 104729 + 13) % n_regular) as u32)
+            .collect()
+    };
     let ctx = a.context_tokens + a.prompt_tokens + a.gen_tokens + 1;
-    anyhow::ensure!(ctx <= cfg.context_length, "{ctx} tokens exceed the model's context of {}", cfg.context_length);
+    anyhow::ensure!(
+        ctx <= cfg.context_length,
+        "{ctx} tokens exceed the model's context of {}",
+        cfg.context_length
+    );
     let mut first_prefill = None;
     let (mut prefills, mut decodes) = (Vec::new(), Vec::new());
     for rep in 0..reps {
@@ -96,7 +108,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         let mut next = argmax(&logits);
         let t0 = Instant::now();
         for _ in 0..a.gen_tokens {
-            let l: Vec<f32> = m.model.forward(&[next], &mut cache, Logits::Last)?.to_vec1()?;
+            let l: Vec<f32> = m
+                .model
+                .forward(&[next], &mut cache, Logits::Last)?
+                .to_vec1()?;
             next = argmax(&l);
         }
         if a.gen_tokens > 0 {
@@ -122,13 +137,35 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         let f = |k: &str| {
             let v = &report[k];
-            format!("{:.2} / {:.2} / {:.2}", v["min"].as_f64().unwrap_or(0.0), v["median"].as_f64().unwrap_or(0.0), v["max"].as_f64().unwrap_or(0.0))
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                v["min"].as_f64().unwrap_or(0.0),
+                v["median"].as_f64().unwrap_or(0.0),
+                v["max"].as_f64().unwrap_or(0.0)
+            )
         };
-        println!("model      {} ({:.0} MB)", a.model.display(), report["file_mb"].as_f64().unwrap_or(0.0));
+        println!(
+            "model      {} ({:.0} MB)",
+            a.model.display(),
+            report["file_mb"].as_f64().unwrap_or(0.0)
+        );
         println!("load s     {} (min / median / max)", f("load_s"));
-        println!("prefill    {} tok/s ({} tokens; first run {:.2})", f("prefill_tps"), a.prompt_tokens, first_prefill.unwrap_or(0.0));
-        println!("decode     {} tok/s ({} tokens after {} of context)", f("decode_tps"), a.gen_tokens, a.context_tokens + a.prompt_tokens);
-        println!("peak RSS   {:.0} MB", report["peak_rss_mb"].as_f64().unwrap_or(0.0));
+        println!(
+            "prefill    {} tok/s ({} tokens; first run {:.2})",
+            f("prefill_tps"),
+            a.prompt_tokens,
+            first_prefill.unwrap_or(0.0)
+        );
+        println!(
+            "decode     {} tok/s ({} tokens after {} of context)",
+            f("decode_tps"),
+            a.gen_tokens,
+            a.context_tokens + a.prompt_tokens
+        );
+        println!(
+            "peak RSS   {:.0} MB",
+            report["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        );
     }
     Ok(())
 }

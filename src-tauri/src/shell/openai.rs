@@ -43,6 +43,9 @@ use tokenizers::Tokenizer;
 /// How many finished exchanges are remembered for continuation.
 const REMEMBERED_EXCHANGES: usize = 32;
 
+/// Most text (bytes of message content) the remembered exchanges may hold together.
+const REMEMBERED_BYTES: usize = 16 * 1024 * 1024;
+
 /// Most stop strings one request may give.
 const MAX_STOPS: usize = 16;
 
@@ -322,8 +325,13 @@ impl ApiState {
         let mut exchanges = self.0.exchanges.lock().unwrap_or_else(|p| p.into_inner());
         exchanges.retain(|old| old.key != x.key);
         exchanges.push_back(x);
-        while exchanges.len() > REMEMBERED_EXCHANGES {
+        let bytes = |x: &Exchange| x.history.iter().map(|m| m.content.len()).sum::<usize>();
+        let mut total: usize = exchanges.iter().map(bytes).sum();
+        while exchanges.len() > REMEMBERED_EXCHANGES
+            || (total > REMEMBERED_BYTES && exchanges.len() > 1)
+        {
             if let Some(old) = exchanges.pop_front() {
+                total -= bytes(&old);
                 self.0.engine.forget(&old.key);
             }
         }
