@@ -125,8 +125,10 @@ fn model_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The browser UI's router, to be served beside the API under the same guard. The UI is not
-/// part of this build yet, so the server offers the API alone.
+/// The browser UI's router, served beside the API under the same guard: the place where the
+/// HTML router plugs in (a chat service over this same engine, so the API and the pages share
+/// one model and one queue). Until the UI is part of the build the server offers the API
+/// alone. Any router returned here may carry its own fallback; the API's routes have none.
 pub fn browser_ui(_engine: &Engine) -> Option<Router> {
     None
 }
