@@ -883,10 +883,7 @@ async fn whole_reply(mut job: Running, meta: Meta) -> Result<Response, ApiError>
             EngineEvent::Answer { text } => answer.push_str(&text),
             EngineEvent::Done { stats, token_ids } => {
                 job.finish(Some((&answer, &token_ids, stats.finish_reason)));
-                let mut message = json!({ "role": "assistant", "content": answer });
-                if !reasoning.is_empty() {
-                    message["reasoning_content"] = Value::String(reasoning);
-                }
+                let message = assistant_message(&answer, &reasoning);
                 let body = json!({
                     "id": meta.id,
                     "object": "chat.completion",
@@ -912,6 +909,16 @@ async fn whole_reply(mut job: Running, meta: Meta) -> Result<Response, ApiError>
     Err(ApiError::engine(
         "the engine stopped before the reply was complete",
     ))
+}
+
+/// The reply's `message`: the answer as `content`, the reasoning (when there was any) as
+/// `reasoning_content`.
+pub fn assistant_message(answer: &str, reasoning: &str) -> Value {
+    let mut message = json!({ "role": "assistant", "content": answer });
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = Value::String(reasoning.to_string());
+    }
+    message
 }
 
 /// One streamed chunk of a reply.
@@ -1058,6 +1065,18 @@ mod tests {
         })
         .is_none());
         assert!(delta_for(&EngineEvent::Queued { position: 1 }).is_none());
+    }
+
+    #[test]
+    fn reasoning_goes_beside_the_answer_in_the_message() {
+        let m = assistant_message("42", "Let me add.");
+        assert_eq!(
+            m,
+            json!({"role": "assistant", "content": "42", "reasoning_content": "Let me add."})
+        );
+        assert!(assistant_message("42", "")
+            .get("reasoning_content")
+            .is_none());
     }
 
     #[test]
