@@ -46,10 +46,24 @@ impl LoadedModel {
         let t0 = Instant::now();
         let gguf =
             GgufFile::open(path).with_context(|| format!("cannot load {}", path.display()))?;
-        let model =
-            Model::load(&gguf).with_context(|| format!("cannot load {}", path.display()))?;
+        let t_map = t0.elapsed();
         let tok_path = tokenizer_path(path, tokenizer_json);
-        let tokenizer = tokenizer::load(&gguf, tok_path.as_deref())?;
+        // The tokenizer (a 128K-entry BPE) takes as long to build as the model takes to map
+        // and check, so the two are prepared side by side.
+        let (model, tokenizer) = std::thread::scope(|s| {
+            let tok = s.spawn(|| tokenizer::load(&gguf, tok_path.as_deref()));
+            let model =
+                Model::load(&gguf).with_context(|| format!("cannot load {}", path.display()));
+            let tok = tok.join().unwrap_or_else(|_| {
+                Err(tokenizer::TokenizerError::Build(
+                    "tokenizer construction panicked".into(),
+                ))
+            });
+            (model, tok)
+        });
+        let (model, tokenizer) = (model?, tokenizer?);
+        let t_model = t0.elapsed();
+        tracing::debug!(map = ?t_map, model = ?t_model, total = ?t0.elapsed(), "model loaded");
         if tokenizer.get_vocab_size(true) > model.config().vocab {
             anyhow::bail!(
                 "the tokenizer has {} tokens but the model only {}; is it the right tokenizer?",
