@@ -318,3 +318,38 @@ async fn worker_streams_queues_and_stops() {
     assert!(engine.cached_tokens("c1") > stats.reused_tokens);
     engine.shutdown();
 }
+
+#[test]
+fn regenerate_reuses_everything_but_the_reply() {
+    let mut core = core();
+    let req = request(
+        vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Name a colour."),
+        ],
+        false,
+        6,
+    );
+    let (first, _) = done(&run(&mut core, &req));
+    assert_eq!(first.reused_tokens, 0);
+    // Regenerate: same messages again; only the last prompt token is recomputed.
+    let (again, _) = done(&run(&mut core, &req));
+    assert_eq!(again.reused_tokens, again.prompt_tokens - 1);
+    // Edit the user message: the prefix up to the edit is reused.
+    let mut edited = req.clone();
+    edited.messages[1] = ChatMessage::new("user", "Name a fruit.");
+    let system_only = core
+        .build_prompt(&GenerateRequest {
+            messages: vec![req.messages[0].clone()],
+            ..req.clone()
+        })
+        .unwrap();
+    let (third, _) = done(&run(&mut core, &edited));
+    assert!(third.reused_tokens > 0 && third.reused_tokens < third.prompt_tokens - 1);
+    assert!(
+        third.reused_tokens + 12 >= system_only.len(),
+        "edit reused {} of the {}-token system prompt",
+        third.reused_tokens,
+        system_only.len()
+    );
+}

@@ -65,7 +65,11 @@ struct Run {
 }
 
 fn run(model: &Model, tokens: &[u32], n_greedy: usize) -> Run {
-    let mut cache = model.new_cache(256, DType::F32);
+    run_kv(model, tokens, n_greedy, DType::F32)
+}
+
+fn run_kv(model: &Model, tokens: &[u32], n_greedy: usize, kv: DType) -> Run {
+    let mut cache = model.new_cache(256, kv);
     let all = model.forward(tokens, &mut cache, Logits::All).unwrap();
     let rows: Vec<Vec<f32>> = all.to_vec2().unwrap();
     let top1 = rows.iter().map(|r| argmax(r)).collect();
@@ -155,4 +159,16 @@ fn tokenizer_from_gguf_matches_llama_cpp() {
         assert_eq!(got, want, "{name}");
         assert_eq!(tok.decode(&got, false).unwrap(), text, "round trip");
     }
+}
+
+#[test]
+fn f16_kv_cache_matches_llama_cpp_f16_kv() {
+    let g = GgufFile::open(common::reference("tiny-smollm3-f32.gguf")).unwrap();
+    let model = Model::load(&g).unwrap();
+    let r = reference("tiny-smollm3-f32.llama-cpp.kvf16.json");
+    let ours = run_kv(&model, &r.tokens, r.greedy.len(), DType::F16);
+    let d = max_abs_diff(&ours.last, &r.last_logits);
+    eprintln!("f32 weights, f16 KV: max |Δ logit| = {d:e}");
+    assert!(d <= 5e-3, "max |Δ| {d} > 5e-3");
+    assert_eq!(ours.greedy, r.greedy, "greedy continuation differs");
 }

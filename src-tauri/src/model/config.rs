@@ -132,7 +132,7 @@ impl Config {
 
     /// Whether layer `il` applies rotary position embeddings.
     pub fn uses_rope(&self, il: usize) -> bool {
-        self.nope_interval == 0 || (il + 1) % self.nope_interval != 0
+        self.nope_interval == 0 || !(il + 1).is_multiple_of(self.nope_interval)
     }
 
     /// The layers that apply no rotary embedding.

@@ -169,7 +169,7 @@ impl GgmlType {
     /// Bytes taken by `n` elements (n a multiple of the block size).
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (blk, sz) = self.block_layout()?;
-        (n % blk == 0).then_some(n / blk * sz)
+        n.is_multiple_of(blk).then_some(n / blk * sz)
     }
 }
 

@@ -84,7 +84,8 @@ impl Preset {
 
 /// llama.cpp's rule for which layers get more bits in the `_M` mixes.
 pub fn more_bits(il: usize, n_layer: usize) -> bool {
-    il < n_layer / 8 || il >= 7 * n_layer / 8 || (il >= n_layer / 8 && (il - n_layer / 8) % 3 == 2)
+    let first = n_layer / 8;
+    il < first || il >= 7 * n_layer / 8 || (il - first) % 3 == 2
 }
 
 /// The special tokens laid out as SmolLM3 lays them out, by offset from the first special id.

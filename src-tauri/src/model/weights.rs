@@ -132,7 +132,7 @@ impl QWeight {
             name: info.name.clone(),
         };
         let align = with_block_type!(w.ty, T => std::mem::align_of::<T>(), else 1);
-        if (w.map.as_ptr() as usize + w.offset) % align != 0 {
+        if !(w.map.as_ptr() as usize + w.offset).is_multiple_of(align) {
             return Err(GgufError::Malformed(format!(
                 "tensor {} is misaligned",
                 info.name

@@ -35,6 +35,8 @@ pub enum Command {
     Models(super::models::ModelsArgs),
     /// Serve the OpenAI-compatible API (and the browser UI) over HTTP; 127.0.0.1 by default.
     Serve(super::serve::ServeArgs),
+    /// Chat with a model in the terminal.
+    Chat(super::chat::ChatArgs),
 }
 
 /// Entry point shared by the binary.
@@ -54,6 +56,7 @@ pub fn main() -> ExitCode {
         Some(Command::Render(a)) => text_cmds::render(a),
         Some(Command::Bench(a)) => bench::bench(a),
         Some(Command::Serve(a)) => super::serve::serve(a),
+        Some(Command::Chat(a)) => super::chat::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

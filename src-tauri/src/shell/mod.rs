@@ -1,6 +1,7 @@
 //! Shells: the ways a user reaches the core (command line; desktop and HTTP come later).
 
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod guard;
 pub mod model_cmds;
