@@ -22,7 +22,7 @@ async fn one_request(client: &reqwest::Client, url: &str, i: usize) -> (u16, u64
     let body = serde_json::json!({
         "messages": [{"role": "user", "content": format!("Request number {i}: say something.")}],
         "max_tokens": 16,
-        "stream": i % 2 == 0,
+        "stream": i.is_multiple_of(2),
         "seed": i,
     });
     let t0 = Instant::now();
@@ -35,7 +35,7 @@ async fn one_request(client: &reqwest::Client, url: &str, i: usize) -> (u16, u64
         .expect("the server answered");
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("the body arrived");
-    if status == 200 && i % 2 == 0 {
+    if status == 200 && i.is_multiple_of(2) {
         assert!(
             text.trim_end().ends_with("data: [DONE]"),
             "stream ended: {text}"
