@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod gguf;
+pub mod kernels;
 pub mod kv_cache;
 pub mod smollm3;
 pub mod synth;

@@ -6,6 +6,7 @@
 //! GGUF block layout, so loading copies nothing and the 1.9 GB file costs only page cache.
 
 use super::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
+use super::kernels;
 use candle_core::quantized::k_quants::{
     self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
     BlockQ6K, BlockQ8_0, GgmlType as GgmlType_,
@@ -230,9 +231,24 @@ impl CustomOp1 for QWeight {
             _ => candle_core::bail!("matmul input must be F32"),
         };
         let mut dst = vec![0f32; m * self.rows];
-        with_block_type!(self.ty, T => {
-            k_quants::matmul::<T>((m, k, self.rows), x, self.blocks::<T>(), &mut dst)?
-        }, else candle_core::bail!("unsupported type {}", self.ty));
+        // Decode (m = 1) is bound by memory bandwidth, where candle's GEMV keeps up; prefill
+        // runs the AVX-512 kernels, which reuse each weight block across activation rows.
+        let format = match self.ty {
+            GgmlType::Q4K => Some(kernels::Format::Q4K),
+            GgmlType::Q6K => Some(kernels::Format::Q6K),
+            _ => None,
+        };
+        let done = match format {
+            Some(format) if m >= 2 && kernels::available() => {
+                kernels::matmul(format, (m, k, self.rows), x, self.bytes(), &mut dst).is_ok()
+            }
+            _ => false,
+        };
+        if !done {
+            with_block_type!(self.ty, T => {
+                k_quants::matmul::<T>((m, k, self.rows), x, self.blocks::<T>(), &mut dst)?
+            }, else candle_core::bail!("unsupported type {}", self.ty));
+        }
         let mut out_dims = lead.to_vec();
         out_dims.push(self.rows);
         Ok((CpuStorage::F32(dst), Shape::from(out_dims)))
