@@ -33,6 +33,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Manage models: list, pull, import, verify, rm.
     Models(super::models::ModelsArgs),
+    /// Serve the OpenAI-compatible API (and the browser UI) over HTTP; 127.0.0.1 by default.
+    Serve(super::serve::ServeArgs),
     /// Chat with a model in the terminal.
     Chat(super::chat::ChatArgs),
 }
@@ -51,6 +53,7 @@ pub fn main() -> ExitCode {
         Some(Command::Generate(a)) => model_cmds::generate(a),
         Some(Command::Render(a)) => text_cmds::render(a),
         Some(Command::Bench(a)) => bench::bench(a),
+        Some(Command::Serve(a)) => super::serve::serve(a),
         Some(Command::Chat(a)) => super::chat::run(a),
     };
     match result {

@@ -153,7 +153,7 @@ pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
 
 /// The database of conversations and settings: in `SMOLLM3_BOT_DATA_DIR` when set, else in the
 /// platform's data folder (shared with the command line).
-fn database_path() -> anyhow::Result<PathBuf> {
+pub fn database_path() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir).join(crate::store::DATABASE_FILE));
     }

@@ -1,0 +1,325 @@
+//! `smollm3-bot serve`: the headless server. Loads a model, starts the engine and serves the
+//! OpenAI-compatible API (and the browser UI, where it is part of the build) behind the guard.
+//!
+//! Safe by default: it binds 127.0.0.1. Binding any other address turns LAN mode on, which
+//! needs a key; without one the server refuses to start and prints a freshly generated key
+//! the user can pass back (a key is never invented silently, so it cannot end up in a log the
+//! user does not read).
+
+use super::guard::{self, Guard, GuardConfig, KeyStore, MIN_KEY_LEN};
+use super::openai::{self, ApiConfig, ApiState, Prompter};
+use crate::engine::core::EngineOptions;
+use crate::engine::loader::LoadedModel;
+use crate::engine::worker::Engine;
+use anyhow::{bail, Context};
+use axum::Router;
+use candle_core::DType;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long open streams get to finish after Ctrl-C before the server exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// `serve` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The GGUF model; default: the first model in the models folder.
+    #[arg(long, env = "MODEL_PATH")]
+    pub model: Option<PathBuf>,
+    /// A `tokenizer.json` to use instead of the GGUF's vocabulary.
+    #[arg(long, env = "TOKENIZER_PATH")]
+    pub tokenizer: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1, or 0.0.0.0 with --allow-lan); anything but
+    /// loopback turns LAN mode on.
+    #[arg(long, env = "HOST")]
+    pub host: Option<String>,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// The key clients must send (`Authorization: Bearer KEY`); needed in LAN mode. Prefer
+    /// the environment variable: command lines are visible to other users.
+    #[arg(long, env = "SMOLLM3_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// LAN mode: listen on all interfaces (unless --host is given) and accept the machine's
+    /// network names; every request needs the key.
+    #[arg(long)]
+    pub allow_lan: bool,
+    /// Context size in tokens per conversation.
+    #[arg(long, default_value_t = 8192)]
+    pub context: usize,
+    /// Threads for the matrix multiplications.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Requests that may wait behind the running one before new ones get 503.
+    #[arg(long, default_value_t = 4)]
+    pub max_queue: usize,
+    /// Conversations whose KV caches are kept at once.
+    #[arg(long, default_value_t = 2)]
+    pub slots: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = guard::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body: usize,
+    /// An origin (`https://app.example`) allowed to call the API from a browser (CORS);
+    /// repeat for more. Off by default.
+    #[arg(long = "cors-origin")]
+    pub cors_origins: Vec<String>,
+    /// A further host name clients may use (a reverse proxy's name, say); repeat for more.
+    #[arg(long = "allow-host")]
+    pub allow_hosts: Vec<String>,
+}
+
+/// Where the server will listen and whether that exposes it to the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The address to bind.
+    pub ip: IpAddr,
+    /// LAN mode.
+    pub lan: bool,
+}
+
+/// Decides the binding and checks the key rules; the error says how to fix the command.
+pub fn binding(args: &ServeArgs) -> anyhow::Result<Binding> {
+    let ip: IpAddr = match args.host.as_deref().map(str::trim) {
+        None | Some("") if args.allow_lan => IpAddr::from([0, 0, 0, 0]),
+        None | Some("") => IpAddr::from([127, 0, 0, 1]),
+        Some(h) if h.eq_ignore_ascii_case("localhost") => IpAddr::from([127, 0, 0, 1]),
+        Some(h) => h.trim_matches(['[', ']']).parse().with_context(|| {
+            format!("--host must be an IP address such as 127.0.0.1 or 0.0.0.0 (got {h:?})")
+        })?,
+    };
+    let lan = args.allow_lan || !ip.is_loopback();
+    if lan {
+        match args.api_key.as_deref() {
+            None | Some("") => bail!(
+                "refusing to listen on {ip} without an API key: anyone on the network could use \
+                 the model. Start again with a key, for example this fresh one:\n\n    \
+                 SMOLLM3_API_KEY={} smollm3-bot serve --allow-lan\n\n(or --api-key KEY; \
+                 clients send it as `Authorization: Bearer KEY`)",
+                guard::generate_key()
+            ),
+            Some(k) if k.len() < MIN_KEY_LEN => bail!(
+                "the API key is too short for LAN mode ({} characters; at least {MIN_KEY_LEN})",
+                k.len()
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(Binding { ip, lan })
+}
+
+/// The model to serve: the one given, else the first in the models folder.
+fn model_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let dir = crate::hub::local::models_dir(None)?;
+    let models = crate::hub::local::list(&dir)?;
+    match models.into_iter().next() {
+        Some(m) => Ok(m.path),
+        None => bail!(
+            "no model to serve: pass --model FILE.gguf (or MODEL_PATH), or download one with \
+             `smollm3-bot models pull` (models folder: {})",
+            dir.display()
+        ),
+    }
+}
+
+/// The browser UI's router, served beside the API under the same guard: the desktop's HTML
+/// router over a chat service that uses this same engine, so the pages and the API share one
+/// model and one queue. Conversations live in the same database as the desktop app's. `None`
+/// (API only) when that database cannot be opened.
+pub fn browser_ui(engine: &Engine) -> Option<Router> {
+    use crate::app::engine_adapter::EngineGenerator;
+    use crate::app::service::{ChatService, EngineState};
+    let service = match super::desktop::database_path().and_then(|p| ChatService::open(&p)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("browser UI disabled: {e:#}");
+            return None;
+        }
+    };
+    let model = engine.status().model;
+    service.set_generator(std::sync::Arc::new(EngineGenerator::new(engine.clone())), EngineState::Ready { model });
+    Some(super::http::router(service))
+}
+
+/// Everything the server answers: the API, the browser UI when there is one, and a JSON 404.
+pub fn app_router(api: ApiState, ui: Option<Router>) -> Router {
+    let router = openai::api_router(api);
+    match ui {
+        Some(ui) => router.merge(ui),
+        None => router.fallback(openai::not_found),
+    }
+}
+
+/// Runs `serve` until Ctrl-C.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let bind = binding(&args)?;
+    super::cli::set_threads(args.threads);
+    let path = model_path(args.model.clone())?;
+    let loaded = LoadedModel::open(&path, args.tokenizer.as_deref())?;
+    let prompter = Prompter::from_loaded(&loaded)?;
+    let engine = Engine::start(
+        loaded,
+        EngineOptions {
+            context_size: args.context,
+            kv_dtype: DType::F32,
+            max_slots: args.slots.max(1),
+        },
+    )
+    .context("cannot start the engine")?;
+    let api = ApiState::new(
+        engine.clone(),
+        prompter,
+        ApiConfig {
+            model_id: openai::model_id_for(&path),
+            max_queue: args.max_queue,
+            max_body_bytes: args.max_body,
+        },
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(args, bind, api.clone()));
+    api.cancel_all();
+    engine.shutdown();
+    result
+}
+
+async fn run(args: ServeArgs, bind: Binding, api: ApiState) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(bind.ip, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let mut extra_hosts = args.allow_hosts.clone();
+    if bind.lan {
+        extra_hosts.extend(guard::lan_host_names(bind.ip));
+    }
+    let guard = Guard::new(GuardConfig {
+        port: local.port(),
+        lan: bind.lan,
+        extra_hosts: extra_hosts.clone(),
+        keys: KeyStore::new(args.api_key.clone()),
+        cors_origins: args.cors_origins.clone(),
+        max_body_bytes: args.max_body,
+    });
+    let ui = browser_ui(api.engine());
+    let has_ui = ui.is_some();
+    let router = guard.protect(app_router(api.clone(), ui));
+
+    let shown = if local.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::from([127, 0, 0, 1]), local.port())
+    } else {
+        local
+    };
+    println!("listening on http://{shown}");
+    println!(
+        "model {} · OpenAI API at http://{shown}/v1{}",
+        api.config().model_id,
+        if has_ui { " · browser UI at /" } else { "" }
+    );
+    if bind.lan {
+        println!(
+            "LAN mode: requests need the API key; also reachable as {}",
+            extra_hosts.join(", ")
+        );
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown({
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    });
+    let server = tokio::spawn(async move { server.await });
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    api.cancel_all();
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(r)) => r.context("the server failed"),
+        Ok(Err(e)) => Err(anyhow::anyhow!("the server task failed: {e}")),
+        Err(_) => {
+            eprintln!("some connections were still open; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ServeArgs,
+    }
+
+    fn args(v: &[&str]) -> ServeArgs {
+        let mut all = vec!["t"];
+        all.extend_from_slice(v);
+        T::parse_from(all).a
+    }
+
+    #[test]
+    fn loopback_is_the_default_and_needs_no_key() {
+        let b = binding(&args(&[])).unwrap();
+        assert_eq!(
+            b,
+            Binding {
+                ip: IpAddr::from([127, 0, 0, 1]),
+                lan: false
+            }
+        );
+    }
+
+    #[test]
+    fn network_addresses_need_a_long_enough_key() {
+        let e = binding(&args(&["--host", "0.0.0.0"])).unwrap_err();
+        assert!(e.to_string().contains("without an API key"), "{e}");
+        let e = binding(&args(&["--allow-lan", "--api-key", "short"])).unwrap_err();
+        assert!(e.to_string().contains("too short"), "{e}");
+        let key = guard::generate_key();
+        let b = binding(&args(&["--allow-lan", "--api-key", &key])).unwrap();
+        assert_eq!(
+            b,
+            Binding {
+                ip: IpAddr::from([0, 0, 0, 0]),
+                lan: true
+            }
+        );
+    }
+}

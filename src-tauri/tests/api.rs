@@ -1,0 +1,618 @@
+//! The HTTP API and its guard, driven in-process (`tower::ServiceExt::oneshot`, no sockets)
+//! against a tiny synthetic model: every route, every refusal, plain and streamed replies.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use smollm3_bot::engine::core::EngineOptions;
+use smollm3_bot::engine::loader::LoadedModel;
+use smollm3_bot::engine::worker::Engine;
+use smollm3_bot::model::synth::{self, Preset, Quant};
+use smollm3_bot::shell::guard::{Guard, GuardConfig, KeyStore, SESSION_COOKIE};
+use smollm3_bot::shell::openai::{ApiConfig, ApiState, Prompter};
+use smollm3_bot::shell::serve::app_router;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+const PORT: u16 = 3000;
+const HOST: &str = "127.0.0.1:3000";
+const MODEL_ID: &str = "tiny-q4";
+
+fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("smollm3-api-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(format!("{MODEL_ID}.gguf"));
+        synth::write(Preset::Tiny, Quant::Q4KM, 11, &p).unwrap();
+        p
+    })
+    .clone()
+}
+
+fn api(context: usize, max_queue: usize) -> ApiState {
+    let loaded = LoadedModel::open(&model_path(), None).unwrap();
+    let prompter = Prompter::from_loaded(&loaded).unwrap();
+    let engine = Engine::start(
+        loaded,
+        EngineOptions {
+            context_size: context,
+            max_slots: 2,
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap();
+    let mut cfg = ApiConfig::new(MODEL_ID);
+    cfg.max_queue = max_queue;
+    cfg.max_body_bytes = 64 * 1024;
+    ApiState::new(engine, prompter, cfg)
+}
+
+fn guarded(api: ApiState, cfg: GuardConfig) -> Router {
+    Guard::new(cfg).protect(app_router(api, None))
+}
+
+fn local_cfg() -> GuardConfig {
+    GuardConfig {
+        max_body_bytes: 64 * 1024,
+        ..GuardConfig::local(PORT)
+    }
+}
+
+fn app() -> Router {
+    guarded(api(512, 4), local_cfg())
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::HOST, HOST)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn post_json(path: &str, body: &Value) -> Request<Body> {
+    Request::post(path)
+        .header(header::HOST, HOST)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let resp = tokio::time::timeout(Duration::from_secs(120), app.clone().oneshot(req))
+        .await
+        .expect("the server answered in time")
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(Duration::from_secs(120), resp.into_body().collect())
+        .await
+        .expect("the body ended in time")
+        .unwrap()
+        .to_bytes();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Asserts OpenAI's error shape and returns the error object.
+fn error_of(body: &str) -> Value {
+    let v = json_of(body);
+    let e = v["error"].clone();
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(e["type"].is_string(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
+    e
+}
+
+fn chat(extra: Value) -> Value {
+    let mut body = json!({
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": "Hello there"}],
+        "max_tokens": 12,
+        "temperature": 0,
+    });
+    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+/// The `data:` payloads of an SSE body, in order.
+fn sse_data(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.trim_start().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn health_and_models_describe_the_served_model() {
+    let app = app();
+    let (s, _, b) = send(&app, get("/health")).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json_of(&b);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["context_size"], 512);
+
+    let (s, _, b) = send(&app, get("/v1/models")).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json_of(&b);
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], MODEL_ID);
+    assert_eq!(v["data"][0]["object"], "model");
+
+    let (s, _, _) = send(&app, get(&format!("/v1/models/{MODEL_ID}"))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, b) = send(&app, get("/v1/models/gpt-4o")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&b)["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let app = app();
+    for path in ["/v1/nope", "/nope", "/v1/completions"] {
+        let (s, _, b) = send(&app, get(path)).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+        error_of(&b);
+    }
+    let (s, _, b) = send(&app, get("/v1/chat/completions")).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    error_of(&b);
+}
+
+#[tokio::test]
+async fn other_hosts_are_misdirected() {
+    let app = app();
+    for host in [
+        Some("evil.example:3000"),
+        Some("127.0.0.1:3001"),
+        Some("localhost"),
+        Some("192.168.1.20:3000"),
+        None,
+    ] {
+        let mut req = Request::get("/health");
+        if let Some(h) = host {
+            req = req.header(header::HOST, h);
+        }
+        let (s, _, b) = send(&app, req.body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::MISDIRECTED_REQUEST, "{host:?}");
+        assert_eq!(error_of(&b)["code"], "host_not_allowed");
+    }
+    for host in ["localhost:3000", "[::1]:3000", "LOCALHOST:3000"] {
+        let req = Request::get("/health")
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap();
+        let (s, _, _) = send(&app, req).await;
+        assert_eq!(s, StatusCode::OK, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn cross_origin_posts_are_forbidden_same_origin_ones_pass() {
+    let app = app();
+    let mut req = post_json("/v1/chat/completions", &chat(json!({"max_tokens": 2})));
+    req.headers_mut()
+        .insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+    let (s, _, b) = send(&app, req).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(error_of(&b)["code"], "cross_origin");
+
+    let mut req = post_json("/v1/chat/completions", &chat(json!({"max_tokens": 2})));
+    req.headers_mut()
+        .insert(header::ORIGIN, "http://127.0.0.1:3000".parse().unwrap());
+    let (s, _, b) = send(&app, req).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // CORS is off: a preflight from another site is refused and grants nothing.
+    let req = Request::options("/v1/chat/completions")
+        .header(header::HOST, HOST)
+        .header(header::ORIGIN, "http://evil.example")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+        .body(Body::empty())
+        .unwrap();
+    let (s, h, _) = send(&app, req).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+}
+
+#[tokio::test]
+async fn configured_cors_origins_are_allowed() {
+    let cfg = GuardConfig {
+        cors_origins: vec!["https://app.example".into()],
+        ..local_cfg()
+    };
+    let app = guarded(api(512, 4), cfg);
+    let req = Request::options("/v1/chat/completions")
+        .header(header::HOST, HOST)
+        .header(header::ORIGIN, "https://app.example")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+        .body(Body::empty())
+        .unwrap();
+    let (s, h, _) = send(&app, req).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://app.example"
+    );
+    let mut req = post_json("/v1/chat/completions", &chat(json!({"max_tokens": 2})));
+    req.headers_mut()
+        .insert(header::ORIGIN, "https://app.example".parse().unwrap());
+    let (s, h, _) = send(&app, req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://app.example"
+    );
+}
+
+#[tokio::test]
+async fn lan_mode_needs_the_key_by_header_or_login_cookie() {
+    let key = "smol-test-key-0123456789abcdefghijklmnop";
+    let cfg = GuardConfig {
+        lan: true,
+        extra_hosts: vec!["192.168.1.20".into(), "mybox.local".into()],
+        keys: KeyStore::new(Some(key.into())),
+        ..local_cfg()
+    };
+    let app = guarded(api(512, 4), cfg);
+    let lan_get = |path: &str| {
+        Request::get(path)
+            .header(header::HOST, "192.168.1.20:3000")
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    let (s, h, b) = send(&app, lan_get("/v1/models")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_of(&b)["code"], "invalid_api_key");
+    assert_eq!(h[header::WWW_AUTHENTICATE], "Bearer");
+
+    let mut req = lan_get("/v1/models");
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, "Bearer wrong-key".parse().unwrap());
+    let (s, _, _) = send(&app, req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    let mut req = lan_get("/v1/models");
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    let (s, _, _) = send(&app, req).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The machine's LAN names are hosts it answers for; others still are not.
+    let req = Request::get("/health")
+        .header(header::HOST, "elsewhere.example:3000")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, req).await.0, StatusCode::MISDIRECTED_REQUEST);
+
+    // A browser is sent to the login page, which sets the cookie.
+    let mut req = lan_get("/chat");
+    req.headers_mut()
+        .insert(header::ACCEPT, "text/html".parse().unwrap());
+    let (s, h, _) = send(&app, req).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[header::LOCATION], "/login?next=/chat");
+    let (s, _, page) = send(&app, lan_get("/login?next=/chat")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("type=\"password\""));
+
+    let login = |k: &str| {
+        Request::post("/login")
+            .header(header::HOST, "mybox.local:3000")
+            .header(header::ORIGIN, "http://mybox.local:3000")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("key={k}&next=%2Fchat")))
+            .unwrap()
+    };
+    let (s, h, _) = send(&app, login("nope")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(h.get(header::SET_COOKIE).is_none());
+    let (s, h, _) = send(&app, login(key)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[header::LOCATION], "/chat");
+    let cookie = h[header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(!cookie.contains(key), "the cookie does not carry the key");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    assert!(pair.starts_with(SESSION_COOKIE));
+    let mut req = lan_get("/v1/models");
+    req.headers_mut()
+        .insert(header::COOKIE, pair.parse().unwrap());
+    assert_eq!(send(&app, req).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_key_set_on_loopback_is_required_too() {
+    let cfg = GuardConfig {
+        keys: KeyStore::new(Some("loopback-key-0123456789".into())),
+        ..local_cfg()
+    };
+    let app = guarded(api(512, 4), cfg);
+    assert_eq!(
+        send(&app, get("/v1/models")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    let app = app();
+    let big = "x".repeat(70 * 1024);
+    let body = chat(json!({"messages": [{"role": "user", "content": big}]}));
+    // Declared length.
+    let mut req = post_json("/v1/chat/completions", &body);
+    let len = body.to_string().len();
+    req.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+    let (s, _, b) = send(&app, req).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_of(&b)["code"], "request_too_large");
+    // No declared length: cut off while reading.
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &body)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+    error_of(&b);
+}
+
+#[tokio::test]
+async fn malformed_requests_are_bad_requests() {
+    let app = app();
+    let req = Request::post("/v1/chat/completions")
+        .header(header::HOST, HOST)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{\"messages\": [oops"))
+        .unwrap();
+    let (s, _, b) = send(&app, req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(&b)["type"], "invalid_request_error");
+
+    for (body, param) in [
+        (json!({"model": MODEL_ID}), Value::Null),
+        (chat(json!({"temperature": -1})), json!("temperature")),
+        (chat(json!({"max_tokens": 0})), json!("max_tokens")),
+        (
+            chat(
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            ),
+            json!("messages[0].content"),
+        ),
+    ] {
+        let (s, _, b) = send(&app, post_json("/v1/chat/completions", &body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error_of(&b)["param"], param, "{b}");
+    }
+    let (s, _, b) = send(
+        &app,
+        post_json("/v1/chat/completions", &chat(json!({"model": "gpt-4o"}))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(error_of(&b)["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn a_prompt_longer_than_the_context_is_refused_clearly() {
+    let app = guarded(api(128, 4), local_cfg());
+    let long = "tell me about the weather today ".repeat(100);
+    let body = chat(json!({"messages": [{"role": "user", "content": long}]}));
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &body)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let e = error_of(&b);
+    assert_eq!(e["code"], "context_length_exceeded");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("context holds 128") && m.contains("--context"),
+        "{m}"
+    );
+    // Streaming requests are refused the same way, before any event.
+    let body = chat(json!({"messages": [{"role": "user", "content": long}], "stream": true}));
+    let (s, _, _) = send(&app, post_json("/v1/chat/completions", &body)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn plain_and_streamed_completions_agree() {
+    let app = app();
+    let (s, h, b) = send(&app, post_json("/v1/chat/completions", &chat(json!({})))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(h[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let v = json_of(&b);
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["model"], MODEL_ID);
+    let choice = &v["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    let content = choice["message"]["content"].as_str().unwrap().to_string();
+    let finish = choice["finish_reason"].as_str().unwrap();
+    assert!(finish == "stop" || finish == "length", "{finish}");
+    let u = &v["usage"];
+    let (p, c) = (
+        u["prompt_tokens"].as_u64().unwrap(),
+        u["completion_tokens"].as_u64().unwrap(),
+    );
+    assert!(p > 5 && (1..=12).contains(&c), "{u}");
+    assert_eq!(u["total_tokens"].as_u64().unwrap(), p + c);
+    if finish == "length" {
+        assert_eq!(c, 12);
+    }
+    assert!(
+        choice["message"].get("reasoning_content").is_none(),
+        "thinking is off by default"
+    );
+
+    let body = chat(json!({"stream": true, "stream_options": {"include_usage": true}}));
+    let (s, h, b) = send(&app, post_json("/v1/chat/completions", &body)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let data = sse_data(&b);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{b}");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| json_of(d)).collect();
+    assert!(chunks.len() >= 3, "{b}");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let id = chunks[0]["id"].clone();
+    let mut streamed = String::new();
+    let mut finish_seen = None;
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], id, "one id for the whole stream");
+        if let Some(choice) = c["choices"].get(0) {
+            assert!(c["usage"].is_null(), "usage only in the last chunk");
+            streamed.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+            if let Some(f) = choice["finish_reason"].as_str() {
+                finish_seen = Some(f.to_string());
+            }
+        }
+    }
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["prompt_tokens"].as_u64(), Some(p));
+    assert_eq!(finish_seen.as_deref(), Some(finish));
+    assert_eq!(streamed, content, "greedy stream equals the plain reply");
+
+    // Without include_usage there is no usage chunk.
+    let (_, _, b) = send(
+        &app,
+        post_json("/v1/chat/completions", &chat(json!({"stream": true}))),
+    )
+    .await;
+    let data = sse_data(&b);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert!(data.iter().all(|d| !d.contains("\"usage\"")), "{b}");
+}
+
+#[tokio::test]
+async fn thinking_is_asked_with_chat_template_kwargs() {
+    // The thinking system prompt is long in the synthetic model's small vocabulary.
+    let app = guarded(api(2048, 4), local_cfg());
+    let off = chat(json!({"max_tokens": 1}));
+    let on = chat(json!({"max_tokens": 1, "chat_template_kwargs": {"enable_thinking": true}}));
+    let (_, _, b_off) = send(&app, post_json("/v1/chat/completions", &off)).await;
+    let (s, _, b_on) = send(&app, post_json("/v1/chat/completions", &on)).await;
+    assert_eq!(s, StatusCode::OK, "{b_on}");
+    let p_off = json_of(&b_off)["usage"]["prompt_tokens"].as_u64().unwrap();
+    let p_on = json_of(&b_on)["usage"]["prompt_tokens"].as_u64().unwrap();
+    // SmolLM3's template closes an empty <think></think> block when thinking is off.
+    assert_ne!(p_off, p_on, "the flag reaches the chat template");
+}
+
+#[tokio::test]
+async fn a_continued_conversation_reuses_its_cache() {
+    let api = api(512, 4);
+    let app = guarded(api.clone(), local_cfg());
+    let first = chat(json!({"max_tokens": 6}));
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &first)).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json_of(&b);
+    let reply = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p1 = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let second = chat(json!({"max_tokens": 4, "messages": [
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "And then?"}
+    ]}));
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &second)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let p2 = json_of(&b)["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(p2 > p1);
+    // The worker records cache sizes just after the reply's last event.
+    let t0 = Instant::now();
+    while (api.engine().cached_tokens("api-1") as u64) <= p2
+        && t0.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        api.engine().cached_tokens("api-1") as u64 > p2,
+        "the second turn ran in the first one's slot (cached {}, prompt {p2})",
+        api.engine().cached_tokens("api-1")
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_and_a_dropped_stream_frees_its_place() {
+    let api = api(2048, 0);
+    let app = guarded(api.clone(), local_cfg());
+    let long = chat(json!({"stream": true, "max_tokens": 2000, "temperature": 1.0}));
+    let resp = app
+        .clone()
+        .oneshot(post_json("/v1/chat/completions", &long))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The stream is held but not read: its job keeps the only place.
+    let (s, h, b) = send(&app, post_json("/v1/chat/completions", &chat(json!({})))).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&b)["code"], "queue_full");
+    let retry: u64 = h[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+
+    // The client goes away: its job is cancelled and the place frees.
+    drop(resp);
+    let idle = |s: smollm3_bot::engine::worker::EngineStatus| !s.busy && s.queued == 0;
+    let t0 = Instant::now();
+    while !idle(api.engine().status()) && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(idle(api.engine().status()), "the engine went idle");
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &chat(json!({})))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_before_the_reply_cancels_its_job() {
+    let api = api(2048, 4);
+    let app = guarded(api.clone(), local_cfg());
+    // Greedy decoding of 2000 tokens takes far longer than this test waits.
+    let long = chat(json!({"max_tokens": 2000}));
+    let call = tokio::spawn(
+        app.clone()
+            .oneshot(post_json("/v1/chat/completions", &long)),
+    );
+    let t0 = Instant::now();
+    while !api.engine().status().busy && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(api.engine().status().busy, "the job started");
+    call.abort();
+    let t0 = Instant::now();
+    while api.engine().status().busy && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !api.engine().status().busy,
+        "the job stopped when its client left"
+    );
+    // Its half-written reply is not kept for continuation.
+    let t0 = Instant::now();
+    while api.engine().cached_tokens("api-1") > 0 && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.engine().cached_tokens("api-1"), 0);
+}
