@@ -9,3 +9,4 @@ pub mod http;
 pub mod model_cmds;
 pub mod models;
 pub mod text_cmds;
+pub mod wizard;
