@@ -96,6 +96,7 @@ struct Job {
     control: Option<DownloadControl>,
     endpoint: Option<String>,
     dismissed: bool,
+    dir: Option<PathBuf>,
 }
 
 /// The wizard's shared state. Cheap to clone; clones share everything.
@@ -113,6 +114,7 @@ impl Default for Wizard {
                 control: None,
                 endpoint: None,
                 dismissed: false,
+                dir: None,
             })),
             events: broadcast::channel(256).0,
         }
@@ -135,11 +137,6 @@ pub fn failure_title(e: &HubError) -> &'static str {
         HubError::ChecksumMismatch { .. } => "The downloaded file is damaged (checksum mismatch)",
         _ => "The download failed",
     }
-}
-
-/// The models folder: `SMOLLM3_MODELS_DIR`, else the platform default.
-pub fn models_dir() -> Result<PathBuf, WizardError> {
-    Ok(hub::models_dir(None)?)
 }
 
 /// Free bytes on the file system that holds `dir` (or its nearest existing parent).
@@ -183,6 +180,20 @@ impl Wizard {
     fn job(&self) -> MutexGuard<'_, Job> {
         // Each change under this lock is whole, so a poisoned lock still holds consistent data.
         self.job.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps models in `dir` instead of the usual folder.
+    pub fn set_models_dir(&self, dir: PathBuf) {
+        self.job().dir = Some(dir);
+    }
+
+    /// The models folder: the one set with [`Wizard::set_models_dir`], else
+    /// `SMOLLM3_MODELS_DIR`, else the platform default.
+    pub fn models_dir(&self) -> Result<PathBuf, WizardError> {
+        match &self.job().dir {
+            Some(d) => Ok(d.clone()),
+            None => Ok(hub::models_dir(None)?),
+        }
     }
 
     /// Opens the chat without a model until the app restarts (commands such as `/quote` work).

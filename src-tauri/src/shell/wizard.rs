@@ -89,8 +89,8 @@ fn error_box(text: &str) -> String {
     )
 }
 
-fn choose_html(error: Option<&str>, import_path: &str) -> String {
-    let dir = wizard::models_dir().ok();
+fn choose_html(s: &ChatService, error: Option<&str>, import_path: &str) -> String {
+    let dir = s.wizard().models_dir().ok();
     let free = dir.as_deref().and_then(wizard::free_space);
     let mut rows = String::new();
     for e in catalogue() {
@@ -269,7 +269,11 @@ hx-target=\"#app\" hx-swap=\"outerHTML\">Start chatting</button>"
                 }
             ),
         ),
-        Phase::Idle | Phase::Cancelled => return choose_html(None, ""),
+        Phase::Idle | Phase::Cancelled => (
+            "Download cancelled".into(),
+            String::new(),
+            "<button type=\"button\" class=\"btn primary\" hx-get=\"/wizard/choose\" hx-target=\"#wizard\">Choose a model</button>".into(),
+        ),
     };
     format!(
         "<section class=\"wizard-step\" id=\"download\" data-phase=\"{name}\"><h1>{title}</h1>{bar}{body}\
@@ -324,8 +328,8 @@ async fn skip(State(s): State<ChatService>) -> Result<Html<String>, super::http:
     Ok(Html(super::http::layout_html(&s)?))
 }
 
-async fn choose() -> Html<String> {
-    Html(choose_html(None, ""))
+async fn choose(State(s): State<ChatService>) -> Html<String> {
+    Html(choose_html(&s, None, ""))
 }
 
 #[derive(Deserialize)]
@@ -342,7 +346,7 @@ async fn download(
 ) -> Result<Html<String>, WizardUiError> {
     let mirror = Some(f.mirror.trim().to_owned()).filter(|m| !m.is_empty());
     s.wizard()
-        .start_download(&s, f.entry.trim(), mirror, wizard::models_dir()?)?;
+        .start_download(&s, f.entry.trim(), mirror, s.wizard().models_dir()?)?;
     Ok(Html(progress_panel(&s.wizard().phase())))
 }
 
@@ -352,13 +356,13 @@ async fn pause(State(s): State<ChatService>) -> Html<String> {
 }
 
 async fn resume(State(s): State<ChatService>) -> Result<Html<String>, WizardUiError> {
-    s.wizard().resume(&s, wizard::models_dir()?)?;
+    s.wizard().resume(&s, s.wizard().models_dir()?)?;
     Ok(Html(progress_panel(&s.wizard().phase())))
 }
 
 async fn cancel(State(s): State<ChatService>) -> Result<Html<String>, WizardUiError> {
-    s.wizard().cancel(&wizard::models_dir()?);
-    Ok(Html(choose_html(None, "")))
+    s.wizard().cancel(&s.wizard().models_dir()?);
+    Ok(Html(choose_html(&s, None, "")))
 }
 
 #[derive(Deserialize)]
@@ -372,7 +376,7 @@ async fn import(State(s): State<ChatService>, Form(f): Form<ImportForm>) -> Resp
     let path = PathBuf::from(&typed);
     let service = s.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let dir = wizard::models_dir()?;
+        let dir = service.wizard().models_dir()?;
         service.wizard().import(&service, &path, &dir)
     })
     .await;
@@ -380,12 +384,13 @@ async fn import(State(s): State<ChatService>, Form(f): Form<ImportForm>) -> Resp
         Ok(Ok(_)) => Html(progress_panel(&s.wizard().phase())).into_response(),
         Ok(Err(e)) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Html(choose_html(Some(&e.to_string()), &typed)),
+            Html(choose_html(&s, Some(&e.to_string()), &typed)),
         )
             .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Html(choose_html(
+                &s,
                 Some(&format!("The import stopped: {e}")),
                 &typed,
             )),
