@@ -300,6 +300,11 @@ impl Wizard {
                         wizard.set(Phase::Cancelled);
                         return;
                     }
+                    // A companion (tokenizer.json) is a nicety: the model file carries a
+                    // tokenizer of its own, so a mirror that only has the model still works.
+                    Err(e) if model_path.is_some() => {
+                        tracing::warn!(error = %e, file, "optional file not downloaded");
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, file, "download failed");
                         wizard.set(Phase::Failed {
