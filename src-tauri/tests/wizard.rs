@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use smollm3_bot::app::wizard::Phase;
 use smollm3_bot::app::{ChatService, EngineState};
+use smollm3_bot::hub::RetryPolicy;
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use smollm3_bot::model::GgufFile;
 use smollm3_bot::shell::http::router;
@@ -352,4 +353,128 @@ async fn skipping_opens_the_chat_without_a_model() {
     assert!(chat.contains("Start a conversation"));
     let (_, page) = call(&app, "GET", "/", None).await;
     assert!(page.contains("Start a conversation"));
+}
+
+/// Waits for a phase that `pred` accepts.
+async fn wait_for(
+    rx: &mut tokio::sync::broadcast::Receiver<Phase>,
+    what: &str,
+    pred: impl Fn(&Phase) -> bool,
+) -> Phase {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Ok(p)) if pred(&p) => return p,
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(e)) => panic!("wizard channel closed waiting for {what}: {e}"),
+            Err(_) => panic!("no {what} within {PATIENCE:?}"),
+        }
+    }
+}
+
+fn bytes_arrived(p: &Phase) -> bool {
+    matches!(p, Phase::Downloading { file, progress, .. } if file == FILE && progress.done > 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_keeps_the_part_and_resume_continues_from_it() {
+    let scratch = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let (hub, size) = hub_with_model(scratch.path());
+    hub.throttle((size as u64 / 3).max(1));
+    let (service, app) = app(models.path());
+    let mut rx = service.wizard().subscribe();
+    let form = format!("entry=q4_k_m&mirror={}", enc(&hub.url()));
+    call(&app, "POST", "/wizard/download", Some(&form)).await;
+    wait_for(&mut rx, "progress", bytes_arrived).await;
+
+    call(&app, "POST", "/wizard/pause", Some("")).await;
+    let kept = match wait_for(&mut rx, "a pause", |p| matches!(p, Phase::Paused { .. })).await {
+        Phase::Paused { bytes, .. } => bytes,
+        _ => unreachable!(),
+    };
+    assert!(kept > 0 && kept < size as u64, "{kept}");
+    assert!(models.path().join(format!("{FILE}.part")).exists());
+    let (_, panel) = call(&app, "GET", "/wizard", None).await;
+    assert!(
+        panel.contains("Resume") && panel.contains("Paused at"),
+        "{panel}"
+    );
+
+    call(&app, "POST", "/wizard/resume", Some("")).await;
+    assert!(matches!(
+        wait_end(&service, &mut rx).await,
+        Phase::Ready { .. }
+    ));
+    let resumed = hub
+        .content_requests()
+        .iter()
+        .filter_map(|r| r.range_start())
+        .any(|start| start > 0);
+    assert!(
+        resumed,
+        "the second request asked for the remaining bytes only"
+    );
+    assert_eq!(
+        std::fs::metadata(models.path().join(FILE)).unwrap().len(),
+        size as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_download_and_removes_the_part() {
+    let scratch = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let (hub, size) = hub_with_model(scratch.path());
+    hub.throttle((size as u64 / 3).max(1));
+    let (service, app) = app(models.path());
+    let mut rx = service.wizard().subscribe();
+    let form = format!("entry=q4_k_m&mirror={}", enc(&hub.url()));
+    call(&app, "POST", "/wizard/download", Some(&form)).await;
+    wait_for(&mut rx, "progress", bytes_arrived).await;
+    let (status, body) = call(&app, "POST", "/wizard/cancel", Some("")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("Choose a model"), "{body}");
+    wait_for(&mut rx, "the cancel", |p| matches!(p, Phase::Cancelled)).await;
+    assert!(!models.path().join(format!("{FILE}.part")).exists());
+    assert!(!models.path().join(FILE).exists());
+    assert!(service.settings().model_path.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_or_a_network_problem_is_named_as_such() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (hub, _) = hub_with_model(scratch.path());
+    hub.require_token("hf_secret");
+    // A port that was just free: nothing listens there.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    for (endpoint, headline, detail) in [
+        (
+            hub.url(),
+            "needs a Hugging Face token (HF_TOKEN)",
+            "export HF_TOKEN",
+        ),
+        (closed, "No network connection", "cannot reach 127.0.0.1"),
+    ] {
+        let models = tempfile::tempdir().unwrap();
+        let (service, app) = app(models.path());
+        service.wizard().set_retry(RetryPolicy {
+            max_retries: 1,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        });
+        let mut rx = service.wizard().subscribe();
+        let form = format!("entry=q4_k_m&mirror={}", enc(&endpoint));
+        call(&app, "POST", "/wizard/download", Some(&form)).await;
+        wait_end(&service, &mut rx).await;
+        let (_, panel) = call(&app, "GET", "/wizard", None).await;
+        assert!(panel.contains(headline), "{panel}");
+        assert!(panel.contains(detail), "{panel}");
+        assert!(panel.contains("Retry"), "{panel}");
+    }
 }

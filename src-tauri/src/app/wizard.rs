@@ -97,6 +97,7 @@ struct Job {
     endpoint: Option<String>,
     dismissed: bool,
     dir: Option<PathBuf>,
+    options: DownloadOptions,
 }
 
 /// The wizard's shared state. Cheap to clone; clones share everything.
@@ -115,6 +116,10 @@ impl Default for Wizard {
                 endpoint: None,
                 dismissed: false,
                 dir: None,
+                options: DownloadOptions {
+                    progress_interval: PROGRESS_INTERVAL,
+                    ..DownloadOptions::default()
+                },
             })),
             events: broadcast::channel(256).0,
         }
@@ -196,6 +201,11 @@ impl Wizard {
         }
     }
 
+    /// Changes how downloads retry (tests use short waits).
+    pub fn set_retry(&self, retry: hub::RetryPolicy) {
+        self.job().options.retry = retry;
+    }
+
     /// Opens the chat without a model until the app restarts (commands such as `/quote` work).
     pub fn dismiss(&self) {
         self.job().dismissed = true;
@@ -234,7 +244,7 @@ impl Wizard {
         let entry = catalogue::find(entry_id)
             .ok_or_else(|| WizardError::UnknownEntry(entry_id.to_owned()))?;
         let control = DownloadControl::new();
-        {
+        let options = {
             let mut job = self.job();
             if matches!(
                 job.phase,
@@ -244,12 +254,9 @@ impl Wizard {
             }
             job.control = Some(control.clone());
             job.endpoint = endpoint.clone();
-        }
-        let config = HubConfig::from_env(endpoint.as_deref().filter(|e| !e.trim().is_empty()));
-        let options = DownloadOptions {
-            progress_interval: PROGRESS_INTERVAL,
-            ..DownloadOptions::default()
+            job.options.clone()
         };
+        let config = HubConfig::from_env(endpoint.as_deref().filter(|e| !e.trim().is_empty()));
         let downloader = Downloader::new(config, options)?;
         let specs = entry.download_specs(&dir);
         let id = entry.id.to_owned();
