@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use smollm3_bot::app::wizard::Phase;
 use smollm3_bot::app::{ChatService, EngineState};
-use smollm3_bot::hub::RetryPolicy;
+use smollm3_bot::hub::{DownloadOptions, RetryPolicy};
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use smollm3_bot::model::GgufFile;
 use smollm3_bot::shell::http::router;
@@ -462,11 +462,14 @@ async fn a_token_or_a_network_problem_is_named_as_such() {
     ] {
         let models = tempfile::tempdir().unwrap();
         let (service, app) = app(models.path());
-        service.wizard().set_retry(RetryPolicy {
-            max_retries: 1,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-            ..RetryPolicy::default()
+        service.wizard().set_download_options(DownloadOptions {
+            retry: RetryPolicy {
+                max_retries: 1,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(10),
+                ..RetryPolicy::default()
+            },
+            ..DownloadOptions::default()
         });
         let mut rx = service.wizard().subscribe();
         let form = format!("entry=q4_k_m&mirror={}", enc(&endpoint));
@@ -477,4 +480,28 @@ async fn a_token_or_a_network_problem_is_named_as_such() {
         assert!(panel.contains(detail), "{panel}");
         assert!(panel.contains("Retry"), "{panel}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_named_before_any_byte_is_written() {
+    let scratch = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let (hub, _) = hub_with_model(scratch.path());
+    let (service, app) = app(models.path());
+    service.wizard().set_download_options(DownloadOptions {
+        space_probe: std::sync::Arc::new(|_: &Path| Ok(1_000)),
+        space_margin: 0,
+        ..DownloadOptions::default()
+    });
+    let mut rx = service.wizard().subscribe();
+    let form = format!("entry=q4_k_m&mirror={}", enc(&hub.url()));
+    call(&app, "POST", "/wizard/download", Some(&form)).await;
+    match wait_end(&service, &mut rx).await {
+        Phase::Failed { title, message, .. } => {
+            assert_eq!(title, "The disk is full");
+            assert!(message.contains("not enough free disk space"), "{message}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(hub.content_requests().is_empty(), "nothing was fetched");
 }

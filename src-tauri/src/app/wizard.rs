@@ -201,9 +201,13 @@ impl Wizard {
         }
     }
 
-    /// Changes how downloads retry (tests use short waits).
-    pub fn set_retry(&self, retry: hub::RetryPolicy) {
-        self.job().options.retry = retry;
+    /// Changes how downloads retry and check free space (tests use short waits and a
+    /// simulated disk). Progress stays at most four updates a second.
+    pub fn set_download_options(&self, options: DownloadOptions) {
+        self.job().options = DownloadOptions {
+            progress_interval: options.progress_interval.max(PROGRESS_INTERVAL),
+            ..options
+        };
     }
 
     /// Opens the chat without a model until the app restarts (commands such as `/quote` work).
