@@ -505,3 +505,25 @@ async fn a_full_disk_is_named_before_any_byte_is_written() {
     }
     assert!(hub.content_requests().is_empty(), "nothing was fetched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_shows_a_retry_and_the_download_still_finishes() {
+    let scratch = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let (hub, size) = hub_with_model(scratch.path());
+    hub.fail_next(Fault::DropAt(size as u64 / 2));
+    let (service, app) = app(models.path());
+    let mut rx = service.wizard().subscribe();
+    let form = format!("entry=q4_k_m&mirror={}", enc(&hub.url()));
+    call(&app, "POST", "/wizard/download", Some(&form)).await;
+    let retry = wait_for(&mut rx, "a retry note", |p| {
+        matches!(p, Phase::Downloading { note: Some(_), .. })
+    })
+    .await;
+    let bar = smollm3_bot::shell::wizard::bar(&retry);
+    assert!(bar.contains("trying again (1 of"), "{bar}");
+    assert!(matches!(
+        wait_end(&service, &mut rx).await,
+        Phase::Ready { .. }
+    ));
+}

@@ -36,6 +36,8 @@ pub enum Phase {
         file: String,
         /// Latest snapshot.
         progress: Progress,
+        /// Why the bytes have stopped for now (a retry after a dropped connection).
+        note: Option<String>,
     },
     /// Stopped by the user; the partial file is kept.
     Paused {
@@ -273,6 +275,7 @@ impl Wizard {
                 bytes_per_sec: 0.0,
                 eta_secs: None,
             },
+            note: None,
         });
         let wizard = self.clone();
         let service = service.clone();
@@ -287,7 +290,32 @@ impl Wizard {
                         entry: entry.clone(),
                         file: name.clone(),
                         progress,
+                        note: None,
                     }),
+                    DownloadEvent::Retrying {
+                        attempt,
+                        max_retries,
+                        reason,
+                        ..
+                    } => {
+                        let progress = match w.phase() {
+                            Phase::Downloading { progress, .. } => progress,
+                            _ => Progress {
+                                done: 0,
+                                total: None,
+                                bytes_per_sec: 0.0,
+                                eta_secs: None,
+                            },
+                        };
+                        w.set(Phase::Downloading {
+                            entry: entry.clone(),
+                            file: name.clone(),
+                            progress,
+                            note: Some(format!(
+                                "{reason}; trying again ({attempt} of {max_retries})…"
+                            )),
+                        });
+                    }
                     DownloadEvent::Verifying => w.set(Phase::Verifying { file: name.clone() }),
                     _ => {}
                 };

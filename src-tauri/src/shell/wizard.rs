@@ -153,7 +153,7 @@ fn eta(secs: f64) -> String {
 /// The progress bar alone: replaced several times a second while bytes arrive.
 pub fn bar(phase: &Phase) -> String {
     let (done, total, detail) = match phase {
-        Phase::Downloading { progress, .. } => {
+        Phase::Downloading { progress, note, .. } => {
             let Progress {
                 done,
                 total,
@@ -169,6 +169,9 @@ pub fn bar(phase: &Phase) -> String {
             }
             if let Some(e) = eta_secs {
                 d.push_str(&format!(" · {} left", eta(*e)));
+            }
+            if let Some(n) = note {
+                d.push_str(&format!(" · {n}"));
             }
             (*done, *total, d)
         }
