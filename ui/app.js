@@ -36,6 +36,8 @@
   } else {
     const source = new EventSource("/events");
     source.addEventListener("chat-stream", (e) => onStream(JSON.parse(e.data)));
+    const downloads = new EventSource("/wizard/events");
+    downloads.addEventListener("chat-stream", (e) => onStream(JSON.parse(e.data)));
   }
 
   // ---------------------------------------------------------------- streaming
@@ -44,6 +46,7 @@
   const pending = new Map();
 
   function onStream(p) {
+    if (p.type === "download") return onDownload(p);
     const el = document.getElementById("msg-" + p.message_id);
     if (!el) {
       // The POST that created the message may not have been swapped in yet.
@@ -53,6 +56,21 @@
       return;
     }
     apply(el, p);
+  }
+
+  // Download progress from the first-run wizard: the bar is replaced on every update; the
+  // panel around it (title, buttons) only when the phase changes, so a click is never lost.
+  function onDownload(p) {
+    const panel = document.getElementById("download");
+    if (panel && panel.dataset.phase === p.phase) {
+      const bar = document.getElementById("download-bar");
+      if (bar) bar.outerHTML = p.bar;
+      return;
+    }
+    const wizard = document.getElementById("wizard");
+    if (!wizard || p.phase === "cancelled") return;
+    wizard.innerHTML = p.html;
+    htmx.process(wizard);
   }
 
   function apply(el, p) {

@@ -97,7 +97,9 @@ async fn new_conversation(app: &Router) -> i64 {
 
 #[tokio::test]
 async fn full_page_shows_the_empty_state_and_loads_only_local_scripts() {
-    let (_, app) = app();
+    let (service, app) = app();
+    // Without a model the page opens on the first-run wizard; skipping it shows the chat.
+    service.wizard().dismiss();
     let (status, headers, body) = call(&app, "GET", "/", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(headers["content-type"]

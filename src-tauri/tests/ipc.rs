@@ -48,6 +48,8 @@ fn hx(
 #[test]
 fn hx_round_trips_through_the_router() {
     let (_app, window, service) = setup();
+    // Without a model the page opens on the first-run wizard; skipping it shows the chat.
+    service.wizard().dismiss();
     let page = hx(&window, "GET", "/layout", "").expect("layout");
     assert_eq!(page["status"], 200);
     assert!(page["headers"]["content-type"]

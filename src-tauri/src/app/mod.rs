@@ -8,6 +8,7 @@ pub mod generator;
 pub mod repo;
 pub mod service;
 pub mod settings;
+pub mod wizard;
 
 pub use generator::{GenerateRequest, Generator, JobHandle, NoModel, Quote, SamplingSettings};
 pub use service::{

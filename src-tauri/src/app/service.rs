@@ -165,6 +165,7 @@ struct Inner {
     engine: RwLock<EngineState>,
     events: broadcast::Sender<StreamEvent>,
     quote_delay: Duration,
+    wizard: super::wizard::Wizard,
 }
 
 /// The chat service. Cheap to clone; clones share everything.
@@ -214,6 +215,7 @@ impl ChatService {
                 }),
                 events,
                 quote_delay: Duration::from_millis(60),
+                wizard: super::wizard::Wizard::default(),
             }),
         }
     }
@@ -248,6 +250,11 @@ impl ChatService {
     /// Receives every reply event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// The first-run wizard (model download or import).
+    pub fn wizard(&self) -> &super::wizard::Wizard {
+        &self.inner.wizard
     }
 
     /// Installs the generator new replies use, and the state the status bar shows.

@@ -131,6 +131,7 @@ pub fn configure<R: Runtime>(builder: Builder<R>) -> Builder<R> {
 /// `chat-stream` events to every window.
 pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
     app.manage(Bridge::new(service.clone()));
+    super::wizard::forward_to_window(app, &service);
     let mut rx = service.subscribe();
     let app = app.clone();
     tauri::async_runtime::spawn(async move {

@@ -53,6 +53,7 @@ pub fn router(service: ChatService) -> Router {
         .route("/status", get(status))
         .route("/render", post(render))
         .route("/events", get(events))
+        .merge(super::wizard::routes())
         .fallback(not_found)
         .with_state(service)
 }
@@ -97,7 +98,8 @@ async fn not_found() -> Response {
     .into_response()
 }
 
-fn layout_html(s: &ChatService) -> Result<String> {
+/// The whole app (sidebar, chat pane, status bar) as one `#app` element.
+pub(crate) fn layout_html(s: &ChatService) -> Result<String> {
     let settings = s.settings();
     let status = html::status_bar(
         &s.engine_state(),
@@ -115,10 +117,16 @@ fn layout_html(s: &ChatService) -> Result<String> {
 }
 
 async fn index(State(s): State<ChatService>) -> Result<Html<String>> {
+    if let Some(reason) = super::wizard::needed(&s) {
+        return Ok(Html(html::page(&super::wizard::app(&s, &reason))));
+    }
     Ok(Html(html::page(&layout_html(&s)?)))
 }
 
 async fn layout(State(s): State<ChatService>) -> Result<Html<String>> {
+    if let Some(reason) = super::wizard::needed(&s) {
+        return Ok(Html(super::wizard::app(&s, &reason)));
+    }
     Ok(Html(layout_html(&s)?))
 }
 

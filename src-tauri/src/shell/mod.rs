@@ -12,3 +12,4 @@ pub mod models;
 pub mod openai;
 pub mod serve;
 pub mod text_cmds;
+pub mod wizard;

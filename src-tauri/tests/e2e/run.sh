@@ -32,9 +32,10 @@ if ! "$VENV/bin/python" -c 'import selenium' 2>/dev/null; then
   "$VENV/bin/pip" install -q 'selenium>=4.20,<5'
 fi
 
-cargo build -p smollm3-bot --bin smollm3-bot
+cargo build -p smollm3-bot --bin smollm3-bot --example mock_hub
 
 export APP_BIN="$ROOT/target/debug/smollm3-bot"
+export MOCK_HUB_BIN="$ROOT/target/debug/examples/mock_hub"
 export SCREENSHOTS="$ROOT/target/e2e-screenshots"
 mkdir -p "$SCREENSHOTS"
 xvfb-run -a --server-args="-screen 0 1400x1000x24" \

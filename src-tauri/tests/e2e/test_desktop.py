@@ -1,8 +1,10 @@
 """End-to-end checks of the desktop window, as a person would use it.
 
 Started by run.sh under Xvfb. Launches tauri-driver (which starts WebKitWebDriver and the app),
-then: sees the empty state, streams /quote, stops a reply, toggles reasoning, checks that a
+then: skips the first-run wizard, sees the empty state, streams /quote, stops a reply, toggles reasoning, checks that a
 reply containing markup stays inert, restarts the app and finds the conversation again.
+Last, a fresh start with no model: the wizard downloads a synthetic model from the mock hub
+(throttled), the progress bar moves, the model loads and a reply streams.
 """
 
 import os
@@ -98,6 +100,55 @@ def check(name, fn, driver):
             shot(driver, "failed-" + name.replace(" ", "-"))
         except WebDriverException:
             pass
+
+
+def skip_wizard(d):
+    # With no model the app opens on the first-run wizard; these checks use the chat without one.
+    wait(d, lambda d: d.find_element(By.ID, "wizard-skip").is_displayed(), "wizard shown")
+    d.find_element(By.ID, "wizard-skip").click()
+    wait(d, lambda d: d.find_elements(By.ID, "prompt"), "chat shown")
+
+
+def download_bytes(d):
+    bars = d.find_elements(By.ID, "download-bar")
+    return int(bars[0].get_attribute("data-done") or "0") if bars else -1
+
+
+def wizard_downloads_and_loads(d):
+    wait(d, lambda d: d.find_element(By.ID, "wizard-begin").is_displayed(), "wizard shown")
+    d.find_element(By.ID, "wizard-begin").click()
+    choice = wait(d, lambda d: d.find_element(By.CSS_SELECTOR, ".model-choice.recommended button"), "models listed")
+    choice.click()
+    wait(d, lambda d: download_bytes(d) > 0, "bytes arriving")
+    first = download_bytes(d)
+    shot(d, "10-wizard-progress-1")
+    wait(d, lambda d: download_bytes(d) > first or d.find_elements(By.ID, "wizard-start-chat"), "progress moves")
+    second = download_bytes(d)
+    shot(d, "11-wizard-progress-2")
+    assert second > first or d.find_elements(By.ID, "wizard-start-chat"), (first, second)
+    button = wait(d, lambda d: d.find_element(By.ID, "wizard-start-chat"), "model loaded", seconds=120)
+    shot(d, "12-wizard-ready")
+    button.click()
+    wait(d, lambda d: d.find_elements(By.ID, "prompt"), "chat shown")
+    send(d, "/quote")
+    wait(d, lambda d: replies(d) >= 1 and not streaming(d) and last_reply(d).text.strip(), "reply streamed")
+    status = d.find_element(By.ID, "statusbar").text
+    assert "SmolLM3-Q4_K_M.gguf" in status, status
+    shot(d, "13-wizard-chat")
+
+
+def start_mock_hub(work):
+    """A synthetic model served like the hub, slow enough to watch the bar move."""
+    model = os.path.join(work, "SmolLM3-Q4_K_M.gguf")
+    subprocess.run([APP_BIN, "synth", "--preset", "tiny", "--out", model], check=True)
+    rate = max(1, os.path.getsize(model) // 4)
+    hub = subprocess.Popen(
+        [os.environ["MOCK_HUB_BIN"], "--file", model, "--throttle", str(rate)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    line = hub.stdout.readline().strip()
+    assert line.startswith("listening on "), line
+    return hub, line.removeprefix("listening on ")
 
 
 def empty_state(d):
@@ -235,6 +286,14 @@ def found_after_restart(title):
     return run
 
 
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def main():
     os.makedirs(SHOTS, exist_ok=True)
     data = tempfile.mkdtemp(prefix="smollm3-bot-e2e-")
@@ -245,6 +304,7 @@ def main():
         wait_port(DRIVER_PORT)
         d = start_session()
         try:
+            check("first-run wizard can be skipped", skip_wizard, d)
             check("empty state", empty_state, d)
             check("quote streams", quote_streams, d)
             check("stop mid reply", stop_mid_reply, d)
@@ -260,16 +320,32 @@ def main():
         time.sleep(1)
         d = start_session()
         try:
+            skip_wizard(d)
             check("restart keeps the conversation", found_after_restart(title), d)
         finally:
             d.quit()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         shutil.rmtree(data, ignore_errors=True)
+
+    # A fresh start with no model, downloading from the mock hub.
+    work = tempfile.mkdtemp(prefix="smollm3-bot-e2e-wizard-")
+    hub, url = start_mock_hub(work)
+    os.environ["SMOLLM3_BOT_DATA_DIR"] = os.path.join(work, "data")
+    os.environ["SMOLLM3_MODELS_DIR"] = os.path.join(work, "models")
+    os.environ["HF_ENDPOINT"] = url
+    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT)], stdout=sys.stdout, stderr=sys.stderr)
+    try:
+        wait_port(DRIVER_PORT)
+        d = start_session()
+        try:
+            check("wizard downloads and loads a model", wizard_downloads_and_loads, d)
+        finally:
+            d.quit()
+    finally:
+        stop(proc)
+        stop(hub)
+        shutil.rmtree(work, ignore_errors=True)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -1,0 +1,443 @@
+//! The first-run wizard's pages and actions: welcome → choose a model (or import a local
+//! `.gguf`) → download with live progress → verify → load → chat.
+//!
+//! The main page shows the wizard instead of the chat while no usable model is configured
+//! (see [`needed`]). Progress reaches the page like reply deltas do: as `chat-stream` events
+//! of type `download` (Tauri events in the desktop, SSE from `/wizard/events` in a browser),
+//! each carrying server-rendered HTML for the progress bar and the panel around it.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+
+use axum::extract::{Form, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::html::{self, esc};
+use super::http::STREAM_EVENT;
+use crate::app::service::ChatService;
+use crate::app::wizard::{self, Phase, WizardError};
+use crate::hub::error::human_bytes;
+use crate::hub::{catalogue, Progress};
+
+/// The wizard's routes, to merge into the app's router.
+pub fn routes() -> Router<ChatService> {
+    Router::new()
+        .route("/wizard", get(panel))
+        .route("/wizard/choose", get(choose))
+        .route("/wizard/download", post(download))
+        .route("/wizard/pause", post(pause))
+        .route("/wizard/resume", post(resume))
+        .route("/wizard/cancel", post(cancel))
+        .route("/wizard/import", post(import))
+        .route("/wizard/skip", post(skip))
+        .route("/wizard/events", get(events))
+}
+
+/// Whether the main page should show the wizard rather than the chat: no model is
+/// configured, or the configured one is missing or unusable, and none is loaded.
+pub fn needed(s: &ChatService) -> Option<String> {
+    if s.wizard().dismissed() || matches!(s.engine_state(), crate::app::EngineState::Ready { .. }) {
+        return None;
+    }
+    wizard::model_problem(s)
+}
+
+/// The app element in wizard mode (in place of sidebar and chat); `reason` says why it shows.
+pub fn app(s: &ChatService, reason: &str) -> String {
+    format!(
+        "<div id=\"app\" class=\"app wizard-app\">{}\
+<div id=\"toast\" class=\"toast\" role=\"status\" aria-live=\"polite\"></div>{}</div>",
+        main(&s.wizard().phase(), reason),
+        html::theme_state(s.settings().theme, false)
+    )
+}
+
+fn main(phase: &Phase, reason: &str) -> String {
+    let inner = match phase {
+        Phase::Idle | Phase::Cancelled => welcome(reason),
+        other => progress_panel(other),
+    };
+    format!("<main id=\"wizard\" class=\"wizard\">{inner}</main>")
+}
+
+fn welcome(reason: &str) -> String {
+    format!(
+        "<section class=\"wizard-step\" id=\"wizard-welcome\"><h1>Welcome to SmolLM3 Bot</h1>\
+<p>{}</p><p>SmolLM3 runs on this computer: nothing you type leaves it. First it needs a model \
+file, downloaded once (about 2 GB) or imported from a .gguf you already have.</p>\
+<div class=\"wizard-buttons\">\
+<button type=\"button\" class=\"btn primary\" id=\"wizard-begin\" hx-get=\"/wizard/choose\" hx-target=\"#wizard\">Choose a model</button>\
+<button type=\"button\" class=\"btn\" id=\"wizard-skip\" hx-post=\"/wizard/skip\" hx-target=\"#app\" hx-swap=\"outerHTML\" \
+title=\"Open the chat without a model (only /quote and other commands answer)\">Skip for now</button></div>\
+</section>",
+        esc(reason)
+    )
+}
+
+fn error_box(text: &str) -> String {
+    format!(
+        "<p class=\"wizard-error\" id=\"wizard-error\" role=\"alert\">{}</p>",
+        esc(text)
+    )
+}
+
+fn choose_html(s: &ChatService, error: Option<&str>, import_path: &str) -> String {
+    let dir = s.wizard().models_dir().ok();
+    let free = dir.as_deref().and_then(wizard::free_space);
+    let mut rows = String::new();
+    for e in catalogue() {
+        let fits = free.is_none_or(|f| f > e.approx_size);
+        rows.push_str(&format!(
+            "<li class=\"model-choice{rec}\"><div><strong>{desc}</strong>\
+<span class=\"muted\">{file} · {size} download · {ram} RAM needed{warn}</span></div>\
+<button type=\"button\" class=\"btn{primary}\" name=\"entry\" value=\"{id}\" hx-post=\"/wizard/download\" \
+hx-include=\"#mirror\" hx-target=\"#wizard\">Download</button></li>",
+            rec = if e.default { " recommended" } else { "" },
+            desc = esc(e.description),
+            file = esc(e.model.file),
+            size = human_bytes(e.approx_size),
+            ram = human_bytes(e.ram_needed),
+            warn = if fits { "" } else { " · not enough free disk" },
+            primary = if e.default { " primary" } else { "" },
+            id = esc(e.id),
+        ));
+    }
+    let folder = match (&dir, free) {
+        (Some(d), Some(f)) => format!(
+            "Models are kept in {} ({} free).",
+            esc(&d.display().to_string()),
+            human_bytes(f)
+        ),
+        (Some(d), None) => format!("Models are kept in {}.", esc(&d.display().to_string())),
+        (None, _) => "No models folder is known for this system: set SMOLLM3_MODELS_DIR.".into(),
+    };
+    format!(
+        "<section class=\"wizard-step\" id=\"wizard-choose\"><h1>Choose a model</h1>\
+{err}<p class=\"muted\">{folder}</p><ul class=\"model-list\">{rows}</ul>\
+<label class=\"field\">Download server (mirror, optional)\
+<input type=\"url\" id=\"mirror\" name=\"mirror\" placeholder=\"https://huggingface.co\" autocomplete=\"off\"></label>\
+<h2>Or import a local .gguf</h2>\
+<form class=\"import-form\" hx-post=\"/wizard/import\" hx-target=\"#wizard\">\
+<input type=\"text\" name=\"path\" id=\"import-path\" value=\"{path}\" placeholder=\"/path/to/SmolLM3-Q4_K_M.gguf\" aria-label=\"Path of a .gguf file\">\
+<button type=\"submit\" class=\"btn\">Import</button></form></section>",
+        err = error.map(error_box).unwrap_or_default(),
+        path = esc(import_path),
+    )
+}
+
+fn pct(done: u64, total: Option<u64>) -> Option<f64> {
+    total
+        .filter(|&t| t > 0)
+        .map(|t| (done as f64 * 100.0 / t as f64).min(100.0))
+}
+
+fn eta(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s >= 3600 {
+        format!("{} h {} min", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// The progress bar alone: replaced several times a second while bytes arrive.
+pub fn bar(phase: &Phase) -> String {
+    let (done, total, detail) = match phase {
+        Phase::Downloading { progress, note, .. } => {
+            let Progress {
+                done,
+                total,
+                bytes_per_sec,
+                eta_secs,
+            } = progress;
+            let mut d = match total {
+                Some(t) => format!("{} of {}", human_bytes(*done), human_bytes(*t)),
+                None => human_bytes(*done),
+            };
+            if *bytes_per_sec > 0.0 {
+                d.push_str(&format!(" · {}/s", human_bytes(*bytes_per_sec as u64)));
+            }
+            if let Some(e) = eta_secs {
+                d.push_str(&format!(" · {} left", eta(*e)));
+            }
+            if let Some(n) = note {
+                d.push_str(&format!(" · {n}"));
+            }
+            (*done, *total, d)
+        }
+        Phase::Paused { bytes, total, .. } => {
+            (*bytes, *total, format!("Paused at {}", human_bytes(*bytes)))
+        }
+        Phase::Verifying { .. } | Phase::Loading { .. } | Phase::Ready { .. } => {
+            (1, Some(1), String::new())
+        }
+        _ => (0, None, String::new()),
+    };
+    let p = pct(done, total);
+    let label = p.map(|p| format!("{p:.0}%")).unwrap_or_default();
+    format!(
+        "<div id=\"download-bar\" class=\"download-bar\" data-done=\"{done}\">\
+<progress max=\"100\" value=\"{v:.1}\" aria-label=\"Download progress\">{label}</progress>\
+<span class=\"download-pct\">{label}</span> <span class=\"download-detail muted\">{detail}</span></div>",
+        v = p.unwrap_or(0.0),
+        detail = esc(&detail),
+    )
+}
+
+/// Phase names the page compares to know when the panel (not only the bar) must change.
+fn phase_name(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Idle => "idle",
+        Phase::Downloading { .. } => "downloading",
+        Phase::Paused { .. } => "paused",
+        Phase::Verifying { .. } => "verifying",
+        Phase::Loading { .. } => "loading",
+        Phase::Ready { .. } => "ready",
+        Phase::Failed { .. } => "failed",
+        Phase::Cancelled => "cancelled",
+    }
+}
+
+/// The panel of a running, paused, finished or failed download, with its buttons.
+pub fn progress_panel(phase: &Phase) -> String {
+    let btn = |label: &str, url: &str, primary: bool| {
+        format!(
+            "<button type=\"button\" class=\"btn{}\" hx-post=\"{url}\" hx-target=\"#wizard\">{label}</button>",
+            if primary { " primary" } else { "" }
+        )
+    };
+    let (title, body, buttons) = match phase {
+        Phase::Downloading { file, .. } => (
+            format!("Downloading {}", esc(file)),
+            String::new(),
+            format!(
+                "{}{}",
+                btn("Pause", "/wizard/pause", false),
+                btn("Cancel", "/wizard/cancel", false)
+            ),
+        ),
+        Phase::Paused { .. } => (
+            "Download paused".into(),
+            "<p class=\"muted\">The part already downloaded is kept.</p>".into(),
+            format!(
+                "{}{}",
+                btn("Resume", "/wizard/resume", true),
+                btn("Cancel", "/wizard/cancel", false)
+            ),
+        ),
+        Phase::Verifying { file } => (
+            format!("Checking {}", esc(file)),
+            "<p class=\"muted\">Making sure the file is complete and is a SmolLM3 model.</p>"
+                .into(),
+            String::new(),
+        ),
+        Phase::Loading { path } => (
+            "Loading the model".into(),
+            format!("<p class=\"muted\">{}</p>", esc(&path.display().to_string())),
+            String::new(),
+        ),
+        Phase::Ready { path } => (
+            "The model is ready".into(),
+            format!(
+                "<p>Saved in the settings: {}</p>",
+                esc(&path.display().to_string())
+            ),
+            "<button type=\"button\" class=\"btn primary\" id=\"wizard-start-chat\" hx-get=\"/layout\" \
+hx-target=\"#app\" hx-swap=\"outerHTML\">Start chatting</button>"
+                .into(),
+        ),
+        Phase::Failed {
+            entry,
+            title,
+            message,
+        } => (
+            esc(title),
+            error_box(message),
+            format!(
+                "{}<button type=\"button\" class=\"btn\" hx-get=\"/wizard/choose\" hx-target=\"#wizard\">Choose another</button>",
+                if entry.is_some() {
+                    btn("Retry", "/wizard/resume", true)
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        Phase::Idle | Phase::Cancelled => (
+            "Download cancelled".into(),
+            String::new(),
+            "<button type=\"button\" class=\"btn primary\" hx-get=\"/wizard/choose\" hx-target=\"#wizard\">Choose a model</button>".into(),
+        ),
+    };
+    format!(
+        "<section class=\"wizard-step\" id=\"download\" data-phase=\"{name}\"><h1>{title}</h1>{bar}{body}\
+<div class=\"wizard-buttons\">{buttons}</div></section>",
+        name = phase_name(phase),
+        bar = bar(phase),
+    )
+}
+
+/// The JSON the page receives for one phase change, over SSE or as a Tauri event.
+pub fn stream_payload(phase: &Phase) -> serde_json::Value {
+    json!({
+        "type": "download",
+        "phase": phase_name(phase),
+        "state": phase,
+        "bar": bar(phase),
+        "html": progress_panel(phase),
+    })
+}
+
+/// A refused action, shown in place of the wizard's current step.
+struct WizardUiError(WizardError);
+
+impl IntoResponse for WizardUiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Html(html::error_toast(&self.0.to_string())),
+        )
+            .into_response();
+        resp.headers_mut()
+            .insert("HX-Retarget", HeaderValue::from_static("#toast"));
+        resp.headers_mut()
+            .insert("HX-Reswap", HeaderValue::from_static("innerHTML"));
+        resp
+    }
+}
+
+impl From<WizardError> for WizardUiError {
+    fn from(e: WizardError) -> Self {
+        Self(e)
+    }
+}
+
+async fn panel(State(s): State<ChatService>) -> Html<String> {
+    let reason = needed(&s).unwrap_or_default();
+    Html(main(&s.wizard().phase(), &reason))
+}
+
+async fn skip(State(s): State<ChatService>) -> Result<Html<String>, super::http::UiError> {
+    s.wizard().dismiss();
+    Ok(Html(super::http::layout_html(&s)?))
+}
+
+async fn choose(State(s): State<ChatService>) -> Html<String> {
+    Html(choose_html(&s, None, ""))
+}
+
+#[derive(Deserialize)]
+struct DownloadForm {
+    #[serde(default)]
+    entry: String,
+    #[serde(default)]
+    mirror: String,
+}
+
+async fn download(
+    State(s): State<ChatService>,
+    Form(f): Form<DownloadForm>,
+) -> Result<Html<String>, WizardUiError> {
+    let mirror = Some(f.mirror.trim().to_owned()).filter(|m| !m.is_empty());
+    s.wizard()
+        .start_download(&s, f.entry.trim(), mirror, s.wizard().models_dir()?)?;
+    Ok(Html(progress_panel(&s.wizard().phase())))
+}
+
+async fn pause(State(s): State<ChatService>) -> Html<String> {
+    s.wizard().pause();
+    Html(progress_panel(&s.wizard().phase()))
+}
+
+async fn resume(State(s): State<ChatService>) -> Result<Html<String>, WizardUiError> {
+    s.wizard().resume(&s, s.wizard().models_dir()?)?;
+    Ok(Html(progress_panel(&s.wizard().phase())))
+}
+
+async fn cancel(State(s): State<ChatService>) -> Result<Html<String>, WizardUiError> {
+    s.wizard().cancel(&s.wizard().models_dir()?);
+    Ok(Html(choose_html(&s, None, "")))
+}
+
+#[derive(Deserialize)]
+struct ImportForm {
+    #[serde(default)]
+    path: String,
+}
+
+async fn import(State(s): State<ChatService>, Form(f): Form<ImportForm>) -> Response {
+    let typed = f.path.trim().to_owned();
+    let path = PathBuf::from(&typed);
+    let service = s.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let dir = service.wizard().models_dir()?;
+        service.wizard().import(&service, &path, &dir)
+    })
+    .await;
+    match result {
+        Ok(Ok(_)) => Html(progress_panel(&s.wizard().phase())).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Html(choose_html(&s, Some(&e.to_string()), &typed)),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Html(choose_html(
+                &s,
+                Some(&format!("The import stopped: {e}")),
+                &typed,
+            )),
+        )
+            .into_response(),
+    }
+}
+
+async fn events(
+    State(s): State<ChatService>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = s.wizard().subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(phase) => {
+                    let data = stream_payload(&phase).to_string();
+                    return Some((Ok(Event::default().event(STREAM_EVENT).data(data)), rx));
+                }
+                // Each event carries the whole state, so a skipped one costs nothing.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Sends every wizard phase change to the desktop window as a `chat-stream` event.
+pub fn forward_to_window<R: tauri::Runtime>(app: &tauri::AppHandle<R>, service: &ChatService) {
+    use tauri::Emitter;
+    let mut rx = service.wizard().subscribe();
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(phase) => {
+                    if let Err(e) = app.emit(STREAM_EVENT, stream_payload(&phase)) {
+                        tracing::warn!(error = %e, "could not send download progress to the window");
+                    }
+                }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+}
