@@ -140,7 +140,10 @@ pub fn browser_ui(engine: &Engine) -> Option<Router> {
         }
     };
     let model = engine.status().model;
-    service.set_generator(std::sync::Arc::new(EngineGenerator::new(engine.clone())), EngineState::Ready { model });
+    service.set_generator(
+        std::sync::Arc::new(EngineGenerator::new(engine.clone())),
+        EngineState::Ready { model },
+    );
     Some(super::http::router(service))
 }
 
