@@ -207,6 +207,10 @@ fn at_prompt(text: &str) -> bool {
         == Some(">")
 }
 
+/// The tmux sessions run one at a time: two chats at once on two cores make the timing-based
+/// waits unreliable.
+static TMUX_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn skip_without_tmux() -> bool {
     if tmux_available() {
         return false;
@@ -221,6 +225,7 @@ fn skip_without_tmux() -> bool {
 
 #[test]
 fn chat_streams_replies_and_takes_commands() {
+    let _one_at_a_time = TMUX_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if skip_without_tmux() {
         return;
     }
@@ -332,6 +337,7 @@ fn chat_streams_replies_and_takes_commands() {
 
 #[test]
 fn ctrl_c_stops_a_reply_and_keeps_the_program() {
+    let _one_at_a_time = TMUX_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if skip_without_tmux() {
         return;
     }
