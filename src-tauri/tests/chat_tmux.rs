@@ -224,7 +224,7 @@ fn skip_without_tmux() -> bool {
 }
 
 #[test]
-fn chat_streams_replies_and_takes_commands() {
+fn tmux_session_replies_and_commands() {
     let _one_at_a_time = TMUX_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if skip_without_tmux() {
         return;
@@ -336,7 +336,7 @@ fn chat_streams_replies_and_takes_commands() {
 }
 
 #[test]
-fn ctrl_c_stops_a_reply_and_keeps_the_program() {
+fn tmux_session_ctrl_c_stops_a_reply() {
     let _one_at_a_time = TMUX_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if skip_without_tmux() {
         return;
