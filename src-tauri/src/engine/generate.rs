@@ -22,13 +22,7 @@ pub fn prefill(
     last.expect("at least one chunk").to_vec1()
 }
 
-/// The highest-scoring id (the lowest id on ties).
+/// The highest-scoring id (the lowest id on ties; NaN never wins): the sampler's greedy choice.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    super::sampler::argmax(logits)
 }

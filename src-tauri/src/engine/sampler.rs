@@ -193,7 +193,7 @@ fn by_weight_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 }
 
 /// The index of the largest logit; ties go to the lowest id, NaN never wins.
-fn argmax(logits: &[f32]) -> u32 {
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0usize;
     let mut best_val = f32::NEG_INFINITY;
     for (i, &l) in logits.iter().enumerate() {
