@@ -170,6 +170,11 @@ pub fn matmul(
         return Err(KernelError::Unsupported);
     }
 
+    if m == 1 {
+        gemv(format, (k, n), lhs, w, dst);
+        return Ok(());
+    }
+
     // Passes over `k` add their partial sums into `dst`.
     dst.fill(0.0);
     let act = quantize(lhs, m, k);
@@ -198,6 +203,74 @@ pub fn matmul(
         }
     });
     Ok(())
+}
+
+/// Weight rows per unit of work in [`gemv`].
+const GEMV_GROUP: usize = 16;
+/// Weight rows per [`gemv`] micro-kernel call: one activation load serves all of them.
+const GEMV_ROWS: usize = 4;
+const _: () = assert!(GEMV_GROUP.is_multiple_of(GEMV_ROWS));
+
+/// Decode's product with one activation row, where every weight byte is read once and used
+/// once: the work per weight block is what counts. Each micro-kernel call streams a few weight
+/// rows over the whole of `k` against the one quantized activation row, which stays in L1,
+/// and reduces its accumulators only at the end.
+fn gemv(format: Format, (k, n): (usize, usize), lhs: &[f32], w: &[u8], dst: &mut [f32]) {
+    let nb = k / QK;
+    let mut act = quantize(lhs, 1, k);
+    let sums = block_sums(format, &act);
+    if format == Format::Q4K {
+        // A Q4_K block's 64-byte half holds, in its low nibbles, values 0..32 and 64..96 of
+        // its 128, and in its high nibbles 32..64 and 96..128. Reordering the activation once
+        // to match saves every weight block a shuffle.
+        for blk in &mut act {
+            let q = blk.qs;
+            for h in 0..2 {
+                let (src, out) = (&q[128 * h..], &mut blk.qs[128 * h..128 * (h + 1)]);
+                out[..32].copy_from_slice(&src[..32]);
+                out[32..64].copy_from_slice(&src[64..96]);
+                out[64..96].copy_from_slice(&src[32..64]);
+                out[96..128].copy_from_slice(&src[96..128]);
+            }
+        }
+    }
+    let (act, sums): (&[Q8K], &[f32]) = (&act, &sums);
+    let row_bytes = nb * format.block_bytes();
+    let dst_addr = dst.as_mut_ptr() as usize;
+    let w_addr = w.as_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(GEMV_GROUP), |range| {
+        for g in range {
+            let mut r = g * GEMV_GROUP;
+            let end = n.min(r + GEMV_GROUP);
+            while r < end {
+                let rows = GEMV_ROWS.min(end - r);
+                // SAFETY: `matmul` checked that `w` holds `n` rows of `row_bytes` and `dst`
+                // `n` floats; each group writes only its own elements of `dst`.
+                unsafe {
+                    let wr = (w_addr as *const u8).add(r * row_bytes);
+                    let out = (dst_addr as *mut f32).add(r);
+                    macro_rules! rows {
+                        ($r:expr) => {{
+                            let v = match format {
+                                Format::Q4K => avx512::q4k_gemv::<{ $r }>(wr, row_bytes, act, sums),
+                                Format::Q6K => avx512::q6k_gemv::<{ $r }>(wr, row_bytes, act, sums),
+                            };
+                            for (i, x) in v.iter().enumerate() {
+                                *out.add(i) = *x;
+                            }
+                        }};
+                    }
+                    match rows {
+                        GEMV_ROWS => rows!(GEMV_ROWS),
+                        1 => rows!(1),
+                        2 => rows!(2),
+                        _ => rows!(3),
+                    }
+                }
+                r += rows;
+            }
+        }
+    });
 }
 
 /// Weight rows per unit of work: their blocks stay in L1/L2 while the whole activation
@@ -621,6 +694,149 @@ mod avx512 {
         }
     }
 
+    /// A Q4_K block's scales and mins as `[sc0..sc7, m0..m7]` bytes, unpacked from their 6-bit
+    /// packing with four-byte-wide masks.
+    #[inline(always)]
+    unsafe fn q4k_scales_vec(s: *const u8) -> __m128i {
+        let a = (s as *const u32).read_unaligned();
+        let b = (s.add(4) as *const u32).read_unaligned();
+        let c = (s.add(8) as *const u32).read_unaligned();
+        let sc_lo = a & 0x3f3f_3f3f;
+        let m_lo = b & 0x3f3f_3f3f;
+        let sc_hi = (c & 0x0f0f_0f0f) | ((a >> 2) & 0x3030_3030);
+        let m_hi = ((c >> 4) & 0x0f0f_0f0f) | ((b >> 2) & 0x3030_3030);
+        _mm_set_epi32(m_hi as i32, m_lo as i32, sc_hi as i32, sc_lo as i32)
+    }
+
+    /// Q4_K against one activation row whose blocks were reordered to the nibble order (see
+    /// `gemv`): `R` weight rows starting `row_bytes` apart, over all of their blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub(super) unsafe fn q4k_gemv<const R: usize>(
+        w: *const u8,
+        row_bytes: usize,
+        act: &[Q8K],
+        sums: &[f32],
+    ) -> [f32; R] {
+        let low = _mm512_set1_epi8(0x0F);
+        // The low nibbles of a 64-byte half hold sub-blocks 4h (lanes 0-1) and 4h + 2 (lanes
+        // 2-3), the high nibbles 4h + 1 and 4h + 3.
+        let sidx = [
+            pack_index(|l, y| 2 * (l / 2) + i16::from(y)),
+            pack_index(|l, y| 4 + 2 * (l / 2) + i16::from(y)),
+        ];
+        let mut acc = [_mm512_setzero_ps(); R];
+        for (b, ab) in act.iter().enumerate() {
+            let y = [
+                _mm512_loadu_si512(ab.qs.as_ptr() as *const _),
+                _mm512_loadu_si512(ab.qs.as_ptr().add(64) as *const _),
+                _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
+                _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
+            ];
+            let bs = _mm512_loadu_ps(sums.as_ptr().add(b * 16));
+            for r in 0..R {
+                let blk = &*(w.add(r * row_bytes) as *const Q4K).add(b);
+                let s = q4k_scales_vec(blk.scales.as_ptr());
+                let s512 = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(s));
+                let sv = [
+                    _mm512_permutexvar_epi16(sidx[0], s512),
+                    _mm512_permutexvar_epi16(sidx[1], s512),
+                ];
+                let v0 = _mm512_loadu_si512(blk.qs.as_ptr() as *const _);
+                let v1 = _mm512_loadu_si512(blk.qs.as_ptr().add(64) as *const _);
+                let wq = [
+                    _mm512_and_si512(v0, low),
+                    _mm512_and_si512(_mm512_srli_epi16(v0, 4), low),
+                    _mm512_and_si512(v1, low),
+                    _mm512_and_si512(_mm512_srli_epi16(v1, 4), low),
+                ];
+                let isum = scaled_dot(&wq, &y, &sv);
+                let mins = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_srli_si128(s, 8)));
+                let mv = _mm512_mul_ps(_mm512_set1_ps(f16_to_f32(blk.dmin)), mins);
+                let a1 = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(isum),
+                    _mm512_set1_ps(f16_to_f32(blk.d) * ab.d),
+                    acc[r],
+                );
+                acc[r] = _mm512_fnmadd_ps(mv, bs, a1);
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum(acc[r]);
+        }
+        out
+    }
+
+    /// Q6_K against one activation row: `R` weight rows starting `row_bytes` apart.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub(super) unsafe fn q6k_gemv<const R: usize>(
+        w: *const u8,
+        row_bytes: usize,
+        act: &[Q8K],
+        sums: &[f32],
+    ) -> [f32; R] {
+        let low = _mm512_set1_epi8(0x0F);
+        let top = _mm512_set1_epi8(0x30);
+        let sidx = [
+            pack_index(|l, y| 4 * i16::from(y) + l),
+            pack_index(|l, y| 8 + 4 * i16::from(y) + l),
+        ];
+        let mut left = [0i16; 32];
+        let mut right = [0i16; 32];
+        for lane in 0..32 {
+            left[lane] = if lane < 16 { 4 } else { 2 };
+            right[lane] = if lane < 16 { 0 } else { 2 };
+        }
+        let left = _mm512_loadu_si512(left.as_ptr() as *const _);
+        let right = _mm512_loadu_si512(right.as_ptr() as *const _);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for (b, ab) in act.iter().enumerate() {
+            let y = [
+                _mm512_loadu_si512(ab.qs.as_ptr() as *const _),
+                _mm512_loadu_si512(ab.qs.as_ptr().add(64) as *const _),
+                _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
+                _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
+            ];
+            let bs = _mm512_loadu_ps(sums.as_ptr().add(b * 16));
+            for r in 0..R {
+                let blk = &*(w.add(r * row_bytes) as *const Q6K).add(b);
+                let d = f16_to_f32(blk.d);
+                let s8 = _mm_loadu_si128(blk.scales.as_ptr() as *const _);
+                let s512 = _mm512_zextsi256_si512(_mm256_cvtepi8_epi16(s8));
+                let sv = [
+                    _mm512_permutexvar_epi16(sidx[0], s512),
+                    _mm512_permutexvar_epi16(sidx[1], s512),
+                ];
+                let mut wq = [_mm512_setzero_si512(); 4];
+                for h in 0..2 {
+                    let ql = _mm512_loadu_si512(blk.ql.as_ptr().add(64 * h) as *const _);
+                    let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        blk.qh.as_ptr().add(32 * h) as *const _,
+                    ));
+                    let lo = _mm512_and_si512(ql, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(ql, 4), low);
+                    let hl = _mm512_and_si512(_mm512_sllv_epi16(qh, left), top);
+                    let hh = _mm512_and_si512(_mm512_srlv_epi16(qh, right), top);
+                    wq[2 * h] = _mm512_or_si512(lo, hl);
+                    wq[2 * h + 1] = _mm512_or_si512(hi, hh);
+                }
+                let isum = scaled_dot(&wq, &y, &sv);
+                let ov = _mm512_mul_ps(
+                    _mm512_set1_ps(32.0 * d),
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)),
+                );
+                let a1 =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * ab.d), acc[r]);
+                acc[r] = _mm512_fnmadd_ps(ov, bs, a1);
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = hsum(acc[r]);
+        }
+        out
+    }
+
     const _: () = assert!(QK == 256);
 }
 
@@ -646,6 +862,22 @@ mod avx512 {
         _: (usize, usize),
         _: &mut [[f32; C]; R],
     ) {
+        unreachable!("AVX-512 kernels called off x86-64")
+    }
+    pub(super) unsafe fn q4k_gemv<const R: usize>(
+        _: *const u8,
+        _: usize,
+        _: &[Q8K],
+        _: &[f32],
+    ) -> [f32; R] {
+        unreachable!("AVX-512 kernels called off x86-64")
+    }
+    pub(super) unsafe fn q6k_gemv<const R: usize>(
+        _: *const u8,
+        _: usize,
+        _: &[Q8K],
+        _: &[f32],
+    ) -> [f32; R] {
         unreachable!("AVX-512 kernels called off x86-64")
     }
 }
@@ -696,7 +928,7 @@ mod tests {
         }
     }
 
-    const SHAPES: [(usize, usize, usize); 7] = [
+    const SHAPES: [(usize, usize, usize); 10] = [
         (2, 256, 4),
         (3, 512, 5),
         (4, 256, 16),
@@ -704,6 +936,9 @@ mod tests {
         (9, 1024, 35),
         (17, 2048, 33),
         (1, 512, 7),
+        (1, 2048, 37),
+        (1, 256, 1),
+        (1, 768, 18),
     ];
 
     #[test]
@@ -726,6 +961,41 @@ mod tests {
         for (i, &shape) in SHAPES.iter().enumerate() {
             check::<BlockQ6K>(Format::Q6K, shape, 60 + i as u64);
         }
+    }
+
+    /// Single-thread decode-shaped products, ours against candle's: `cargo test --release
+    /// --lib kernels::tests::gemv_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn gemv_speed() {
+        fn time<T: GgmlType>(format: Format, k: usize, n: usize) {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+            let w = weights::<T>(n, k, &mut rng);
+            let x: Vec<f32> = (0..k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut out = vec![0f32; n];
+            let reps = 30;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                k_quants::matmul::<T>((1, k, n), &x, &w, &mut out).unwrap();
+            }
+            let candle = t.elapsed().as_secs_f64() / reps as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                matmul(format, (1, k, n), &x, bytes(&w), &mut out).unwrap();
+            }
+            let ours = t.elapsed().as_secs_f64() / reps as f64;
+            let gb = std::mem::size_of_val(&w[..]) as f64 / 1e9;
+            println!(
+                "{format:?} k={k} n={n}: candle {:.2} ms ({:.1} GB/s), ours {:.2} ms ({:.1} GB/s)",
+                candle * 1e3,
+                gb / candle,
+                ours * 1e3,
+                gb / ours
+            );
+        }
+        time::<BlockQ4K>(Format::Q4K, 2048, 11008);
+        time::<BlockQ6K>(Format::Q6K, 11008, 2048);
+        time::<BlockQ4K>(Format::Q4K, 2048, 2048);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! SmolLM3 on candle: GGUF loading (memory-mapped), configuration, the NoPE decoder and its KV cache.
 
+pub mod attention;
 pub mod config;
 pub mod gguf;
 pub mod kernels;

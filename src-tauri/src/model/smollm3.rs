@@ -4,6 +4,7 @@
 //! Reads top to bottom like llama.cpp's `smollm3.cpp`: embed → for each layer
 //! `x += attn(norm(x))`, `x += mlp(norm(x))` → norm → tied output projection.
 
+use super::attention;
 use super::config::Config;
 use super::gguf::{GgufError, GgufFile};
 use super::kv_cache::KvCache;
@@ -226,13 +227,16 @@ impl Model {
             k = rope.apply(&k, cfg.rope_dim)?;
         }
         let (k, v) = cache.append(il, &k, &v)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        if seq <= FUSED_MAX_SEQ {
+            return attention::attend(&q, &k, &v, scale as f32);
+        }
         let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
         let kv_len = k.dim(1)?;
         // Query heads that share a KV head are stacked along the sequence axis, so the shared
         // keys and values are used as they are, never repeated.
         let group = nh / nkv;
         let q = q.reshape((nkv, group * seq, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
         // One KV head at a time: a head's rows of the cache are contiguous, so the keys and
         // values are read in place instead of being copied out of the preallocated buffer.
         let mut outs = Vec::with_capacity(nkv);
@@ -255,6 +259,10 @@ impl Model {
             .reshape((seq, nh * hd))
     }
 }
+
+/// Up to this many new tokens, attention runs fused over the cache in place (decode, short
+/// turns); longer prefills use candle's matrix products, which reuse each key across queries.
+const FUSED_MAX_SEQ: usize = 32;
 
 /// Additive mask (seq, pos + seq): query i (at absolute position pos + i) sees keys 0..=pos + i.
 fn causal_mask(seq: usize, pos: usize) -> Result<Option<Tensor>> {

@@ -231,15 +231,15 @@ impl CustomOp1 for QWeight {
             _ => candle_core::bail!("matmul input must be F32"),
         };
         let mut dst = vec![0f32; m * self.rows];
-        // Decode (m = 1) is bound by memory bandwidth, where candle's GEMV keeps up; prefill
-        // runs the AVX-512 kernels, which reuse each weight block across activation rows.
+        // Our AVX-512 kernels where the CPU has them (prefill reuses each weight block across
+        // activation rows; decode's one row gets a GEMV); candle's path everywhere else.
         let format = match self.ty {
             GgmlType::Q4K => Some(kernels::Format::Q4K),
             GgmlType::Q6K => Some(kernels::Format::Q6K),
             _ => None,
         };
         let done = match format {
-            Some(format) if m >= 2 && kernels::available() => {
+            Some(format) if kernels::available() => {
                 kernels::matmul(format, (m, k, self.rows), x, self.bytes(), &mut dst).is_ok()
             }
             _ => false,
