@@ -185,8 +185,13 @@ async fn two_browsers_never_see_each_others_conversations() {
     assert!(found.contains(&format!("conv-{b1}\"")) && !found.contains(&format!("conv-{a1}\"")));
     let (_, _, found) = call(&app, &mut bob, "GET", "/conversations?q=marmalade", None).await;
     assert!(found.contains("Nothing matches"), "{found}");
-    let (_, _, page) = call(&app, &mut bob, "GET", "/layout", None).await;
-    assert!(!page.contains("marmalade"));
+    // Skipping the first-run wizard (no model here) shows the chat, then so do the pages.
+    for (method, uri) in [("POST", "/wizard/skip"), ("GET", "/layout"), ("GET", "/")] {
+        let (status, _, page) = call(&app, &mut bob, method, uri, None).await;
+        assert_eq!(status, StatusCode::OK, "{method} {uri}");
+        assert!(page.contains("porridge"), "{method} {uri} shows bob's own");
+        assert!(!page.contains("marmalade"), "{method} {uri} leaked: {page}");
+    }
 
     // Reads, changes and deletes of the other's conversation are "not found", without content.
     let forbidden = [
