@@ -323,13 +323,15 @@ impl ChatService {
     /// A message in a conversation this handle's owner may see.
     fn owned_message(&self, st: &State, id: i64) -> Result<Message> {
         let m = st.repo.message(id)?;
-        self.check_owner(st, m.conversation_id).map_err(|_| {
-            ServiceError::from(RepoError::NotFound {
+        match self.check_owner(st, m.conversation_id) {
+            Ok(()) => Ok(m),
+            Err(ServiceError::NotFound(_)) => Err(RepoError::NotFound {
                 what: "message",
                 id,
-            })
-        })?;
-        Ok(m)
+            }
+            .into()),
+            Err(e) => Err(e),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
