@@ -91,6 +91,19 @@
       return;
     }
     el.dataset.seq = String(p.seq);
+    // While the model serves other replies, the placeholder shows the place in the queue
+    // (text from the app); anything else means this reply has its turn.
+    const note = el.querySelector(".queue-note");
+    if (p.type === "queued") {
+      el.classList.add("queued");
+      if (note) {
+        note.textContent = p.text;
+        note.hidden = false;
+      }
+    } else {
+      el.classList.remove("queued");
+      if (note) note.hidden = true;
+    }
     const answer = el.querySelector(".answer");
     const details = el.querySelector("details.reasoning");
     if (p.type === "reasoning" && details) {
@@ -103,10 +116,6 @@
       el._raw += p.text;
       answer.appendChild(document.createTextNode(p.text));
       scheduleRender(el);
-    } else if (p.type === "queued") {
-      el.classList.add("queued");
-    } else if (p.type === "started") {
-      el.classList.remove("queued");
     }
     if (follow) scrollToBottom();
   }

@@ -12,6 +12,6 @@ pub mod wizard;
 
 pub use generator::{GenerateRequest, Generator, JobHandle, NoModel, Quote, SamplingSettings};
 pub use service::{
-    ChatService, ConversationView, EngineState, SendOutcome, ServiceError, StreamEvent,
+    ChatService, ConversationView, EngineState, Owner, SendOutcome, ServiceError, StreamEvent,
 };
 pub use settings::{Settings, Theme};

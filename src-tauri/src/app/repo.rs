@@ -63,6 +63,8 @@ pub struct Conversation {
     pub leaf_id: Option<i64>,
     /// Set by a delete, cleared by undo.
     pub deleted_at: Option<i64>,
+    /// Who may see it (see `store::DESKTOP_OWNER`).
+    pub owner: String,
 }
 
 /// One message of a conversation's tree.
@@ -103,6 +105,7 @@ impl From<store::Conversation> for Conversation {
             thinking: c.thinking,
             leaf_id: c.leaf_id.map(|m| m.0),
             deleted_at: c.deleted_at_ms,
+            owner: c.owner,
         }
     }
 }
@@ -215,19 +218,29 @@ impl Repo {
         Ok(())
     }
 
-    /// Starts a conversation; its date is fixed now.
-    pub fn create_conversation(&mut self, title: &str, thinking: bool) -> Result<Conversation> {
-        let new = NewConversation::new(title, thinking, self.settings.system_prompt.clone());
+    /// Starts a conversation for `owner`; its date is fixed now.
+    pub fn create_conversation(
+        &mut self,
+        owner: &str,
+        title: &str,
+        thinking: bool,
+    ) -> Result<Conversation> {
+        let new = NewConversation::new(title, thinking, self.settings.system_prompt.clone())
+            .owned_by(owner);
         Ok(self.store.create_conversation(&new)?.into())
     }
 
-    /// Conversations not deleted, newest first; a query keeps those whose title or messages
-    /// contain it.
-    pub fn list_conversations(&self, query: Option<&str>) -> Result<Vec<Conversation>> {
+    /// `owner`'s conversations not deleted, newest first; a query keeps those whose title or
+    /// messages contain it.
+    pub fn list_conversations(
+        &self,
+        owner: &str,
+        query: Option<&str>,
+    ) -> Result<Vec<Conversation>> {
         let q = query.map(str::trim).filter(|q| !q.is_empty());
         Ok(self
             .store
-            .list_conversations(q)?
+            .list_conversations_of(owner, q)?
             .into_iter()
             .map(Into::into)
             .collect())
@@ -243,6 +256,11 @@ impl Repo {
             });
         }
         Ok(c)
+    }
+
+    /// Who owns a conversation, deleted or not.
+    pub fn owner_of(&self, id: i64) -> Result<String> {
+        Ok(self.store.conversation(ConversationId(id))?.owner)
     }
 
     /// Renames a conversation.
@@ -361,7 +379,9 @@ mod tests {
     #[test]
     fn branch_follows_the_leaf_and_edits_keep_the_old_branch() {
         let mut r = Repo::in_memory();
-        let c = r.create_conversation("t", false).unwrap();
+        let c = r
+            .create_conversation(store::DESKTOP_OWNER, "t", false)
+            .unwrap();
         let u1 = r.add_message(c.id, None, Role::User, "hi").unwrap();
         let a1 = r.begin_reply(c.id, u1.id).unwrap();
         r.append(a1.id, "", "hello").unwrap();
@@ -382,12 +402,22 @@ mod tests {
     #[test]
     fn delete_hides_and_undo_restores() {
         let mut r = Repo::in_memory();
-        let c = r.create_conversation("keep me", false).unwrap();
+        let c = r
+            .create_conversation(store::DESKTOP_OWNER, "keep me", false)
+            .unwrap();
         r.delete(c.id).unwrap();
-        assert!(r.list_conversations(None).unwrap().is_empty());
+        assert!(r
+            .list_conversations(store::DESKTOP_OWNER, None)
+            .unwrap()
+            .is_empty());
         assert!(r.conversation(c.id).is_err());
         r.undo_delete(c.id).unwrap();
-        assert_eq!(r.list_conversations(None).unwrap().len(), 1);
+        assert_eq!(
+            r.list_conversations(store::DESKTOP_OWNER, None)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -412,7 +442,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chats.sqlite3");
         let mut r = Repo::open(&path).unwrap();
-        let c = r.create_conversation("saved", true).unwrap();
+        let c = r
+            .create_conversation(store::DESKTOP_OWNER, "saved", true)
+            .unwrap();
         let u = r.add_message(c.id, None, Role::User, "q").unwrap();
         let m = r.begin_reply(c.id, u.id).unwrap();
         r.append(m.id, "", "partial").unwrap();

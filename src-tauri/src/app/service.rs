@@ -4,6 +4,11 @@
 //! (Tauri events in the desktop, SSE in the browser). Each reply's text is saved as it arrives,
 //! before its event goes out, so anything a shell renders from the repository is never behind
 //! the events it has seen; a per-reply sequence number lets a client drop events it already has.
+//!
+//! Conversations belong to an [`Owner`]: the desktop app, or one browser session of the
+//! built-in server. A service handle acts for one owner ([`ChatService::as_owner`]); another
+//! owner's conversation is reported as not found, exactly like one that does not exist.
+//! Settings, the model and the queue of replies are shared by all owners.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +25,7 @@ use super::generator::{GenerateRequest, Generator, NoModel, Quote};
 use super::repo::{Conversation, Message, MessageStatus, Repo, RepoError, Role};
 use super::settings::{InvalidSetting, Settings};
 use crate::engine::events::{ChatMessage, EngineEvent};
+use crate::store::DESKTOP_OWNER;
 
 /// Title of a conversation before its first message names it.
 pub const NEW_TITLE: &str = "New chat";
@@ -58,6 +64,29 @@ impl From<RepoError> for ServiceError {
 /// Result type of the service.
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
+/// Whose conversations a service handle sees.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Owner(Arc<str>);
+
+impl Owner {
+    /// The desktop app (and every conversation stored before conversations had owners).
+    pub fn desktop() -> Self {
+        Self(Arc::from(DESKTOP_OWNER))
+    }
+
+    /// One browser session, named by a digest of its cookie; the cookie itself is never
+    /// stored, so the database holds nothing that would let someone take a session over.
+    pub fn browser(session_digest: &str) -> Self {
+        Self(Arc::from(format!("web:{session_digest}")))
+    }
+
+    /// The name kept in the database.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The engine as the status bar shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -89,6 +118,8 @@ pub enum EngineState {
 /// One event of a reply's stream, tagged with where it belongs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StreamEvent {
+    /// Who owns the conversation; only that owner's views may receive the event.
+    pub owner: Owner,
     /// The conversation.
     pub conversation_id: i64,
     /// The assistant message being written.
@@ -146,12 +177,17 @@ pub struct MessageView {
     pub branch: (usize, usize),
     /// Sibling ids, oldest first (for branch navigation).
     pub siblings: Vec<i64>,
+    /// While the reply waits for the model behind other replies: its place in the queue
+    /// (1 = next).
+    pub queue_position: Option<usize>,
 }
 
 struct Active {
     conversation_id: i64,
     cancel: Arc<AtomicBool>,
     seq: u64,
+    /// The queue position last reported, until the reply starts.
+    queued: Option<usize>,
 }
 
 struct State {
@@ -168,10 +204,12 @@ struct Inner {
     wizard: super::wizard::Wizard,
 }
 
-/// The chat service. Cheap to clone; clones share everything.
+/// The chat service. Cheap to clone; clones share everything, including the owner they act
+/// for (see [`ChatService::as_owner`]).
 #[derive(Clone)]
 pub struct ChatService {
     inner: Arc<Inner>,
+    owner: Owner,
 }
 
 impl std::fmt::Debug for ChatService {
@@ -217,6 +255,7 @@ impl ChatService {
                 quote_delay: Duration::from_millis(60),
                 wizard: super::wizard::Wizard::default(),
             }),
+            owner: Owner::desktop(),
         }
     }
 
@@ -237,9 +276,61 @@ impl ChatService {
                 inner.quote_delay = delay;
                 Self {
                     inner: Arc::new(inner),
+                    owner: self.owner,
                 }
             }
-            Err(inner) => Self { inner },
+            Err(inner) => Self {
+                inner,
+                owner: self.owner,
+            },
+        }
+    }
+
+    /// A handle on the same service that acts for `owner`: it lists, reads, changes and
+    /// streams only that owner's conversations. A new service acts for the desktop.
+    pub fn as_owner(&self, owner: Owner) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            owner,
+        }
+    }
+
+    /// The owner this handle acts for.
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// Fails with "not found" unless this handle's owner owns the conversation, so another
+    /// owner's conversation looks exactly like one that does not exist.
+    fn check_owner(&self, st: &State, conversation_id: i64) -> Result<()> {
+        match st.repo.owner_of(conversation_id) {
+            Ok(o) if o == self.owner.as_str() => Ok(()),
+            Ok(_) => Err(RepoError::NotFound {
+                what: "conversation",
+                id: conversation_id,
+            }
+            .into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A conversation this handle's owner may see.
+    fn owned(&self, st: &State, conversation_id: i64) -> Result<Conversation> {
+        self.check_owner(st, conversation_id)?;
+        Ok(st.repo.conversation(conversation_id)?)
+    }
+
+    /// A message in a conversation this handle's owner may see.
+    fn owned_message(&self, st: &State, id: i64) -> Result<Message> {
+        let m = st.repo.message(id)?;
+        match self.check_owner(st, m.conversation_id) {
+            Ok(()) => Ok(m),
+            Err(ServiceError::NotFound(_)) => Err(RepoError::NotFound {
+                what: "message",
+                id,
+            }
+            .into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -301,24 +392,29 @@ impl ChatService {
 
     /// Conversations, newest first, optionally filtered by a search query.
     pub fn conversations(&self, query: Option<&str>) -> Result<Vec<Conversation>> {
-        Ok(self.state().repo.list_conversations(query)?)
+        Ok(self
+            .state()
+            .repo
+            .list_conversations(self.owner.as_str(), query)?)
     }
 
     /// Starts an empty conversation with the default reasoning mode.
     pub fn new_conversation(&self) -> Result<Conversation> {
         let mut st = self.state();
-        Self::create(&mut st)
+        self.create(&mut st)
     }
 
-    fn create(st: &mut State) -> Result<Conversation> {
+    fn create(&self, st: &mut State) -> Result<Conversation> {
         let thinking = st.repo.settings().thinking_default;
-        Ok(st.repo.create_conversation(NEW_TITLE, thinking)?)
+        Ok(st
+            .repo
+            .create_conversation(self.owner.as_str(), NEW_TITLE, thinking)?)
     }
 
     /// A conversation and the branch on screen.
     pub fn conversation(&self, id: i64) -> Result<ConversationView> {
         let st = self.state();
-        let conversation = st.repo.conversation(id)?;
+        let conversation = self.owned(&st, id)?;
         let mut messages = Vec::new();
         for message in st.repo.branch(id)? {
             let siblings = st.repo.siblings(message.id)?;
@@ -326,11 +422,12 @@ impl ChatService {
                 .iter()
                 .position(|&s| s == message.id)
                 .map_or(1, |p| p + 1);
-            let seq = st.active.get(&message.id).map_or(0, |a| a.seq);
+            let active = st.active.get(&message.id);
             messages.push(MessageView {
                 branch: (pos, siblings.len()),
                 siblings,
-                seq,
+                seq: active.map_or(0, |a| a.seq),
+                queue_position: active.and_then(|a| a.queued),
                 message,
             });
         }
@@ -343,14 +440,15 @@ impl ChatService {
     /// One message with its stream position.
     pub fn message(&self, id: i64) -> Result<MessageView> {
         let st = self.state();
-        let message = st.repo.message(id)?;
+        let message = self.owned_message(&st, id)?;
         let siblings = st.repo.siblings(id)?;
         let pos = siblings.iter().position(|&s| s == id).map_or(1, |p| p + 1);
-        let seq = st.active.get(&id).map_or(0, |a| a.seq);
+        let active = st.active.get(&id);
         Ok(MessageView {
             branch: (pos, siblings.len()),
             siblings,
-            seq,
+            seq: active.map_or(0, |a| a.seq),
+            queue_position: active.and_then(|a| a.queued),
             message,
         })
     }
@@ -363,16 +461,18 @@ impl ChatService {
         }
         let title: String = title.chars().take(200).collect();
         let mut st = self.state();
+        self.check_owner(&st, id)?;
         st.repo.rename(id, &title)?;
         Ok(st.repo.conversation(id)?)
     }
 
     /// Deletes a conversation (undoable), stopping its reply if one is streaming.
     pub fn delete(&self, id: i64) -> Result<Conversation> {
+        self.owned(&self.state(), id)?;
         self.stop(id);
         self.current_generator().forget(id);
         let mut st = self.state();
-        let conv = st.repo.conversation(id)?;
+        let conv = self.owned(&st, id)?;
         st.repo.delete(id)?;
         Ok(conv)
     }
@@ -380,6 +480,7 @@ impl ChatService {
     /// Brings back a deleted conversation.
     pub fn undo_delete(&self, id: i64) -> Result<Conversation> {
         let mut st = self.state();
+        self.check_owner(&st, id)?;
         st.repo.undo_delete(id)?;
         Ok(st.repo.conversation(id)?)
     }
@@ -387,6 +488,7 @@ impl ChatService {
     /// Turns reasoning on or off for a conversation.
     pub fn set_thinking(&self, id: i64, on: bool) -> Result<Conversation> {
         let mut st = self.state();
+        self.check_owner(&st, id)?;
         st.repo.set_thinking(id, on)?;
         Ok(st.repo.conversation(id)?)
     }
@@ -394,6 +496,9 @@ impl ChatService {
     /// Asks every reply streaming in a conversation to stop; returns whether one was.
     pub fn stop(&self, conversation_id: i64) -> bool {
         let st = self.state();
+        if self.check_owner(&st, conversation_id).is_err() {
+            return false;
+        }
         let mut any = false;
         for a in st
             .active
@@ -408,10 +513,12 @@ impl ChatService {
 
     /// Whether a reply is streaming in the conversation.
     pub fn is_streaming(&self, conversation_id: i64) -> bool {
-        self.state()
-            .active
-            .values()
-            .any(|a| a.conversation_id == conversation_id)
+        let st = self.state();
+        self.check_owner(&st, conversation_id).is_ok()
+            && st
+                .active
+                .values()
+                .any(|a| a.conversation_id == conversation_id)
     }
 
     /// Handles a line from the message box: a slash command, or a message to answer.
@@ -423,8 +530,8 @@ impl ChatService {
         let command = commands::parse(text).transpose()?;
         let mut st = self.state();
         let (conv, created) = match conversation_id {
-            Some(id) => (st.repo.conversation(id)?, false),
-            None => (Self::create(&mut st)?, true),
+            Some(id) => (self.owned(&st, id)?, false),
+            None => (self.create(&mut st)?, true),
         };
         let notice = |st: &State, text: String| -> Result<SendOutcome> {
             Ok(SendOutcome::Notice {
@@ -447,7 +554,9 @@ impl ChatService {
                     return notice(&st, "This conversation is already empty.".into());
                 }
                 // The old conversation is kept (and searchable); the chat starts over.
-                let fresh = st.repo.create_conversation(NEW_TITLE, conv.thinking)?;
+                let fresh =
+                    st.repo
+                        .create_conversation(self.owner.as_str(), NEW_TITLE, conv.thinking)?;
                 return Ok(SendOutcome::Notice {
                     conversation: Some(fresh),
                     created: true,
@@ -495,7 +604,7 @@ impl ChatService {
     /// Answers the same user message again; the old reply stays as a sibling branch.
     pub fn regenerate(&self, assistant_id: i64) -> Result<Message> {
         let mut st = self.state();
-        let old = st.repo.message(assistant_id)?;
+        let old = self.owned_message(&st, assistant_id)?;
         if old.role != Role::Assistant {
             return Err(ServiceError::Invalid(
                 "Only a reply can be regenerated.".into(),
@@ -525,7 +634,7 @@ impl ChatService {
             return Err(ServiceError::Invalid("Type a message first.".into()));
         }
         let mut st = self.state();
-        let old = st.repo.message(user_id)?;
+        let old = self.owned_message(&st, user_id)?;
         if old.role != Role::User {
             return Err(ServiceError::Invalid(
                 "Only your own messages can be edited.".into(),
@@ -551,7 +660,7 @@ impl ChatService {
     /// Shows the branch through message `id` (for the ‹ › branch switcher).
     pub fn select_branch(&self, id: i64) -> Result<i64> {
         let mut st = self.state();
-        let conv = st.repo.message(id)?.conversation_id;
+        let conv = self.owned_message(&st, id)?.conversation_id;
         if st.active.values().any(|a| a.conversation_id == conv) {
             return Err(ServiceError::Invalid(
                 "Wait for the reply to finish before switching branches.".into(),
@@ -581,6 +690,7 @@ impl ChatService {
     /// Tokens used by the last reply of the branch on screen, if any.
     pub fn context_used(&self, conversation_id: i64) -> Option<usize> {
         let st = self.state();
+        self.check_owner(&st, conversation_id).ok()?;
         let branch = st.repo.branch(conversation_id).ok()?;
         branch
             .iter()
@@ -658,6 +768,7 @@ impl ChatService {
                 conversation_id,
                 cancel: job.cancel.clone(),
                 seq: 0,
+                queued: None,
             },
         );
         let this = self.clone();
@@ -689,6 +800,12 @@ impl ChatService {
                 }
                 EngineEvent::Started { .. } | EngineEvent::Queued { .. } => Ok(()),
             };
+            if let Some(a) = st.active.get_mut(&message_id) {
+                a.queued = match &event {
+                    EngineEvent::Queued { position } => Some(*position),
+                    _ => None,
+                };
+            }
             if let Err(e) = applied {
                 tracing::warn!(message_id, error = %e, "reply could not be saved");
             }
@@ -704,6 +821,7 @@ impl ChatService {
             }
             // Nobody listening is fine: the text is saved and views render it from there.
             let _ = self.inner.events.send(StreamEvent {
+                owner: self.owner.clone(),
                 conversation_id,
                 message_id,
                 seq,
@@ -720,6 +838,7 @@ impl ChatService {
         }
         let seq = st.active.remove(&message_id).map_or(0, |a| a.seq + 1);
         let _ = self.inner.events.send(StreamEvent {
+            owner: self.owner.clone(),
             conversation_id,
             message_id,
             seq,

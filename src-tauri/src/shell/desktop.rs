@@ -137,6 +137,8 @@ pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
     tauri::async_runtime::spawn(async move {
         loop {
             match rx.recv().await {
+                // Replies of other owners (browsers of a server in this process) stay theirs.
+                Ok(ev) if ev.owner != *service.owner() => {}
                 Ok(ev) => {
                     if let Err(e) = app.emit(STREAM_EVENT, http::stream_payload(&service, &ev)) {
                         tracing::warn!(error = %e, "could not send a reply event to the window");

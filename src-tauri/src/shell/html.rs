@@ -262,9 +262,25 @@ pub fn message(m: &MessageView) -> String {
     }
 }
 
+/// What a reply waiting for the model shows in its place.
+pub fn queue_text(position: usize) -> String {
+    format!("Waiting — position {position} in queue")
+}
+
 fn assistant_message(m: &MessageView) -> String {
     let msg = &m.message;
     let streaming = msg.status == MessageStatus::Streaming;
+    let queued = if streaming { m.queue_position } else { None };
+    // Always present while streaming, so the client can show it when the reply is queued.
+    let queue_note = if streaming {
+        format!(
+            "<div class=\"queue-note\" role=\"status\"{hidden}>{text}</div>",
+            hidden = if queued.is_none() { " hidden" } else { "" },
+            text = esc(&queued.map(queue_text).unwrap_or_default())
+        )
+    } else {
+        String::new()
+    };
     let reasoning = if streaming {
         // Open while only reasoning has arrived; the client closes it when the answer starts.
         format!(
@@ -310,9 +326,10 @@ fn assistant_message(m: &MessageView) -> String {
         )
     };
     format!(
-        "<article class=\"msg assistant{cls}\" id=\"msg-{id}\" data-id=\"{id}\" data-seq=\"{seq}\">\
-{reasoning}{answer}{note}<footer class=\"msg-meta muted\">{stats}</footer>{actions}</article>",
+        "<article class=\"msg assistant{cls}{queued}\" id=\"msg-{id}\" data-id=\"{id}\" data-seq=\"{seq}\">\
+{queue_note}{reasoning}{answer}{note}<footer class=\"msg-meta muted\">{stats}</footer>{actions}</article>",
         cls = if streaming { " streaming" } else { "" },
+        queued = if queued.is_some() { " queued" } else { "" },
         id = msg.id,
         seq = m.seq,
         stats = esc(&stats_line(msg))

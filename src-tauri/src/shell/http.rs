@@ -3,32 +3,72 @@
 //! A browser reaches it over TCP (replies stream as server-sent events from `/events`); the
 //! desktop runs the same router in-process for each request (see `shell::desktop`) and gets
 //! the same stream as Tauri events. Handlers are small: extractors in, HTML out.
+//!
+//! Every handler that touches conversations takes [`Scoped`]: the service acting for the
+//! request's [`Owner`]. [`router`] serves the desktop's owner; [`browser_router`] gives each
+//! browser its own through `shell::session`, and its `/events` stream carries only that
+//! browser's replies.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::str::FromStr;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::html;
-use crate::app::service::{ChatService, SendOutcome, ServiceError, StreamEvent};
+use crate::app::service::{ChatService, Owner, SendOutcome, ServiceError, StreamEvent};
 use crate::app::settings::{InvalidSetting, Settings, Theme};
 use crate::engine::events::EngineEvent;
 
 /// Name of the SSE event (and of the Tauri event) that carries reply deltas.
 pub const STREAM_EVENT: &str = "chat-stream";
 
-/// Builds the router over a chat service.
+/// Builds the router over a chat service; every request acts for the service's own owner
+/// (the desktop, for a new service).
 pub fn router(service: ChatService) -> Router {
+    let owner = service.owner().clone();
+    routes(service).layer(Extension(owner))
+}
+
+/// The router the built-in server gives browsers: each browser (told apart by a session
+/// cookie, set on its first request) sees only its own conversations and replies.
+pub fn browser_router(service: ChatService) -> Router {
+    routes(service).layer(axum::middleware::from_fn(super::session::attach))
+}
+
+/// The chat service acting for the owner of the request, which the layer around the routes
+/// names (see [`router`] and [`browser_router`]).
+pub struct Scoped(pub ChatService);
+
+impl FromRequestParts<ChatService> for Scoped {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ChatService,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Owner>() {
+            Some(owner) => Ok(Scoped(state.as_owner(owner.clone()))),
+            // Refuse rather than guess whose conversations these are.
+            None => Err(UiError(ServiceError::Storage(
+                "this request belongs to no session".into(),
+            ))
+            .into_response()),
+        }
+    }
+}
+
+fn routes(service: ChatService) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/layout", get(layout))
@@ -116,14 +156,14 @@ pub(crate) fn layout_html(s: &ChatService) -> Result<String> {
     ))
 }
 
-async fn index(State(s): State<ChatService>) -> Result<Html<String>> {
+async fn index(Scoped(s): Scoped) -> Result<Html<String>> {
     if let Some(reason) = super::wizard::needed(&s) {
         return Ok(Html(html::page(&super::wizard::app(&s, &reason))));
     }
     Ok(Html(html::page(&layout_html(&s)?)))
 }
 
-async fn layout(State(s): State<ChatService>) -> Result<Html<String>> {
+async fn layout(Scoped(s): Scoped) -> Result<Html<String>> {
     if let Some(reason) = super::wizard::needed(&s) {
         return Ok(Html(super::wizard::app(&s, &reason)));
     }
@@ -172,7 +212,7 @@ struct SearchQuery {
     q: String,
 }
 
-async fn list(State(s): State<ChatService>, Query(q): Query<SearchQuery>) -> Result<Html<String>> {
+async fn list(Scoped(s): Scoped, Query(q): Query<SearchQuery>) -> Result<Html<String>> {
     let found = s.conversations(Some(&q.q))?;
     if found.is_empty() && !q.q.trim().is_empty() {
         return Ok(Html(format!(
@@ -204,16 +244,16 @@ fn chat_with_sidebar(s: &ChatService, id: i64, extra: &str) -> Result<String> {
     ))
 }
 
-async fn create(State(s): State<ChatService>) -> Result<Html<String>> {
+async fn create(Scoped(s): Scoped) -> Result<Html<String>> {
     let c = s.new_conversation()?;
     Ok(Html(chat_with_sidebar(&s, c.id, "")?))
 }
 
-async fn open(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+async fn open(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
     Ok(Html(chat_with_sidebar(&s, id, "")?))
 }
 
-async fn rename_form(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+async fn rename_form(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
     let view = s.conversation(id)?;
     Ok(Html(html::rename_form(&view.conversation)))
 }
@@ -225,7 +265,7 @@ struct TitleForm {
 }
 
 async fn rename(
-    State(s): State<ChatService>,
+    Scoped(s): Scoped,
     Path(id): Path<i64>,
     Form(f): Form<TitleForm>,
 ) -> Result<Html<String>> {
@@ -242,7 +282,7 @@ async fn rename(
 pub const OPEN_CONVERSATION: &str = "x-open-conversation";
 
 async fn delete(
-    State(s): State<ChatService>,
+    Scoped(s): Scoped,
     Path(id): Path<i64>,
     headers: HeaderMap,
 ) -> Result<Html<String>> {
@@ -262,7 +302,7 @@ async fn delete(
     Ok(Html(body))
 }
 
-async fn undo(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+async fn undo(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
     s.undo_delete(id)?;
     Ok(Html(html::conversation_list(
         &s.conversations(None)?,
@@ -276,7 +316,7 @@ struct ThinkingForm {
 }
 
 async fn thinking(
-    State(s): State<ChatService>,
+    Scoped(s): Scoped,
     Path(id): Path<i64>,
     Form(f): Form<ThinkingForm>,
 ) -> Result<Html<String>> {
@@ -291,7 +331,7 @@ struct TextForm {
 }
 
 async fn send_in(
-    State(s): State<ChatService>,
+    Scoped(s): Scoped,
     Path(id): Path<i64>,
     Form(f): Form<TextForm>,
 ) -> Result<Response> {
@@ -299,7 +339,7 @@ async fn send_in(
     sent(&s, outcome)
 }
 
-async fn send_new(State(s): State<ChatService>, Form(f): Form<TextForm>) -> Result<Response> {
+async fn send_new(Scoped(s): Scoped, Form(f): Form<TextForm>) -> Result<Response> {
     let outcome = s.send(None, &f.text)?;
     sent(&s, outcome)
 }
@@ -368,16 +408,16 @@ fn sent(s: &ChatService, outcome: SendOutcome) -> Result<Response> {
     }
 }
 
-async fn stop(State(s): State<ChatService>, Path(id): Path<i64>) -> StatusCode {
+async fn stop(Scoped(s): Scoped, Path(id): Path<i64>) -> StatusCode {
     s.stop(id);
     StatusCode::NO_CONTENT
 }
 
-async fn message(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+async fn message(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
     Ok(Html(html::message(&s.message(id)?)))
 }
 
-async fn edit_form(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+async fn edit_form(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
     Ok(Html(html::edit_form(&s.message(id)?.message)))
 }
 
@@ -391,7 +431,7 @@ fn messages_of(s: &ChatService, conversation_id: i64) -> Result<Html<String>> {
 }
 
 async fn edit(
-    State(s): State<ChatService>,
+    Scoped(s): Scoped,
     Path(id): Path<i64>,
     Form(f): Form<TextForm>,
 ) -> Result<Html<String>> {
@@ -399,17 +439,17 @@ async fn edit(
     messages_of(&s, user.conversation_id)
 }
 
-async fn regenerate(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+async fn regenerate(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
     let reply = s.regenerate(id)?;
     messages_of(&s, reply.conversation_id)
 }
 
-async fn select(State(s): State<ChatService>, Path(id): Path<i64>) -> Result<Html<String>> {
+async fn select(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
     let conversation_id = s.select_branch(id)?;
     messages_of(&s, conversation_id)
 }
 
-async fn settings(State(s): State<ChatService>) -> Html<String> {
+async fn settings(Scoped(s): Scoped) -> Html<String> {
     Html(html::settings_panel(&s.settings(), &[], false))
 }
 
@@ -476,7 +516,7 @@ fn settings_from_form(
 }
 
 async fn save_settings(
-    State(s): State<ChatService>,
+    Scoped(s): Scoped,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response> {
     let (new, mut bad) = settings_from_form(&s.settings(), &form);
@@ -505,7 +545,7 @@ struct StatusQuery {
     c: Option<i64>,
 }
 
-async fn status(State(s): State<ChatService>, Query(q): Query<StatusQuery>) -> Html<String> {
+async fn status(Scoped(s): Scoped, Query(q): Query<StatusQuery>) -> Html<String> {
     let used = q.c.and_then(|c| s.context_used(c));
     Html(html::status_bar(
         &s.engine_state(),
@@ -525,6 +565,7 @@ pub fn stream_payload(s: &ChatService, ev: &StreamEvent) -> serde_json::Value {
         EngineEvent::Queued { position } => {
             let mut v = base("queued");
             v["position"] = json!(position);
+            v["text"] = json!(html::queue_text(*position));
             v
         }
         EngineEvent::Reasoning { text } => {
@@ -556,12 +597,14 @@ pub fn stream_payload(s: &ChatService, ev: &StreamEvent) -> serde_json::Value {
 }
 
 async fn events(
-    State(s): State<ChatService>,
+    Scoped(s): Scoped,
 ) -> Sse<impl Stream<Item = std::result::Result<Event, Infallible>>> {
     let rx = s.subscribe();
     let stream = futures_util::stream::unfold((rx, s), |(mut rx, s)| async move {
         loop {
             match rx.recv().await {
+                // Another owner's reply: not for this client.
+                Ok(ev) if ev.owner != *s.owner() => continue,
                 Ok(ev) => {
                     let data = stream_payload(&s, &ev).to_string();
                     return Some((Ok(Event::default().event(STREAM_EVENT).data(data)), (rx, s)));

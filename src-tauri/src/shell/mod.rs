@@ -11,5 +11,6 @@ pub mod model_cmds;
 pub mod models;
 pub mod openai;
 pub mod serve;
+pub mod session;
 pub mod text_cmds;
 pub mod wizard;

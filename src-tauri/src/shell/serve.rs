@@ -127,8 +127,9 @@ fn model_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 /// The browser UI's router, served beside the API under the same guard: the desktop's HTML
 /// router over a chat service that uses this same engine, so the pages and the API share one
-/// model and one queue. Conversations live in the same database as the desktop app's. `None`
-/// (API only) when that database cannot be opened.
+/// model and one queue. Conversations live in the same database as the desktop app's, but
+/// each browser sees only its own (a session cookie tells them apart; the desktop's stay the
+/// desktop's). `None` (API only) when that database cannot be opened.
 pub fn browser_ui(engine: &Engine) -> Option<Router> {
     use crate::app::engine_adapter::EngineGenerator;
     use crate::app::service::{ChatService, EngineState};
@@ -144,7 +145,7 @@ pub fn browser_ui(engine: &Engine) -> Option<Router> {
         std::sync::Arc::new(EngineGenerator::new(engine.clone())),
         EngineState::Ready { model },
     );
-    Some(super::http::router(service))
+    Some(super::http::browser_router(service))
 }
 
 /// Everything the server answers: the API, the browser UI when there is one, and a JSON 404.

@@ -326,7 +326,10 @@ async fn panel(State(s): State<ChatService>) -> Html<String> {
     Html(main(&s.wizard().phase(), &reason))
 }
 
-async fn skip(State(s): State<ChatService>) -> Result<Html<String>, super::http::UiError> {
+// The chat it shows is the requester's own (a browser's session, or the desktop).
+async fn skip(
+    super::http::Scoped(s): super::http::Scoped,
+) -> Result<Html<String>, super::http::UiError> {
     s.wizard().dismiss();
     Ok(Html(super::http::layout_html(&s)?))
 }

@@ -28,6 +28,9 @@ pub struct Conversation {
     pub leaf_id: Option<MessageId>,
     /// Set while the conversation sits in the bin, Unix milliseconds.
     pub deleted_at_ms: Option<i64>,
+    /// Who may see it: [`DESKTOP_OWNER`](super::DESKTOP_OWNER) for the desktop app, or one
+    /// browser's session for the built-in server.
+    pub owner: String,
 }
 
 /// What a new conversation starts with.
@@ -41,6 +44,8 @@ pub struct NewConversation {
     pub thinking: bool,
     /// The system prompt.
     pub system_prompt: String,
+    /// Who may see it; [`NewConversation::new`] gives it to the desktop.
+    pub owner: String,
 }
 
 impl NewConversation {
@@ -52,12 +57,19 @@ impl NewConversation {
             today: chrono::Local::now().format("%d %B %Y").to_string(),
             thinking,
             system_prompt: system_prompt.into(),
+            owner: super::DESKTOP_OWNER.to_string(),
         }
+    }
+
+    /// The same conversation, owned by `owner` instead.
+    pub fn owned_by(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
     }
 }
 
 const COLUMNS: &str =
-    "c.id, c.title, c.created_at, c.updated_at, c.today, c.thinking, c.system_prompt, c.leaf_id, c.deleted_at";
+    "c.id, c.title, c.created_at, c.updated_at, c.today, c.thinking, c.system_prompt, c.leaf_id, c.deleted_at, c.owner";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Conversation> {
     Ok(Conversation {
@@ -70,6 +82,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Conversation> {
         system_prompt: row.get(6)?,
         leaf_id: row.get(7)?,
         deleted_at_ms: row.get(8)?,
+        owner: row.get(9)?,
     })
 }
 
@@ -104,9 +117,9 @@ impl Store {
         let now = now_ms();
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO conversations (title, created_at, updated_at, today, thinking, system_prompt)
-             VALUES (?1, ?2, ?2, ?3, ?4, ?5)",
-            params![new.title, now, new.today, new.thinking, new.system_prompt],
+            "INSERT INTO conversations (title, created_at, updated_at, today, thinking, system_prompt, owner)
+             VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6)",
+            params![new.title, now, new.today, new.thinking, new.system_prompt, new.owner],
         )?;
         let id = ConversationId(conn.last_insert_rowid());
         drop(conn);
@@ -128,20 +141,35 @@ impl Store {
             })
     }
 
-    /// Conversations not in the bin, most recently active first. With `search`, only those
-    /// whose title contains it or whose messages contain all of its words (as words or word
-    /// prefixes, ignoring case and accents).
+    /// Conversations not in the bin, of every owner, most recently active first. With
+    /// `search`, only those whose title contains it or whose messages contain all of its words
+    /// (as words or word prefixes, ignoring case and accents).
     pub fn list_conversations(&self, search: Option<&str>) -> Result<Vec<Conversation>> {
+        self.list(None, search)
+    }
+
+    /// Like [`Store::list_conversations`], but only the conversations `owner` may see.
+    pub fn list_conversations_of(
+        &self,
+        owner: &str,
+        search: Option<&str>,
+    ) -> Result<Vec<Conversation>> {
+        self.list(Some(owner), search)
+    }
+
+    fn list(&self, owner: Option<&str>, search: Option<&str>) -> Result<Vec<Conversation>> {
         let conn = self.conn();
         let search = search.map(str::trim).filter(|s| !s.is_empty());
+        // A NULL owner lists every owner's conversations.
         let rows = match search {
             None => {
                 let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM conversations c WHERE c.deleted_at IS NULL
+                    "SELECT {COLUMNS} FROM conversations c
+                     WHERE c.deleted_at IS NULL AND (?1 IS NULL OR c.owner = ?1)
                      ORDER BY c.updated_at DESC, c.id DESC"
                 ))?;
                 let rows = stmt
-                    .query_map([], from_row)?
+                    .query_map(params![owner], from_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 rows
             }
@@ -157,11 +185,12 @@ impl Store {
                 };
                 let mut stmt = conn.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM conversations c
-                     WHERE c.deleted_at IS NULL AND (c.title LIKE ?1 ESCAPE '\\' {in_messages})
+                     WHERE c.deleted_at IS NULL AND (?3 IS NULL OR c.owner = ?3)
+                       AND (c.title LIKE ?1 ESCAPE '\\' {in_messages})
                      ORDER BY c.updated_at DESC, c.id DESC"
                 ))?;
                 let rows = stmt
-                    .query_map(params![like_pattern(text), words], from_row)?
+                    .query_map(params![like_pattern(text), words, owner], from_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 rows
             }
@@ -273,6 +302,7 @@ mod tests {
             today: "27 November 2026".into(),
             thinking: true,
             system_prompt: "Be brief.".into(),
+            owner: crate::store::DESKTOP_OWNER.into(),
         }
     }
 
@@ -418,5 +448,33 @@ mod tests {
         assert_eq!(ids("_"), [odd.id], "underscore is literal");
         assert!(ids("\"OR*(").is_empty(), "FTS syntax is not interpreted");
         assert_eq!(ids("   ").len(), 3, "blank search lists everything");
+    }
+
+    #[test]
+    fn owners_see_only_their_own_conversations_in_lists_and_searches() {
+        let (_dir, store) = temp_store();
+        let mine = store
+            .create_conversation(&new("Mine about otters").owned_by("web:a"))
+            .unwrap();
+        let theirs = store
+            .create_conversation(&new("Theirs about otters").owned_by("web:b"))
+            .unwrap();
+        let desk = store.create_conversation(&new("Desktop otters")).unwrap();
+        assert_eq!(desk.owner, crate::store::DESKTOP_OWNER);
+        assert_eq!(mine.owner, "web:a");
+        let ids = |owner: &str, q: Option<&str>| {
+            store
+                .list_conversations_of(owner, q)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("web:a", None), [mine.id]);
+        assert_eq!(ids("web:a", Some("otters")), [mine.id]);
+        assert_eq!(ids("web:b", Some("otters")), [theirs.id]);
+        assert_eq!(ids(crate::store::DESKTOP_OWNER, Some("otters")), [desk.id]);
+        assert!(ids("web:nobody", Some("otters")).is_empty());
+        assert_eq!(store.list_conversations(Some("otters")).unwrap().len(), 3);
     }
 }

@@ -32,6 +32,10 @@ pub use settings::{Settings, SettingsError, Theme};
 /// Name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "smollm3-bot.sqlite3";
 
+/// Owner of the desktop app's conversations (and of every conversation written before
+/// conversations had owners).
+pub const DESKTOP_OWNER: &str = "desktop";
+
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

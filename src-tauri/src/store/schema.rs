@@ -18,6 +18,8 @@
 //!   keep the two tables free of a cycle; the store keeps it valid)
 //! - `deleted_at` INTEGER NULL: set by a soft delete, so the UI can offer undo; rows deleted
 //!   long enough ago are purged for real
+//! - `owner` TEXT (version 3): who may see it: `desktop` for the desktop app (and every row
+//!   older than the column), or one browser session of the built-in server
 //!
 //! `messages`: a tree per conversation. Editing a message adds a sibling (same parent), so the
 //! old branch and its replies stay reachable.
@@ -100,6 +102,11 @@ pub const MIGRATIONS: &[&str] = &[
         INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
     END;
     "#,
+    // 3: conversations belong to an owner; everything written so far is the desktop's.
+    r#"
+    ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT 'desktop';
+    CREATE INDEX conversations_owner ON conversations(owner, updated_at DESC);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -177,6 +184,35 @@ mod tests {
             path_msgs.iter().map(|m| m.role).collect::<Vec<_>>(),
             [Role::User, Role::Assistant]
         );
+    }
+
+    #[test]
+    fn version_two_conversations_become_the_desktops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.sqlite3");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            migrate_to(&mut conn, 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO conversations (id, title, created_at, updated_at, today)
+                     VALUES (1, 'Before owners', 1000, 1000, '01 January 2026');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let c = store.conversation(crate::store::ConversationId(1)).unwrap();
+        assert_eq!(c.owner, crate::store::DESKTOP_OWNER);
+        assert_eq!(
+            store
+                .list_conversations_of(crate::store::DESKTOP_OWNER, None)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(store
+            .list_conversations_of("web:someone", None)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
