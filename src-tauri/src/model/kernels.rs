@@ -207,27 +207,21 @@ pub fn matmul(
 
 /// Weight rows per unit of work in [`gemv`].
 const GEMV_GROUP: usize = 16;
-/// Weight rows per [`gemv`] micro-kernel call: one activation load serves all of them.
-const GEMV_ROWS: usize = 4;
-const _: () = assert!(GEMV_GROUP.is_multiple_of(GEMV_ROWS));
-
-fn gemv_rows() -> usize {
-    static R: OnceLock<usize> = OnceLock::new();
-    *R.get_or_init(|| {
-        std::env::var("SMOLLM3_GEMV_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(GEMV_ROWS)
-            .clamp(1, 4)
-    })
-}
+/// Weight rows per [`gemv`] micro-kernel call, by format: one activation load serves all of
+/// them, but more streams than the prefetchers follow cost more than they save (measured by
+/// `gemv_speed`).
+const GEMV_ROWS: [usize; 2] = [4, 2];
 
 /// Decode's product with one activation row, where every weight byte is read once and used
 /// once: the work per weight block is what counts. Each micro-kernel call streams a few weight
 /// rows over the whole of `k` against the one quantized activation row, which stays in L1,
 /// and reduces its accumulators only at the end.
 fn gemv(format: Format, (k, n): (usize, usize), lhs: &[f32], w: &[u8], dst: &mut [f32]) {
-    gemv_rows_of(format, (k, n), lhs, w, dst, gemv_rows())
+    let micro = match format {
+        Format::Q4K => GEMV_ROWS[0],
+        Format::Q6K => GEMV_ROWS[1],
+    };
+    gemv_rows_of(format, (k, n), lhs, w, dst, micro)
 }
 
 fn gemv_rows_of(
@@ -240,7 +234,25 @@ fn gemv_rows_of(
 ) {
     let nb = k / QK;
     let mut act = quantize(lhs, 1, k);
-    let sums = block_sums(format, &act);
+    let sums = match format {
+        Format::Q4K => block_sums(format, &act),
+        Format::Q6K => Vec::new(),
+    };
+    // Q6_K's −32 code offset stays in the integer sum: `sc_g · (−bsum_g)`, weighted by 32
+    // through the scales, is one more `vpdpwssd` against these words.
+    let neg: Vec<[i16; 32]> = match format {
+        Format::Q4K => Vec::new(),
+        Format::Q6K => act
+            .iter()
+            .map(|b| {
+                let mut v = [0i16; 32];
+                for (o, &s) in v.iter_mut().zip(&b.bsums) {
+                    *o = -s;
+                }
+                v
+            })
+            .collect(),
+    };
     if format == Format::Q4K {
         // A Q4_K block's 64-byte half holds, in its low nibbles, values 0..32 and 64..96 of
         // its 128, and in its high nibbles 32..64 and 96..128. Reordering the activation once
@@ -256,7 +268,7 @@ fn gemv_rows_of(
             }
         }
     }
-    let (act, sums): (&[Q8K], &[f32]) = (&act, &sums);
+    let (act, sums, neg): (&[Q8K], &[f32], &[[i16; 32]]) = (&act, &sums, &neg);
     let row_bytes = nb * format.block_bytes();
     let dst_addr = dst.as_mut_ptr() as usize;
     let w_addr = w.as_ptr() as usize;
@@ -275,7 +287,7 @@ fn gemv_rows_of(
                         ($r:expr) => {{
                             let v = match format {
                                 Format::Q4K => avx512::q4k_gemv::<{ $r }>(wr, row_bytes, act, sums),
-                                Format::Q6K => avx512::q6k_gemv::<{ $r }>(wr, row_bytes, act, sums),
+                                Format::Q6K => avx512::q6k_gemv::<{ $r }>(wr, row_bytes, act, neg),
                             };
                             for (i, x) in v.iter().enumerate() {
                                 *out.add(i) = *x;
@@ -812,7 +824,7 @@ mod avx512 {
         w: *const u8,
         row_bytes: usize,
         act: &[Q8K],
-        sums: &[f32],
+        neg: &[[i16; 32]],
     ) -> [f32; R] {
         let low = _mm512_set1_epi8(0x0F);
         let top = _mm512_set1_epi8(0x30);
@@ -836,7 +848,7 @@ mod avx512 {
                 _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
                 _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
             ];
-            let bs = _mm512_loadu_ps(sums.as_ptr().add(b * 16));
+            let nbs = _mm512_loadu_si512(neg.as_ptr().add(b) as *const _);
             prefetch_next::<R>(w, row_bytes, b, std::mem::size_of::<Q6K>());
             for r in 0..R {
                 let blk = &*(w.add(r * row_bytes) as *const Q6K).add(b);
@@ -860,14 +872,12 @@ mod avx512 {
                     wq[2 * h] = _mm512_or_si512(lo, hl);
                     wq[2 * h + 1] = _mm512_or_si512(hi, hh);
                 }
-                let isum = scaled_dot(&wq, &y, &sv);
-                let ov = _mm512_mul_ps(
-                    _mm512_set1_ps(32.0 * d),
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)),
-                );
-                let a1 =
+                // At most 4·63·127 per dword before the scales and 2·(127·32)·2032 after the
+                // offset term: far inside i32.
+                let isum =
+                    _mm512_dpwssd_epi32(scaled_dot(&wq, &y, &sv), _mm512_slli_epi16(s512, 5), nbs);
+                acc[r] =
                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * ab.d), acc[r]);
-                acc[r] = _mm512_fnmadd_ps(ov, bs, a1);
             }
         }
         let mut out = [0f32; R];
@@ -916,7 +926,7 @@ mod avx512 {
         _: *const u8,
         _: usize,
         _: &[Q8K],
-        _: &[f32],
+        _: &[[i16; 32]],
     ) -> [f32; R] {
         unreachable!("AVX-512 kernels called off x86-64")
     }
