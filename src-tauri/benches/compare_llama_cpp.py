@@ -79,8 +79,8 @@ def ours(a, bin_path, context):
            "--threads", str(a.threads), "--reps", str(a.reps), "--json"]
     if context:
         cmd += ["--context-tokens", str(context)]
-    if a.kv_f16:
-        cmd.append("--kv-f16")
+    if a.kv_f32:
+        cmd.append("--kv-f32")
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
@@ -100,7 +100,7 @@ def main():
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--context", type=int, default=3584, help="extra context for the long-context decode figure")
-    ap.add_argument("--kv-f16", action="store_true")
+    ap.add_argument("--kv-f32", action="store_true", help="our KV cache in F32 (both sides keep F16 by default)")
     ap.add_argument("--llama-side", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--flash", default="on", help=argparse.SUPPRESS)
     ap.add_argument("--repack", default="off", help=argparse.SUPPRESS)

@@ -31,9 +31,9 @@ pub struct BenchArgs {
     /// Repetitions of each measurement.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    /// Store the KV cache in F16.
+    /// Store the KV cache in F32 instead of the app's F16.
     #[arg(long)]
-    pub kv_f16: bool,
+    pub kv_f32: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -63,7 +63,7 @@ pub fn peak_rss_mb() -> f64 {
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     super::cli::set_threads(a.threads);
     let reps = a.reps.max(1);
-    let kv = if a.kv_f16 { DType::F16 } else { DType::F32 };
+    let kv = if a.kv_f32 { DType::F32 } else { DType::F16 };
     let mut loads = Vec::new();
     let mut loaded = None;
     for _ in 0..reps {
@@ -125,7 +125,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,
         "context_tokens": a.context_tokens,
-        "kv_cache": if a.kv_f16 { "f16" } else { "f32" },
+        "kv_cache": if a.kv_f32 { "f32" } else { "f16" },
         "load_s": summary(loads),
         "first_prefill_tps": first_prefill,
         "prefill_tps": summary(prefills),

@@ -520,7 +520,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         loaded,
         EngineOptions {
             context_size: a.context,
-            kv_dtype: DType::F32,
+            kv_dtype: EngineOptions::default().kv_dtype,
             max_slots: 1,
         },
     )

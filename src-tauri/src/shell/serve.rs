@@ -168,7 +168,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         loaded,
         EngineOptions {
             context_size: args.context,
-            kv_dtype: DType::F32,
+            kv_dtype: EngineOptions::default().kv_dtype,
             max_slots: args.slots.max(1),
         },
     )
