@@ -8,7 +8,6 @@ use crate::engine::loader::LoadedModel;
 use crate::engine::sampler::SamplingParams;
 use crate::engine::worker::{Engine, JobHandle};
 use anyhow::Context;
-use candle_core::DType;
 use chrono::NaiveDate;
 use clap::Args;
 use rustyline::error::ReadlineError;

@@ -13,7 +13,6 @@ use crate::engine::loader::LoadedModel;
 use crate::engine::worker::Engine;
 use anyhow::{bail, Context};
 use axum::Router;
-use candle_core::DType;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
