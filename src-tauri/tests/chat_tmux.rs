@@ -1,7 +1,7 @@
 //! The terminal chat driven through a real terminal (tmux) on a synthetic model: a reply
 //! streams and ends with its figures, `/no_think` and `/status` work, Ctrl-C stops a long
-//! reply and brings the prompt back without leaving, and `/quit` and Ctrl-C at an empty prompt
-//! end the program cleanly. Pane captures are saved under `target/chat-tmux/`.
+//! reply and brings the prompt back without leaving, and `/quit`, Ctrl-C and Ctrl-D at an empty
+//! prompt end the program cleanly. Pane captures are saved under `target/chat-tmux/`.
 
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use std::path::{Path, PathBuf};
@@ -453,6 +453,23 @@ fn tmux_session_ctrl_c_stops_a_reply() {
         pane.wait_exit("7-exit"),
         0,
         "Ctrl-C at an empty prompt exits cleanly"
+    );
+}
+
+#[test]
+fn tmux_session_ctrl_d_leaves() {
+    let _one_at_a_time = TMUX_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_without_tmux() {
+        return;
+    }
+    let model = model();
+    let pane = Pane::start("ctrl-d", &["--model", &model.display().to_string()]);
+    pane.wait_for("1-start", "the first prompt", at_prompt);
+    pane.tmux(&["send-keys", "-t", "chat", "C-d"]);
+    assert_eq!(
+        pane.wait_exit("2-exit"),
+        0,
+        "Ctrl-D at an empty prompt exits cleanly"
     );
 }
 
