@@ -5,20 +5,26 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use smollm3_bot::app::{ChatService, EngineState, Generator, SendOutcome, Settings};
+use smollm3_bot::app::{
+    ChatService, EngineState, GenerateRequest, Generator, SendOutcome, Settings,
+};
+use smollm3_bot::engine::events::{ChatMessage, EngineEvent};
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use smollm3_bot::store::MessageStatus;
 use tower::ServiceExt;
 
 /// While false, model loads wait: the test can look at the app mid-load.
 static GATE: AtomicBool = AtomicBool::new(true);
+
+/// Every generator the loader made, in order.
+static LOADED: Mutex<Vec<Arc<dyn Generator>>> = Mutex::new(Vec::new());
 
 /// The real loader, behind [`GATE`].
 fn gated_loader(
@@ -31,7 +37,9 @@ fn gated_loader(
     while !GATE.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    smollm3_bot::app::engine_adapter::load(model, tokenizer, settings, progress)
+    let generator = smollm3_bot::app::engine_adapter::load(model, tokenizer, settings, progress)?;
+    LOADED.lock().unwrap().push(generator.clone());
+    Ok(generator)
 }
 
 async fn call(app: &Router, method: &str, uri: &str, form: Option<&str>) -> (StatusCode, String) {
@@ -175,11 +183,10 @@ async fn changing_the_model_in_the_settings_loads_it_without_a_restart() {
         ],
     )
     .await;
-    let bar = status_bar(&app).await;
-    assert!(
-        bar.contains("engine loading") && bar.contains("Loading second-small.gguf"),
-        "{bar}"
-    );
+    wait_status(&app, "the second model loading", |b| {
+        b.contains("engine loading") && b.contains("Loading second-small.gguf")
+    })
+    .await;
     let (status, partial) = wait_reply(&service, long_reply).await;
     assert_eq!(
         status,
@@ -212,6 +219,22 @@ async fn changing_the_model_in_the_settings_loads_it_without_a_restart() {
             model: "second-small.gguf".into()
         }
     );
+    // The first engine was shut down, not left running beside the new one.
+    let first_engine = LOADED.lock().unwrap()[0].clone();
+    let mut job = first_engine.submit(GenerateRequest {
+        conversation_id: 99,
+        messages: vec![ChatMessage::new("user", "Anyone there?")],
+        sampling: Default::default(),
+        enable_thinking: false,
+        today: chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
+        thinking_budget: None,
+    });
+    match tokio::time::timeout(Duration::from_secs(30), job.events.recv()).await {
+        Ok(Some(EngineEvent::Error { message })) => {
+            assert!(message.contains("unloaded"), "{message}")
+        }
+        other => panic!("the first engine still runs: {other:?}"),
+    }
 
     // A chat works on the new model, in the same conversation.
     let (_, answer) = reply_of(service.send(Some(conversation), "Hello again.").unwrap());

@@ -348,11 +348,6 @@ impl ChatService {
         if changed && !model.is_empty() && !overridden && self.model_loader().is_some() {
             let model = PathBuf::from(model);
             let tokenizer = (!tokenizer.is_empty()).then(|| PathBuf::from(tokenizer));
-            // The status bar shows the change from the moment the settings are saved.
-            self.set_engine_state(EngineState::Loading {
-                model: file_name(&model),
-                progress: 0.0,
-            });
             let this = self.clone();
             std::thread::spawn(move || {
                 let _ = this.switch_model(&model, tokenizer.as_deref());
@@ -385,6 +380,10 @@ impl ChatService {
     /// engine is shut down and its memory freed, and the new model loads while the status bar
     /// shows its progress, then ready. Should the load still fail, the previous model is loaded
     /// again if there was one. Blocking; the error is for a person.
+    ///
+    /// Only an engine this method loaded is shut down; one installed with
+    /// [`ChatService::set_generator`] may be shared (the server's API uses it too), so it is
+    /// merely replaced.
     pub fn switch_model(
         &self,
         model: &Path,
@@ -398,6 +397,11 @@ impl ChatService {
         }
         let name = file_name(model);
         let previous = lock(&self.inner.loaded).clone();
+        // What stays in use if the new file is refused.
+        let in_use = match self.engine_state() {
+            EngineState::Ready { model } | EngineState::Kept { model, .. } => Some(model),
+            _ => previous.as_ref().map(|p| file_name(&p.model)),
+        };
         self.set_engine_state(EngineState::Loading {
             model: name.clone(),
             progress: 0.0,
@@ -406,9 +410,9 @@ impl ChatService {
             if let Err(e) = crate::engine::loader::validate_file(model) {
                 let message = format!("{} is not a usable model: {e:#}", model.display());
                 tracing::warn!("{message}");
-                match &previous {
-                    Some(p) => self.set_engine_state(EngineState::Kept {
-                        model: file_name(&p.model),
+                match in_use {
+                    Some(model) => self.set_engine_state(EngineState::Kept {
+                        model,
                         message: message.clone(),
                     }),
                     None => self.set_engine_state(EngineState::Failed {
@@ -423,7 +427,9 @@ impl ChatService {
         let old = self.replace_generator(Arc::new(NoModel::new(format!(
             "{name} is loading; send your message again once it is ready."
         ))));
-        old.shutdown();
+        if previous.is_some() {
+            old.shutdown();
+        }
         drop(old);
         *lock(&self.inner.loaded) = None;
         let loader = self
