@@ -39,7 +39,9 @@ fn capture_dir() -> PathBuf {
 fn model() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("smollm3-chat-tmux-{}", std::process::id()));
+        // Under target/, so runs do not pile up in the system's temporary folder.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("smollm3-chat-tmux-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("tiny.gguf");
         synth::write(Preset::Tiny, Quant::Q4KM, 3, &p).unwrap();
