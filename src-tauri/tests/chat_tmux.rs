@@ -1,7 +1,7 @@
 //! The terminal chat driven through a real terminal (tmux) on a synthetic model: a reply
 //! streams and ends with its figures, `/no_think` and `/status` work, Ctrl-C stops a long
-//! reply and brings the prompt back without leaving, and `/quit` and Ctrl-C at an empty prompt
-//! end the program cleanly. Pane captures are saved under `target/chat-tmux/`.
+//! reply and brings the prompt back without leaving, and `/quit`, Ctrl-C and Ctrl-D at an empty
+//! prompt end the program cleanly. Pane captures are saved under `target/chat-tmux/`.
 
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use std::path::{Path, PathBuf};
@@ -39,7 +39,9 @@ fn capture_dir() -> PathBuf {
 fn model() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("smollm3-chat-tmux-{}", std::process::id()));
+        // Under target/, so runs do not pile up in the system's temporary folder.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("smollm3-chat-tmux-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("tiny.gguf");
         synth::write(Preset::Tiny, Quant::Q4KM, 3, &p).unwrap();
@@ -48,7 +50,24 @@ fn model() -> PathBuf {
     .clone()
 }
 
+/// What the wrapper shell prints when the chat ends: `[chat exited: CODE]`.
+const EXIT_MARK: &str = "[chat exited: ";
+
+/// Quotes one word for a POSIX shell.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 /// One program running in its own tmux server (a private socket, so nothing else is touched).
+///
+/// The chat runs under a small shell that waits for it and prints its exit status into the
+/// pane, because tmux cannot be trusted to report it: when a pane's terminal closes, tmux
+/// (built with libutempter, as Debian's is) runs the utmp helper with `SIGCHLD` at its default
+/// action and waits for that helper alone, so a program that exits in that window is never
+/// reaped and `#{pane_dead_status}` stays empty for good. On a busy machine the gap between
+/// the program closing its terminal and becoming a zombie is wide enough to hit it. The
+/// shell's `trap : INT` keeps the shell alive through Ctrl-C (a trapped signal is reset for the
+/// program it starts, so the chat sees Ctrl-C exactly as it would from a terminal).
 struct Pane {
     socket: String,
     name: &'static str,
@@ -57,14 +76,18 @@ struct Pane {
 impl Pane {
     fn start(name: &'static str, args: &[&str]) -> Self {
         let socket = format!("smollm3-chat-test-{}-{name}", std::process::id());
-        let mut cmd = vec![binary().display().to_string(), "chat".to_string()];
-        cmd.extend(args.iter().map(|s| s.to_string()));
+        let mut cmd = vec![
+            shell_quote(&binary().display().to_string()),
+            "chat".to_string(),
+        ];
+        cmd.extend(args.iter().map(|s| shell_quote(s)));
+        let script = format!("trap : INT; {}; echo \"{EXIT_MARK}$?]\"", cmd.join(" "));
         let status = Command::new("tmux")
             .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d"])
             .args(["-x", "200", "-y", "60", "-s", "chat"])
             // The real environment, minus anything that would turn colour off.
             .env_remove("NO_COLOR")
-            .arg(cmd.join(" "))
+            .arg(script)
             .args([";", "set-option", "-g", "remain-on-exit", "on"])
             .status()
             .expect("tmux runs");
@@ -104,25 +127,44 @@ impl Pane {
 
     /// Whether the program has ended.
     fn dead(&self) -> bool {
-        self.tmux(&["display-message", "-p", "-t", "chat", "#{pane_dead}"])
-            .trim()
-            == "1"
+        self.exit_status().is_some()
     }
 
-    /// The program's exit status once tmux has collected it.
+    /// The program's exit status, once the wrapper shell has printed it.
     fn exit_status(&self) -> Option<i32> {
-        let s = self.tmux(&[
-            "display-message",
-            "-p",
-            "-t",
-            "chat",
-            "#{pane_dead} #{pane_dead_status}",
-        ]);
-        let mut parts = s.split_whitespace();
-        if parts.next() != Some("1") {
-            return None;
+        let text = self.capture();
+        let at = text.rfind(EXIT_MARK)?;
+        let rest = &text[at + EXIT_MARK.len()..];
+        rest[..rest.find(']')?].trim().parse().ok()
+    }
+
+    /// Where the chat's threads are waiting, from /proc, for a failure message (the pane's
+    /// process is the wrapper shell; the chat is its child).
+    fn diagnose(&self) -> String {
+        let shell = self.tmux(&["display-message", "-p", "-t", "chat", "#{pane_pid}"]);
+        let shell = shell.trim();
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .unwrap_or_default();
+        let mut out = format!("wrapper shell {shell}; its children: [{}]", children.trim());
+        for pid in children.split_whitespace() {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+            for task in tasks.into_iter().flatten().flatten() {
+                let dir = task.path();
+                let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+                out.push_str(&format!(
+                    "\n  thread {} ({}): state {}, waiting in {}",
+                    task.file_name().to_string_lossy(),
+                    read("comm").trim(),
+                    read("stat")
+                        .rsplit(')')
+                        .next()
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .unwrap_or("?"),
+                    read("wchan").trim(),
+                ));
+            }
         }
-        parts.next().and_then(|c| c.parse().ok())
+        out
     }
 
     /// Waits (bounded) until `ok` holds for the pane's text; saves the capture either way.
@@ -135,8 +177,9 @@ impl Pane {
             }
             if t0.elapsed() > WAIT || self.dead() && !ok(&self.capture()) {
                 let text = self.save(step);
+                let diag = self.diagnose();
                 panic!(
-                    "{}: gave up waiting for {what}; the pane shows:\n{text}",
+                    "{}: gave up waiting for {what}; the pane shows:\n{text}\n{diag}",
                     self.name
                 );
             }
@@ -153,8 +196,9 @@ impl Pane {
             }
             if t0.elapsed() > WAIT {
                 let text = self.save(step);
+                let diag = self.diagnose();
                 panic!(
-                    "{}: the program did not exit; the pane shows:\n{text}",
+                    "{}: the program did not exit; the pane shows:\n{text}\n{diag}",
                     self.name
                 );
             }
@@ -411,6 +455,23 @@ fn tmux_session_ctrl_c_stops_a_reply() {
         pane.wait_exit("7-exit"),
         0,
         "Ctrl-C at an empty prompt exits cleanly"
+    );
+}
+
+#[test]
+fn tmux_session_ctrl_d_leaves() {
+    let _one_at_a_time = TMUX_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if skip_without_tmux() {
+        return;
+    }
+    let model = model();
+    let pane = Pane::start("ctrl-d", &["--model", &model.display().to_string()]);
+    pane.wait_for("1-start", "the first prompt", at_prompt);
+    pane.tmux(&["send-keys", "-t", "chat", "C-d"]);
+    assert_eq!(
+        pane.wait_exit("2-exit"),
+        0,
+        "Ctrl-D at an empty prompt exits cleanly"
     );
 }
 

@@ -53,6 +53,7 @@ fn request(messages: Vec<ChatMessage>, thinking: bool, max_tokens: usize) -> Gen
         today: NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
         thinking_budget: None,
         stop: Vec::new(),
+        assistant_prefix: None,
     }
 }
 
@@ -352,4 +353,196 @@ fn regenerate_reuses_everything_but_the_reply() {
         third.reused_tokens,
         system_only.len()
     );
+}
+
+fn reasoning(events: &[EngineEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::Reasoning { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A request that starts the assistant turn inside the reasoning, decoded greedily.
+fn reasoning_request(max_tokens: usize, budget: Option<usize>) -> GenerateRequest {
+    let mut req = request(
+        vec![ChatMessage::new("user", "Why is the sky blue?")],
+        true,
+        max_tokens,
+    );
+    req.params.temperature = 0.0;
+    req.assistant_prefix = Some("<think>\n".into());
+    req.thinking_budget = budget;
+    req
+}
+
+/// The thinking budget through the real engine path: a random model never opens `<think>`
+/// itself, so the assistant turn starts inside the reasoning. With budget N the reply is
+/// exactly N reasoning tokens (the same ones an unlimited reply starts with), then the closing
+/// tag in the kept ids, then answer text; without a budget the reasoning runs on.
+#[test]
+fn thinking_budget_closes_the_reasoning_after_n_tokens() {
+    let mut core = core();
+    let tok = core.loaded().tokenizer.clone();
+    let end_think = core
+        .loaded()
+        .specials
+        .end_think
+        .expect("the vocabulary has </think>");
+    let encode = |s: &str| smollm3_bot::text::tokenizer::encode(&tok, s).unwrap();
+    let decode = |ids: &[u32]| tok.decode(ids, false).unwrap();
+    let prefix = encode("<think>\n");
+    let close = encode("\n</think>\n");
+    assert!(close.contains(&end_think), "{close:?}");
+
+    // No budget: 40 tokens of reasoning, no answer, and the prefix leads the kept ids.
+    let free = run(&mut core, &reasoning_request(40, None));
+    let (free_stats, free_ids) = done(&free);
+    assert_eq!(free_stats.finish_reason, FinishReason::Length);
+    assert_eq!(free_stats.generated_tokens, 40);
+    assert_eq!(&free_ids[..prefix.len()], &prefix[..]);
+    let free_gen = &free_ids[prefix.len()..];
+    assert!(!free_gen.contains(&end_think), "the reasoning went on");
+    assert!(answer(&free).is_empty(), "no answer without a budget");
+    assert_eq!(reasoning(&free), decode(free_gen).trim_end_matches('\n'));
+    assert!(
+        !reasoning(&free).contains("<think>"),
+        "the prefix is not streamed back"
+    );
+
+    for budget in [1, 4, 9] {
+        let events = run(&mut core, &reasoning_request(40, Some(budget)));
+        let (stats, ids) = done(&events);
+        assert_eq!(&ids[..prefix.len()], &prefix[..]);
+        let gen = &ids[prefix.len()..];
+        assert_eq!(stats.generated_tokens, gen.len());
+        // Exactly `budget` reasoning tokens, the ones the model picks without a budget.
+        assert_eq!(&gen[..budget], &free_gen[..budget], "budget {budget}");
+        assert_eq!(
+            &gen[budget..budget + close.len()],
+            &close[..],
+            "budget {budget}: the closing tag follows the last reasoning token"
+        );
+        let answer_ids = &gen[budget + close.len()..];
+        assert!(!answer_ids.is_empty(), "budget {budget}: the model answers");
+        assert_eq!(
+            reasoning(&events),
+            decode(&gen[..budget]).trim_end_matches('\n'),
+            "budget {budget}: the reasoning channel carries exactly those tokens"
+        );
+        assert_eq!(
+            answer(&events),
+            decode(answer_ids).trim_start_matches('\n'),
+            "budget {budget}: the answer channel carries what follows the tag"
+        );
+        // Reasoning first, then answer deltas, then the end.
+        let first_answer = events
+            .iter()
+            .position(|e| matches!(e, EngineEvent::Answer { .. }))
+            .expect("answer deltas");
+        assert!(
+            !events[first_answer..]
+                .iter()
+                .any(|e| matches!(e, EngineEvent::Reasoning { .. })),
+            "budget {budget}: no reasoning after the answer began"
+        );
+    }
+}
+
+/// An assistant prefix continues a reply: the model goes on from it, and the kept ids cover
+/// the prefix too, so the next turn reuses the whole exchange from the cache.
+#[test]
+fn assistant_prefix_continues_a_reply() {
+    let mut core = core();
+    let tok = core.loaded().tokenizer.clone();
+    let mut req = request(vec![ChatMessage::new("user", "Tell a story.")], false, 6);
+    req.assistant_prefix = Some("Once upon a time".into());
+    let events = run(&mut core, &req);
+    let (stats, ids) = done(&events);
+    let prefix = smollm3_bot::text::tokenizer::encode(&tok, "Once upon a time").unwrap();
+    assert_eq!(&ids[..prefix.len()], &prefix[..]);
+    assert_eq!(stats.generated_tokens, ids.len() - prefix.len());
+    assert!(
+        !answer(&events).contains("Once upon"),
+        "the prefix is not streamed"
+    );
+    // The prompt ends with the prefix, right after the assistant header.
+    let prompt = core.build_prompt(&req).unwrap();
+    assert_eq!(stats.prompt_tokens, prompt.len());
+    assert!(prompt.ends_with(&prefix));
+
+    let mut next = req.clone();
+    next.assistant_prefix = None;
+    let content = format!("Once upon a time{}", answer(&events));
+    next.messages.push(ChatMessage {
+        role: "assistant".into(),
+        content,
+        token_ids: Some(ids),
+    });
+    next.messages.push(ChatMessage::new("user", "And then?"));
+    let (second, _) = done(&run(&mut core, &next));
+    assert!(
+        second.reused_tokens >= stats.prompt_tokens + stats.generated_tokens - 1,
+        "the continued reply is reused from the cache: {second:?} after {stats:?}"
+    );
+}
+
+/// Shutting the engine down stops the reply in progress and the queued ones (each still ends
+/// with `Done`, cancelled), and a job submitted afterwards fails at once instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_running_and_queued_jobs() {
+    let loaded = LoadedModel::open(&model_path(), None).unwrap();
+    let engine = Engine::start(loaded, EngineOptions::default()).unwrap();
+    let mut long = request(
+        vec![ChatMessage::new("user", "Go on forever.")],
+        false,
+        100_000,
+    );
+    long.params.temperature = 0.0;
+    let mut running = engine.submit(long.clone());
+    long.conversation = "c2".into();
+    let mut queued = engine.submit(long);
+    // Wait until the first reply streams.
+    loop {
+        match running.events.recv().await {
+            Some(EngineEvent::Answer { .. } | EngineEvent::Reasoning { .. }) => break,
+            Some(_) => {}
+            None => panic!("the reply ended before it streamed"),
+        }
+    }
+    let stopper = engine.clone();
+    let t0 = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || stopper.shutdown())
+        .await
+        .unwrap();
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(30),
+        "shutdown waited for the reply to run its course"
+    );
+    let mut last = None;
+    while let Some(e) = running.events.recv().await {
+        last = Some(e);
+    }
+    match last {
+        Some(EngineEvent::Done { stats, .. }) => {
+            assert_eq!(stats.finish_reason, FinishReason::Cancelled)
+        }
+        other => panic!("the running reply ended with {other:?}"),
+    }
+    let mut queued_events = Vec::new();
+    while let Some(e) = queued.events.recv().await {
+        queued_events.push(e);
+    }
+    assert_eq!(
+        done(&queued_events).0.finish_reason,
+        FinishReason::Cancelled
+    );
+    let mut late = engine.submit(request(vec![ChatMessage::new("user", "Hi")], false, 4));
+    assert!(matches!(
+        late.events.recv().await,
+        Some(EngineEvent::Error { .. })
+    ));
+    assert!(late.events.recv().await.is_none());
 }

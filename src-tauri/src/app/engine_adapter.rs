@@ -52,6 +52,7 @@ impl Generator for EngineGenerator {
             today: req.today,
             thinking_budget: req.thinking_budget,
             stop: Vec::new(),
+            assistant_prefix: None,
         });
         let (tx, rx) = mpsc::channel(JOB_CHANNEL_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
@@ -62,6 +63,10 @@ impl Generator for EngineGenerator {
 
     fn forget(&self, conversation_id: i64) {
         self.engine.forget(&conversation_id.to_string());
+    }
+
+    fn shutdown(&self) {
+        self.engine.shutdown();
     }
 }
 

@@ -94,6 +94,10 @@ pub trait Generator: Send + Sync {
 
     /// Drops whatever is cached for a conversation (it was deleted or cleared).
     fn forget(&self, _conversation_id: i64) {}
+
+    /// Stops for good before being replaced: cancels the reply in progress and any queued
+    /// ones (they end with `Done`, cancelled) and frees the model. Blocks until done.
+    fn shutdown(&self) {}
 }
 
 /// The generator in place while no model is loaded: every job fails with a clear message.

@@ -329,6 +329,12 @@ impl Repo {
         Ok(self.store.finish_reply(MessageId(id), &stats, &token_ids)?)
     }
 
+    /// Marks a reply interrupted (stopped without a result, e.g. by a model change), keeping
+    /// its partial text.
+    pub fn interrupt(&mut self, id: i64) -> Result<()> {
+        Ok(self.store.interrupt_reply(MessageId(id))?)
+    }
+
     /// Marks a reply failed, keeping any partial text.
     pub fn fail(&mut self, id: i64, error: &str) -> Result<()> {
         Ok(self.store.fail_reply(MessageId(id), error)?)

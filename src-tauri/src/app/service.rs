@@ -11,8 +11,8 @@
 //! Settings, the model and the queue of replies are shared by all owners.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -113,6 +113,34 @@ pub enum EngineState {
         /// For a person to read.
         message: String,
     },
+    /// A new model could not be loaded, so the previous one is still in use.
+    Kept {
+        /// The model still in use.
+        model: String,
+        /// Why the new one was not loaded, for a person to read.
+        message: String,
+    },
+}
+
+/// Loads a model file into a generator, reporting progress from 0.0 to 1.0.
+pub type ModelLoader = fn(
+    model: &Path,
+    tokenizer: Option<&Path>,
+    settings: &Settings,
+    progress: &dyn Fn(f32),
+) -> anyhow::Result<Arc<dyn Generator>>;
+
+/// The files of a loaded model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModelFiles {
+    model: PathBuf,
+    tokenizer: Option<PathBuf>,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 /// One event of a reply's stream, tagged with where it belongs.
@@ -188,6 +216,8 @@ struct Active {
     seq: u64,
     /// The queue position last reported, until the reply starts.
     queued: Option<usize>,
+    /// Stopped by a model change rather than by the user: saved as interrupted.
+    interrupted: bool,
 }
 
 struct State {
@@ -202,6 +232,15 @@ struct Inner {
     events: broadcast::Sender<StreamEvent>,
     quote_delay: Duration,
     wizard: super::wizard::Wizard,
+    /// Installed by the shell that owns the model (the desktop); with it, saving another
+    /// model file in the settings loads that file.
+    loader: RwLock<Option<ModelLoader>>,
+    /// The files of the model in use, to go back to when a new one fails to load.
+    loaded: Mutex<Option<ModelFiles>>,
+    /// Counts model changes, so that one overtaken by a newer one stands down.
+    load_seq: AtomicU64,
+    /// Held for the whole of a model change: one at a time.
+    switching: Mutex<()>,
 }
 
 /// The chat service. Cheap to clone; clones share everything, including the owner they act
@@ -254,6 +293,10 @@ impl ChatService {
                 events,
                 quote_delay: Duration::from_millis(60),
                 wizard: super::wizard::Wizard::default(),
+                loader: RwLock::new(None),
+                loaded: Mutex::new(None),
+                load_seq: AtomicU64::new(0),
+                switching: Mutex::new(()),
             }),
             owner: Owner::desktop(),
         }
@@ -382,12 +425,179 @@ impl ChatService {
         self.state().repo.settings().clone()
     }
 
-    /// Checks and saves new settings.
+    /// Checks and saves new settings. When they name another model file (and a model loader
+    /// is installed and `MODEL_PATH` does not override the settings), that model is loaded in
+    /// the background in place of the current one; see [`ChatService::switch_model`].
     pub fn update_settings(&self, settings: Settings) -> Result<()> {
+        let before = self.settings();
+        self.store_settings(settings.clone())?;
+        let model = settings.model_path.trim();
+        let tokenizer = settings.tokenizer_path.trim();
+        let changed =
+            before.model_path.trim() != model || before.tokenizer_path.trim() != tokenizer;
+        let overridden = std::env::var_os("MODEL_PATH").is_some_and(|v| !v.is_empty());
+        if changed && !model.is_empty() && !overridden && self.model_loader().is_some() {
+            let model = PathBuf::from(model);
+            let tokenizer = (!tokenizer.is_empty()).then(|| PathBuf::from(tokenizer));
+            let this = self.clone();
+            std::thread::spawn(move || {
+                let _ = this.switch_model(&model, tokenizer.as_deref());
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks and saves new settings, without loading anything.
+    pub(crate) fn store_settings(&self, settings: Settings) -> Result<()> {
         settings.validate().map_err(ServiceError::Settings)?;
         let mut st = self.state();
         st.repo.set_settings(settings)?;
         Ok(())
+    }
+
+    /// Installs the function that loads model files; from then on, saving another model file
+    /// in the settings loads it.
+    pub fn set_model_loader(&self, loader: ModelLoader) {
+        *self.inner.loader.write().unwrap_or_else(|p| p.into_inner()) = Some(loader);
+    }
+
+    fn model_loader(&self) -> Option<ModelLoader> {
+        *self.inner.loader.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the model in `model` the one replies use, in place of the current one. The file
+    /// is checked first: a bad file leaves the current model in use, and the status bar says
+    /// why. Otherwise replies in progress are stopped (and saved as interrupted), the old
+    /// engine is shut down and its memory freed, and the new model loads while the status bar
+    /// shows its progress, then ready. Should the load still fail, the previous model is loaded
+    /// again if there was one. Blocking; the error is for a person.
+    ///
+    /// Only an engine this method loaded is shut down; one installed with
+    /// [`ChatService::set_generator`] may be shared (the server's API uses it too), so it is
+    /// merely replaced.
+    pub fn switch_model(
+        &self,
+        model: &Path,
+        tokenizer: Option<&Path>,
+    ) -> std::result::Result<(), String> {
+        let seq = self.inner.load_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let _one_at_a_time = lock(&self.inner.switching);
+        let current = || self.inner.load_seq.load(Ordering::SeqCst) == seq;
+        if !current() {
+            return Err("another model was chosen in the meantime".into());
+        }
+        let name = file_name(model);
+        let previous = lock(&self.inner.loaded).clone();
+        // What stays in use if the new file is refused.
+        let in_use = match self.engine_state() {
+            EngineState::Ready { model } | EngineState::Kept { model, .. } => Some(model),
+            _ => previous.as_ref().map(|p| file_name(&p.model)),
+        };
+        self.set_engine_state(EngineState::Loading {
+            model: name.clone(),
+            progress: 0.0,
+        });
+        if tokenizer.is_none() {
+            if let Err(e) = crate::engine::loader::validate_file(model) {
+                let message = format!("{} is not a usable model: {e:#}", model.display());
+                tracing::warn!("{message}");
+                match in_use {
+                    Some(model) => self.set_engine_state(EngineState::Kept {
+                        model,
+                        message: message.clone(),
+                    }),
+                    None => self.set_engine_state(EngineState::Failed {
+                        message: message.clone(),
+                    }),
+                }
+                return Err(message);
+            }
+        }
+        // Nothing may run on the old model any more: stop its replies, then free it.
+        self.interrupt_replies();
+        let old = self.replace_generator(Arc::new(NoModel::new(format!(
+            "{name} is loading; send your message again once it is ready."
+        ))));
+        if previous.is_some() {
+            old.shutdown();
+        }
+        drop(old);
+        *lock(&self.inner.loaded) = None;
+        let loader = self
+            .model_loader()
+            .unwrap_or(super::engine_adapter::load as ModelLoader);
+        let settings = self.settings();
+        let report = |progress: f32| {
+            if current() {
+                self.set_engine_state(EngineState::Loading {
+                    model: name.clone(),
+                    progress,
+                });
+            }
+        };
+        match loader(model, tokenizer, &settings, &report) {
+            Ok(generator) if current() => {
+                *lock(&self.inner.loaded) = Some(ModelFiles {
+                    model: model.to_path_buf(),
+                    tokenizer: tokenizer.map(Path::to_path_buf),
+                });
+                self.set_generator(generator, EngineState::Ready { model: name });
+                tracing::info!(model = %model.display(), "model loaded");
+                Ok(())
+            }
+            Ok(generator) => {
+                generator.shutdown();
+                Err("another model was chosen in the meantime".into())
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                tracing::warn!(model = %model.display(), "model not loaded: {message}");
+                if !current() {
+                    return Err(message);
+                }
+                if let Some(p) = previous.filter(|p| p.model != model) {
+                    if let Ok(generator) =
+                        loader(&p.model, p.tokenizer.as_deref(), &settings, &|_| {})
+                    {
+                        let kept = file_name(&p.model);
+                        *lock(&self.inner.loaded) = Some(p);
+                        self.set_generator(
+                            generator,
+                            EngineState::Kept {
+                                model: kept,
+                                message: format!("{name} could not be loaded: {message}"),
+                            },
+                        );
+                        return Err(message);
+                    }
+                }
+                self.set_engine_state(EngineState::Failed {
+                    message: message.clone(),
+                });
+                Err(message)
+            }
+        }
+    }
+
+    /// Swaps in the generator new replies use and returns the old one.
+    fn replace_generator(&self, generator: Arc<dyn Generator>) -> Arc<dyn Generator> {
+        std::mem::replace(
+            &mut *self
+                .inner
+                .generator
+                .write()
+                .unwrap_or_else(|p| p.into_inner()),
+            generator,
+        )
+    }
+
+    /// Stops every reply in progress; each is saved as interrupted when its job ends.
+    fn interrupt_replies(&self) {
+        let mut st = self.state();
+        for a in st.active.values_mut() {
+            a.interrupted = true;
+            a.cancel.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Conversations, newest first, optionally filtered by a search query.
@@ -707,6 +917,9 @@ impl ChatService {
             }
             EngineState::Ready { model } => format!("Model {model} is ready."),
             EngineState::Failed { message } => format!("The model failed to load: {message}"),
+            EngineState::Kept { model, message } => {
+                format!("Model {model} is still in use: {message}")
+            }
         };
         let s = st.repo.settings();
         let thinking = st
@@ -769,6 +982,7 @@ impl ChatService {
                 cancel: job.cancel.clone(),
                 seq: 0,
                 queued: None,
+                interrupted: false,
             },
         );
         let this = self.clone();
@@ -792,7 +1006,11 @@ impl ChatService {
                 EngineEvent::Answer { text } => st.repo.append(message_id, "", text),
                 EngineEvent::Done { stats, token_ids } => {
                     ended = true;
-                    st.repo.finish(message_id, stats.clone(), token_ids.clone())
+                    if st.active.get(&message_id).is_some_and(|a| a.interrupted) {
+                        st.repo.interrupt(message_id)
+                    } else {
+                        st.repo.finish(message_id, stats.clone(), token_ids.clone())
+                    }
                 }
                 EngineEvent::Error { message } => {
                     ended = true;

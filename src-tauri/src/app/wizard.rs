@@ -490,7 +490,8 @@ impl Wizard {
         let mut settings = service.settings();
         settings.model_path = path.display().to_string();
         settings.tokenizer_path.clear();
-        if let Err(e) = service.update_settings(settings) {
+        // Saved without the settings' own reload: the wizard loads it below and follows it.
+        if let Err(e) = service.store_settings(settings) {
             self.set(Phase::Failed {
                 entry: None,
                 title: "The settings could not be saved".into(),
@@ -515,32 +516,9 @@ impl Wizard {
     }
 }
 
-/// Loads the model at `path` with the settings' options and makes it the one replies use;
-/// the status bar follows. Blocking. The error is for a person.
+/// Loads the model at `path` with the settings' options and makes it the one replies use,
+/// replacing the current one cleanly (see [`ChatService::switch_model`]); the status bar
+/// follows. Blocking. The error is for a person.
 pub fn load_model(service: &ChatService, path: &Path) -> Result<(), String> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let report = |p: f32| {
-        service.set_engine_state(EngineState::Loading {
-            model: name.clone(),
-            progress: p,
-        })
-    };
-    report(0.0);
-    let settings = service.settings();
-    match super::engine_adapter::load(path, None, &settings, &report) {
-        Ok(generator) => {
-            service.set_generator(generator, EngineState::Ready { model: name });
-            Ok(())
-        }
-        Err(e) => {
-            let message = format!("{e:#}");
-            service.set_engine_state(EngineState::Failed {
-                message: message.clone(),
-            });
-            Err(message)
-        }
-    }
+    service.switch_model(path, None)
 }

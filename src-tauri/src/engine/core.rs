@@ -36,6 +36,12 @@ pub struct GenerateRequest {
     /// Strings that end the answer (not included in it).
     #[serde(default)]
     pub stop: Vec<String>,
+    /// Text the assistant turn already starts with: the model continues it instead of
+    /// beginning a reply. `"<think>\n"` starts inside the reasoning; a cut-short reply's text
+    /// continues that reply. The prefix is not streamed back (the caller has it), but its
+    /// token ids lead the reply's kept ids.
+    #[serde(default)]
+    pub assistant_prefix: Option<String>,
 }
 
 /// Engine-wide settings.
@@ -145,10 +151,28 @@ impl EngineCore {
         self.slots.retain(|s| s.key != conversation);
     }
 
-    /// The prompt's token ids. Assistant messages that carry the ids the model generated are
-    /// spliced in as those ids (when they still decode to the message text), so the prompt
-    /// matches the cache token for token; everything else is tokenized from the rendered text.
+    /// The prompt's token ids: the rendered conversation, then the assistant prefix if the
+    /// request has one. Assistant messages that carry the ids the model generated are spliced
+    /// in as those ids (when they still decode to the message text), so the prompt matches the
+    /// cache token for token; everything else is tokenized from the rendered text.
     pub fn build_prompt(&self, req: &GenerateRequest) -> Result<Vec<u32>, JobError> {
+        let mut ids = self.build_conversation(req)?;
+        ids.extend(self.prefix_ids(req)?);
+        Ok(ids)
+    }
+
+    /// The token ids of the request's assistant prefix (none without one).
+    fn prefix_ids(&self, req: &GenerateRequest) -> Result<Vec<u32>, JobError> {
+        match req.assistant_prefix.as_deref() {
+            Some(p) if !p.is_empty() => tokenizer::encode(&self.loaded.tokenizer, p)
+                .map_err(|e| JobError::Model(e.to_string())),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The rendered conversation up to the start of the assistant turn, as token ids (see
+    /// [`EngineCore::build_prompt`]).
+    fn build_conversation(&self, req: &GenerateRequest) -> Result<Vec<u32>, JobError> {
         let tok = &self.loaded.tokenizer;
         let mut splices: Vec<Option<Vec<u32>>> = Vec::new();
         let mut messages = Vec::with_capacity(req.messages.len());
@@ -284,7 +308,9 @@ impl EngineCore {
     ) -> Result<(), JobError> {
         req.params.validate().map_err(JobError::Settings)?;
         let t0 = Instant::now();
-        let prompt = self.build_prompt(req)?;
+        let prefix = self.prefix_ids(req)?;
+        let mut prompt = self.build_conversation(req)?;
+        prompt.extend_from_slice(&prefix);
         let context = self.opts.context_size;
         if prompt.len() >= context {
             return Err(JobError::ContextFull {
@@ -310,6 +336,11 @@ impl EngineCore {
         let mut sampler = Sampler::new(&req.params);
         let mut detok = Detokenizer::new(tok);
         let mut splitter = ThinkSplitter::new();
+        if let Some(text) = req.assistant_prefix.as_deref() {
+            // The splitter must know where the prefix leaves the reply (e.g. inside the
+            // reasoning); its text is the caller's, so nothing of it is streamed.
+            let _ = splitter.push(text);
+        }
         let mut stop = StopMatcher::new(&req.stop);
         let mut history: Vec<u32> = prompt.clone();
         let mut generated: Vec<u32> = Vec::new();
@@ -391,10 +422,10 @@ impl EngineCore {
             },
             finish_reason: finish,
         };
-        emit(EngineEvent::Done {
-            stats,
-            token_ids: generated,
-        });
+        // The kept ids are the whole assistant turn, so a later prompt can splice them in.
+        let mut token_ids = prefix;
+        token_ids.extend(generated);
+        emit(EngineEvent::Done { stats, token_ids });
         Ok(())
     }
 }

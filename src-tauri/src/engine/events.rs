@@ -87,11 +87,12 @@ pub enum EngineEvent {
         /// The new text.
         text: String,
     },
-    /// The job finished; `token_ids` are the generated ids, kept with the message.
+    /// The job finished; `token_ids` are the generated ids (after the request's assistant
+    /// prefix, if any), kept with the message.
     Done {
         /// Figures for the reply.
         stats: GenerationStats,
-        /// Generated token ids (excluding the end-of-turn token).
+        /// The assistant prefix's ids, then the generated ids (excluding the end-of-turn token).
         token_ids: Vec<u32>,
     },
     /// The job failed; the message is meant for a person.

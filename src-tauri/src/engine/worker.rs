@@ -63,6 +63,8 @@ enum Work {
 struct Shared {
     queue: VecDeque<Work>,
     busy: bool,
+    /// The stop switch of the job the worker is running.
+    running: Option<CancelToken>,
     shutdown: bool,
     cached: HashMap<String, usize>,
 }
@@ -136,6 +138,17 @@ impl Engine {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (lock, cv) = &*self.shared;
         let mut s = lock.lock().expect("engine state");
+        if s.shutdown {
+            // No worker will take it; the stream ends at once instead of never.
+            let _ = tx.send(EngineEvent::Error {
+                message: "the model was unloaded; send the message again".into(),
+            });
+            return JobHandle {
+                id,
+                events: rx,
+                cancel,
+            };
+        }
         let ahead = s
             .queue
             .iter()
@@ -201,11 +214,22 @@ impl Engine {
         self.context_size
     }
 
-    /// Stops the worker after the queued jobs and waits for it.
+    /// Stops the worker and waits for it: the running job and every queued one are cancelled
+    /// (each still ends with `Done`, finish reason `cancelled`, so callers can keep what was
+    /// streamed), then the thread ends and the model is freed once the last handle is dropped.
     pub fn shutdown(&self) {
         {
             let (lock, cv) = &*self.shared;
-            lock.lock().expect("engine state").shutdown = true;
+            let mut s = lock.lock().expect("engine state");
+            s.shutdown = true;
+            if let Some(running) = &s.running {
+                running.cancel();
+            }
+            for w in &s.queue {
+                if let Work::Generate(job) = w {
+                    job.cancel.cancel();
+                }
+            }
             cv.notify_all();
         }
         if let Some(t) = self.thread.lock().expect("engine thread").take() {
@@ -222,6 +246,10 @@ fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>
             loop {
                 if let Some(w) = s.queue.pop_front() {
                     s.busy = matches!(w, Work::Generate(_));
+                    s.running = match &w {
+                        Work::Generate(job) => Some(job.cancel.clone()),
+                        Work::Forget(_) => None,
+                    };
                     // Tell the jobs still waiting where they stand now.
                     let mut pos = 1;
                     for w in s.queue.iter_mut() {
@@ -276,6 +304,7 @@ fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>
                 let mut s = lock.lock().expect("engine state");
                 s.cached.insert(job.req.conversation.clone(), cached);
                 s.busy = false;
+                s.running = None;
             }
         }
     }

@@ -18,6 +18,9 @@ use std::path::Path;
 pub enum Preset {
     /// 8 layers, hidden 256, vocab 1000: seconds to make, milliseconds per token.
     Tiny,
+    /// Tiny's vocabulary with 12 wider layers: a second, bigger model for tests that switch
+    /// models.
+    Small,
     /// The real SmolLM3-3B dimensions (36 layers, hidden 2048, vocab 128256).
     #[value(name = "3b")]
     ThreeB,
@@ -65,6 +68,15 @@ impl Preset {
                 hidden: 256,
                 ffn: 512,
                 n_head: 4,
+                n_kv_head: 2,
+                vocab: 1000,
+                n_special: 16,
+            },
+            Preset::Small => Dims {
+                n_layer: 12,
+                hidden: 512,
+                ffn: 1024,
+                n_head: 8,
                 n_kv_head: 2,
                 vocab: 1000,
                 n_special: 16,

@@ -372,6 +372,7 @@ impl Session {
             today: self.today,
             thinking_budget: self.thinking_budget,
             stop: Vec::new(),
+            assistant_prefix: None,
         }
     }
 

@@ -42,11 +42,15 @@ pub enum Command {
 /// Entry point shared by the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The long-running desktop app and server also log to a file; the guard lives until exit.
+    let log = match cli.command {
+        None | Some(Command::Serve(_)) => super::logging::init_with_file(),
+        Some(_) => super::logging::init_stderr(),
+    };
     let result = match cli.command {
         // Model management has its own exit codes (130 when a download is paused).
         Some(Command::Models(args)) => return super::models::run(args),
-        None => super::desktop::run(),
+        None => super::desktop::run(log),
         Some(Command::Synth(a)) => model_cmds::synth(a),
         Some(Command::Inspect(a)) => model_cmds::inspect(a),
         Some(Command::Logits(a)) => model_cmds::logits(a),
@@ -63,16 +67,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (warnings by default).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Sets the matmul thread count; must run before the first model computation.

@@ -3,8 +3,7 @@
 //! port opened) and reply deltas arrive as Tauri events with the payload the SSE path sends.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use axum::body::Body;
@@ -17,7 +16,6 @@ use tower::ServiceExt;
 
 use super::http::{self, STREAM_EVENT};
 use crate::app::service::{ChatService, EngineState};
-use crate::app::{Generator, Settings};
 
 /// Environment variable naming the folder for the app's data (overrides the platform default).
 pub const DATA_DIR_ENV: &str = "SMOLLM3_BOT_DATA_DIR";
@@ -163,13 +161,7 @@ pub fn database_path() -> anyhow::Result<PathBuf> {
     crate::store::Store::default_path().context("no data folder is known for this platform")
 }
 
-/// Loads a model into a generator, reporting progress from 0.0 to 1.0.
-pub type ModelLoader = fn(
-    model: &Path,
-    tokenizer: Option<&Path>,
-    settings: &Settings,
-    progress: &dyn Fn(f32),
-) -> anyhow::Result<Arc<dyn Generator>>;
+pub use crate::app::service::ModelLoader;
 
 /// Where the model comes from: `MODEL_PATH`/`TOKENIZER_PATH`, else the settings.
 fn model_paths(service: &ChatService) -> (Option<PathBuf>, Option<PathBuf>) {
@@ -187,8 +179,10 @@ fn model_paths(service: &ChatService) -> (Option<PathBuf>, Option<PathBuf>) {
 }
 
 /// Loads the model on a background thread so the window is usable at once; the status bar
-/// shows progress, then the model or the reason there is none.
+/// shows progress, then the model or the reason there is none. `loader` stays installed, so
+/// choosing another model file in the settings later loads that one in its place.
 pub fn load_model_in_background(service: ChatService, loader: ModelLoader) {
+    service.set_model_loader(loader);
     let (model, tokenizer) = model_paths(&service);
     let Some(model) = model else {
         service.set_engine_state(EngineState::NoModel {
@@ -196,42 +190,24 @@ pub fn load_model_in_background(service: ChatService, loader: ModelLoader) {
         });
         return;
     };
-    let name = model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     service.set_engine_state(EngineState::Loading {
-        model: name.clone(),
+        model: model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         progress: 0.0,
     });
     std::thread::spawn(move || {
-        let report = |p: f32| {
-            service.set_engine_state(EngineState::Loading {
-                model: name.clone(),
-                progress: p,
-            })
-        };
-        let settings = service.settings();
-        match loader(&model, tokenizer.as_deref(), &settings, &report) {
-            Ok(generator) => service.set_generator(generator, EngineState::Ready { model: name }),
-            Err(e) => {
-                tracing::warn!(error = %e, "model not loaded");
-                service.set_engine_state(EngineState::Failed {
-                    message: format!("{e:#}"),
-                });
-            }
-        }
+        let _ = service.switch_model(&model, tokenizer.as_deref());
     });
 }
 
-/// Opens the desktop window and runs until it is closed.
-pub fn run() -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .try_init();
-    configure(tauri::Builder::default())
+/// Opens the desktop window and runs until it is closed. `log` keeps the log file open; it is
+/// dropped (writing out what is buffered) when the app exits, since Tauri's event loop ends the
+/// process without returning here.
+pub fn run(log: super::logging::LogGuard) -> anyhow::Result<()> {
+    let mut log = Some(log);
+    let app = configure(tauri::Builder::default())
         .setup(|app| {
             let file = database_path()?;
             let service = ChatService::open(&file)
@@ -241,6 +217,12 @@ pub fn run() -> anyhow::Result<()> {
             load_model_in_background(service, crate::app::engine_adapter::load);
             Ok(())
         })
-        .run(tauri::generate_context!())
-        .context("the desktop window failed")
+        .build(tauri::generate_context!())
+        .context("the desktop window failed")?;
+    app.run(move |_, event| {
+        if let tauri::RunEvent::Exit = event {
+            drop(log.take());
+        }
+    });
+    Ok(())
 }

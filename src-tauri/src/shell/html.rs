@@ -378,10 +378,12 @@ pub fn status_bar(
         ),
         EngineState::Ready { model } => ("ready", model.clone()),
         EngineState::Failed { .. } => ("failed", "Model failed to load".to_string()),
+        // Still usable, but the change the user asked for did not happen: say so in view.
+        EngineState::Kept { model, .. } => ("kept", format!("{model} (new model not loaded)")),
     };
     let title = match engine {
         EngineState::NoModel { reason } => reason.clone(),
-        EngineState::Failed { message } => message.clone(),
+        EngineState::Failed { message } | EngineState::Kept { message, .. } => message.clone(),
         _ => String::new(),
     };
     let state = if busy { "Generating" } else { "Idle" };
@@ -460,7 +462,7 @@ pub fn settings_panel(s: &Settings, errors: &[InvalidSetting], saved: bool) -> S
         field("Reasoning in new conversations", "thinking_default", format!("<input type=\"checkbox\" id=\"set-thinking_default\" name=\"thinking_default\"{}>", if s.thinking_default { " checked" } else { "" }), errors, ""),
         field("Reasoning budget (tokens)", "thinking_budget", number("thinking_budget", s.thinking_budget.to_string(), "1"), errors, "0 means no limit."),
         field("Theme", "theme", format!("<select id=\"set-theme\" name=\"theme\">{theme_opts}</select>"), errors, ""),
-        field("Model file (GGUF)", "model_path", format!("<input type=\"text\" id=\"set-model_path\" name=\"model_path\" value=\"{}\" spellcheck=\"false\">", esc(&s.model_path)), errors, "Applies at the next start; MODEL_PATH overrides it."),
+        field("Model file (GGUF)", "model_path", format!("<input type=\"text\" id=\"set-model_path\" name=\"model_path\" value=\"{}\" spellcheck=\"false\">", esc(&s.model_path)), errors, "Loads when saved; MODEL_PATH overrides it."),
         field("Tokenizer file", "tokenizer_path", format!("<input type=\"text\" id=\"set-tokenizer_path\" name=\"tokenizer_path\" value=\"{}\" spellcheck=\"false\">", esc(&s.tokenizer_path)), errors, "Optional; read from the GGUF when empty."),
     ]
     .concat();

@@ -7,6 +7,7 @@ pub mod desktop;
 pub mod guard;
 pub mod html;
 pub mod http;
+pub mod logging;
 pub mod model_cmds;
 pub mod models;
 pub mod openai;

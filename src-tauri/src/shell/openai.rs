@@ -676,6 +676,7 @@ fn plan(req: ChatRequest, context: usize) -> Result<Plan, ApiError> {
             today: NaiveDate::default(),
             thinking_budget: None,
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            assistant_prefix: None,
         },
         stream,
         include_usage,

@@ -44,7 +44,12 @@ pub fn routes() -> Router<ChatService> {
 /// Whether the main page should show the wizard rather than the chat: no model is
 /// configured, or the configured one is missing or unusable, and none is loaded.
 pub fn needed(s: &ChatService) -> Option<String> {
-    if s.wizard().dismissed() || matches!(s.engine_state(), crate::app::EngineState::Ready { .. }) {
+    if s.wizard().dismissed()
+        || matches!(
+            s.engine_state(),
+            crate::app::EngineState::Ready { .. } | crate::app::EngineState::Kept { .. }
+        )
+    {
         return None;
     }
     wizard::model_problem(s)

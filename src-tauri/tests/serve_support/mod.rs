@@ -41,6 +41,7 @@ impl Server {
             .env_remove("SMOLLM3_API_KEY")
             .env_remove("HOST")
             .env_remove("PORT")
+            .env("SMOLLM3_LOG_DIR", model.parent().unwrap())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
