@@ -28,17 +28,30 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    /// Row `pos` of `head` as F32, converted into `buf` when stored as F16.
+    /// Rows `pos..pos + n` of `head` as F32, `buf.len() / n` values each: borrowed when the
+    /// cache is F32 and its rows are adjacent, else converted or gathered into `buf`.
     #[inline(always)]
-    fn row<'b>(&'b self, head: usize, pos: usize, buf: &'b mut [f32]) -> &'b [f32] {
+    fn rows<'b>(&'b self, head: usize, pos: usize, n: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        let hd = buf.len() / n;
         let at = self.start + head * self.s0 + pos * self.s1;
-        match self.elems {
-            Elems::F32(v) => &v[at..at + buf.len()],
-            Elems::F16(v) => {
-                v[at..at + buf.len()].convert_to_f32_slice(buf);
-                buf
+        if self.s1 == hd {
+            return match self.elems {
+                Elems::F32(v) => &v[at..at + n * hd],
+                Elems::F16(v) => {
+                    // One bulk conversion (F16C, 8 values an instruction) per block of rows.
+                    v[at..at + n * hd].convert_to_f32_slice(buf);
+                    buf
+                }
+            };
+        }
+        for (i, out) in buf.chunks_exact_mut(hd).enumerate() {
+            let at = at + i * self.s1;
+            match self.elems {
+                Elems::F32(v) => out.copy_from_slice(&v[at..at + hd]),
+                Elems::F16(v) => v[at..at + hd].convert_to_f32_slice(out),
             }
         }
+        buf
     }
 }
 
@@ -131,16 +144,18 @@ struct Shape {
 /// Per-thread buffers: the group's scores and two converted cache rows.
 struct Scratch {
     scores: Vec<f32>,
-    krow: Vec<f32>,
-    vrow: Vec<f32>,
+    block: Vec<f32>,
 }
+
+/// Cache rows converted at a time: 64 rows of 128 values are 32 KB, which stay in L1/L2
+/// between their conversion and their use.
+const BLOCK: usize = 64;
 
 impl Scratch {
     fn new(group: usize, kv_len: usize, hd: usize) -> Self {
         Self {
             scores: vec![0.0; group * kv_len],
-            krow: vec![0.0; hd],
-            vrow: vec![0.0; hd],
+            block: vec![0.0; BLOCK * hd],
         }
     }
 }
@@ -198,11 +213,14 @@ fn unit(
         let qh = h * group + g;
         &qv[(qh * s.seq + t) * hd..(qh * s.seq + t + 1) * hd]
     };
-    let Scratch { scores, krow, vrow } = scratch;
-    for j in 0..visible {
-        let key = kr.row(h, j, krow);
-        for g in 0..group {
-            scores[g * visible + j] = dot(query(g), key) * scale;
+    let Scratch { scores, block } = scratch;
+    for j0 in (0..visible).step_by(BLOCK) {
+        let n = BLOCK.min(visible - j0);
+        let keys = kr.rows(h, j0, n, &mut block[..n * hd]);
+        for (jj, key) in keys.chunks_exact(hd).enumerate() {
+            for g in 0..group {
+                scores[g * visible + j0 + jj] = dot(query(g), key) * scale;
+            }
         }
     }
     let mut inv = [0f32; 64];
@@ -215,23 +233,30 @@ fn unit(
     };
     for g in 0..group {
         let row = &mut scores[g * visible..(g + 1) * visible];
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0f32;
+        let max = lanes(row, f32::NEG_INFINITY, f32::max);
+        // Three passes, each one that vectorizes: a running sum in the same loop as `exp`
+        // would keep the loop scalar (float addition is not reassociated).
         for x in row.iter_mut() {
             *x = exp(*x - max);
-            sum += *x;
         }
-        inv[g] = 1.0 / sum;
+        inv[g] = 1.0 / lanes(row, 0.0, |a, b| a + b);
     }
     dst.fill(0.0);
-    for j in 0..visible {
-        let value = vr.row(h, j, vrow);
-        for g in 0..group {
-            axpy(
-                &mut dst[g * hd..(g + 1) * hd],
-                scores[g * visible + j],
-                value,
-            );
+    for j0 in (0..visible).step_by(BLOCK) {
+        let n = BLOCK.min(visible - j0);
+        let values = vr.rows(h, j0, n, &mut block[..n * hd]);
+        if group == 4 && hd % SPAN == 0 {
+            weighted_sum_4(scores, visible, j0, values, hd, dst);
+        } else {
+            for (jj, value) in values.chunks_exact(hd).enumerate() {
+                for g in 0..group {
+                    axpy(
+                        &mut dst[g * hd..(g + 1) * hd],
+                        scores[g * visible + j0 + jj],
+                        value,
+                    );
+                }
+            }
         }
     }
     for g in 0..group {
@@ -241,8 +266,56 @@ fn unit(
     }
 }
 
+/// Output values per pass of [`weighted_sum_4`]: 4 heads × 64 values are 16 registers.
+const SPAN: usize = 64;
+
+/// `dst[g] += Σ_j p[g][j] · value_j` for a group of four query heads (SmolLM3's 16:4), with
+/// the sums held in registers across the block of rows instead of going through memory for
+/// every row.
+#[inline(always)]
+fn weighted_sum_4(
+    scores: &[f32],
+    visible: usize,
+    j0: usize,
+    values: &[f32],
+    hd: usize,
+    dst: &mut [f32],
+) {
+    for c0 in (0..hd).step_by(SPAN) {
+        let mut acc = [[0f32; SPAN]; 4];
+        for (jj, value) in values.chunks_exact(hd).enumerate() {
+            let v: &[f32; SPAN] = value[c0..c0 + SPAN].try_into().expect("SPAN values");
+            for (g, a) in acc.iter_mut().enumerate() {
+                let p = scores[g * visible + j0 + jj];
+                for i in 0..SPAN {
+                    a[i] += p * v[i];
+                }
+            }
+        }
+        for (g, a) in acc.iter().enumerate() {
+            for (d, x) in dst[g * hd + c0..g * hd + c0 + SPAN].iter_mut().zip(a) {
+                *d += x;
+            }
+        }
+    }
+}
+
 /// Lanes of the partial sums: one 512-bit register of F32.
 const LANES: usize = 16;
+
+/// Folds `xs` with `f` lane-wise over [`LANES`] partial results, then across them.
+#[inline(always)]
+fn lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(init, |a, &x| f(a, x));
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = f(acc[i], c[i]);
+        }
+    }
+    acc.iter().fold(tail, |a, &x| f(a, x))
+}
 
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -342,8 +415,17 @@ mod tests {
         let q = random((nh, seq, hd), &mut rng);
         // Views into a larger buffer, as the cache hands them out.
         let cap = kv_len + 5;
-        let kb = random((nkv, cap, hd), &mut rng).to_dtype(dtype).unwrap();
-        let vb = random((nkv, cap, hd), &mut rng).to_dtype(dtype).unwrap();
+        // Odd key-value head counts store the buffer position-major, so rows of one head are
+        // not adjacent and the gathering path runs too.
+        let buffer = |rng: &mut rand::rngs::StdRng| {
+            if nkv % 2 == 1 {
+                random((cap, nkv, hd), rng).transpose(0, 1).unwrap()
+            } else {
+                random((nkv, cap, hd), rng)
+            }
+        };
+        let kb = buffer(&mut rng).to_dtype(dtype).unwrap();
+        let vb = buffer(&mut rng).to_dtype(dtype).unwrap();
         let (k, v) = (
             kb.narrow(1, 0, kv_len).unwrap(),
             vb.narrow(1, 0, kv_len).unwrap(),
@@ -372,6 +454,10 @@ mod tests {
         for dtype in [DType::F32, DType::F16] {
             check(16, 4, 1, 1, 128, dtype);
             check(16, 4, 1, 300, 128, dtype);
+            check(16, 4, 2, 200, 128, dtype);
+            check(8, 2, 1, 130, 64, dtype);
+            check(12, 3, 1, 150, 64, dtype);
+            check(4, 1, 3, 70, 64, dtype);
             check(4, 2, 3, 9, 32, dtype);
             check(8, 8, 5, 5, 24, dtype);
             check(6, 2, 17, 40, 20, dtype);
