@@ -121,9 +121,13 @@ fn synth_f32_matches_llama_cpp() {
 
 #[test]
 fn synth_q8_0_matches_llama_cpp() {
-    let (d, agree, n, _) = check("synth-tiny-q8_0-s12.llama-cpp.json", Quant::Q8_0, 12);
-    assert!(d <= 0.05, "max |Δ| {d}");
+    let (d, agree, n, greedy) = check("synth-tiny-q8_0-s12.llama-cpp.json", Quant::Q8_0, 12);
+    // Every matmul rounds its input to 8 bits, so a last-bit difference in a float sum (the
+    // softmax's, say, summed lane-wise here) can move one activation a whole step and the
+    // logits by ~0.1 on random weights, while F32 weights agree to 1e-5 with the same code.
+    assert!(d <= 0.15, "max |Δ| {d}");
     assert!(agree + 1 >= n, "top-1 {agree}/{n}");
+    assert!(greedy, "greedy tokens differ");
 }
 
 #[test]
