@@ -518,21 +518,6 @@ mod avx512 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
-    /// Q4_K scales and mins, unpacked from their 6-bit packing: `[sc0..sc7, m0..m7]`.
-    #[inline(always)]
-    fn q4k_scales(s: &[u8; 12]) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        for j in 0..4 {
-            out[j] = s[j] & 63;
-            out[8 + j] = s[j + 4] & 63;
-        }
-        for j in 4..8 {
-            out[j] = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-            out[8 + j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-        }
-        out
-    }
-
     /// Lane indices that put the right 16-bit scale under each word of
     /// `_mm512_packs_epi32(x, y)`, whose 128-bit lane `l` holds 4 dwords of `x` (words 0-3)
     /// then 4 of `y` (words 4-7); `scale(l, from_y)` names the scale for each half-lane.
@@ -564,6 +549,86 @@ mod avx512 {
         _mm512_reduce_add_ps(v)
     }
 
+    /// A Q8_K block's 256 values as four 64-byte vectors.
+    #[inline(always)]
+    unsafe fn load_q8k(ab: &Q8K) -> [__m512i; 4] {
+        [
+            _mm512_loadu_si512(ab.qs.as_ptr() as *const _),
+            _mm512_loadu_si512(ab.qs.as_ptr().add(64) as *const _),
+            _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
+            _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
+        ]
+    }
+
+    /// What unpacking Q6_K blocks needs, built once per kernel call.
+    struct Q6kUnpack {
+        low: __m512i,
+        top: __m512i,
+        left: __m512i,
+        right: __m512i,
+        sidx: [__m512i; 2],
+    }
+
+    impl Q6kUnpack {
+        #[inline(always)]
+        unsafe fn new() -> Self {
+            // The high-bit pairs of values 0..32 sit in bits 0-1 of qh, of 32..64 in bits
+            // 2-3, of 64..96 in bits 4-5 and of 96..128 in bits 6-7; move each to bits 4-5.
+            let mut left = [0i16; 32];
+            let mut right = [0i16; 32];
+            for lane in 0..32 {
+                left[lane] = if lane < 16 { 4 } else { 2 };
+                right[lane] = if lane < 16 { 0 } else { 2 };
+            }
+            Self {
+                low: _mm512_set1_epi8(0x0F),
+                top: _mm512_set1_epi8(0x30),
+                left: _mm512_loadu_si512(left.as_ptr() as *const _),
+                right: _mm512_loadu_si512(right.as_ptr() as *const _),
+                // Chunk c covers groups 4c..4c + 4, one per 128-bit lane.
+                sidx: [
+                    pack_index(|l, y| 4 * i16::from(y) + l),
+                    pack_index(|l, y| 8 + 4 * i16::from(y) + l),
+                ],
+            }
+        }
+
+        /// The 16 group scales as bytes and as words (in the low half of the vector).
+        #[inline(always)]
+        unsafe fn scales(blk: &Q6K) -> (__m128i, __m512i) {
+            let s8 = _mm_loadu_si128(blk.scales.as_ptr() as *const _);
+            (s8, _mm512_zextsi256_si512(_mm256_cvtepi8_epi16(s8)))
+        }
+
+        /// The scale words under each word of `scaled_dot`'s packed sums.
+        #[inline(always)]
+        unsafe fn scale_words(&self, s512: __m512i) -> [__m512i; 2] {
+            [
+                _mm512_permutexvar_epi16(self.sidx[0], s512),
+                _mm512_permutexvar_epi16(self.sidx[1], s512),
+            ]
+        }
+
+        /// The 256 six-bit codes (0..64), in value order, as four 64-byte vectors.
+        #[inline(always)]
+        unsafe fn codes(&self, blk: &Q6K) -> [__m512i; 4] {
+            let mut wq = [_mm512_setzero_si512(); 4];
+            for h in 0..2 {
+                let ql = _mm512_loadu_si512(blk.ql.as_ptr().add(64 * h) as *const _);
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    blk.qh.as_ptr().add(32 * h) as *const _
+                ));
+                let lo = _mm512_and_si512(ql, self.low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(ql, 4), self.low);
+                let hl = _mm512_and_si512(_mm512_sllv_epi16(qh, self.left), self.top);
+                let hh = _mm512_and_si512(_mm512_srlv_epi16(qh, self.right), self.top);
+                wq[2 * h] = _mm512_or_si512(lo, hl);
+                wq[2 * h + 1] = _mm512_or_si512(hi, hh);
+            }
+            wq
+        }
+    }
+
     /// Q4_K: per sub-block s, `d·sc_s·Σ q·y − dmin·m_s·Σ y`, with `Σ y` from the Q8_K bsums.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     pub(super) unsafe fn q4k<const R: usize, const C: usize>(
@@ -591,19 +656,15 @@ mod avx512 {
                 let blk = &*(w.add(r * row_bytes) as *const Q4K).add(b);
                 d[r] = f16_to_f32(blk.d);
                 dmin[r] = f16_to_f32(blk.dmin);
-                let s = q4k_scales(&blk.scales);
-                let s16 = _mm256_cvtepu8_epi16(_mm_loadu_si128(s.as_ptr() as *const _));
-                let s512 = _mm512_zextsi256_si512(s16);
+                let s = q4k_scales_vec(blk.scales.as_ptr());
+                let s512 = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(s));
                 for j in 0..2 {
                     sv[r][j] = _mm512_permutexvar_epi16(sidx[j], s512);
                 }
                 // dmin·m_s against the activation's scaled sub-block sums (lanes 8.. are 0 there).
                 mv[r] = _mm512_mul_ps(
                     _mm512_set1_ps(dmin[r]),
-                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_srli_si128(
-                        _mm_loadu_si128(s.as_ptr() as *const _),
-                        8,
-                    ))),
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_srli_si128(s, 8))),
                 );
                 // Byte i of each 32-byte run holds value i (low nibble) and value 32 + i
                 // (high nibble) of a 64-value chunk.
@@ -617,12 +678,7 @@ mod avx512 {
             }
             for c in 0..C {
                 let ab = &*a.add(c * nb + b);
-                let y = [
-                    _mm512_loadu_si512(ab.qs.as_ptr() as *const _),
-                    _mm512_loadu_si512(ab.qs.as_ptr().add(64) as *const _),
-                    _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
-                    _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
-                ];
+                let y = load_q8k(ab);
                 let sums = _mm512_loadu_ps(sa.add((c * nb + b) * 16));
                 for r in 0..R {
                     let isum = scaled_dot(&wq[r], &y, &sv[r]);
@@ -652,23 +708,7 @@ mod avx512 {
         (nb, count): (usize, usize),
         out: &mut [[f32; C]; R],
     ) {
-        let low = _mm512_set1_epi8(0x0F);
-        let top = _mm512_set1_epi8(0x30);
-        // Chunk c covers groups 4c..4c + 4, one per 128-bit lane.
-        let sidx = [
-            pack_index(|l, y| 4 * i16::from(y) + l),
-            pack_index(|l, y| 8 + 4 * i16::from(y) + l),
-        ];
-        // The high-bit pairs of values 0..32 sit in bits 0-1 of qh, of 32..64 in bits 2-3,
-        // of 64..96 in bits 4-5 and of 96..128 in bits 6-7; move each to bits 4-5.
-        let mut left = [0i16; 32];
-        let mut right = [0i16; 32];
-        for lane in 0..32 {
-            left[lane] = if lane < 16 { 4 } else { 2 };
-            right[lane] = if lane < 16 { 0 } else { 2 };
-        }
-        let left = _mm512_loadu_si512(left.as_ptr() as *const _);
-        let right = _mm512_loadu_si512(right.as_ptr() as *const _);
+        let q6 = Q6kUnpack::new();
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for b in 0..count {
             let mut wq = [[_mm512_setzero_si512(); 4]; R];
@@ -678,37 +718,18 @@ mod avx512 {
             for r in 0..R {
                 let blk = &*(w.add(r * row_bytes) as *const Q6K).add(b);
                 d[r] = f16_to_f32(blk.d);
-                let s8 = _mm_loadu_si128(blk.scales.as_ptr() as *const _);
-                let s512 = _mm512_zextsi256_si512(_mm256_cvtepi8_epi16(s8));
+                let (s8, s512) = Q6kUnpack::scales(blk);
                 // 32·d·sc_g against the activation's scaled group sums: the codes' −32 offset.
                 ov[r] = _mm512_mul_ps(
                     _mm512_set1_ps(32.0 * d[r]),
                     _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s8)),
                 );
-                for j in 0..2 {
-                    sv[r][j] = _mm512_permutexvar_epi16(sidx[j], s512);
-                }
-                for h in 0..2 {
-                    let ql = _mm512_loadu_si512(blk.ql.as_ptr().add(64 * h) as *const _);
-                    let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                        blk.qh.as_ptr().add(32 * h) as *const _,
-                    ));
-                    let lo = _mm512_and_si512(ql, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(ql, 4), low);
-                    let hl = _mm512_and_si512(_mm512_sllv_epi16(qh, left), top);
-                    let hh = _mm512_and_si512(_mm512_srlv_epi16(qh, right), top);
-                    wq[r][2 * h] = _mm512_or_si512(lo, hl);
-                    wq[r][2 * h + 1] = _mm512_or_si512(hi, hh);
-                }
+                sv[r] = q6.scale_words(s512);
+                wq[r] = q6.codes(blk);
             }
             for c in 0..C {
                 let ab = &*a.add(c * nb + b);
-                let y = [
-                    _mm512_loadu_si512(ab.qs.as_ptr() as *const _),
-                    _mm512_loadu_si512(ab.qs.as_ptr().add(64) as *const _),
-                    _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
-                    _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
-                ];
+                let y = load_q8k(ab);
                 let sums = _mm512_loadu_ps(sa.add((c * nb + b) * 16));
                 for r in 0..R {
                     let isum = scaled_dot(&wq[r], &y, &sv[r]);
@@ -776,12 +797,7 @@ mod avx512 {
         ];
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, ab) in act.iter().enumerate() {
-            let y = [
-                _mm512_loadu_si512(ab.qs.as_ptr() as *const _),
-                _mm512_loadu_si512(ab.qs.as_ptr().add(64) as *const _),
-                _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
-                _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
-            ];
+            let y = load_q8k(ab);
             let bs = _mm512_loadu_ps(sums.as_ptr().add(b * 16));
             prefetch_next::<R>(w, row_bytes, b, std::mem::size_of::<Q4K>());
             for r in 0..R {
@@ -826,52 +842,18 @@ mod avx512 {
         act: &[Q8K],
         neg: &[[i16; 32]],
     ) -> [f32; R] {
-        let low = _mm512_set1_epi8(0x0F);
-        let top = _mm512_set1_epi8(0x30);
-        let sidx = [
-            pack_index(|l, y| 4 * i16::from(y) + l),
-            pack_index(|l, y| 8 + 4 * i16::from(y) + l),
-        ];
-        let mut left = [0i16; 32];
-        let mut right = [0i16; 32];
-        for lane in 0..32 {
-            left[lane] = if lane < 16 { 4 } else { 2 };
-            right[lane] = if lane < 16 { 0 } else { 2 };
-        }
-        let left = _mm512_loadu_si512(left.as_ptr() as *const _);
-        let right = _mm512_loadu_si512(right.as_ptr() as *const _);
+        let q6 = Q6kUnpack::new();
         let mut acc = [_mm512_setzero_ps(); R];
         for (b, ab) in act.iter().enumerate() {
-            let y = [
-                _mm512_loadu_si512(ab.qs.as_ptr() as *const _),
-                _mm512_loadu_si512(ab.qs.as_ptr().add(64) as *const _),
-                _mm512_loadu_si512(ab.qs.as_ptr().add(128) as *const _),
-                _mm512_loadu_si512(ab.qs.as_ptr().add(192) as *const _),
-            ];
+            let y = load_q8k(ab);
             let nbs = _mm512_loadu_si512(neg.as_ptr().add(b) as *const _);
             prefetch_next::<R>(w, row_bytes, b, std::mem::size_of::<Q6K>());
             for r in 0..R {
                 let blk = &*(w.add(r * row_bytes) as *const Q6K).add(b);
                 let d = f16_to_f32(blk.d);
-                let s8 = _mm_loadu_si128(blk.scales.as_ptr() as *const _);
-                let s512 = _mm512_zextsi256_si512(_mm256_cvtepi8_epi16(s8));
-                let sv = [
-                    _mm512_permutexvar_epi16(sidx[0], s512),
-                    _mm512_permutexvar_epi16(sidx[1], s512),
-                ];
-                let mut wq = [_mm512_setzero_si512(); 4];
-                for h in 0..2 {
-                    let ql = _mm512_loadu_si512(blk.ql.as_ptr().add(64 * h) as *const _);
-                    let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                        blk.qh.as_ptr().add(32 * h) as *const _,
-                    ));
-                    let lo = _mm512_and_si512(ql, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(ql, 4), low);
-                    let hl = _mm512_and_si512(_mm512_sllv_epi16(qh, left), top);
-                    let hh = _mm512_and_si512(_mm512_srlv_epi16(qh, right), top);
-                    wq[2 * h] = _mm512_or_si512(lo, hl);
-                    wq[2 * h + 1] = _mm512_or_si512(hi, hh);
-                }
+                let (_, s512) = Q6kUnpack::scales(blk);
+                let sv = q6.scale_words(s512);
+                let wq = q6.codes(blk);
                 // At most 4·63·127 per dword before the scales and 2·(127·32)·2032 after the
                 // offset term: far inside i32.
                 let isum =
