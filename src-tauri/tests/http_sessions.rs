@@ -2,6 +2,9 @@
 //! gets its own conversations and reply stream, and a reply that waits for the model shows
 //! its place in the queue before its first token.
 
+mod support;
+use support::router::enc;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,18 +78,6 @@ async fn call(
         headers,
         String::from_utf8(bytes.to_vec()).expect("utf-8"),
     )
-}
-
-fn enc(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => out.push(b as char),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// The number after `marker` in `html`.

@@ -1,6 +1,9 @@
 //! The chat UI's router, driven in-process with `oneshot`: pages, fragments, actions, the
 //! reply stream, escaping, and human error messages.
 
+mod support;
+use support::router::enc;
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -38,18 +41,6 @@ async fn call(
         headers,
         String::from_utf8(bytes.to_vec()).expect("utf-8"),
     )
-}
-
-fn enc(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => out.push(b as char),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// Extracts the first `id="msg-N"` with class `assistant` from a fragment.

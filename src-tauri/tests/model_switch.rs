@@ -3,22 +3,22 @@
 //! down, loads the new model with the status bar going from loading to ready, and chats go on
 //! with it; a bad file leaves the current model in use and says why.
 
+mod support;
+use support::router::{call, enc};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
-use http_body_util::BodyExt;
 use smollm3_bot::app::{
     ChatService, EngineState, GenerateRequest, Generator, SendOutcome, Settings,
 };
 use smollm3_bot::engine::events::{ChatMessage, EngineEvent};
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use smollm3_bot::store::MessageStatus;
-use tower::ServiceExt;
 
 /// While false, model loads wait: the test can look at the app mid-load.
 static GATE: AtomicBool = AtomicBool::new(true);
@@ -40,29 +40,6 @@ fn gated_loader(
     let generator = smollm3_bot::app::engine_adapter::load(model, tokenizer, settings, progress)?;
     LOADED.lock().unwrap().push(generator.clone());
     Ok(generator)
-}
-
-async fn call(app: &Router, method: &str, uri: &str, form: Option<&str>) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if form.is_some() {
-        req = req.header("content-type", "application/x-www-form-urlencoded");
-    }
-    let req = req
-        .body(Body::from(form.unwrap_or("").to_string()))
-        .expect("request");
-    let resp = app.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8(bytes.to_vec()).expect("utf-8"))
-}
-
-fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Saves the settings form with `fields` through the router.

@@ -4,6 +4,7 @@
 //! settings, imports are checked, and failures read as human messages.
 
 mod support;
+use support::router::{call, enc};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -62,29 +63,6 @@ fn app(dir: &Path) -> (ChatService, Router) {
     let service = ChatService::in_memory();
     service.wizard().set_models_dir(dir.to_path_buf());
     (service.clone(), router(service))
-}
-
-async fn call(app: &Router, method: &str, uri: &str, form: Option<&str>) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if form.is_some() {
-        req = req.header("content-type", "application/x-www-form-urlencoded");
-    }
-    let req = req
-        .body(Body::from(form.unwrap_or("").to_string()))
-        .expect("request");
-    let resp = app.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8(bytes.to_vec()).expect("utf-8"))
-}
-
-fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Reads the SSE body of `/wizard/events` until a phase in `until`, returning every payload.

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod mock_hub;
+pub mod router;
 
 /// `len` bytes of deterministic, non-repeating-looking content, different for each `seed`.
 pub fn content(len: usize, seed: u64) -> Vec<u8> {
