@@ -629,6 +629,55 @@ mod avx512 {
         }
     }
 
+    /// One super-block of `R` weight rows, unpacked: codes, scale words, the block scale and
+    /// the offset term (Q4_K mins or Q6_K's −32, against the activation's block sums).
+    struct Unpacked<'a, const R: usize> {
+        wq: &'a [[__m512i; 4]; R],
+        sv: &'a [[__m512i; 2]; R],
+        d: &'a [f32; R],
+        off: &'a [__m512; R],
+    }
+
+    impl<const R: usize> Unpacked<'_, R> {
+        /// Adds block `b` of `C` activation rows against these weight rows into `acc`.
+        #[inline(always)]
+        unsafe fn accumulate<const C: usize>(
+            &self,
+            a: *const Q8K,
+            sa: *const f32,
+            (nb, b): (usize, usize),
+            acc: &mut [[__m512; C]; R],
+        ) {
+            for c in 0..C {
+                let ab = &*a.add(c * nb + b);
+                let y = load_q8k(ab);
+                let sums = _mm512_loadu_ps(sa.add((c * nb + b) * 16));
+                for r in 0..R {
+                    let isum = scaled_dot(&self.wq[r], &y, &self.sv[r]);
+                    let a1 = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_set1_ps(self.d[r] * ab.d),
+                        acc[r][c],
+                    );
+                    acc[r][c] = _mm512_fnmadd_ps(self.off[r], sums, a1);
+                }
+            }
+        }
+    }
+
+    /// The horizontal sums of the accumulators.
+    #[inline(always)]
+    unsafe fn reduce<const R: usize, const C: usize>(
+        acc: &[[__m512; C]; R],
+        out: &mut [[f32; C]; R],
+    ) {
+        for r in 0..R {
+            for c in 0..C {
+                out[r][c] = hsum(acc[r][c]);
+            }
+        }
+    }
+
     /// Q4_K: per sub-block s, `d·sc_s·Σ q·y − dmin·m_s·Σ y`, with `Σ y` from the Q8_K bsums.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     pub(super) unsafe fn q4k<const R: usize, const C: usize>(
@@ -676,26 +725,15 @@ mod avx512 {
                     wq[r][2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, 0xEE);
                 }
             }
-            for c in 0..C {
-                let ab = &*a.add(c * nb + b);
-                let y = load_q8k(ab);
-                let sums = _mm512_loadu_ps(sa.add((c * nb + b) * 16));
-                for r in 0..R {
-                    let isum = scaled_dot(&wq[r], &y, &sv[r]);
-                    let a1 = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(isum),
-                        _mm512_set1_ps(d[r] * ab.d),
-                        acc[r][c],
-                    );
-                    acc[r][c] = _mm512_fnmadd_ps(mv[r], sums, a1);
-                }
-            }
+            let w = Unpacked {
+                wq: &wq,
+                sv: &sv,
+                d: &d,
+                off: &mv,
+            };
+            w.accumulate(a, sa, (nb, b), &mut acc);
         }
-        for r in 0..R {
-            for c in 0..C {
-                out[r][c] = hsum(acc[r][c]);
-            }
-        }
+        reduce(&acc, out);
     }
 
     /// Q6_K: `d·Σ_g sc_g·Σ (q − 32)·y`, the −32 folded in as `−32·sc_g·bsum_g`.
@@ -727,26 +765,15 @@ mod avx512 {
                 sv[r] = q6.scale_words(s512);
                 wq[r] = q6.codes(blk);
             }
-            for c in 0..C {
-                let ab = &*a.add(c * nb + b);
-                let y = load_q8k(ab);
-                let sums = _mm512_loadu_ps(sa.add((c * nb + b) * 16));
-                for r in 0..R {
-                    let isum = scaled_dot(&wq[r], &y, &sv[r]);
-                    let a1 = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(isum),
-                        _mm512_set1_ps(d[r] * ab.d),
-                        acc[r][c],
-                    );
-                    acc[r][c] = _mm512_fnmadd_ps(ov[r], sums, a1);
-                }
-            }
+            let w = Unpacked {
+                wq: &wq,
+                sv: &sv,
+                d: &d,
+                off: &ov,
+            };
+            w.accumulate(a, sa, (nb, b), &mut acc);
         }
-        for r in 0..R {
-            for c in 0..C {
-                out[r][c] = hsum(acc[r][c]);
-            }
-        }
+        reduce(&acc, out);
     }
 
     /// Reads ahead into the rows after these `R`: while block `b` of each row is used, the
