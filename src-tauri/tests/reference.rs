@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::DType;
-use smollm3_bot::model::{GgufFile, Logits, Model};
+use smollm3_bot::model::{prepared, GgufFile, Logits, Model};
 use smollm3_bot::text::tokenizer;
 
 struct Reference {
@@ -107,9 +107,29 @@ fn f32_model_matches_llama_cpp() {
 #[test]
 fn q4_k_m_model_matches_llama_cpp() {
     let g = GgufFile::open(common::reference("tiny-smollm3-q4_k_m.gguf")).unwrap();
-    let model = Model::load(&g).unwrap();
+    check_q4_k_m(&Model::load(&g).unwrap(), "gguf layout");
+}
+
+/// The same check with the Q4_K matrices in the interleaved layout (when this CPU runs it).
+#[test]
+fn q4_k_m_interleaved_matches_llama_cpp() {
+    if !prepared::enabled() {
+        eprintln!("skipped: no interleaved kernels on this CPU");
+        return;
+    }
+    let g = GgufFile::open(common::reference("tiny-smollm3-q4_k_m.gguf")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = prepared::open_or_build_at(&g, &[dir.path().join("q.x8")])
+        .unwrap()
+        .unwrap();
+    let mut model = Model::load(&g).unwrap();
+    assert!(model.attach_interleaved(&p) >= 40);
+    check_q4_k_m(&model, "interleaved");
+}
+
+fn check_q4_k_m(model: &Model, what: &str) {
     let r = reference("tiny-smollm3-q4_k_m.llama-cpp.kvf32.json");
-    let ours = run(&model, &r.tokens, 0);
+    let ours = run(model, &r.tokens, 0);
     let d = max_abs_diff(&ours.last, &r.last_logits);
     let agree = ours
         .top1
@@ -118,7 +138,7 @@ fn q4_k_m_model_matches_llama_cpp() {
         .filter(|(a, b)| a == b)
         .count();
     eprintln!(
-        "q4_k_m: max |Δ logit| = {d:e}, top-1 agreement {agree}/{}",
+        "q4_k_m ({what}): max |Δ logit| = {d:e}, top-1 agreement {agree}/{}",
         r.top1.len()
     );
     assert!(d <= 0.2, "max |Δ| {d} > 0.2");

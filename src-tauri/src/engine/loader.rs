@@ -1,6 +1,6 @@
 //! Opening a model file: GGUF map, validated configuration, weights, tokenizer and template.
 
-use crate::model::{GgufFile, Model};
+use crate::model::{prepared, GgufFile, Model};
 use crate::text::tokenizer::{self, SpecialTokens};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -52,8 +52,12 @@ impl LoadedModel {
         // and check, so the two are prepared side by side.
         let (model, tokenizer) = std::thread::scope(|s| {
             let tok = s.spawn(|| tokenizer::load(&gguf, tok_path.as_deref()));
-            let model =
-                Model::load(&gguf).with_context(|| format!("cannot load {}", path.display()));
+            let model = Model::load(&gguf)
+                .with_context(|| format!("cannot load {}", path.display()))
+                .map(|mut m| {
+                    prepare(&gguf, &mut m);
+                    m
+                });
             let tok = tok.join().unwrap_or_else(|_| {
                 Err(tokenizer::TokenizerError::Build(
                     "tokenizer construction panicked".into(),
@@ -84,6 +88,21 @@ impl LoadedModel {
     /// The chat template stored in the GGUF, if any.
     pub fn gguf_chat_template(&self) -> Option<&str> {
         self.gguf.get_str("tokenizer.chat_template")
+    }
+}
+
+/// Moves the model's Q4_K matrices to the interleaved layout (building the prepared file on
+/// the first load). Failing that, the model keeps the GGUF layout: slower prefill, same results.
+fn prepare(gguf: &GgufFile, model: &mut Model) {
+    match prepared::open_or_build(gguf) {
+        Ok(Some(p)) => {
+            let n = model.attach_interleaved(&p);
+            tracing::info!(path = %p.path().display(), tensors = n, built = p.built, "interleaved weights in use");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "interleaved weights unavailable; using the GGUF layout")
+        }
     }
 }
 

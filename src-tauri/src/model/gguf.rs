@@ -515,6 +515,23 @@ impl GgufFile {
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         &self.map[info.offset..info.offset + info.size]
     }
+
+    /// Drops a tensor's pages from this process's memory (they stay in the page cache and
+    /// come back from the file if read again): for data that was read once and is not needed.
+    pub fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        // SAFETY: the map is a read-only view of a file, so dropping its pages loses nothing:
+        // a later read faults them in again from the file.
+        unsafe {
+            let _ = self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                info.offset,
+                info.size,
+            );
+        }
+        #[cfg(not(unix))]
+        let _ = info;
+    }
 }
 
 fn meta_err(key: &str, problem: &str) -> GgufError {

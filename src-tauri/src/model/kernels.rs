@@ -18,32 +18,32 @@ use candle_core::quantized::k_quants::{BlockQ8K, GgmlType as _};
 use std::sync::OnceLock;
 
 /// Values per k-quant super-block.
-const QK: usize = 256;
+pub(super) const QK: usize = 256;
 
 /// A Q4_K super-block as stored in GGUF: 8 sub-blocks of 32 values with 6-bit scales and mins.
 #[repr(C)]
-struct Q4K {
-    d: u16,
-    dmin: u16,
-    scales: [u8; 12],
-    qs: [u8; QK / 2],
+pub(super) struct Q4K {
+    pub(super) d: u16,
+    pub(super) dmin: u16,
+    pub(super) scales: [u8; 12],
+    pub(super) qs: [u8; QK / 2],
 }
 
 /// A Q6_K super-block as stored in GGUF: 16 sub-blocks of 16 values with 8-bit scales.
 #[repr(C)]
-struct Q6K {
-    ql: [u8; QK / 2],
-    qh: [u8; QK / 4],
-    scales: [i8; QK / 16],
-    d: u16,
+pub(super) struct Q6K {
+    pub(super) ql: [u8; QK / 2],
+    pub(super) qh: [u8; QK / 4],
+    pub(super) scales: [i8; QK / 16],
+    pub(super) d: u16,
 }
 
 /// The Q8_K activation block, field for field the layout of candle's `BlockQ8K`.
 #[repr(C)]
-struct Q8K {
-    d: f32,
-    qs: [i8; QK],
-    bsums: [i16; QK / 16],
+pub(super) struct Q8K {
+    pub(super) d: f32,
+    pub(super) qs: [i8; QK],
+    pub(super) bsums: [i16; QK / 16],
 }
 
 const _: () = assert!(std::mem::size_of::<Q4K>() == 144);
@@ -322,7 +322,7 @@ const _: () = assert!(
 );
 
 /// Quantizes each row of `lhs` to Q8_K with candle's quantizer, on the thread pool.
-fn quantize(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
+pub(super) fn quantize(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
     let nb = k / QK;
     let mut blocks = vec![BlockQ8K::zeros(); m * nb];
     let addr = blocks.as_mut_ptr() as usize;

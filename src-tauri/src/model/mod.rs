@@ -3,8 +3,10 @@
 pub mod attention;
 pub mod config;
 pub mod gguf;
+pub mod interleaved;
 pub mod kernels;
 pub mod kv_cache;
+pub mod prepared;
 pub mod smollm3;
 pub mod synth;
 pub mod weights;

@@ -8,6 +8,7 @@ use super::attention;
 use super::config::Config;
 use super::gguf::{GgufError, GgufFile};
 use super::kv_cache::KvCache;
+use super::prepared::Prepared;
 use super::weights::{vector_f32, QWeight};
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -161,6 +162,26 @@ impl Model {
             layers,
             lm_head,
         })
+    }
+
+    /// Takes every matrix that `p` holds in the interleaved layout from there; returns how
+    /// many were taken.
+    pub fn attach_interleaved(&mut self, p: &Prepared) -> usize {
+        let mut n = 0;
+        for l in &mut self.layers {
+            for w in [
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.mlp.gate,
+                &mut l.mlp.up,
+                &mut l.mlp.down,
+            ] {
+                n += usize::from(w.attach_interleaved(p));
+            }
+        }
+        n
     }
 
     /// The configuration.

@@ -6,7 +6,9 @@
 //! GGUF block layout, so loading copies nothing and the 1.9 GB file costs only page cache.
 
 use super::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
+use super::interleaved;
 use super::kernels;
+use super::prepared::Prepared;
 use candle_core::quantized::k_quants::{
     self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
     BlockQ6K, BlockQ8_0, GgmlType as GgmlType_,
@@ -95,6 +97,8 @@ pub struct QWeight {
     rows: usize,
     cols: usize,
     name: String,
+    /// The same matrix in the interleaved layout (`interleaved`), where one was prepared.
+    x8: Option<(Arc<Mmap>, usize, interleaved::Format)>,
 }
 
 impl std::fmt::Debug for QWeight {
@@ -131,6 +135,7 @@ impl QWeight {
             rows: info.dims[1] as usize,
             cols: info.dims[0] as usize,
             name: info.name.clone(),
+            x8: None,
         };
         let align = with_block_type!(w.ty, T => std::mem::align_of::<T>(), else 1);
         if !(w.map.as_ptr() as usize + w.offset).is_multiple_of(align) {
@@ -155,6 +160,28 @@ impl QWeight {
     /// Element type.
     pub fn ty(&self) -> GgmlType {
         self.ty
+    }
+
+    /// Computes products from the interleaved copy of this matrix in `p`, if `p` holds one of
+    /// the right size; returns whether it does.
+    pub fn attach_interleaved(&mut self, p: &Prepared) -> bool {
+        match p.get(&self.name) {
+            Some((map, offset, size)) if size == self.size => {
+                let format = match self.ty {
+                    GgmlType::Q4K => interleaved::Format::Q4Kx8,
+                    GgmlType::Q6K => interleaved::Format::Q6Kx8,
+                    _ => return false,
+                };
+                self.x8 = Some((map, offset, format));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether products use the interleaved layout.
+    pub fn is_interleaved(&self) -> bool {
+        self.x8.is_some()
     }
 
     /// The raw bytes.
@@ -231,6 +258,14 @@ impl CustomOp1 for QWeight {
             _ => candle_core::bail!("matmul input must be F32"),
         };
         let mut dst = vec![0f32; m * self.rows];
+        if let Some((map, offset, format)) = &self.x8 {
+            let w = &map[*offset..*offset + self.size];
+            if interleaved::matmul(*format, (m, k, self.rows), x, w, &mut dst).is_ok() {
+                let mut out_dims = lead.to_vec();
+                out_dims.push(self.rows);
+                return Ok((CpuStorage::F32(dst), Shape::from(out_dims)));
+            }
+        }
         // Our AVX-512 kernels where the CPU has them (prefill reuses each weight block across
         // activation rows; decode's one row gets a GEMV); candle's path everywhere else.
         let format = match self.ty {

@@ -1,0 +1,338 @@
+//! The model's Q4_K and Q6_K weights in the interleaved layout, kept in a file beside the model.
+//!
+//! The first load on a CPU that can use [`interleaved`] rewrites every eligible matrix
+//! (1.7 GB for SmolLM3-3B Q4_K_M, a few seconds) into `<model>.x8`; later loads map that file
+//! and take the matrices from it, so the original bytes are never read and the model still
+//! costs one copy of its weights in memory. A prepared file that does not match its model (a
+//! model replaced or edited in place, a file from another version) is rebuilt; one that cannot
+//! be written (a read-only folder, a full disk) leaves the model on the GGUF layout, which is
+//! slower to prefill but gives the same results.
+//!
+//! Header (little-endian): magic, version, the model's fingerprint, the entry count, then per
+//! entry its name, shape and byte range; data starts on a 4096-byte boundary.
+
+use super::gguf::{GgmlType, GgufFile, TensorInfo};
+use super::interleaved::{self, ROWS};
+use memmap2::Mmap;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const MAGIC: &[u8; 8] = b"SMOLX8\0\0";
+const VERSION: u32 = 1;
+const ALIGN: usize = 4096;
+
+/// Where each tensor's bytes lie in the file: (offset, size).
+type Places = Vec<(usize, usize)>;
+/// Environment variable: `off` keeps every weight on the GGUF layout.
+pub const PREPARED_ENV: &str = "SMOLLM3_PREPARED";
+/// Environment variable: the folder for prepared files (default: beside the model, or the
+/// user's cache folder where that is not writable).
+pub const PREPARED_DIR_ENV: &str = "SMOLLM3_PREPARED_DIR";
+
+/// Why a prepared file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PreparedError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A tensor could not be rewritten.
+    #[error("{0}")]
+    Repack(#[from] interleaved::RepackError),
+    /// No folder to keep the file in.
+    #[error("no writable folder for the prepared weights")]
+    NoFolder,
+}
+
+/// The interleaved weights of one model, memory-mapped.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    map: Arc<Mmap>,
+    entries: HashMap<String, (usize, usize)>,
+    path: PathBuf,
+    /// Whether this load wrote the file.
+    pub built: bool,
+}
+
+impl Prepared {
+    /// The interleaved bytes of a tensor, as (map, offset, size).
+    pub fn get(&self, name: &str) -> Option<(Arc<Mmap>, usize, usize)> {
+        let &(offset, size) = self.entries.get(name)?;
+        Some((self.map.clone(), offset, size))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many tensors it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Whether the interleaved kernels will run here: the CPU has them, the kernels are not
+/// switched to candle's (`SMOLLM3_KERNELS=candle`) and `SMOLLM3_PREPARED` is not `off`.
+pub fn enabled() -> bool {
+    let off = std::env::var(PREPARED_ENV)
+        .map(|v| v.eq_ignore_ascii_case("off") || v == "0")
+        .unwrap_or(false);
+    !off && interleaved::cpu_supported() && super::kernels::available()
+}
+
+/// The tensors worth interleaving: 2-D Q4_K and Q6_K matrices whose rows group by eight. The token
+/// embedding stays as it is: lookups read single rows of it.
+pub fn eligible(g: &GgufFile) -> Vec<&TensorInfo> {
+    g.tensors()
+        .iter()
+        .filter(|t| {
+            matches!(t.ty, GgmlType::Q4K | GgmlType::Q6K)
+                && t.dims.len() == 2
+                && (t.dims[1] as usize).is_multiple_of(ROWS)
+                && (t.dims[0] as usize).is_multiple_of(256)
+                && t.name != "token_embd.weight"
+        })
+        .collect()
+}
+
+/// Identifies the model's bytes: its size and modification time, and for each eligible
+/// tensor its name, shape, place and the first and last bytes of its data (so that two
+/// files with the same header, such as synthetic models of different seeds, differ).
+fn fingerprint(g: &GgufFile, tensors: &[&TensorInfo]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update((g.file_size() as u64).to_le_bytes());
+    let mtime = std::fs::metadata(g.path())
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.update(mtime.to_le_bytes());
+    for t in tensors {
+        h.update(t.name.as_bytes());
+        for d in &t.dims {
+            h.update(d.to_le_bytes());
+        }
+        h.update((t.offset as u64).to_le_bytes());
+        let data = g.tensor_data(t);
+        let edge = data.len().min(256);
+        h.update(&data[..edge]);
+        h.update(&data[data.len() - edge..]);
+    }
+    h.finalize().into()
+}
+
+/// The file for a model: `SMOLLM3_PREPARED_DIR/<name>.x8` if set, else `<model>.x8`.
+fn beside(model: &Path) -> PathBuf {
+    let mut name = model.file_name().unwrap_or_default().to_os_string();
+    name.push(".x8");
+    match std::env::var_os(PREPARED_DIR_ENV).filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => model.with_file_name(name),
+    }
+}
+
+/// The fallback in the user's cache folder, named by a digest of the model's full path.
+fn in_cache(model: &Path) -> Option<PathBuf> {
+    let dirs = directories::ProjectDirs::from("", "", "smollm3-bot")?;
+    let full = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
+    let digest = Sha256::digest(full.to_string_lossy().as_bytes());
+    let name = format!("{}.x8", super::super::hub::download::hex(&digest[..8]));
+    Some(dirs.cache_dir().join("prepared").join(name))
+}
+
+/// The header for these tensors, and where each one's data goes.
+fn layout(fp: &[u8; 32], tensors: &[&TensorInfo]) -> (Vec<u8>, Places) {
+    let mut head = Vec::new();
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&VERSION.to_le_bytes());
+    head.extend_from_slice(fp);
+    head.extend_from_slice(&(tensors.len() as u32).to_le_bytes());
+    let mut entry_bytes = 0;
+    for t in tensors {
+        entry_bytes += 2 + t.name.len() + 8 * 5;
+    }
+    let mut at = (head.len() + entry_bytes).next_multiple_of(ALIGN);
+    let mut places = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        head.extend_from_slice(&(t.name.len() as u16).to_le_bytes());
+        head.extend_from_slice(t.name.as_bytes());
+        for v in [
+            u64::from(t.ty.to_u32()),
+            t.dims[1],
+            t.dims[0],
+            at as u64,
+            t.size as u64,
+        ] {
+            head.extend_from_slice(&v.to_le_bytes());
+        }
+        places.push((at, t.size));
+        at = (at + t.size).next_multiple_of(ALIGN);
+    }
+    (head, places)
+}
+
+/// Maps `path` if it is a prepared file for exactly these tensors of this model.
+fn open_existing(
+    path: &Path,
+    fp: &[u8; 32],
+    tensors: &[&TensorInfo],
+) -> Option<(Arc<Mmap>, Places)> {
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: the file is ours and only ever replaced by rename, never written in place, so
+    // the mapped bytes do not change under us.
+    let map = unsafe { Mmap::map(&file) }.ok()?;
+    let (head, places) = layout(fp, tensors);
+    let end = places.last().map(|&(at, size)| at + size).unwrap_or(0);
+    (map.len() >= end.max(head.len()) && map[..head.len()] == head[..])
+        .then(|| (Arc::new(map), places))
+}
+
+/// Writes the prepared file to `path` (through a temporary file and a rename).
+fn build(
+    g: &GgufFile,
+    path: &Path,
+    fp: &[u8; 32],
+    tensors: &[&TensorInfo],
+) -> Result<(), PreparedError> {
+    let io = |source| PreparedError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let (head, places) = layout(fp, tensors);
+    // Unique per process and per call: two loads of one model may build side by side, and
+    // the rename makes whichever finishes last the file both then map.
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("x8.tmp{}-{n}", std::process::id()));
+    let result = (|| -> Result<(), PreparedError> {
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&head).map_err(io)?;
+        let mut written = head.len();
+        // Two tensors are rewritten at a time while the previous ones are written out.
+        for pair in tensors.chunks(2).zip(places.chunks(2)) {
+            let bufs: Vec<Result<Vec<u8>, PreparedError>> = std::thread::scope(|s| {
+                let jobs: Vec<_> = pair
+                    .0
+                    .iter()
+                    .map(|t| {
+                        s.spawn(move || {
+                            let mut buf = vec![0u8; t.size];
+                            let repack = match t.ty {
+                                GgmlType::Q4K => interleaved::repack_q4k,
+                                _ => interleaved::repack_q6k,
+                            };
+                            repack(
+                                g.tensor_data(t),
+                                t.dims[1] as usize,
+                                t.dims[0] as usize,
+                                &mut buf,
+                            )?;
+                            Ok(buf)
+                        })
+                    })
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| j.join().expect("repack thread panicked"))
+                    .collect()
+            });
+            for (buf, &(at, _)) in bufs.into_iter().zip(pair.1) {
+                let buf = buf?;
+                out.write_all(&vec![0u8; at - written]).map_err(io)?;
+                out.write_all(&buf).map_err(io)?;
+                written = at + buf.len();
+            }
+        }
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The prepared weights for `g`: mapped from an existing file, or built now, beside the model
+/// (or in `SMOLLM3_PREPARED_DIR`), else in the user's cache folder. `Ok(None)` when the model
+/// has nothing to interleave or the interleaved kernels are off.
+pub fn open_or_build(g: &GgufFile) -> Result<Option<Prepared>, PreparedError> {
+    let paths: Vec<PathBuf> = [Some(beside(g.path())), in_cache(g.path())]
+        .into_iter()
+        .flatten()
+        .collect();
+    open_or_build_at(g, &paths)
+}
+
+/// Like [`open_or_build`] with the candidate files given: the first that holds matching
+/// weights is used, else the first where they can be written.
+pub fn open_or_build_at(
+    g: &GgufFile,
+    candidates: &[PathBuf],
+) -> Result<Option<Prepared>, PreparedError> {
+    if !enabled() {
+        return Ok(None);
+    }
+    let tensors = eligible(g);
+    if tensors.is_empty() {
+        return Ok(None);
+    }
+    let fp = fingerprint(g, &tensors);
+    let finish = |path: &Path, map: Arc<Mmap>, places: Places, built| Prepared {
+        entries: tensors
+            .iter()
+            .zip(places)
+            .map(|(t, p)| (t.name.clone(), p))
+            .collect(),
+        map,
+        path: path.to_path_buf(),
+        built,
+    };
+    for path in candidates {
+        if let Some((map, places)) = open_existing(path, &fp, &tensors) {
+            return Ok(Some(finish(path, map, places, false)));
+        }
+    }
+    let mut last = PreparedError::NoFolder;
+    for path in candidates {
+        let t0 = std::time::Instant::now();
+        match build(g, path, &fp, &tensors) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), seconds = t0.elapsed().as_secs_f64(), "interleaved weights written");
+                // The original pages were read once to build the file; they are not needed
+                // again, so they leave this process's memory (the page cache keeps them).
+                for t in &tensors {
+                    g.release(t);
+                }
+                let (map, places) =
+                    open_existing(path, &fp, &tensors).ok_or_else(|| PreparedError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::other("the file just written does not read back"),
+                    })?;
+                return Ok(Some(finish(path, map, places, true)));
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write interleaved weights here");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
