@@ -331,7 +331,20 @@ pub(super) fn quantize(lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
             // SAFETY: row `r` owns blocks r*nb..(r+1)*nb, disjoint from every other row.
             let out =
                 unsafe { std::slice::from_raw_parts_mut((addr as *mut BlockQ8K).add(r * nb), nb) };
-            BlockQ8K::from_float(&lhs[r * k..(r + 1) * k], out);
+            let row = &lhs[r * k..(r + 1) * k];
+            if cpu_supported() {
+                for (x, y) in row.chunks_exact(QK).zip(out.iter_mut()) {
+                    // SAFETY: the CPU features were checked; `Q8K` has `BlockQ8K`'s layout.
+                    unsafe {
+                        avx512::quantize_q8k(
+                            x.try_into().expect("a whole block"),
+                            &mut *(y as *mut BlockQ8K as *mut Q8K),
+                        )
+                    }
+                }
+            } else {
+                BlockQ8K::from_float(row, out);
+            }
         }
     });
     let mut blocks = std::mem::ManuallyDrop::new(blocks);
@@ -896,13 +909,66 @@ mod avx512 {
         out
     }
 
+    /// One block of 256 values to Q8_K, with the same results as candle's (and llama.cpp's)
+    /// scalar quantizer: the scale from the first value of largest magnitude, `-127 / max`,
+    /// values rounded half away from zero.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    pub(super) unsafe fn quantize_q8k(x: &[f32; QK], y: &mut Q8K) {
+        let p = x.as_ptr();
+        let mut amax = _mm512_setzero_ps();
+        for i in 0..16 {
+            amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(p.add(16 * i))));
+        }
+        let amax = _mm512_reduce_max_ps(amax);
+        if amax == 0.0 || amax.is_nan() {
+            y.d = 0.0;
+            y.qs.fill(0);
+            y.bsums.fill(0);
+            return;
+        }
+        let at = (0..16)
+            .find_map(|i| {
+                let v = _mm512_abs_ps(_mm512_loadu_ps(p.add(16 * i)));
+                let m = _mm512_cmpeq_ps_mask(v, _mm512_set1_ps(amax));
+                (m != 0).then(|| 16 * i + m.trailing_zeros() as usize)
+            })
+            .unwrap_or(0);
+        let iscale = -127.0 / x[at];
+        let sv = _mm512_set1_ps(iscale);
+        let half = _mm512_set1_ps(0.5);
+        let sign = _mm512_set1_ps(-0.0);
+        for i in 0..16 {
+            let v = _mm512_mul_ps(sv, _mm512_loadu_ps(p.add(16 * i)));
+            // Round half away from zero, exactly: truncate, then step away from zero where
+            // the dropped part is at least a half.
+            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+            let frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
+            let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, half);
+            let one = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(v, sign));
+            let r = _mm512_mask_add_ps(t, up, t, one);
+            let q = _mm512_max_epi32(
+                _mm512_min_epi32(_mm512_cvttps_epi32(r), _mm512_set1_epi32(127)),
+                _mm512_set1_epi32(-128),
+            );
+            _mm_storeu_si128(
+                y.qs.as_mut_ptr().add(16 * i) as *mut _,
+                _mm512_cvtepi32_epi8(q),
+            );
+            y.bsums[i] = _mm512_reduce_add_epi32(q) as i16;
+        }
+        y.d = 1.0 / iscale;
+    }
+
     const _: () = assert!(QK == 256);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     //! Never called: [`super::cpu_supported`] is false off x86-64.
-    use super::Q8K;
+    use super::{Q8K, QK};
+    pub(super) unsafe fn quantize_q8k(_: &[f32; QK], _: &mut Q8K) {
+        unreachable!("AVX-512 kernels called off x86-64")
+    }
     pub(super) unsafe fn q4k<const R: usize, const C: usize>(
         _: *const u8,
         _: usize,
@@ -1059,6 +1125,39 @@ mod tests {
         time::<BlockQ4K>(Format::Q4K, 2048, 32768);
         time::<BlockQ6K>(Format::Q6K, 11008, 4096);
         time::<BlockQ6K>(Format::Q6K, 2048, 32768);
+    }
+
+    #[test]
+    fn quantizer_matches_candle_bit_for_bit() {
+        if !cpu_supported() {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut x: Vec<f32> = (0..QK * 64)
+            .map(|i| rng.gen_range(-3.0..3.0) * if i % 11 == 0 { 40.0 } else { 1.0 })
+            .collect();
+        // Halves after scaling, ties for the largest magnitude (the first wins), an all-zero
+        // block and a negative maximum.
+        for (j, v) in x[..QK].iter_mut().enumerate() {
+            *v = (j as f32 - 128.0) * 0.5;
+        }
+        for v in &mut x[QK..2 * QK] {
+            *v *= 0.01;
+        }
+        x[QK + 3] = 9.0;
+        x[QK + 70] = -9.0;
+        x[2 * QK..3 * QK].fill(0.0);
+        x[3 * QK + 200] = -1000.0;
+        let mut want = vec![BlockQ8K::zeros(); 64];
+        BlockQ8K::from_float(&x, &mut want);
+        let got = quantize(&x, 1, QK * 64);
+        for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+            // SAFETY: same layout (asserted at the top of the module).
+            let w: &Q8K = unsafe { &*(w as *const BlockQ8K as *const Q8K) };
+            assert_eq!(g.d.to_bits(), w.d.to_bits(), "block {b} scale");
+            assert_eq!(g.qs, w.qs, "block {b} values");
+            assert_eq!(g.bsums, w.bsums, "block {b} sums");
+        }
     }
 
     #[test]
