@@ -189,6 +189,8 @@ pub fn verify(dir: &Path, name: &str) -> Result<VerifyReport, HubError> {
 /// Removes a model with its digest record and any partial or quarantined copy.
 pub fn remove(dir: &Path, name: &str) -> Result<(), HubError> {
     let paths = model_paths(dir, name)?;
+    // First, while the model's path still resolves to the name the cache file was keyed by.
+    crate::model::prepared::remove_for(&paths.file);
     std::fs::remove_file(&paths.file).map_err(|e| HubError::io("cannot remove", &paths.file, e))?;
     for extra in [
         &paths.sidecar,
@@ -297,6 +299,19 @@ mod tests {
         ));
         assert!(list(d).unwrap().is_empty());
         assert!(d.join("m.gguf.corrupt").exists());
+    }
+
+    #[test]
+    fn remove_takes_the_prepared_weights_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("m.gguf"), b"GGUF").unwrap();
+        std::fs::write(d.join("m.gguf.x8"), b"SMOLX8").unwrap();
+        std::fs::write(d.join("other.gguf.x8"), b"SMOLX8").unwrap();
+        remove(d, "m.gguf").unwrap();
+        assert!(!d.join("m.gguf").exists());
+        assert!(!d.join("m.gguf.x8").exists());
+        assert!(d.join("other.gguf.x8").exists());
     }
 
     #[test]

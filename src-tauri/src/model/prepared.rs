@@ -145,6 +145,23 @@ fn beside(model: &Path) -> PathBuf {
     }
 }
 
+/// Deletes the prepared files a model may have (beside it, in `SMOLLM3_PREPARED_DIR`, in
+/// the cache folder): for when the model itself is deleted.
+pub fn remove_for(model: &Path) {
+    let mut plain = model.file_name().unwrap_or_default().to_os_string();
+    plain.push(".x8");
+    for path in [
+        Some(model.with_file_name(plain)),
+        Some(beside(model)),
+        in_cache(model),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// The fallback in the user's cache folder, named by a digest of the model's full path.
 fn in_cache(model: &Path) -> Option<PathBuf> {
     let dirs = directories::ProjectDirs::from("", "", "smollm3-bot")?;
