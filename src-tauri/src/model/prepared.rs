@@ -24,6 +24,9 @@ const MAGIC: &[u8; 8] = b"SMOLX8\0\0";
 const VERSION: u32 = 1;
 const ALIGN: usize = 4096;
 
+/// Free space a build leaves on the disk, at least.
+const HEADROOM: u64 = 1 << 30;
+
 /// Where each tensor's bytes lie in the file: (offset, size).
 type Places = Vec<(usize, usize)>;
 /// Environment variable: `off` keeps every weight on the GGUF layout.
@@ -233,6 +236,21 @@ fn build(
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let (head, places) = layout(fp, tensors);
+    // Never fill the disk for a speed-up: the chat history and downloads need room too.
+    let total = places.last().map(|&(at, size)| at + size).unwrap_or(0) as u64;
+    if let Some(free) = path.parent().and_then(|d| fs4::available_space(d).ok()) {
+        if free < total + HEADROOM {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "{} MB needed and {} MB kept free, but only {} MB are free",
+                    total >> 20,
+                    HEADROOM >> 20,
+                    free >> 20
+                ),
+            )));
+        }
+    }
     // Unique per process and per call: two loads of one model may build side by side, and
     // the rename makes whichever finishes last the file both then map.
     static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
