@@ -334,32 +334,19 @@ pub fn matmul(
     if !cpu_supported() {
         return Err(kernels::KernelError::Unsupported);
     }
-    if !k.is_multiple_of(QK) {
-        return Err(kernels::KernelError::Features(k));
+    if !n.is_multiple_of(ROWS) {
+        return Err(kernels::KernelError::Size {
+            what: "weight rows (a multiple of 8)",
+            found: n,
+            expected: n.next_multiple_of(ROWS),
+            m,
+            k,
+            n,
+        });
     }
-    let size = |what, found, expected| {
-        if found == expected {
-            Ok(())
-        } else {
-            Err(kernels::KernelError::Size {
-                what,
-                found,
-                expected,
-                m,
-                k,
-                n,
-            })
-        }
-    };
-    size("weight rows (a multiple of 8)", n, n.next_multiple_of(ROWS))?;
-    size("lhs", lhs.len(), m * k)?;
-    size("dst", dst.len(), m * n)?;
-    let nb = k / QK;
-    size(
-        "weight bytes",
-        w.len(),
-        n / ROWS * nb * format.block_bytes(),
-    )?;
+    let nb = kernels::check_shape((m, k, n), (lhs.len(), dst.len()), w.len(), |nb| {
+        n / ROWS * nb * format.block_bytes()
+    })?;
     if m == 0 || n == 0 {
         return Ok(());
     }

@@ -127,21 +127,19 @@ pub enum KernelError {
     },
 }
 
-/// `dst = lhs · Wᵀ` where `lhs` is (m, k) row-major F32, `w` holds `n` rows of `k` values in
-/// the GGUF block layout of `format`, and `dst` is (m, n) row-major.
-///
-/// Work is split over candle's thread pool (`CANDLE_NUM_THREADS`) by groups of weight rows.
-pub fn matmul(
-    format: Format,
+/// Checks a product's arguments: the CPU, `k` in whole super-blocks, and the lengths of the
+/// activations, the output and the weights (`weight_bytes` of the super-blocks per row).
+/// Returns the super-blocks per row.
+pub(super) fn check_shape(
     (m, k, n): (usize, usize, usize),
-    lhs: &[f32],
-    w: &[u8],
-    dst: &mut [f32],
-) -> Result<(), KernelError> {
+    (lhs, dst): (usize, usize),
+    weights: usize,
+    weight_bytes: impl Fn(usize) -> usize,
+) -> Result<usize, KernelError> {
     if !cpu_supported() {
         return Err(KernelError::Unsupported);
     }
-    if k % QK != 0 {
+    if !k.is_multiple_of(QK) {
         return Err(KernelError::Features(k));
     }
     let size = |what, found, expected| {
@@ -158,10 +156,27 @@ pub fn matmul(
             })
         }
     };
-    size("lhs", lhs.len(), m * k)?;
-    size("dst", dst.len(), m * n)?;
+    size("lhs", lhs, m * k)?;
+    size("dst", dst, m * n)?;
     let nb = k / QK;
-    size("weight bytes", w.len(), n * nb * format.block_bytes())?;
+    size("weight bytes", weights, weight_bytes(nb))?;
+    Ok(nb)
+}
+
+/// `dst = lhs · Wᵀ` where `lhs` is (m, k) row-major F32, `w` holds `n` rows of `k` values in
+/// the GGUF block layout of `format`, and `dst` is (m, n) row-major.
+///
+/// Work is split over candle's thread pool (`CANDLE_NUM_THREADS`) by groups of weight rows.
+pub fn matmul(
+    format: Format,
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    w: &[u8],
+    dst: &mut [f32],
+) -> Result<(), KernelError> {
+    let nb = check_shape((m, k, n), (lhs.len(), dst.len()), w.len(), |nb| {
+        n * nb * format.block_bytes()
+    })?;
     if m == 0 || n == 0 {
         return Ok(());
     }
