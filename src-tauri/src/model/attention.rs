@@ -1,10 +1,13 @@
-//! Attention for a few new tokens over the whole cache, fused into one pass per KV head.
+//! Attention for the new tokens over the whole cache, fused into one pass per KV head and
+//! query position.
 //!
 //! Decoding spends its attention time reading the cache: with candle's ops each step converts
 //! an F16 cache to F32, runs a small matrix product per head and a separate softmax. Here the
 //! query heads that share a KV head walk its keys and values once, straight from the cache
 //! buffer in its own element type (F32 or F16), with the softmax in between; so the cost per
-//! step is one read of the cache, and an F16 cache halves it.
+//! step is one read of the cache, and an F16 cache halves it. Prefill runs the same way, one
+//! unit of work per (KV head, position), each walking only the keys it may see; this measured
+//! faster than candle's masked matrix products (see doc/benchmarks.md).
 
 use super::kernels;
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor};

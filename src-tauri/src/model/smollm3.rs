@@ -204,11 +204,10 @@ impl Model {
         let (seq, pos) = (tokens.len(), cache.len());
         cache.reserve(seq)?;
         let rope = Rope::new(cfg, pos, seq)?;
-        let mask = causal_mask(seq, pos)?;
         let mut x = self.embd.rows_f32(tokens)?;
         for (il, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
-            let attn = self.attention(il, layer, &h, cache, &rope, mask.as_ref())?;
+            let attn = self.attention(il, layer, &h, cache, &rope)?;
             x = (x + layer.wo.matmul(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
             x = (x + layer.mlp.forward(&h)?)?;
@@ -234,7 +233,6 @@ impl Model {
         h: &Tensor,
         cache: &mut KvCache,
         rope: &Rope,
-        mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (seq, hd, nh, nkv) = (h.dim(0)?, cfg.head_dim, cfg.n_head, cfg.n_kv_head);
@@ -249,50 +247,9 @@ impl Model {
         }
         let (k, v) = cache.append(il, &k, &v)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        if seq <= FUSED_MAX_SEQ {
-            return attention::attend(&q, &k, &v, scale as f32);
-        }
-        let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
-        let kv_len = k.dim(1)?;
-        // Query heads that share a KV head are stacked along the sequence axis, so the shared
-        // keys and values are used as they are, never repeated.
-        let group = nh / nkv;
-        let q = q.reshape((nkv, group * seq, hd))?;
-        // One KV head at a time: a head's rows of the cache are contiguous, so the keys and
-        // values are read in place instead of being copied out of the preallocated buffer.
-        let mut outs = Vec::with_capacity(nkv);
-        for h in 0..nkv {
-            let (kh, vh) = (k.get(h)?, v.get(h)?);
-            let scores = (q.get(h)?.matmul(&kh.t()?)? * scale)?;
-            let scores = match mask {
-                Some(m) => scores
-                    .reshape((group, seq, kv_len))?
-                    .broadcast_add(m)?
-                    .reshape((group * seq, kv_len))?,
-                None => scores,
-            };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            outs.push(probs.matmul(&vh)?);
-        }
-        let out = Tensor::stack(&outs, 0)?; // (nkv, group*seq, hd)
-        out.reshape((nh, seq, hd))?
-            .transpose(0, 1)?
-            .reshape((seq, nh * hd))
+        // Fused over the cache in place for any number of new tokens: measured faster than
+        // candle's matrix products with a mask, for prefill (512 tokens: 63–68 against 57–64
+        // tok/s) and more so after a long context (512 after 1536: 48.7 against 39.6).
+        attention::attend(&q, &k, &v, scale as f32)
     }
-}
-
-/// Up to this many new tokens, attention runs fused over the cache in place (decode, short
-/// turns); longer prefills use candle's matrix products, which reuse each key across queries.
-const FUSED_MAX_SEQ: usize = 32;
-
-/// Additive mask (seq, pos + seq): query i (at absolute position pos + i) sees keys 0..=pos + i.
-fn causal_mask(seq: usize, pos: usize) -> Result<Option<Tensor>> {
-    if seq == 1 {
-        return Ok(None);
-    }
-    let total = pos + seq;
-    let m: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(m, (seq, total), &Device::Cpu).map(Some)
 }
