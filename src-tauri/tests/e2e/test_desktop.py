@@ -110,15 +110,20 @@ def skip_wizard(d):
 
 
 def download_bytes(d):
-    bars = d.find_elements(By.ID, "download-bar")
-    return int(bars[0].get_attribute("data-done") or "0") if bars else -1
+    # One script call: the bar is swapped as progress arrives, so a found element can go stale
+    # before its attribute is read.
+    return js(d, "const b=document.getElementById('download-bar');return b?Number(b.dataset.done||0):-1")
+
+
+def click(d, by, sel, what):
+    """Clicks the element, looking it up again if a swap replaced it first."""
+    wait(d, lambda d: d.find_element(by, sel).click() or True, what)
 
 
 def wizard_downloads_and_loads(d):
     wait(d, lambda d: d.find_element(By.ID, "wizard-begin").is_displayed(), "wizard shown")
-    d.find_element(By.ID, "wizard-begin").click()
-    choice = wait(d, lambda d: d.find_element(By.CSS_SELECTOR, ".model-choice.recommended button"), "models listed")
-    choice.click()
+    click(d, By.ID, "wizard-begin", "wizard begun")
+    click(d, By.CSS_SELECTOR, ".model-choice.recommended button", "model chosen")
     wait(d, lambda d: download_bytes(d) > 0, "bytes arriving")
     first = download_bytes(d)
     shot(d, "10-wizard-progress-1")
@@ -126,13 +131,13 @@ def wizard_downloads_and_loads(d):
     second = download_bytes(d)
     shot(d, "11-wizard-progress-2")
     assert second > first or d.find_elements(By.ID, "wizard-start-chat"), (first, second)
-    button = wait(d, lambda d: d.find_element(By.ID, "wizard-start-chat"), "model loaded", seconds=120)
+    wait(d, lambda d: d.find_element(By.ID, "wizard-start-chat"), "model loaded", seconds=120)
     shot(d, "12-wizard-ready")
-    button.click()
+    click(d, By.ID, "wizard-start-chat", "chat started")
     wait(d, lambda d: d.find_elements(By.ID, "prompt"), "chat shown")
     send(d, "/quote")
     wait(d, lambda d: replies(d) >= 1 and not streaming(d) and last_reply(d).text.strip(), "reply streamed")
-    status = d.find_element(By.ID, "statusbar").text
+    status = js(d, "return document.getElementById('statusbar').textContent")
     assert "SmolLM3-Q4_K_M.gguf" in status, status
     shot(d, "13-wizard-chat")
 
