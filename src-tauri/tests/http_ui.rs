@@ -2,12 +2,12 @@
 //! reply stream, escaping, and human error messages.
 
 mod support;
-use support::router::enc;
+use support::router::{call_with_headers as call, enc};
 
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use smollm3_bot::app::ChatService;
@@ -17,30 +17,6 @@ use tower::ServiceExt;
 fn app() -> (ChatService, Router) {
     let service = ChatService::in_memory().with_quote_delay(Duration::from_millis(2));
     (service.clone(), router(service))
-}
-
-async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    form: Option<&str>,
-) -> (StatusCode, HeaderMap, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if form.is_some() {
-        req = req.header("content-type", "application/x-www-form-urlencoded");
-    }
-    let req = req
-        .body(Body::from(form.unwrap_or("").to_string()))
-        .expect("request");
-    let resp = app.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        headers,
-        String::from_utf8(bytes.to_vec()).expect("utf-8"),
-    )
 }
 
 /// Extracts the first `id="msg-N"` with class `assistant` from a fragment.

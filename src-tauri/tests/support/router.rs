@@ -1,7 +1,7 @@
 //! Driving the HTML router in-process, as the webview's `hx` command and the browser do.
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -26,6 +26,17 @@ pub async fn call(
     uri: &str,
     form: Option<&str>,
 ) -> (StatusCode, String) {
+    let (status, _, body) = call_with_headers(app, method, uri, form).await;
+    (status, body)
+}
+
+/// Like [`call`], with the response headers too.
+pub async fn call_with_headers(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    form: Option<&str>,
+) -> (StatusCode, HeaderMap, String) {
     let mut req = Request::builder().method(method).uri(uri);
     if form.is_some() {
         req = req.header("content-type", "application/x-www-form-urlencoded");
@@ -35,6 +46,11 @@ pub async fn call(
         .expect("request");
     let resp = app.clone().oneshot(req).await.expect("infallible");
     let status = resp.status();
+    let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8(bytes.to_vec()).expect("utf-8"))
+    (
+        status,
+        headers,
+        String::from_utf8(bytes.to_vec()).expect("utf-8"),
+    )
 }
