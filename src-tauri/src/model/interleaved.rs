@@ -19,6 +19,7 @@
 //! multiple of [`ROWS`].
 
 use super::kernels::{self, Q4K, Q6K, Q8K, QK};
+use std::mem::MaybeUninit;
 
 /// Rows per interleaved block.
 pub const ROWS: usize = 8;
@@ -326,10 +327,26 @@ impl Format {
 /// an interleaved layout; `dst` is (m, n) row-major. Work is split over candle's thread pool.
 pub fn matmul(
     format: Format,
-    (m, k, n): (usize, usize, usize),
+    shape: (usize, usize, usize),
     lhs: &[f32],
     w: &[u8],
     dst: &mut [f32],
+) -> Result<(), kernels::KernelError> {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the product only writes floats.
+    let dst = unsafe {
+        std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut MaybeUninit<f32>, dst.len())
+    };
+    matmul_uninit(format, shape, lhs, w, dst)
+}
+
+/// [`matmul`] into memory that need not be initialized: on `Ok` every element of `dst` has been
+/// written, so a caller can skip zeroing an output buffer it is about to overwrite.
+pub fn matmul_uninit(
+    format: Format,
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    w: &[u8],
+    dst: &mut [MaybeUninit<f32>],
 ) -> Result<(), kernels::KernelError> {
     if !cpu_supported() {
         return Err(kernels::KernelError::Unsupported);
@@ -350,7 +367,6 @@ pub fn matmul(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    dst.fill(0.0);
     let act = kernels::quantize(lhs, m, k);
     // Q4_K: the activation's sums over the 32-value sub-blocks, which the mins multiply, laid
     // out per 128-bit lane as the kernel's min words need them: sub-blocks (0, 1, 0, 1, 2, 3,
@@ -389,7 +405,8 @@ pub fn matmul(
     Ok(())
 }
 
-/// Computes `dst[.., 8·g..8·g + 8]` for the groups `gs` and all activation rows.
+/// Computes `dst[.., 8·g..8·g + 8]` for the groups `gs` and all activation rows. The first
+/// pass over `k` stores and later passes add, so `dst` may start uninitialized.
 ///
 /// # Safety
 /// `w` must hold `n / 8 · nb` blocks of `format`, `dst` `m · n` floats, and `gs` must lie in
@@ -418,13 +435,13 @@ unsafe fn run_unit(
                                 wg as *const Q4Kx8,
                                 (a, s),
                                 (nb, count),
-                                (out, n),
+                                (out, n, kb > 0),
                             ),
                             Format::Q6Kx8 => avx512::q6kx8::<{ $c }>(
                                 wg as *const Q6Kx8,
                                 (a, s),
                                 (nb, count),
-                                (out, n),
+                                (out, n, kb > 0),
                             ),
                         }
                     };
@@ -461,17 +478,20 @@ mod avx512 {
         )
     }
 
-    /// Adds lanes holding the same row and adds the 8 row results into `out[0..8]`.
+    /// Adds lanes holding the same row and stores the 8 row results into `out[0..8]`, or adds
+    /// them to what is there when `add` (every pass over `k` after the first).
     #[inline(always)]
-    unsafe fn store_rows(acc: __m512, lo: __m512i, hi: __m512i, out: *mut f32) {
-        let v = _mm512_add_ps(
+    unsafe fn store_rows(acc: __m512, lo: __m512i, hi: __m512i, out: *mut f32, add: bool) {
+        let v = _mm512_castps512_ps256(_mm512_add_ps(
             _mm512_permutexvar_ps(lo, acc),
             _mm512_permutexvar_ps(hi, acc),
-        );
-        _mm256_storeu_ps(
-            out,
-            _mm256_add_ps(_mm256_loadu_ps(out), _mm512_castps512_ps256(v)),
-        );
+        ));
+        let v = if add {
+            _mm256_add_ps(_mm256_loadu_ps(out), v)
+        } else {
+            v
+        };
+        _mm256_storeu_ps(out, v);
     }
 
     /// Sign-extends the even bytes of `v` (odd bytes ignored) to 16-bit words.
@@ -480,14 +500,14 @@ mod avx512 {
         _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8)
     }
 
-    /// Q4_K: adds `C` activation rows × the group's 8 rows, over `count` super-blocks, into
-    /// `out[c·n + r]`.
+    /// Q4_K: `C` activation rows × the group's 8 rows, over `count` super-blocks, stored into
+    /// `out[c·n + r]` (added to it when `add`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
     pub(super) unsafe fn q4kx8<const C: usize>(
         w: *const Q4Kx8,
         (a, bs): (*const Q8K, *const [i16; 16]),
         (nb, count): (usize, usize),
-        (out, n): (*mut f32, usize),
+        (out, n, add): (*mut f32, usize, bool),
     ) {
         let low = _mm512_set1_epi8(0x0F);
         let three = _mm512_set1_epi8(0x03);
@@ -544,18 +564,32 @@ mod avx512 {
                 }
                 let sidx = _mm512_add_epi8(sidx0, _mm512_set1_epi8(8 * s as i8));
                 let sv = _mm512_maskz_permutexvar_epi8(even, sidx, sc);
-                for c in 0..C {
-                    let q = (*a.add(c * nb + b)).qs.as_ptr().add(32 * s) as *const i64;
+                // Two activation rows at a time: four independent `vpdpbusd` chains side by
+                // side keep the multiplier busy while each chain waits on its latency.
+                for c0 in (0..C).step_by(2) {
+                    let pair = if c0 + 1 < C { 2 } else { 1 };
+                    let q: [*const i64; 2] = std::array::from_fn(|p| {
+                        (*a.add((c0 + p.min(pair - 1)) * nb + b))
+                            .qs
+                            .as_ptr()
+                            .add(32 * s) as *const i64
+                    });
                     let z = _mm512_setzero_si512();
                     // 16 products per dword: at most 16·15·128, inside i16 for the pack.
-                    let mut d = [z; 2];
-                    for (j, dj) in d.iter_mut().enumerate() {
-                        for i in 0..4 {
-                            let y = _mm512_set1_epi64(q.add(4 * j + i).read_unaligned());
-                            *dj = _mm512_dpbusd_epi32(*dj, wq[4 * j + i], y);
+                    let mut d = [[z; 2]; 2];
+                    for i in 0..4 {
+                        for p in 0..pair {
+                            for j in 0..2 {
+                                let y = _mm512_set1_epi64(q[p].add(4 * j + i).read_unaligned());
+                                d[p][j] = _mm512_dpbusd_epi32(d[p][j], wq[4 * j + i], y);
+                            }
                         }
                     }
-                    iacc[c] = _mm512_dpwssd_epi32(iacc[c], _mm512_packs_epi32(d[0], d[1]), sv);
+                    for p in 0..pair {
+                        let c = c0 + p;
+                        iacc[c] =
+                            _mm512_dpwssd_epi32(iacc[c], _mm512_packs_epi32(d[p][0], d[p][1]), sv);
+                    }
                 }
             }
 
@@ -579,7 +613,7 @@ mod avx512 {
         let lo = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 13, 12, 9, 8, 5, 4, 1, 0);
         let hi = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 15, 14, 11, 10, 7, 6, 3, 2);
         for c in 0..C {
-            store_rows(facc[c], lo, hi, out.add(c * n));
+            store_rows(facc[c], lo, hi, out.add(c * n), add);
         }
     }
 
@@ -591,7 +625,7 @@ mod avx512 {
         w: *const Q6Kx8,
         (a, bs): (*const Q8K, *const [i16; 16]),
         (nb, count): (usize, usize),
-        (out, n): (*mut f32, usize),
+        (out, n, add): (*mut f32, usize, bool),
     ) {
         let low = _mm512_set1_epi8(0x0F);
         let three = _mm512_set1_epi8(0x03);
@@ -688,7 +722,7 @@ mod avx512 {
         let lo = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 14, 12, 10, 8, 6, 4, 2, 0);
         let hi = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 15, 13, 11, 9, 7, 5, 3, 1);
         for c in 0..C {
-            store_rows(facc[c], lo, hi, out.add(c * n));
+            store_rows(facc[c], lo, hi, out.add(c * n), add);
         }
     }
 }

@@ -7,6 +7,7 @@
 use super::attention;
 use super::config::Config;
 use super::gguf::{GgufError, GgufFile};
+use super::heap;
 use super::kv_cache::KvCache;
 use super::prepared::Prepared;
 use super::weights::{vector_f32, QWeight};
@@ -124,6 +125,7 @@ impl Model {
     /// interval, for experiments).
     pub fn load_with_config(g: &GgufFile, cfg: Config) -> std::result::Result<Self, GgufError> {
         cfg.validate_tensors(g)?;
+        heap::keep_freed_buffers();
         let w = |name: &str| -> std::result::Result<QWeight, GgufError> {
             let info = g
                 .tensor(name)
@@ -213,6 +215,10 @@ impl Model {
             x = (x + layer.mlp.forward(&h)?)?;
         }
         cache.commit(tokens);
+        if seq > 1 {
+            // The chunk's activations are free now; an idle app should not keep them.
+            heap::release();
+        }
         let x = match which {
             Logits::Last => x.narrow(0, seq - 1, 1)?,
             Logits::All => x,

@@ -257,15 +257,21 @@ impl CustomOp1 for QWeight {
             CpuStorage::F32(v) => &v[layout.start_offset()..layout.start_offset() + m * k],
             _ => candle_core::bail!("matmul input must be F32"),
         };
-        let mut dst = vec![0f32; m * self.rows];
         if let Some((map, offset, format)) = &self.x8 {
             let w = &map[*offset..*offset + self.size];
-            if interleaved::matmul(*format, (m, k, self.rows), x, w, &mut dst).is_ok() {
+            // Not zeroed: the product writes every element, and zeroing a prefill's outputs
+            // was a serial memset the other threads waited on.
+            let mut dst = Vec::with_capacity(m * self.rows);
+            let out = &mut dst.spare_capacity_mut()[..m * self.rows];
+            if interleaved::matmul_uninit(*format, (m, k, self.rows), x, w, out).is_ok() {
+                // SAFETY: on success all `m · rows` elements were written.
+                unsafe { dst.set_len(m * self.rows) };
                 let mut out_dims = lead.to_vec();
                 out_dims.push(self.rows);
                 return Ok((CpuStorage::F32(dst), Shape::from(out_dims)));
             }
         }
+        let mut dst = vec![0f32; m * self.rows];
         // Our AVX-512 kernels where the CPU has them (prefill reuses each weight block across
         // activation rows; decode's one row gets a GEMV); candle's path everywhere else.
         let format = match self.ty {
