@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod prepared;
 pub mod smollm3;
+pub mod swiglu;
 pub mod synth;
 pub mod weights;
 

@@ -10,6 +10,7 @@ use super::gguf::{GgufError, GgufFile};
 use super::heap;
 use super::kv_cache::KvCache;
 use super::prepared::Prepared;
+use super::swiglu;
 use super::weights::{vector_f32, QWeight};
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -23,9 +24,9 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.matmul(x)?)?;
+        let gate = self.gate.matmul(x)?;
         let up = self.up.matmul(x)?;
-        self.down.matmul(&(gate * up)?)
+        self.down.matmul(&swiglu::swiglu(&gate, &up)?)
     }
 }
 
