@@ -919,6 +919,46 @@ mod tests {
         ));
     }
 
+    /// The multiply pipe's peak on this CPU, the bound the products are measured against:
+    /// `vpdpbusd` on registers, eight independent chains, one thread.
+    /// `cargo test --release --lib interleaved::tests::vnni_peak -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn vnni_peak() {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn chains(n: usize) -> i32 {
+            use std::arch::x86_64::*;
+            let w: [__m512i; 8] = std::array::from_fn(|i| _mm512_set1_epi32(i as i32 + 1));
+            let mut acc = [_mm512_setzero_si512(); 8];
+            for _ in 0..n {
+                for i in 0..8 {
+                    acc[i] = _mm512_dpbusd_epi32(acc[i], w[i], w[(i + 1) % 8]);
+                }
+                // Keeps the loop a loop: the compiler may not fold the chains.
+                std::arch::asm!("", options(nomem, nostack));
+            }
+            let mut s = acc[0];
+            for a in &acc[1..] {
+                s = _mm512_add_epi32(s, *a);
+            }
+            _mm_cvtsi128_si32(_mm512_castsi512_si128(s))
+        }
+        if !cpu_supported() {
+            return;
+        }
+        let n = 50_000_000;
+        let t = std::time::Instant::now();
+        // SAFETY: the features were checked.
+        let r = unsafe { chains(n) };
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "vpdpbusd zmm: {:.2} G/s on one thread ({:.0} GMAC/s of int8) [{r}]",
+            (8 * n) as f64 / s / 1e9,
+            (8 * n * 64) as f64 / s / 1e9
+        );
+    }
+
     /// Prefill-shaped products, interleaved against the GGUF-layout kernels:
     /// `cargo test --release --lib interleaved::tests::speed -- --ignored --nocapture`.
     #[test]
