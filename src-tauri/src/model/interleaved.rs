@@ -920,20 +920,23 @@ mod tests {
     }
 
     /// The multiply pipe's peak on this CPU, the bound the products are measured against:
-    /// `vpdpbusd` on registers, eight independent chains, one thread.
+    /// `vpdpbusd` on registers in 1, 2, 4 and 8 independent chains (its latency shows until
+    /// the chains cover it), one thread.
     /// `cargo test --release --lib interleaved::tests::vnni_peak -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn vnni_peak() {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        unsafe fn chains(n: usize) -> i32 {
+        unsafe fn chains<const K: usize>(n: usize) -> i32 {
             use std::arch::x86_64::*;
             let w: [__m512i; 8] = std::array::from_fn(|i| _mm512_set1_epi32(i as i32 + 1));
-            let mut acc = [_mm512_setzero_si512(); 8];
+            let mut acc = [_mm512_setzero_si512(); K];
             for _ in 0..n {
-                for i in 0..8 {
-                    acc[i] = _mm512_dpbusd_epi32(acc[i], w[i], w[(i + 1) % 8]);
+                for _ in 0..8 / K {
+                    for i in 0..K {
+                        acc[i] = _mm512_dpbusd_epi32(acc[i], w[i], w[(i + 1) % 8]);
+                    }
                 }
                 // Keeps the loop a loop: the compiler may not fold the chains.
                 std::arch::asm!("", options(nomem, nostack));
@@ -948,15 +951,23 @@ mod tests {
             return;
         }
         let n = 50_000_000;
-        let t = std::time::Instant::now();
-        // SAFETY: the features were checked.
-        let r = unsafe { chains(n) };
-        let s = t.elapsed().as_secs_f64();
-        println!(
-            "vpdpbusd zmm: {:.2} G/s on one thread ({:.0} GMAC/s of int8) [{r}]",
-            (8 * n) as f64 / s / 1e9,
-            (8 * n * 64) as f64 / s / 1e9
-        );
+        let runs: [(usize, unsafe fn(usize) -> i32); 4] = [
+            (1, chains::<1>),
+            (2, chains::<2>),
+            (4, chains::<4>),
+            (8, chains::<8>),
+        ];
+        for (k, f) in runs {
+            let t = std::time::Instant::now();
+            // SAFETY: the features were checked.
+            let r = unsafe { f(n) };
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "vpdpbusd zmm, {k} chains: {:.2} G/s on one thread ({:.0} GMAC/s of int8) [{r}]",
+                (8 * n) as f64 / s / 1e9,
+                (8 * n * 64) as f64 / s / 1e9
+            );
+        }
     }
 
     /// Prefill-shaped products, interleaved against the GGUF-layout kernels:
