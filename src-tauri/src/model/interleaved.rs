@@ -951,7 +951,8 @@ mod tests {
             return;
         }
         let n = 50_000_000;
-        let runs: [(usize, unsafe fn(usize) -> i32); 4] = [
+        type Chains = unsafe fn(usize) -> i32;
+        let runs: [(usize, Chains); 4] = [
             (1, chains::<1>),
             (2, chains::<2>),
             (4, chains::<4>),
