@@ -272,9 +272,31 @@ fn unit(
     for j0 in (0..visible).step_by(BLOCK) {
         let n = BLOCK.min(visible - j0);
         let keys = kr.rows(h, j0, n, &mut block[..n * hd]);
-        // Sixteen keys at a time share one reduction of their sixteen partial sums.
-        let done = if wide { n / LANES * LANES } else { 0 };
-        if done > 0 {
+        // Pairs of heads over eight keys at a time, or one head over sixteen, share one
+        // reduction of sixteen partial sums.
+        let paired = wide && group.is_multiple_of(2);
+        let done = match (wide, paired) {
+            (true, true) => n / 8 * 8,
+            (true, false) => n / LANES * LANES,
+            _ => 0,
+        };
+        if paired {
+            for g in (0..group).step_by(2) {
+                let (a, b) = scores[g * visible..].split_at_mut(visible);
+                for c in (0..done).step_by(8) {
+                    let at = j0 + c;
+                    // SAFETY: `simd` is only set where the CPU has AVX-512; 8 keys remain.
+                    unsafe {
+                        pair_scores(
+                            (query(g), query(g + 1)),
+                            &keys[c * hd..(c + 8) * hd],
+                            scale,
+                            (&mut a[at..at + 8], &mut b[at..at + 8]),
+                        )
+                    };
+                }
+            }
+        } else if done > 0 {
             for g in 0..group {
                 let out = &mut scores[g * visible + j0..g * visible + j0 + done];
                 for (o, k) in out
@@ -512,6 +534,17 @@ unsafe fn wide_scores(query: &[f32], keys: &[f32], scale: f32, out: &mut [f32; L
             *pj = _mm512_fmadd_ps(qc, _mm512_loadu_ps(k.add(j * hd + c)), *pj);
         }
     }
+    let s = reduce16(&p);
+    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(s, _mm512_set1_ps(scale)));
+}
+
+/// Lane `j` of the result is the sum of the lanes of `p[j]`: sixteen horizontal sums in one
+/// transposing tree (45 instructions).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+#[inline]
+unsafe fn reduce16(p: &[std::arch::x86_64::__m512; LANES]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
     // Per 128-bit lane: pairs of vectors to [v0 02, v1 02, v0 13, v1 13]-style partial sums,
     // then four vectors to their lane sums, then lanes across vectors. (Macros, not closures:
     // a closure would not share this function's target features.)
@@ -543,8 +576,45 @@ unsafe fn wide_scores(query: &[f32], keys: &[f32], scale: f32, out: &mut [f32; L
     let c1 = quad!(pair!(p[4], p[5]), pair!(p[6], p[7]));
     let c2 = quad!(pair!(p[8], p[9]), pair!(p[10], p[11]));
     let c3 = quad!(pair!(p[12], p[13]), pair!(p[14], p[15]));
-    let s = lanes!(lanes!(c0, c1), lanes!(c2, c3));
-    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(s, _mm512_set1_ps(scale)));
+    lanes!(lanes!(c0, c1), lanes!(c2, c3))
+}
+
+/// `out_a[j] = scale · (qa · key_j)` and `out_b[j] = scale · (qb · key_j)` for 8 consecutive
+/// key rows: two queries (heads of one group) share every key load, which halves the loads per
+/// multiply-add against [`wide_scores`] (the scores pass is bound by loads, one 512-bit load
+/// per cycle).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn pair_scores(
+    (qa, qb): (&[f32], &[f32]),
+    keys: &[f32],
+    scale: f32,
+    (out_a, out_b): (&mut [f32], &mut [f32]),
+) {
+    use std::arch::x86_64::*;
+    let hd = qa.len();
+    debug_assert!(qb.len() == hd && keys.len() >= 8 * hd && out_a.len() >= 8 && out_b.len() >= 8);
+    let k = keys.as_ptr();
+    let mut p = [_mm512_setzero_ps(); LANES];
+    for c in (0..hd).step_by(LANES) {
+        let (a, b) = (
+            _mm512_loadu_ps(qa.as_ptr().add(c)),
+            _mm512_loadu_ps(qb.as_ptr().add(c)),
+        );
+        for j in 0..8 {
+            let kj = _mm512_loadu_ps(k.add(j * hd + c));
+            p[j] = _mm512_fmadd_ps(a, kj, p[j]);
+            p[8 + j] = _mm512_fmadd_ps(b, kj, p[8 + j]);
+        }
+    }
+    let s = _mm512_mul_ps(reduce16(&p), _mm512_set1_ps(scale));
+    _mm256_storeu_ps(out_a.as_mut_ptr(), _mm512_castps512_ps256(s));
+    _mm256_storeu_ps(out_b.as_mut_ptr(), _mm512_extractf32x8_ps::<1>(s));
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pair_scores(_: (&[f32], &[f32]), _: &[f32], _: f32, _: (&mut [f32], &mut [f32])) {
+    unreachable!("AVX-512 called off x86-64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
