@@ -618,8 +618,8 @@ mod avx512 {
     }
 
     /// Q6_K: `d·Σ_g sc_g·Σ (q − 32)·y` for `C` activation rows × the group's 8 rows, over
-    /// `count` super-blocks, added into `out[c·n + r]`. The −32 stays in the integer sum as
-    /// `−32·Σ_g sc_g·bsum_g`.
+    /// `count` super-blocks, stored into `out[c·n + r]` (added to it when `add`). The −32 stays
+    /// in the integer sum as `−32·Σ_g sc_g·bsum_g`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
     pub(super) unsafe fn q6kx8<const C: usize>(
         w: *const Q6Kx8,
