@@ -6,6 +6,7 @@
 //! vectorizes (AVX-512 where the CPU has it), split over candle's thread pool.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use std::mem::MaybeUninit;
 
 /// `silu(gate) · up` for two F32 tensors of the same shape.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
@@ -46,20 +47,27 @@ impl CustomOp2 for SwiGlu {
             candle_core::bail!("swiglu needs contiguous inputs");
         };
         let (g, u) = (&g[g0..g1], &u[u0..u1]);
-        let mut out = vec![0f32; n];
-        let addr = out.as_mut_ptr() as usize;
+        // Not zeroed first: the units write every element, in parallel.
+        let mut out: Vec<f32> = Vec::with_capacity(n);
+        let addr = out.spare_capacity_mut().as_mut_ptr() as usize;
         candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(UNIT), |units| {
             let r = units.start * UNIT..(units.end * UNIT).min(n);
-            // SAFETY: units are disjoint ranges of `out`, which outlives the pool call.
-            let o =
-                unsafe { std::slice::from_raw_parts_mut((addr as *mut f32).add(r.start), r.len()) };
+            // SAFETY: units are disjoint ranges of `out`'s capacity, which outlives the call.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(
+                    (addr as *mut MaybeUninit<f32>).add(r.start),
+                    r.len(),
+                )
+            };
             apply(&g[r.clone()], &u[r], o);
         });
+        // SAFETY: the units covered `0..n` and wrote every element.
+        unsafe { out.set_len(n) };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
-fn apply(g: &[f32], u: &[f32], out: &mut [f32]) {
+fn apply(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature was just detected.
@@ -70,14 +78,14 @@ fn apply(g: &[f32], u: &[f32], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn apply_avx512(g: &[f32], u: &[f32], out: &mut [f32]) {
+unsafe fn apply_avx512(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
     apply_plain(g, u, out)
 }
 
 #[inline(always)]
-fn apply_plain(g: &[f32], u: &[f32], out: &mut [f32]) {
+fn apply_plain(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
     for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-        *o = g / (1.0 + exp(-g)) * u;
+        o.write(g / (1.0 + exp(-g)) * u);
     }
 }
 

@@ -257,6 +257,7 @@ impl CustomOp1 for QWeight {
             CpuStorage::F32(v) => &v[layout.start_offset()..layout.start_offset() + m * k],
             _ => candle_core::bail!("matmul input must be F32"),
         };
+        let out_shape = Shape::from([lead, &[self.rows]].concat());
         if let Some((map, offset, format)) = &self.x8 {
             let w = &map[*offset..*offset + self.size];
             // Not zeroed: the product writes every element, and zeroing a prefill's outputs
@@ -266,9 +267,7 @@ impl CustomOp1 for QWeight {
             if interleaved::matmul_uninit(*format, (m, k, self.rows), x, w, out).is_ok() {
                 // SAFETY: on success all `m · rows` elements were written.
                 unsafe { dst.set_len(m * self.rows) };
-                let mut out_dims = lead.to_vec();
-                out_dims.push(self.rows);
-                return Ok((CpuStorage::F32(dst), Shape::from(out_dims)));
+                return Ok((CpuStorage::F32(dst), out_shape));
             }
         }
         let mut dst = vec![0f32; m * self.rows];
@@ -290,9 +289,7 @@ impl CustomOp1 for QWeight {
                 k_quants::matmul::<T>((m, k, self.rows), x, self.blocks::<T>(), &mut dst)?
             }, else candle_core::bail!("unsupported type {}", self.ty));
         }
-        let mut out_dims = lead.to_vec();
-        out_dims.push(self.rows);
-        Ok((CpuStorage::F32(dst), Shape::from(out_dims)))
+        Ok((CpuStorage::F32(dst), out_shape))
     }
 }
 
