@@ -348,56 +348,126 @@ pub fn matmul_uninit(
     w: &[u8],
     dst: &mut [MaybeUninit<f32>],
 ) -> Result<(), kernels::KernelError> {
+    matmul_many_uninit((m, k), lhs, &mut [Product { format, n, w, dst }])
+}
+
+/// One matrix of [`matmul_many_uninit`]: `n` rows in `format` (`w`) and its output (m, n).
+pub struct Product<'a> {
+    /// Layout of `w`.
+    pub format: Format,
+    /// Rows of the matrix (output features).
+    pub n: usize,
+    /// The interleaved blocks.
+    pub w: &'a [u8],
+    /// The (m, n) row-major output, written in full on `Ok`.
+    pub dst: &'a mut [MaybeUninit<f32>],
+}
+
+/// Several products of the same activations `lhs` (m, k), such as a layer's query, key and
+/// value projections: the activations are quantized once, and all the products' work goes to
+/// the thread pool in one dispatch, so the threads wait for each other once instead of once per
+/// matrix. Nothing is written unless every shape checks out.
+pub fn matmul_many_uninit(
+    (m, k): (usize, usize),
+    lhs: &[f32],
+    products: &mut [Product],
+) -> Result<(), kernels::KernelError> {
     if !cpu_supported() {
         return Err(kernels::KernelError::Unsupported);
     }
-    if !n.is_multiple_of(ROWS) {
-        return Err(kernels::KernelError::Size {
-            what: "weight rows (a multiple of 8)",
-            found: n,
-            expected: n.next_multiple_of(ROWS),
-            m,
-            k,
-            n,
-        });
+    let mut nb = k / QK;
+    for p in products.iter() {
+        let n = p.n;
+        if !n.is_multiple_of(ROWS) {
+            return Err(kernels::KernelError::Size {
+                what: "weight rows (a multiple of 8)",
+                found: n,
+                expected: n.next_multiple_of(ROWS),
+                m,
+                k,
+                n,
+            });
+        }
+        nb = kernels::check_shape((m, k, n), (lhs.len(), p.dst.len()), p.w.len(), |nb| {
+            n / ROWS * nb * p.format.block_bytes()
+        })?;
     }
-    let nb = kernels::check_shape((m, k, n), (lhs.len(), dst.len()), w.len(), |nb| {
-        n / ROWS * nb * format.block_bytes()
-    })?;
-    if m == 0 || n == 0 {
+    if k == 0 {
+        // Empty sums: no pass over `k` would write the outputs.
+        for p in products.iter_mut() {
+            p.dst.fill(MaybeUninit::new(0.0));
+        }
+        return Ok(());
+    }
+    if m == 0 || products.iter().all(|p| p.n == 0) {
         return Ok(());
     }
     let act = kernels::quantize(lhs, m, k);
     // Q4_K: the activation's sums over the 32-value sub-blocks, which the mins multiply, laid
     // out per 128-bit lane as the kernel's min words need them: sub-blocks (0, 1, 0, 1, 2, 3,
     // 2, 3), then the same for 4..8. Q6_K reads the Q8_K block's own sums of 16.
-    let sums: Vec<[i16; 16]> = match format {
-        Format::Q4Kx8 => act
-            .iter()
+    let q4_sums: Vec<[i16; 16]> = if products.iter().any(|p| p.format == Format::Q4Kx8) {
+        act.iter()
             .map(|a| {
                 let bs = |s: usize| a.bsums[2 * s] + a.bsums[2 * s + 1];
                 std::array::from_fn(|i| bs(4 * (i / 8) + 2 * (i % 8 / 4) + i % 2))
             })
-            .collect(),
-        Format::Q6Kx8 => act.iter().map(|a| a.bsums).collect(),
+            .collect()
+    } else {
+        Vec::new()
     };
-    let (act, sums): (&[Q8K], &[[i16; 16]]) = (&act, &sums);
-    let groups = n / ROWS;
+    let q6_sums: Vec<[i16; 16]> = if products.iter().any(|p| p.format == Format::Q6Kx8) {
+        act.iter().map(|a| a.bsums).collect()
+    } else {
+        Vec::new()
+    };
     let per_unit = if m == 1 { GEMV_GROUPS } else { GROUPS };
-    let dst_addr = dst.as_mut_ptr() as usize;
-    let w_addr = w.as_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(groups.div_ceil(per_unit), |range| {
+    // Each product's units, one after the other: (format, groups, n, weights, output).
+    let parts: Vec<(Format, usize, usize, usize, usize)> = products
+        .iter_mut()
+        .map(|p| {
+            (
+                p.format,
+                p.n / ROWS,
+                p.n,
+                p.w.as_ptr() as usize,
+                p.dst.as_mut_ptr() as usize,
+            )
+        })
+        .collect();
+    let starts: Vec<usize> = parts
+        .iter()
+        .scan(0, |at, &(_, groups, ..)| {
+            let start = *at;
+            *at += groups.div_ceil(per_unit);
+            Some(start)
+        })
+        .collect();
+    let total = parts
+        .iter()
+        .map(|&(_, groups, ..)| groups.div_ceil(per_unit))
+        .sum();
+    let (act, q4_sums, q6_sums) = (&act[..], &q4_sums[..], &q6_sums[..]);
+    let (parts, starts) = (&parts[..], &starts[..]);
+    candle_core::utils::barrier_pool().execute_chunked(total, |range| {
         for unit in range {
+            let i = starts.partition_point(|&s| s <= unit) - 1;
+            let (format, groups, n, w, dst) = parts[i];
+            let unit = unit - starts[i];
             let gs = unit * per_unit..groups.min((unit + 1) * per_unit);
+            let sums = match format {
+                Format::Q4Kx8 => q4_sums,
+                Format::Q6Kx8 => q6_sums,
+            };
             // SAFETY: the sizes were checked above; each unit writes only its own columns of
-            // `dst`, so concurrent workers never touch the same element.
+            // its product's `dst`, so concurrent workers never touch the same element.
             unsafe {
                 run_unit(
                     format,
                     gs,
                     (m, nb, n),
                     (act, sums),
-                    (w_addr as *const u8, dst_addr as *mut f32),
+                    (w as *const u8, dst as *mut f32),
                 )
             }
         }
@@ -852,6 +922,77 @@ mod tests {
             return;
         }
         check::<BlockQ6K>(Format::Q6Kx8, repack_q6k);
+    }
+
+    #[test]
+    fn many_products_match_one_at_a_time() {
+        if !cpu_supported() {
+            eprintln!("skipped: no AVX-512 VBMI/VNNI");
+            return;
+        }
+        // A layer's query, key and value shapes with mixed formats (Q4_K_M stores some value
+        // projections in Q6_K), for prefill, decode and an empty matrix.
+        let k = 512;
+        let mats: Vec<(Format, usize, Vec<u8>)> = [
+            (Format::Q4Kx8, 64, 1),
+            (Format::Q4Kx8, 16, 2),
+            (Format::Q6Kx8, 24, 3),
+            (Format::Q4Kx8, 0, 4),
+        ]
+        .into_iter()
+        .map(|(format, n, seed)| {
+            let w = match format {
+                Format::Q4Kx8 => q4k_weights(n, k, seed),
+                Format::Q6Kx8 => weights::<BlockQ6K>(n, k, seed),
+            };
+            let mut packed = vec![0u8; w.len()];
+            match format {
+                Format::Q4Kx8 => repack_q4k(&w, n, k, &mut packed),
+                Format::Q6Kx8 => repack_q6k(&w, n, k, &mut packed),
+            }
+            .unwrap();
+            (format, n, packed)
+        })
+        .collect();
+        for m in [1, 13] {
+            let x = activations(m, k, 7 + m as u64);
+            let mut outs: Vec<Vec<MaybeUninit<f32>>> = mats
+                .iter()
+                .map(|(_, n, _)| vec![MaybeUninit::new(f32::NAN); m * n])
+                .collect();
+            let mut products: Vec<Product> = mats
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|((format, n, w), dst)| Product {
+                    format: *format,
+                    n: *n,
+                    w,
+                    dst,
+                })
+                .collect();
+            matmul_many_uninit((m, k), &x, &mut products).unwrap();
+            for ((format, n, w), got) in mats.iter().zip(&outs) {
+                let mut want = vec![0f32; m * n];
+                matmul(*format, (m, k, *n), &x, w, &mut want).unwrap();
+                // SAFETY: every element was written (NaN markers would fail the comparison).
+                let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
+                assert_eq!(got, want, "{format:?} m {m} n {n}");
+            }
+        }
+        // A bad shape anywhere rejects the whole call.
+        let mut short = vec![MaybeUninit::new(0f32); 3];
+        let (format, n, w) = &mats[0];
+        let err = matmul_many_uninit(
+            (1, k),
+            &activations(1, k, 1),
+            &mut [Product {
+                format: *format,
+                n: *n,
+                w,
+                dst: &mut short,
+            }],
+        );
+        assert!(err.is_err());
     }
 
     #[test]

@@ -24,8 +24,9 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate.matmul(x)?;
-        let up = self.up.matmul(x)?;
+        let [gate, up]: [Tensor; 2] = QWeight::matmul_many(&[&self.gate, &self.up], x)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("two products expected".into()))?;
         self.down.matmul(&swiglu::swiglu(&gate, &up)?)
     }
 }
@@ -244,9 +245,10 @@ impl Model {
         let cfg = &self.cfg;
         let (seq, hd, nh, nkv) = (h.dim(0)?, cfg.head_dim, cfg.n_head, cfg.n_kv_head);
         let heads = |t: Tensor, n: usize| t.reshape((seq, n, hd))?.transpose(0, 1)?.contiguous();
-        let mut q = heads(layer.wq.matmul(h)?, nh)?;
-        let mut k = heads(layer.wk.matmul(h)?, nkv)?;
-        let v = heads(layer.wv.matmul(h)?, nkv)?;
+        let [q, k, v]: [Tensor; 3] = QWeight::matmul_many(&[&layer.wq, &layer.wk, &layer.wv], h)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("three products expected".into()))?;
+        let (mut q, mut k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
         // NoPE: on every `nope_interval`-th layer queries and keys carry no position at all.
         if layer.use_rope {
             q = rope.apply(&q, cfg.rope_dim)?;

@@ -207,6 +207,61 @@ impl QWeight {
         x.apply_op1_no_bwd(self)
     }
 
+    /// `x · Wᵀ` for each of `ws` (matrices of the same input width), as [`QWeight::matmul`]
+    /// gives them one by one. Where all have interleaved copies, the products share one
+    /// quantization of `x` and one dispatch to the thread pool.
+    pub fn matmul_many(ws: &[&QWeight], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let x = x.contiguous()?;
+        if let Some(out) = Self::fused(ws, &x)? {
+            return Ok(out);
+        }
+        ws.iter().map(|w| w.matmul(&x)).collect()
+    }
+
+    /// [`QWeight::matmul_many`] on the interleaved copies, or `None` where that path does not
+    /// apply (a matrix without one, another input width, a CPU without the kernels).
+    fn fused(ws: &[&QWeight], x: &Tensor) -> candle_core::Result<Option<Vec<Tensor>>> {
+        let dims = x.dims();
+        let Some((&k, lead)) = dims.split_last() else {
+            return Ok(None);
+        };
+        if ws.iter().any(|w| w.x8.is_none() || w.cols != k) {
+            return Ok(None);
+        }
+        let m: usize = lead.iter().product();
+        let (storage, layout) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
+            return Ok(None);
+        };
+        let lhs = &v[layout.start_offset()..layout.start_offset() + m * k];
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.rows)).collect();
+        let mut products: Vec<interleaved::Product> = ws
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(w, dst)| {
+                let (map, offset, format) = w.x8.as_ref().expect("checked above");
+                interleaved::Product {
+                    format: *format,
+                    n: w.rows,
+                    w: &map[*offset..*offset + w.size],
+                    dst: &mut dst.spare_capacity_mut()[..m * w.rows],
+                }
+            })
+            .collect();
+        if interleaved::matmul_many_uninit((m, k), lhs, &mut products).is_err() {
+            return Ok(None);
+        }
+        drop(products);
+        let mut tensors = Vec::with_capacity(ws.len());
+        for (w, mut dst) in ws.iter().zip(outs) {
+            // SAFETY: on success every product wrote all `m · rows` elements of its output.
+            unsafe { dst.set_len(m * w.rows) };
+            let shape = Shape::from([lead, &[w.rows]].concat());
+            tensors.push(Tensor::from_vec(dst, shape, x.device())?);
+        }
+        Ok(Some(tensors))
+    }
+
     /// Dequantizes the given rows (an embedding lookup) into a (ids.len(), cols) F32 tensor.
     pub fn rows_f32(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
         let mut out = vec![0f32; ids.len() * self.cols];
