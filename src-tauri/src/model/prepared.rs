@@ -217,8 +217,29 @@ fn open_existing(
     let map = unsafe { Mmap::map(&file) }.ok()?;
     let (head, places) = layout(fp, tensors);
     let end = places.last().map(|&(at, size)| at + size).unwrap_or(0);
-    (map.len() >= end.max(head.len()) && map[..head.len()] == head[..])
-        .then(|| (Arc::new(map), places))
+    (map.len() >= end.max(head.len()) && map[..head.len()] == head[..]).then(|| {
+        let map = Arc::new(map);
+        read_ahead(&map);
+        (map, places)
+    })
+}
+
+/// Asks the kernel, from a thread of its own so loading does not wait, to bring the whole map
+/// into the page cache. A warm cache does not stay whole: proactive reclaim (such as DAMON's
+/// `pageout`) evicts pages of a model left idle, and the first prompt after loading then waited
+/// on the disk for them, one fault at a time.
+fn read_ahead(map: &Arc<Mmap>) {
+    #[cfg(unix)]
+    {
+        let map = Arc::clone(map);
+        let _ = std::thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || {
+                let _ = map.advise(memmap2::Advice::WillNeed);
+            });
+    }
+    #[cfg(not(unix))]
+    let _ = map;
 }
 
 /// Writes the prepared file to `path` (through a temporary file and a rename).
