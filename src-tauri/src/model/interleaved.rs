@@ -327,7 +327,7 @@ impl Format {
 /// an interleaved layout; `dst` is (m, n) row-major. Work is split over candle's thread pool.
 pub fn matmul(
     format: Format,
-    shape: (usize, usize, usize),
+    (m, k, n): (usize, usize, usize),
     lhs: &[f32],
     w: &[u8],
     dst: &mut [f32],
@@ -336,18 +336,6 @@ pub fn matmul(
     let dst = unsafe {
         std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut MaybeUninit<f32>, dst.len())
     };
-    matmul_uninit(format, shape, lhs, w, dst)
-}
-
-/// [`matmul`] into memory that need not be initialized: on `Ok` every element of `dst` has been
-/// written, so a caller can skip zeroing an output buffer it is about to overwrite.
-pub fn matmul_uninit(
-    format: Format,
-    (m, k, n): (usize, usize, usize),
-    lhs: &[f32],
-    w: &[u8],
-    dst: &mut [MaybeUninit<f32>],
-) -> Result<(), kernels::KernelError> {
     matmul_many_uninit((m, k), lhs, &mut [Product { format, n, w, dst }])
 }
 

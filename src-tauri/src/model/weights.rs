@@ -234,32 +234,45 @@ impl QWeight {
             return Ok(None);
         };
         let lhs = &v[layout.start_offset()..layout.start_offset() + m * k];
+        let Some(outs) = Self::interleaved_products(ws, (m, k), lhs) else {
+            return Ok(None);
+        };
+        let tensors = ws.iter().zip(outs).map(|(w, dst)| {
+            Tensor::from_vec(dst, Shape::from([lead, &[w.rows]].concat()), x.device())
+        });
+        Ok(Some(tensors.collect::<candle_core::Result<_>>()?))
+    }
+
+    /// The products of `lhs` (m, k) with every one of `ws` on their interleaved copies, each
+    /// (m, rows) row-major, or `None` if one has no copy or the kernels cannot run. The outputs
+    /// are not zeroed first: the products write every element, and zeroing a prefill's outputs
+    /// was a serial memset the other threads waited on.
+    fn interleaved_products(
+        ws: &[&QWeight],
+        (m, k): (usize, usize),
+        lhs: &[f32],
+    ) -> Option<Vec<Vec<f32>>> {
         let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.rows)).collect();
-        let mut products: Vec<interleaved::Product> = ws
+        let mut products = ws
             .iter()
             .zip(outs.iter_mut())
             .map(|(w, dst)| {
-                let (map, offset, format) = w.x8.as_ref().expect("checked above");
-                interleaved::Product {
+                let (map, offset, format) = w.x8.as_ref()?;
+                Some(interleaved::Product {
                     format: *format,
                     n: w.rows,
                     w: &map[*offset..*offset + w.size],
                     dst: &mut dst.spare_capacity_mut()[..m * w.rows],
-                }
+                })
             })
-            .collect();
-        if interleaved::matmul_many_uninit((m, k), lhs, &mut products).is_err() {
-            return Ok(None);
-        }
+            .collect::<Option<Vec<_>>>()?;
+        interleaved::matmul_many_uninit((m, k), lhs, &mut products).ok()?;
         drop(products);
-        let mut tensors = Vec::with_capacity(ws.len());
-        for (w, mut dst) in ws.iter().zip(outs) {
+        for (w, dst) in ws.iter().zip(outs.iter_mut()) {
             // SAFETY: on success every product wrote all `m · rows` elements of its output.
             unsafe { dst.set_len(m * w.rows) };
-            let shape = Shape::from([lead, &[w.rows]].concat());
-            tensors.push(Tensor::from_vec(dst, shape, x.device())?);
         }
-        Ok(Some(tensors))
+        Some(outs)
     }
 
     /// Dequantizes the given rows (an embedding lookup) into a (ids.len(), cols) F32 tensor.
@@ -313,17 +326,9 @@ impl CustomOp1 for QWeight {
             _ => candle_core::bail!("matmul input must be F32"),
         };
         let out_shape = Shape::from([lead, &[self.rows]].concat());
-        if let Some((map, offset, format)) = &self.x8 {
-            let w = &map[*offset..*offset + self.size];
-            // Not zeroed: the product writes every element, and zeroing a prefill's outputs
-            // was a serial memset the other threads waited on.
-            let mut dst = Vec::with_capacity(m * self.rows);
-            let out = &mut dst.spare_capacity_mut()[..m * self.rows];
-            if interleaved::matmul_uninit(*format, (m, k, self.rows), x, w, out).is_ok() {
-                // SAFETY: on success all `m · rows` elements were written.
-                unsafe { dst.set_len(m * self.rows) };
-                return Ok((CpuStorage::F32(dst), out_shape));
-            }
+        if let Some(dst) = Self::interleaved_products(&[self], (m, k), x).and_then(|mut o| o.pop())
+        {
+            return Ok((CpuStorage::F32(dst), out_shape));
         }
         let mut dst = vec![0f32; m * self.rows];
         // Our AVX-512 kernels where the CPU has them (prefill reuses each weight block across
