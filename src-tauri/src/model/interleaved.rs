@@ -1,4 +1,4 @@
-//! Q4_K and Q6_K weights with eight rows interleaved, and the AVX-512 products on them.
+//! Q4_K and Q6_K weights with sixteen rows interleaved, and the AVX-512 products on them.
 //!
 //! In the GGUF layout every row's 32-value (Q4_K) or 16-value (Q6_K) sub-block has its own
 //! scale, so a kernel on that layout applies a scale after every few dozen products of every
@@ -6,45 +6,23 @@
 //! once per cycle, the scales, packs and float conversions then take about as long as the
 //! products themselves.
 //!
-//! Here a block holds super-block `b` of eight consecutive rows, stored in 8-byte runs, one
-//! per row: one 64-byte vector holds 8 values of all eight rows. An 8-byte run of activations
-//! broadcast to every row meets it in one `vpdpbusd` (Q4_K) or `vpmaddubsw` (Q6_K); the sums
-//! of a whole sub-block stay in 16 bits and a single `vpdpwssd` applies the eight rows'
-//! scales. Per 256 products that is 5 multiply-pipe instructions for Q4_K (about 9 on the GGUF
-//! layout). Block scales, mins and float work happen once per super-block and activation row.
+//! Here a block holds super-block `b` of sixteen consecutive rows, stored in 4-byte runs, one
+//! per row: one 64-byte vector holds 4 values of all sixteen rows. A 4-byte run of activations
+//! broadcast to every row meets it in one `vpdpbusd`, which leaves each row's sum in its own
+//! dword; after a sub-block's `vpdpbusd` (eight for Q4_K, four for Q6_K) one `vpmulld`
+//! applies the sixteen rows' scales. Per 512 products that is 9 multiply-pipe instructions
+//! for Q4_K and 10 for Q6_K. Eight rows in 8-byte runs, the layout before this one, split
+//! each row's sum over two dwords and needed a pack and a 16-bit scale product for them:
+//! 10 for Q4_K, and 12 for Q6_K, whose sums of 16 do not fit 16 bits and went through
+//! `vpmaddubsw`. Block scales, mins and float work happen once per super-block and
+//! activation row.
 //!
-//! A block has the size of the eight GGUF blocks it replaces, so the layout costs no memory;
-//! it is built once ([`repack_q4k`], [`repack_q6k`]) and kept in a file beside the model
-//! ([`super::prepared`]). Rows are grouped by eight, so a tensor's row count must be a
-//! multiple of [`ROWS`].
+//! A block has the size of the sixteen GGUF blocks it replaces, so the layout costs no
+//! memory; it is built once ([`repack_q4k`], [`repack_q6k`]) and kept in a file beside the
+//! model ([`super::prepared`]). A tensor's row count must be a multiple of [`ROWS`].
 
 use super::kernels::{self, Q4K, Q6K, Q8K, QK};
 use std::mem::MaybeUninit;
-
-/// Rows per interleaved block.
-pub const ROWS: usize = 8;
-
-/// Eight Q4_K super-blocks (one per row), interleaved.
-#[repr(C)]
-pub(super) struct Q4Kx8 {
-    /// Block scales of the eight rows (f16).
-    d: [u16; ROWS],
-    /// Block min scales of the eight rows (f16).
-    dmin: [u16; ROWS],
-    /// The 64 sub-block scales then the 64 mins (index `s·8 + r`, 6 bits each): their low
-    /// nibbles in bytes 0..64 (value `i` low, value `64 + i` high), their top two bits in bytes
-    /// 64..96 (byte `i` holds values `i`, `32 + i`, `64 + i`, `96 + i`, two bits each).
-    scales: [u8; 96],
-    /// Sub-block `s` in bytes `128·s..128·(s + 1)`: byte `64·h + 8·r + i` holds value
-    /// `32·s + 16·h + i` of row `r` in its low nibble and value `32·s + 16·h + 8 + i` in its
-    /// high nibble.
-    qs: [u8; 1024],
-}
-
-const _: () = assert!(std::mem::size_of::<Q4Kx8>() == ROWS * std::mem::size_of::<Q4K>());
-
-/// Bytes of one interleaved block (the same as eight GGUF Q4_K blocks).
-pub const Q4KX8_BYTES: usize = std::mem::size_of::<Q4Kx8>();
 
 /// A Q4_K block's eight 6-bit scales and eight mins.
 fn q4k_scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
@@ -96,93 +74,98 @@ pub enum RepackError {
     },
 }
 
-/// Rewrites `rows × cols` Q4_K weights in the GGUF layout (`src`) into the interleaved layout
-/// (`dst`, the same size). Exact: every code, scale and min is kept as it is.
+/// Rows per interleaved block.
+pub const ROWS: usize = 16;
+
+/// Sixteen Q4_K super-blocks (one per row), interleaved.
+#[repr(C)]
+pub(super) struct Q4Kx16 {
+    /// Block scales of the sixteen rows (f16).
+    d: [u16; ROWS],
+    /// Block min scales of the sixteen rows (f16).
+    dmin: [u16; ROWS],
+    /// The 128 sub-block scales and the 128 mins, index `16·s + r`, 6 bits each: byte `i` of
+    /// 0..128 holds scale `i`'s low nibble and min `i`'s high nibble, byte `128 + i` the top
+    /// two bits of scales `i`, `64 + i` and of mins `i`, `64 + i`, in that order from bit 0.
+    scales: [u8; 192],
+    /// Sub-block `s` in bytes `256·s..256·(s + 1)`: byte `64·h + 4·r + i` holds value
+    /// `32·s + 8·h + i` of row `r` in its low nibble and value `32·s + 8·h + 4 + i` in its
+    /// high nibble.
+    qs: [u8; 2048],
+}
+
+const _: () = assert!(std::mem::size_of::<Q4Kx16>() == ROWS * std::mem::size_of::<Q4K>());
+
+/// Bytes of one sixteen-row Q4_K block.
+pub const Q4K_BYTES: usize = std::mem::size_of::<Q4Kx16>();
+
+/// Rewrites `rows × cols` Q4_K weights in the GGUF layout (`src`) into the sixteen-row
+/// layout (`dst`, the same size). Exact: every code, scale and min is kept as it is.
 pub fn repack_q4k(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) -> Result<(), RepackError> {
-    let nb = check_repack(src.len(), dst.len(), rows, cols, std::mem::size_of::<Q4K>())?;
-    let row_block = |r: usize, b: usize| -> Q4K {
-        let at = (r * nb + b) * std::mem::size_of::<Q4K>();
-        let bytes = &src[at..at + std::mem::size_of::<Q4K>()];
-        let mut scales = [0u8; 12];
-        scales.copy_from_slice(&bytes[4..16]);
-        let mut qs = [0u8; QK / 2];
-        qs.copy_from_slice(&bytes[16..]);
-        Q4K {
-            d: u16::from_le_bytes([bytes[0], bytes[1]]),
-            dmin: u16::from_le_bytes([bytes[2], bytes[3]]),
-            scales,
-            qs,
-        }
-    };
+    const B: usize = std::mem::size_of::<Q4K>();
+    if !rows.is_multiple_of(ROWS) {
+        return Err(RepackError::Rows(rows));
+    }
+    let nb = check_repack(src.len(), dst.len(), rows, cols, B)?;
     for g in 0..rows / ROWS {
         for b in 0..nb {
-            let mut out = Q4Kx8 {
+            let mut out = Q4Kx16 {
                 d: [0; ROWS],
                 dmin: [0; ROWS],
-                scales: [0; 96],
-                qs: [0; 1024],
+                scales: [0; 192],
+                qs: [0; 2048],
             };
-            let mut six = [0u8; 128];
+            let (mut sc, mut mn) = ([0u8; 128], [0u8; 128]);
             for r in 0..ROWS {
-                let blk = row_block(g * ROWS + r, b);
+                let at = ((g * ROWS + r) * nb + b) * B;
+                let bytes = &src[at..at + B];
+                let mut scales = [0u8; 12];
+                scales.copy_from_slice(&bytes[4..16]);
+                let mut qs = [0u8; QK / 2];
+                qs.copy_from_slice(&bytes[16..]);
+                let blk = Q4K {
+                    d: u16::from_le_bytes([bytes[0], bytes[1]]),
+                    dmin: u16::from_le_bytes([bytes[2], bytes[3]]),
+                    scales,
+                    qs,
+                };
                 out.d[r] = blk.d;
                 out.dmin[r] = blk.dmin;
-                let (sc, mn) = q4k_scales_mins(&blk.scales);
+                let (s6, m6) = q4k_scales_mins(&blk.scales);
                 for s in 0..8 {
-                    six[8 * s + r] = sc[s];
-                    six[64 + 8 * s + r] = mn[s];
+                    sc[16 * s + r] = s6[s];
+                    mn[16 * s + r] = m6[s];
                 }
                 let codes = q4k_codes(&blk);
                 for s in 0..8 {
-                    for h in 0..2 {
-                        for i in 0..8 {
-                            let v = 32 * s + 16 * h + i;
-                            out.qs[128 * s + 64 * h + 8 * r + i] = codes[v] | (codes[v + 8] << 4);
+                    for h in 0..4 {
+                        for i in 0..4 {
+                            let v = 32 * s + 8 * h + i;
+                            out.qs[256 * s + 64 * h + 4 * r + i] = codes[v] | (codes[v + 4] << 4);
                         }
                     }
                 }
             }
+            for i in 0..128 {
+                out.scales[i] = (sc[i] & 0x0F) | ((mn[i] & 0x0F) << 4);
+            }
             for i in 0..64 {
-                out.scales[i] = (six[i] & 0x0F) | ((six[64 + i] & 0x0F) << 4);
+                out.scales[128 + i] = (sc[i] >> 4)
+                    | ((sc[64 + i] >> 4) << 2)
+                    | ((mn[i] >> 4) << 4)
+                    | ((mn[64 + i] >> 4) << 6);
             }
-            for i in 0..32 {
-                out.scales[64 + i] = (six[i] >> 4)
-                    | ((six[32 + i] >> 4) << 2)
-                    | ((six[64 + i] >> 4) << 4)
-                    | ((six[96 + i] >> 4) << 6);
-            }
-            let at = (g * nb + b) * Q4KX8_BYTES;
-            // SAFETY: `Q4Kx8` is `repr(C)` plain old data without padding (its size is asserted
-            // to be the sum of its fields' sizes).
+            let at = (g * nb + b) * Q4K_BYTES;
+            // SAFETY: `Q4Kx16` is `repr(C)` plain old data without padding (its size is
+            // asserted to be the sum of its fields' sizes).
             let bytes = unsafe {
-                std::slice::from_raw_parts(&out as *const Q4Kx8 as *const u8, Q4KX8_BYTES)
+                std::slice::from_raw_parts(&out as *const Q4Kx16 as *const u8, Q4K_BYTES)
             };
-            dst[at..at + Q4KX8_BYTES].copy_from_slice(bytes);
+            dst[at..at + Q4K_BYTES].copy_from_slice(bytes);
         }
     }
     Ok(())
 }
-
-/// Eight Q6_K super-blocks (one per row), interleaved.
-#[repr(C)]
-pub(super) struct Q6Kx8 {
-    /// Block scales of the eight rows (f16).
-    d: [u16; ROWS],
-    /// The 16-value groups' scales, index `g·8 + r`.
-    scales: [i8; 128],
-    /// Low four bits of the codes: values `32p..32p + 32` in bytes `128·p..128·(p + 1)`, byte
-    /// `64·h + 8·r + i` holding value `32p + 16h + i` of row `r` (low nibble) and
-    /// `32p + 16h + 8 + i` (high nibble).
-    ql: [u8; 1024],
-    /// Top two bits: byte `64·p + 8·r + i` holds those of values `32p + 8j + i`, j = 0..4, in
-    /// bits `2j..2j + 2`.
-    qh: [u8; 512],
-}
-
-const _: () = assert!(std::mem::size_of::<Q6Kx8>() == ROWS * std::mem::size_of::<Q6K>());
-
-/// Bytes of one interleaved Q6_K block (the same as eight GGUF Q6_K blocks).
-pub const Q6KX8_BYTES: usize = std::mem::size_of::<Q6Kx8>();
 
 /// A Q6_K row block's 256 codes (0..64, the stored value plus 32), in value order.
 fn q6k_codes(ql: &[u8], qh: &[u8]) -> [u8; QK] {
@@ -198,6 +181,83 @@ fn q6k_codes(ql: &[u8], qh: &[u8]) -> [u8; QK] {
         }
     }
     out
+}
+
+/// Sixteen Q6_K super-blocks (one per row), interleaved.
+#[repr(C)]
+pub(super) struct Q6Kx16 {
+    /// Block scales of the sixteen rows (f16).
+    d: [u16; ROWS],
+    /// The 16-value groups' scales, index `16·g + r`.
+    scales: [i8; 256],
+    /// Low four bits of the codes: values `32p..32p + 32` in bytes `256·p..256·(p + 1)`, byte
+    /// `64·h + 4·r + i` holding value `32p + 8h + i` of row `r` (low nibble) and
+    /// `32p + 8h + 4 + i` (high nibble).
+    ql: [u8; 2048],
+    /// Top two bits: byte `128·p + 64·e + 4·r + i` holds those of values `32p + 16e + 4j + i`,
+    /// j = 0..4, in bits `2j..2j + 2`.
+    qh: [u8; 1024],
+}
+
+const _: () = assert!(std::mem::size_of::<Q6Kx16>() == ROWS * std::mem::size_of::<Q6K>());
+
+/// Bytes of one sixteen-row Q6_K block.
+pub const Q6K_BYTES: usize = std::mem::size_of::<Q6Kx16>();
+
+/// Rewrites `rows × cols` Q6_K weights in the GGUF layout (`src`) into the sixteen-row
+/// layout (`dst`, the same size). Exact: every code and scale is kept as it is.
+pub fn repack_q6k(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) -> Result<(), RepackError> {
+    const B: usize = std::mem::size_of::<Q6K>();
+    if !rows.is_multiple_of(ROWS) {
+        return Err(RepackError::Rows(rows));
+    }
+    let nb = check_repack(src.len(), dst.len(), rows, cols, B)?;
+    for g in 0..rows / ROWS {
+        for b in 0..nb {
+            let mut out = Q6Kx16 {
+                d: [0; ROWS],
+                scales: [0; 256],
+                ql: [0; 2048],
+                qh: [0; 1024],
+            };
+            for r in 0..ROWS {
+                let at = ((g * ROWS + r) * nb + b) * B;
+                let blk = &src[at..at + B];
+                let (ql, qh, sc, d) = (&blk[..128], &blk[128..192], &blk[192..208], &blk[208..]);
+                out.d[r] = u16::from_le_bytes([d[0], d[1]]);
+                for (gi, &v) in sc.iter().enumerate() {
+                    out.scales[16 * gi + r] = v as i8;
+                }
+                let codes = q6k_codes(ql, qh);
+                for p in 0..8 {
+                    for h in 0..4 {
+                        for i in 0..4 {
+                            let v = 32 * p + 8 * h + i;
+                            out.ql[256 * p + 64 * h + 4 * r + i] =
+                                (codes[v] & 0x0F) | ((codes[v + 4] & 0x0F) << 4);
+                        }
+                    }
+                    for e in 0..2 {
+                        for i in 0..4 {
+                            let mut byte = 0;
+                            for j in 0..4 {
+                                byte |= (codes[32 * p + 16 * e + 4 * j + i] >> 4) << (2 * j);
+                            }
+                            out.qh[128 * p + 64 * e + 4 * r + i] = byte;
+                        }
+                    }
+                }
+            }
+            let at = (g * nb + b) * Q6K_BYTES;
+            // SAFETY: `Q6Kx16` is `repr(C)` plain old data without padding (its size is
+            // asserted to be the sum of its fields' sizes).
+            let bytes = unsafe {
+                std::slice::from_raw_parts(&out as *const Q6Kx16 as *const u8, Q6K_BYTES)
+            };
+            dst[at..at + Q6K_BYTES].copy_from_slice(bytes);
+        }
+    }
+    Ok(())
 }
 
 /// Checks a repack's shape and buffers.
@@ -228,57 +288,6 @@ fn check_repack(
     Ok(nb)
 }
 
-/// Rewrites `rows × cols` Q6_K weights in the GGUF layout (`src`) into the interleaved layout
-/// (`dst`, the same size). Exact: every code and scale is kept as it is.
-pub fn repack_q6k(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) -> Result<(), RepackError> {
-    const B: usize = std::mem::size_of::<Q6K>();
-    let nb = check_repack(src.len(), dst.len(), rows, cols, B)?;
-    for g in 0..rows / ROWS {
-        for b in 0..nb {
-            let mut out = Q6Kx8 {
-                d: [0; ROWS],
-                scales: [0; 128],
-                ql: [0; 1024],
-                qh: [0; 512],
-            };
-            for r in 0..ROWS {
-                let at = ((g * ROWS + r) * nb + b) * B;
-                let blk = &src[at..at + B];
-                let (ql, qh, sc, d) = (&blk[..128], &blk[128..192], &blk[192..208], &blk[208..]);
-                out.d[r] = u16::from_le_bytes([d[0], d[1]]);
-                for (gi, &v) in sc.iter().enumerate() {
-                    out.scales[8 * gi + r] = v as i8;
-                }
-                let codes = q6k_codes(ql, qh);
-                for p in 0..8 {
-                    for h in 0..2 {
-                        for i in 0..8 {
-                            let v = 32 * p + 16 * h + i;
-                            out.ql[128 * p + 64 * h + 8 * r + i] =
-                                (codes[v] & 0x0F) | ((codes[v + 8] & 0x0F) << 4);
-                        }
-                    }
-                    for i in 0..8 {
-                        let mut byte = 0;
-                        for j in 0..4 {
-                            byte |= (codes[32 * p + 8 * j + i] >> 4) << (2 * j);
-                        }
-                        out.qh[64 * p + 8 * r + i] = byte;
-                    }
-                }
-            }
-            let at = (g * nb + b) * Q6KX8_BYTES;
-            // SAFETY: `Q6Kx8` is `repr(C)` plain old data without padding (its size is asserted
-            // to be the sum of its fields' sizes).
-            let bytes = unsafe {
-                std::slice::from_raw_parts(&out as *const Q6Kx8 as *const u8, Q6KX8_BYTES)
-            };
-            dst[at..at + Q6KX8_BYTES].copy_from_slice(bytes);
-        }
-    }
-    Ok(())
-}
-
 /// A repack function: (GGUF bytes, rows, cols, destination).
 pub type Repack = fn(&[u8], usize, usize, &mut [u8]) -> Result<(), RepackError>;
 
@@ -300,25 +309,27 @@ const TILE: usize = 8;
 /// Super-blocks per pass over `k`: a tile of activation rows over this span stays in L1.
 const KBLOCKS: usize = 8;
 /// Interleaved groups (of [`ROWS`] rows) per unit of prefill work.
-const GROUPS: usize = 4;
-/// Interleaved groups per unit of decode work.
-const GEMV_GROUPS: usize = 2;
+const GROUPS: usize = 2;
+/// Blocks a one-row product reads ahead of the block in use. Decode streams every weight from
+/// memory once; without the hint the Q6_K product, with more work per byte, kept too few
+/// reads in flight and moved its weights at 8–16 GB/s where Q4_K moved 20 and more.
+const PREFETCH_BLOCKS: usize = 1;
 
 /// The interleaved formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// Eight Q4_K rows ([`repack_q4k`]).
-    Q4Kx8,
-    /// Eight Q6_K rows ([`repack_q6k`]).
-    Q6Kx8,
+    /// Sixteen Q4_K rows ([`repack_q4k`]).
+    Q4Kx16,
+    /// Sixteen Q6_K rows ([`repack_q6k`]).
+    Q6Kx16,
 }
 
 impl Format {
-    /// Bytes of one block of eight rows.
+    /// Bytes of one block of sixteen rows.
     pub fn block_bytes(self) -> usize {
         match self {
-            Format::Q4Kx8 => Q4KX8_BYTES,
-            Format::Q6Kx8 => Q6KX8_BYTES,
+            Format::Q4Kx16 => Q4K_BYTES,
+            Format::Q6Kx16 => Q6K_BYTES,
         }
     }
 }
@@ -368,7 +379,7 @@ pub fn matmul_many_uninit(
         let n = p.n;
         if !n.is_multiple_of(ROWS) {
             return Err(kernels::KernelError::Size {
-                what: "weight rows (a multiple of 8)",
+                what: "weight rows (a multiple of 16)",
                 found: n,
                 expected: n.next_multiple_of(ROWS),
                 m,
@@ -391,25 +402,18 @@ pub fn matmul_many_uninit(
         return Ok(());
     }
     let act = kernels::quantize(lhs, m, k);
-    // Q4_K: the activation's sums over the 32-value sub-blocks, which the mins multiply, laid
-    // out per 128-bit lane as the kernel's min words need them: sub-blocks (0, 1, 0, 1, 2, 3,
-    // 2, 3), then the same for 4..8. Q6_K reads the Q8_K block's own sums of 16.
-    let q4_sums: Vec<[i16; 16]> = if products.iter().any(|p| p.format == Format::Q4Kx8) {
-        act.iter()
-            .map(|a| {
-                let bs = |s: usize| a.bsums[2 * s] + a.bsums[2 * s + 1];
-                std::array::from_fn(|i| bs(4 * (i / 8) + 2 * (i % 8 / 4) + i % 2))
-            })
-            .collect()
+    // Q6_K reads the Q8_K block's own sums of 16.
+    let q4_sums: Vec<[i16; 16]> = if products.iter().any(|p| p.format == Format::Q4Kx16) {
+        act.iter().map(q4k_sums).collect()
     } else {
         Vec::new()
     };
-    let q6_sums: Vec<[i16; 16]> = if products.iter().any(|p| p.format == Format::Q6Kx8) {
+    let q6_sums: Vec<[i16; 16]> = if products.iter().any(|p| p.format == Format::Q6Kx16) {
         act.iter().map(|a| a.bsums).collect()
     } else {
         Vec::new()
     };
-    let per_unit = if m == 1 { GEMV_GROUPS } else { GROUPS };
+    let per_unit = if m == 1 { 1 } else { GROUPS };
     // Each product's units, one after the other: (format, groups, n, weights, output).
     let parts: Vec<(Format, usize, usize, usize, usize)> = products
         .iter_mut()
@@ -444,8 +448,8 @@ pub fn matmul_many_uninit(
             let unit = unit - starts[i];
             let gs = unit * per_unit..groups.min((unit + 1) * per_unit);
             let sums = match format {
-                Format::Q4Kx8 => q4_sums,
-                Format::Q6Kx8 => q6_sums,
+                Format::Q4Kx16 => q4_sums,
+                Format::Q6Kx16 => q6_sums,
             };
             // SAFETY: the sizes were checked above; each unit writes only its own columns of
             // its product's `dst`, so concurrent workers never touch the same element.
@@ -463,12 +467,21 @@ pub fn matmul_many_uninit(
     Ok(())
 }
 
-/// Computes `dst[.., 8·g..8·g + 8]` for the groups `gs` and all activation rows. The first
+/// An activation block's sums over the 32-value sub-blocks, which the Q4_K mins multiply (the
+/// last eight words unused).
+fn q4k_sums(a: &Q8K) -> [i16; 16] {
+    std::array::from_fn(|s| match s {
+        0..8 => a.bsums[2 * s] + a.bsums[2 * s + 1],
+        _ => 0,
+    })
+}
+
+/// Computes `dst[.., 16·g..16·g + 16]` for the groups `gs` and all activation rows. The first
 /// pass over `k` stores and later passes add, so `dst` may start uninitialized.
 ///
 /// # Safety
-/// `w` must hold `n / 8 · nb` blocks of `format`, `dst` `m · n` floats, and `gs` must lie in
-/// `0..n / 8`; the caller must have checked the CPU features.
+/// `w` must hold `n / 16 · nb` blocks of `format`, `dst` `m · n` floats, and `gs` must lie in
+/// `0..n / 16`; the caller must have checked the CPU features.
 unsafe fn run_unit(
     format: Format,
     gs: std::ops::Range<usize>,
@@ -489,14 +502,14 @@ unsafe fn run_unit(
                 macro_rules! tile {
                     ($c:expr) => {
                         match format {
-                            Format::Q4Kx8 => avx512::q4kx8::<{ $c }>(
-                                wg as *const Q4Kx8,
+                            Format::Q4Kx16 => avx512::q4kx16::<{ $c }>(
+                                wg as *const Q4Kx16,
                                 (a, s),
                                 (nb, count),
                                 (out, n, kb > 0),
                             ),
-                            Format::Q6Kx8 => avx512::q6kx8::<{ $c }>(
-                                wg as *const Q6Kx8,
+                            Format::Q6Kx16 => avx512::q6kx16::<{ $c }>(
+                                wg as *const Q6Kx16,
                                 (a, s),
                                 (nb, count),
                                 (out, n, kb > 0),
@@ -522,35 +535,10 @@ unsafe fn run_unit(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)]
 mod avx512 {
-    //! The micro-kernels: one interleaved group of 8 weight rows against `C` activation rows.
+    //! The micro-kernels: one interleaved group of 16 weight rows against `C` activation rows.
 
-    use super::{Q4Kx8, Q6Kx8, Q8K, ROWS};
+    use super::{Q4Kx16, Q6Kx16, PREFETCH_BLOCKS, Q8K};
     use std::arch::x86_64::*;
-
-    /// Eight f16 block scales as 16 floats, lane j taking scale `row(j)`.
-    #[inline(always)]
-    unsafe fn scales_f32(p: &[u16; ROWS], rows: __m512i) -> __m512 {
-        _mm512_permutexvar_ps(
-            rows,
-            _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr() as *const _))),
-        )
-    }
-
-    /// Adds lanes holding the same row and stores the 8 row results into `out[0..8]`, or adds
-    /// them to what is there when `add` (every pass over `k` after the first).
-    #[inline(always)]
-    unsafe fn store_rows(acc: __m512, lo: __m512i, hi: __m512i, out: *mut f32, add: bool) {
-        let v = _mm512_castps512_ps256(_mm512_add_ps(
-            _mm512_permutexvar_ps(lo, acc),
-            _mm512_permutexvar_ps(hi, acc),
-        ));
-        let v = if add {
-            _mm256_add_ps(_mm256_loadu_ps(out), v)
-        } else {
-            v
-        };
-        _mm256_storeu_ps(out, v);
-    }
 
     /// Sign-extends the even bytes of `v` (odd bytes ignored) to 16-bit words.
     #[inline(always)]
@@ -558,220 +546,232 @@ mod avx512 {
         _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8)
     }
 
-    /// Q4_K: `C` activation rows × the group's 8 rows, over `count` super-blocks, stored into
-    /// `out[c·n + r]` (added to it when `add`).
+    /// For every activation row `c`: `iacc[c] += sv · Σ_j wq[j] · y_c[j]`, where `y_c[j]` is
+    /// the 4-byte run at byte `at + 4j` of row `c`'s block `b`, broadcast to all sixteen rows.
+    /// Two activation rows at a time, two chains each: four independent `vpdpbusd` chains
+    /// cover the multiply's latency of four cycles. A dword gathers at most 32 products of a
+    /// code below 64 and an activation of at most 128 in size: well inside i32.
+    #[inline(always)]
+    unsafe fn scaled_sums<const C: usize, const L: usize>(
+        wq: &[__m512i; L],
+        sv: __m512i,
+        (a, nb, b, at): (*const Q8K, usize, usize, usize),
+        iacc: &mut [__m512i; C],
+    ) {
+        for c0 in (0..C).step_by(2) {
+            let pair = if c0 + 1 < C { 2 } else { 1 };
+            let q: [*const i32; 2] = std::array::from_fn(|p| {
+                (*a.add((c0 + p.min(pair - 1)) * nb + b))
+                    .qs
+                    .as_ptr()
+                    .add(at) as *const i32
+            });
+            let z = _mm512_setzero_si512();
+            let mut d = [[z; 2]; 2];
+            for j in (0..L).step_by(2) {
+                for p in 0..pair {
+                    for e in 0..2 {
+                        let y = _mm512_set1_epi32(q[p].add(j + e).read_unaligned());
+                        d[p][e] = _mm512_dpbusd_epi32(d[p][e], wq[j + e], y);
+                    }
+                }
+            }
+            for p in 0..pair {
+                let sum = _mm512_add_epi32(d[p][0], d[p][1]);
+                iacc[c0 + p] = _mm512_add_epi32(iacc[c0 + p], _mm512_mullo_epi32(sum, sv));
+            }
+        }
+    }
+
+    /// Q4_K on sixteen rows: `C` activation rows × the group's 16 rows, over `count`
+    /// super-blocks, stored into `out[c·n + r]` (added to it when `add`). A dword holds four
+    /// values of one row, so a sub-block's eight `vpdpbusd` leave each row's whole sum in one
+    /// dword, and one `vpmulld` applies the sixteen rows' scales.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-    pub(super) unsafe fn q4kx8<const C: usize>(
-        w: *const Q4Kx8,
+    pub(super) unsafe fn q4kx16<const C: usize>(
+        w: *const Q4Kx16,
         (a, bs): (*const Q8K, *const [i16; 16]),
         (nb, count): (usize, usize),
         (out, n, add): (*mut f32, usize, bool),
     ) {
         let low = _mm512_set1_epi8(0x0F);
-        let three = _mm512_set1_epi8(0x03);
-        // Per 16-bit lane: the top-bit shifts for scales (0, 2) and mins (4, 6) by 256-bit half.
-        let shift_sc = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
-        let shift_mn = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
-        let even = 0x5555_5555_5555_5555u64;
-        // `vpdpbusd` leaves row r's sums in dwords 2r, 2r + 1; packing the dwords of sub-blocks
-        // s and s + 1 to words puts, in 128-bit lane l, rows 2l, 2l + 1 of s then of s + 1. So
-        // after `vpmaddwd` dword j of a lane (of four) holds row 2l + j % 2 of sub-block
-        // s + j / 2. Byte 2w of the scale words is then scale index 8·(s + i / 4) + 2l + i % 4 / 2
-        // for word i = w % 8 of lane l = w / 8.
+        let top = _mm512_set1_epi8(0x30);
+        // Min words: vector t pairs, in dword r, the mins of sub-blocks 2t and 2t + 1 of row
+        // r, bytes 32·(t % 2) + r and 32·(t % 2) + 16 + r of the decoded mins.
         let mut idx = [0u8; 64];
-        let (mut ia, mut ib) = ([0u8; 64], [0u8; 64]);
-        for w in 0..32 {
-            let (l, i) = (w / 8, w % 8);
-            let r = 2 * l + i % 4 / 2;
-            idx[2 * w] = (8 * (i / 4) + r) as u8;
-            // The mins in the same dword order: sub-blocks (0, 1) in the first dword of a row
-            // and (2, 3) in the second, 4..8 likewise in the second vector.
-            let s = 2 * (i / 4) + i % 2;
-            ia[2 * w] = (8 * s + r) as u8;
-            ib[2 * w] = (8 * (4 + s) + r) as u8;
+        for r in 0..16 {
+            idx[4 * r] = r as u8;
+            idx[4 * r + 2] = (16 + r) as u8;
         }
-        let sidx0 = _mm512_loadu_si512(idx.as_ptr() as *const _);
-        let (midx_a, midx_b) = (
-            _mm512_loadu_si512(ia.as_ptr() as *const _),
-            _mm512_loadu_si512(ib.as_ptr() as *const _),
-        );
-        // Dword j of a 128-bit lane l belongs to row 2l + j % 2.
-        let dup = _mm512_set_epi32(7, 6, 7, 6, 5, 4, 5, 4, 3, 2, 3, 2, 1, 0, 1, 0);
+        let midx0 = _mm512_loadu_si512(idx.as_ptr() as *const _);
+        let midx1 = _mm512_add_epi8(midx0, _mm512_set1_epi8(32));
+        let even = 0x5555_5555_5555_5555u64;
 
         let mut facc = [_mm512_setzero_ps(); C];
         for b in 0..count {
             let blk = &*w.add(b);
-            let l = _mm512_loadu_si512(blk.scales.as_ptr() as *const _);
-            let h =
-                _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.scales.as_ptr().add(64) as *const _));
-            let top =
-                |shift| _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, shift), three), 4);
-            let sc = _mm512_or_si512(_mm512_and_si512(l, low), top(shift_sc));
-            let mn = _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi16(l, 4), low),
-                top(shift_mn),
-            );
+            let l0 = _mm512_loadu_si512(blk.scales.as_ptr() as *const _);
+            let l1 = _mm512_loadu_si512(blk.scales.as_ptr().add(64) as *const _);
+            let h = _mm512_loadu_si512(blk.scales.as_ptr().add(128) as *const _);
+            // Scales and mins 0..64 and 64..128, one byte each.
+            let sc = [
+                _mm512_or_si512(
+                    _mm512_and_si512(l0, low),
+                    _mm512_and_si512(_mm512_slli_epi16(h, 4), top),
+                ),
+                _mm512_or_si512(
+                    _mm512_and_si512(l1, low),
+                    _mm512_and_si512(_mm512_slli_epi16(h, 2), top),
+                ),
+            ];
+            let mn = [
+                _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16(l0, 4), low),
+                    _mm512_and_si512(h, top),
+                ),
+                _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16(l1, 4), low),
+                    _mm512_and_si512(_mm512_srli_epi16(h, 2), top),
+                ),
+            ];
 
             let mut iacc = [_mm512_setzero_si512(); C];
-            for s in (0..8).step_by(2) {
+            for s in 0..8 {
                 let mut wq = [_mm512_setzero_si512(); 8];
                 for h in 0..4 {
-                    let p = _mm512_loadu_si512(blk.qs.as_ptr().add(128 * s + 64 * h) as *const _);
+                    let p = _mm512_loadu_si512(blk.qs.as_ptr().add(256 * s + 64 * h) as *const _);
                     wq[2 * h] = _mm512_and_si512(p, low);
                     wq[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
                 }
-                let sidx = _mm512_add_epi8(sidx0, _mm512_set1_epi8(8 * s as i8));
-                let sv = _mm512_maskz_permutexvar_epi8(even, sidx, sc);
-                // Two activation rows at a time: four independent `vpdpbusd` chains side by
-                // side keep the multiplier busy while each chain waits on its latency.
-                for c0 in (0..C).step_by(2) {
-                    let pair = if c0 + 1 < C { 2 } else { 1 };
-                    let q: [*const i64; 2] = std::array::from_fn(|p| {
-                        (*a.add((c0 + p.min(pair - 1)) * nb + b))
-                            .qs
-                            .as_ptr()
-                            .add(32 * s) as *const i64
-                    });
-                    let z = _mm512_setzero_si512();
-                    // 16 products per dword: at most 16·15·128, inside i16 for the pack.
-                    let mut d = [[z; 2]; 2];
-                    for i in 0..4 {
-                        for p in 0..pair {
-                            for j in 0..2 {
-                                let y = _mm512_set1_epi64(q[p].add(4 * j + i).read_unaligned());
-                                d[p][j] = _mm512_dpbusd_epi32(d[p][j], wq[4 * j + i], y);
-                            }
-                        }
-                    }
-                    for p in 0..pair {
-                        let c = c0 + p;
-                        iacc[c] =
-                            _mm512_dpwssd_epi32(iacc[c], _mm512_packs_epi32(d[p][0], d[p][1]), sv);
-                    }
-                }
+                let sv = _mm512_cvtepu8_epi32(match s % 4 {
+                    0 => _mm512_extracti32x4_epi32::<0>(sc[s / 4]),
+                    1 => _mm512_extracti32x4_epi32::<1>(sc[s / 4]),
+                    2 => _mm512_extracti32x4_epi32::<2>(sc[s / 4]),
+                    _ => _mm512_extracti32x4_epi32::<3>(sc[s / 4]),
+                });
+                scaled_sums(&wq, sv, (a, nb, b, 32 * s), &mut iacc);
             }
 
-            let (dv, mv) = (scales_f32(&blk.d, dup), scales_f32(&blk.dmin, dup));
-            let ma = _mm512_maskz_permutexvar_epi8(even, midx_a, mn);
-            let mb = _mm512_maskz_permutexvar_epi8(even, midx_b, mn);
+            let dv = _mm512_cvtph_ps(_mm256_loadu_si256(blk.d.as_ptr() as *const _));
+            let mv = _mm512_cvtph_ps(_mm256_loadu_si256(blk.dmin.as_ptr() as *const _));
+            let mw = [
+                _mm512_maskz_permutexvar_epi8(even, midx0, mn[0]),
+                _mm512_maskz_permutexvar_epi8(even, midx1, mn[0]),
+                _mm512_maskz_permutexvar_epi8(even, midx0, mn[1]),
+                _mm512_maskz_permutexvar_epi8(even, midx1, mn[1]),
+            ];
             for c in 0..C {
                 let ab = &*a.add(c * nb + b);
-                let s = bs.add(c * nb + b) as *const __m128i;
-                let msum = _mm512_dpwssd_epi32(
-                    _mm512_madd_epi16(ma, _mm512_broadcast_i32x4(_mm_loadu_si128(s))),
-                    mb,
-                    _mm512_broadcast_i32x4(_mm_loadu_si128(s.add(1))),
-                );
+                let s = bs.add(c * nb + b) as *const i32;
+                let y = |t: usize| _mm512_set1_epi32(s.add(t).read_unaligned());
+                let m01 = _mm512_dpwssd_epi32(_mm512_madd_epi16(mw[0], y(0)), mw[1], y(1));
+                let m23 = _mm512_dpwssd_epi32(_mm512_madd_epi16(mw[2], y(2)), mw[3], y(3));
+                let msum = _mm512_add_epi32(m01, m23);
                 let t = _mm512_mul_ps(_mm512_cvtepi32_ps(iacc[c]), dv);
                 let t = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), mv, t);
                 facc[c] = _mm512_fmadd_ps(t, _mm512_set1_ps(ab.d), facc[c]);
             }
         }
-        // Row r = 2l + e's result is the sum of lanes 4l + e and 4l + 2 + e.
-        let lo = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 13, 12, 9, 8, 5, 4, 1, 0);
-        let hi = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 15, 14, 11, 10, 7, 6, 3, 2);
         for c in 0..C {
-            store_rows(facc[c], lo, hi, out.add(c * n), add);
+            let o = out.add(c * n);
+            let v = if add {
+                _mm512_add_ps(_mm512_loadu_ps(o), facc[c])
+            } else {
+                facc[c]
+            };
+            _mm512_storeu_ps(o, v);
         }
     }
 
-    /// Q6_K: `d·Σ_g sc_g·Σ (q − 32)·y` for `C` activation rows × the group's 8 rows, over
-    /// `count` super-blocks, stored into `out[c·n + r]` (added to it when `add`). The −32 stays
-    /// in the integer sum as `−32·Σ_g sc_g·bsum_g`.
+    /// Q6_K on sixteen rows: `d·Σ_g sc_g·Σ (q − 32)·y` for `C` activation rows × the group's
+    /// 16 rows, over `count` super-blocks, stored into `out[c·n + r]` (added to it when `add`).
+    /// A group's four `vpdpbusd` leave each row's sum in one dword and one `vpmulld` applies
+    /// the sixteen rows' scales; the −32 stays in the integer sum as `−32·Σ_g sc_g·bsum_g`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
-    pub(super) unsafe fn q6kx8<const C: usize>(
-        w: *const Q6Kx8,
+    pub(super) unsafe fn q6kx16<const C: usize>(
+        w: *const Q6Kx16,
         (a, bs): (*const Q8K, *const [i16; 16]),
         (nb, count): (usize, usize),
         (out, n, add): (*mut f32, usize, bool),
     ) {
         let low = _mm512_set1_epi8(0x0F);
-        let three = _mm512_set1_epi8(0x03);
-        // `vpmaddubsw` leaves row r's pair sums in words 4r..4r + 4 and `vpmaddwd` its sums
-        // in dwords 2r, 2r + 1: word w takes the scale of row w / 4.
+        let top = _mm512_set1_epi8(0x30);
+        // Offset words: vector k pairs, in dword r, the scales of groups 2k and 2k + 1 of
+        // row r: bytes 32·(k % 2) + r and 32·(k % 2) + 16 + r of scale vector k / 2.
         let mut idx = [0u8; 64];
-        let mut oidx = [[0u8; 64]; 4];
-        for w in 0..32 {
-            idx[2 * w] = (w / 4) as u8;
-            // The offset term: vector t pairs word w with the activation sum of group
-            // 4t + w % 4, against that group's scale of row w / 4.
-            for (t, o) in oidx.iter_mut().enumerate() {
-                o[2 * w] = (8 * (4 * t + w % 4) + w / 4) as u8;
-            }
+        for r in 0..16 {
+            idx[4 * r] = r as u8;
+            idx[4 * r + 2] = (16 + r) as u8;
         }
-        let sidx0 = _mm512_loadu_si512(idx.as_ptr() as *const _);
-        let oidx: [__m512i; 4] =
-            std::array::from_fn(|t| _mm512_loadu_si512(oidx[t].as_ptr() as *const _));
-        let dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+        let oidx0 = _mm512_loadu_si512(idx.as_ptr() as *const _);
+        let oidx1 = _mm512_add_epi8(oidx0, _mm512_set1_epi8(32));
+        let even = 0x5555_5555_5555_5555u64;
 
         let mut facc = [_mm512_setzero_ps(); C];
         for b in 0..count {
             let blk = &*w.add(b);
-            let sc = _mm512_loadu_si512(blk.scales.as_ptr() as *const _);
-            let sc2 = _mm512_loadu_si512(blk.scales.as_ptr().add(64) as *const _);
             let mut iacc = [_mm512_setzero_si512(); C];
             for p in 0..8 {
-                // Codes of values 32p..32p + 32 of the eight rows, 8 values per vector.
-                let mut wq = [_mm512_setzero_si512(); 4];
-                let qh = _mm512_loadu_si512(blk.qh.as_ptr().add(64 * p) as *const _);
-                for h in 0..2 {
-                    let ql = _mm512_loadu_si512(blk.ql.as_ptr().add(128 * p + 64 * h) as *const _);
-                    for e in 0..2 {
-                        let j = 2 * h + e;
-                        let nib = if e == 0 {
-                            _mm512_and_si512(ql, low)
-                        } else {
-                            _mm512_and_si512(_mm512_srli_epi16(ql, 4), low)
-                        };
-                        let top = _mm512_and_si512(
-                            _mm512_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32)),
-                            three,
-                        );
-                        wq[j] = _mm512_or_si512(nib, _mm512_slli_epi16(top, 4));
+                if C == 1 {
+                    // A block is 52.5 lines: seven per step cover it. Past the matrix's end
+                    // the hint reads nothing (prefetches do not fault).
+                    let next =
+                        (w.wrapping_add(b + PREFETCH_BLOCKS) as *const i8).wrapping_add(448 * p);
+                    for l in 0..7 {
+                        _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * l));
                     }
                 }
-                // Groups 2p (values 0..16 of the run) and 2p + 1 (16..32).
-                let src = if p < 4 { sc } else { sc2 };
-                let sv: [__m512i; 2] = std::array::from_fn(|e| {
-                    let g = (2 * p + e) % 8;
-                    let i = _mm512_add_epi8(sidx0, _mm512_set1_epi8(8 * g as i8));
-                    words_of_even_bytes(_mm512_permutexvar_epi8(i, src))
+                let qh: [__m512i; 2] = std::array::from_fn(|e| {
+                    _mm512_loadu_si512(blk.qh.as_ptr().add(128 * p + 64 * e) as *const _)
                 });
-                for c in 0..C {
-                    let q = (*a.add(c * nb + b)).qs.as_ptr().add(32 * p) as *const i64;
-                    let y = |i: usize| _mm512_set1_epi64(q.add(i).read_unaligned());
-                    // Two pair sums per word: at most 4·63·128, inside i16.
-                    let mut u = [_mm512_setzero_si512(); 2];
+                // Codes of values 32p + 4t + i, t = 0..8, of the sixteen rows.
+                let mut wq = [_mm512_setzero_si512(); 8];
+                for h in 0..4 {
+                    let ql = _mm512_loadu_si512(blk.ql.as_ptr().add(256 * p + 64 * h) as *const _);
                     for e in 0..2 {
-                        u[e] = _mm512_add_epi16(
-                            _mm512_maddubs_epi16(wq[2 * e], y(2 * e)),
-                            _mm512_maddubs_epi16(wq[2 * e + 1], y(2 * e + 1)),
+                        let t = 2 * h + e;
+                        let nib = if e == 0 { ql } else { _mm512_srli_epi16(ql, 4) };
+                        let src = qh[t / 4];
+                        let bits = match t % 4 {
+                            0 => _mm512_slli_epi16(src, 4),
+                            1 => _mm512_slli_epi16(src, 2),
+                            2 => src,
+                            _ => _mm512_srli_epi16(src, 2),
+                        };
+                        // (nib & 0x0F) | (bits & 0x30)
+                        wq[t] = _mm512_or_si512(
+                            _mm512_and_si512(nib, low),
+                            _mm512_and_si512(bits, top),
                         );
                     }
-                    // One add on the accumulator per step rather than two chained
-                    // `vpdpwssd`: the chain's latency, not the multiplier, bounded this loop.
-                    let t = _mm512_dpwssd_epi32(_mm512_madd_epi16(u[0], sv[0]), u[1], sv[1]);
-                    iacc[c] = _mm512_add_epi32(iacc[c], t);
+                }
+                for e in 0..2 {
+                    let g = 2 * p + e;
+                    let sv = _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        blk.scales.as_ptr().add(16 * g) as *const _
+                    ));
+                    let wq: &[__m512i; 4] = wq[4 * e..4 * e + 4].try_into().unwrap();
+                    scaled_sums(wq, sv, (a, nb, b, 16 * g), &mut iacc);
                 }
             }
 
-            let dv = scales_f32(&blk.d, dup);
-            let off: [__m512i; 4] = std::array::from_fn(|t| {
-                let src = if t < 2 { sc } else { sc2 };
-                let i = _mm512_sub_epi8(oidx[t], _mm512_set1_epi8(if t < 2 { 0 } else { 64 }));
-                words_of_even_bytes(_mm512_permutexvar_epi8(i, src))
+            let dv = _mm512_cvtph_ps(_mm256_loadu_si256(blk.d.as_ptr() as *const _));
+            let off: [__m512i; 8] = std::array::from_fn(|k| {
+                let src = _mm512_loadu_si512(blk.scales.as_ptr().add(64 * (k / 2)) as *const _);
+                let i = if k % 2 == 0 { oidx0 } else { oidx1 };
+                words_of_even_bytes(_mm512_maskz_permutexvar_epi8(even, i, src))
             });
             for c in 0..C {
                 let ab = &*a.add(c * nb + b);
-                let s = bs.add(c * nb + b) as *const i64;
-                let mut osum = _mm512_madd_epi16(off[0], _mm512_set1_epi64(s.read_unaligned()));
-                for t in 1..4 {
-                    osum = _mm512_dpwssd_epi32(
-                        osum,
-                        off[t],
-                        _mm512_set1_epi64(s.add(t).read_unaligned()),
-                    );
+                let s = bs.add(c * nb + b) as *const i32;
+                let y = |k: usize| _mm512_set1_epi32(s.add(k).read_unaligned());
+                let mut o0 = _mm512_madd_epi16(off[0], y(0));
+                let mut o1 = _mm512_madd_epi16(off[1], y(1));
+                for k in (2..8).step_by(2) {
+                    o0 = _mm512_dpwssd_epi32(o0, off[k], y(k));
+                    o1 = _mm512_dpwssd_epi32(o1, off[k + 1], y(k + 1));
                 }
+                let osum = _mm512_add_epi32(o0, o1);
                 let isum = _mm512_sub_epi32(iacc[c], _mm512_slli_epi32(osum, 5));
                 facc[c] = _mm512_fmadd_ps(
                     _mm512_mul_ps(_mm512_cvtepi32_ps(isum), dv),
@@ -780,11 +780,14 @@ mod avx512 {
                 );
             }
         }
-        // Row r's result is the sum of lanes 2r and 2r + 1.
-        let lo = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 14, 12, 10, 8, 6, 4, 2, 0);
-        let hi = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 15, 13, 11, 9, 7, 5, 3, 1);
         for c in 0..C {
-            store_rows(facc[c], lo, hi, out.add(c * n), add);
+            let o = out.add(c * n);
+            let v = if add {
+                _mm512_add_ps(_mm512_loadu_ps(o), facc[c])
+            } else {
+                facc[c]
+            };
+            _mm512_storeu_ps(o, v);
         }
     }
 }
@@ -792,17 +795,17 @@ mod avx512 {
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     //! Never called: [`super::cpu_supported`] is false off x86-64.
-    use super::{Q4Kx8, Q6Kx8, Q8K};
-    pub(super) unsafe fn q4kx8<const C: usize>(
-        _: *const Q4Kx8,
+    use super::{Q4Kx16, Q6Kx16, Q8K};
+    pub(super) unsafe fn q6kx16<const C: usize>(
+        _: *const Q6Kx16,
         _: (*const Q8K, *const [i16; 16]),
         _: (usize, usize),
         _: (*mut f32, usize),
     ) {
         unreachable!("AVX-512 kernels called off x86-64")
     }
-    pub(super) unsafe fn q6kx8<const C: usize>(
-        _: *const Q6Kx8,
+    pub(super) unsafe fn q4kx16<const C: usize>(
+        _: *const Q4Kx16,
         _: (*const Q8K, *const [i16; 16]),
         _: (usize, usize),
         _: (*mut f32, usize),
@@ -864,12 +867,12 @@ mod tests {
     /// activation tiles with tails, several passes over `k` and the one-row decode path.
     fn check<T: GgmlType>(format: Format, repack: Repack) {
         let shapes = [
-            (1, 256, 8),
+            (1, 256, 16),
             (1, 2048, 64),
             (2, 512, 16),
-            (3, 768, 24),
-            (8, 256, 8),
-            (9, 2304, 40),
+            (3, 768, 48),
+            (8, 256, 16),
+            (9, 2304, 80),
             (17, 2048, 32),
             (33, 4096, 48),
         ];
@@ -900,7 +903,7 @@ mod tests {
             eprintln!("skipped: no AVX-512 VBMI/VNNI");
             return;
         }
-        check::<BlockQ4K>(Format::Q4Kx8, repack_q4k);
+        check::<BlockQ4K>(Format::Q4Kx16, repack_q4k);
     }
 
     #[test]
@@ -909,7 +912,7 @@ mod tests {
             eprintln!("skipped: no AVX-512 VBMI/VNNI");
             return;
         }
-        check::<BlockQ6K>(Format::Q6Kx8, repack_q6k);
+        check::<BlockQ6K>(Format::Q6Kx16, repack_q6k);
     }
 
     #[test]
@@ -922,21 +925,21 @@ mod tests {
         // projections in Q6_K), for prefill, decode and an empty matrix.
         let k = 512;
         let mats: Vec<(Format, usize, Vec<u8>)> = [
-            (Format::Q4Kx8, 64, 1),
-            (Format::Q4Kx8, 16, 2),
-            (Format::Q6Kx8, 24, 3),
-            (Format::Q4Kx8, 0, 4),
+            (Format::Q4Kx16, 64, 1),
+            (Format::Q4Kx16, 16, 2),
+            (Format::Q6Kx16, 32, 3),
+            (Format::Q4Kx16, 0, 4),
         ]
         .into_iter()
         .map(|(format, n, seed)| {
             let w = match format {
-                Format::Q4Kx8 => q4k_weights(n, k, seed),
-                Format::Q6Kx8 => weights::<BlockQ6K>(n, k, seed),
+                Format::Q4Kx16 => q4k_weights(n, k, seed),
+                Format::Q6Kx16 => weights::<BlockQ6K>(n, k, seed),
             };
             let mut packed = vec![0u8; w.len()];
             match format {
-                Format::Q4Kx8 => repack_q4k(&w, n, k, &mut packed),
-                Format::Q6Kx8 => repack_q6k(&w, n, k, &mut packed),
+                Format::Q4Kx16 => repack_q4k(&w, n, k, &mut packed),
+                Format::Q6Kx16 => repack_q6k(&w, n, k, &mut packed),
             }
             .unwrap();
             (format, n, packed)
@@ -986,7 +989,7 @@ mod tests {
     #[test]
     fn repack_is_a_permutation_of_the_bytes_content() {
         // Every code, scale and min comes back out of the interleaved block.
-        let (n, k) = (16, 512);
+        let (n, k) = (32, 512);
         let w = q4k_weights(n, k, 3);
         let mut packed = vec![0u8; w.len()];
         repack_q4k(&w, n, k, &mut packed).unwrap();
@@ -994,11 +997,11 @@ mod tests {
         let orig = as_blocks::<BlockQ4K>(&w);
         for g in 0..n / ROWS {
             for b in 0..nb {
-                let at = (g * nb + b) * Q4KX8_BYTES;
+                let at = (g * nb + b) * Q4K_BYTES;
                 // SAFETY: `packed` holds whole blocks; u16 fields need 2-byte alignment, which
                 // a Vec<u8> of this size has in practice; read unaligned to be sure.
-                let blk: Q4Kx8 =
-                    unsafe { std::ptr::read_unaligned(packed[at..].as_ptr() as *const Q4Kx8) };
+                let blk: Q4Kx16 =
+                    unsafe { std::ptr::read_unaligned(packed[at..].as_ptr() as *const Q4Kx16) };
                 for r in 0..ROWS {
                     let ob = &orig[(g * ROWS + r) * nb + b];
                     // SAFETY: BlockQ4K and Q4K share the GGUF layout.
@@ -1008,20 +1011,18 @@ mod tests {
                     let (sc, mn) = q4k_scales_mins(&ob.scales);
                     let codes = q4k_codes(ob);
                     for s in 0..8 {
-                        let six = |i: usize| {
-                            let lo = if i < 64 {
-                                blk.scales[i] & 0x0F
-                            } else {
-                                blk.scales[i - 64] >> 4
-                            };
-                            let hi = (blk.scales[64 + i % 32] >> (2 * (i / 32))) & 3;
+                        // Scale (min = false) or min (true) `i`.
+                        let six = |i: usize, min: bool| {
+                            let lo = (blk.scales[i] >> (4 * min as usize)) & 0x0F;
+                            let shift = 2 * (i / 64) + 4 * min as usize;
+                            let hi = (blk.scales[128 + i % 64] >> shift) & 3;
                             lo | (hi << 4)
                         };
-                        assert_eq!(six(8 * s + r), sc[s]);
-                        assert_eq!(six(64 + 8 * s + r), mn[s]);
+                        assert_eq!(six(16 * s + r, false), sc[s]);
+                        assert_eq!(six(16 * s + r, true), mn[s]);
                         for v in 0..32 {
-                            let (h, i, high) = (v / 16, v % 8, (v % 16) >= 8);
-                            let byte = blk.qs[128 * s + 64 * h + 8 * r + i];
+                            let (h, i, high) = (v / 8, v % 4, (v % 8) >= 4);
+                            let byte = blk.qs[256 * s + 64 * h + 4 * r + i];
                             let code = if high { byte >> 4 } else { byte & 0x0F };
                             assert_eq!(code, codes[32 * s + v], "g{g} b{b} r{r} s{s} v{v}");
                         }
@@ -1033,17 +1034,17 @@ mod tests {
 
     #[test]
     fn rejects_shapes_it_cannot_group() {
-        let mut dst = vec![0u8; 144 * 4];
+        let mut dst = vec![0u8; 144 * 8];
         assert_eq!(
-            repack_q4k(&[0u8; 144 * 4], 4, 256, &mut dst),
-            Err(RepackError::Rows(4))
+            repack_q4k(&[0u8; 144 * 8], 8, 256, &mut dst),
+            Err(RepackError::Rows(8))
         );
         assert_eq!(
-            repack_q4k(&[0u8; 144 * 8], 8, 100, &mut dst),
+            repack_q6k(&[0u8; 210 * 16], 16, 100, &mut dst),
             Err(RepackError::Cols(100))
         );
         assert!(matches!(
-            repack_q4k(&[0u8; 10], 8, 256, &mut dst),
+            repack_q4k(&[0u8; 10], 16, 256, &mut dst),
             Err(RepackError::Size { .. })
         ));
     }
@@ -1100,25 +1101,121 @@ mod tests {
         }
     }
 
+    /// Decode-shaped products over 220 MB of weights (more than the last-level cache, so they
+    /// stream from memory as a decode step does), interleaved against the GGUF layout:
+    /// `cargo test --release --lib interleaved::tests::gemv_speed -- --ignored --nocapture`.
+    /// Medians of 10; one 2048-row matrix repeated 64 times, since the weights' values do not
+    /// change the speed.
+    #[test]
+    #[ignore]
+    fn gemv_speed() {
+        let (k, n0, copies) = (2048, 2048, 64);
+        let n = n0 * copies;
+        let x = activations(1, k, 2);
+        let mut out = vec![0f32; n];
+        let cases: [(&str, kernels::Format, Format, Repack); 2] = [
+            ("Q4_K", kernels::Format::Q4K, Format::Q4Kx16, repack_q4k),
+            ("Q6_K", kernels::Format::Q6K, Format::Q6Kx16, repack_q6k),
+        ];
+        for (name, gguf_format, format, repack) in cases {
+            let w = match format {
+                Format::Q4Kx16 => q4k_weights(n0, k, 1),
+                Format::Q6Kx16 => weights::<BlockQ6K>(n0, k, 1),
+            };
+            let mut packed = vec![0u8; w.len()];
+            repack(&w, n0, k, &mut packed).unwrap();
+            let (w, packed) = (w.repeat(copies), packed.repeat(copies));
+            let mut median = [0f64; 2];
+            for (v, median) in median.iter_mut().enumerate() {
+                let mut times: Vec<f64> = (0..10)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        match v {
+                            0 => kernels::matmul(gguf_format, (1, k, n), &x, &w, &mut out),
+                            _ => matmul(format, (1, k, n), &x, &packed, &mut out),
+                        }
+                        .unwrap();
+                        t.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                *median = times[times.len() / 2];
+            }
+            let gb = w.len() as f64 / 1e9;
+            println!(
+                "{name} (1,{k},{n}): gguf layout {:.2} ms {:.1} GB/s | interleaved {:.2} ms {:.1} GB/s",
+                median[0] * 1e3,
+                gb / median[0],
+                median[1] * 1e3,
+                gb / median[1]
+            );
+        }
+    }
+
+    /// One micro-kernel call on one thread, weights and activations in L1/L2: 8 activation
+    /// rows against 16 weight rows over 2048 values, the loop the prefill products run,
+    /// without the threads and the memory around it.
+    /// `cargo test --release --lib interleaved::tests::kernel_alone -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn kernel_alone() {
+        let (m, k, n) = (8, 2048, 16);
+        let nb = k / QK;
+        let act = kernels::quantize(&activations(m, k, 2), m, k);
+        let mut out = vec![0f32; m * n];
+        for format in [Format::Q4Kx16, Format::Q6Kx16] {
+            let (w, sums): (_, Vec<[i16; 16]>) = match format {
+                Format::Q4Kx16 => (q4k_weights(n, k, 1), act.iter().map(q4k_sums).collect()),
+                Format::Q6Kx16 => (
+                    weights::<BlockQ6K>(n, k, 1),
+                    act.iter().map(|a| a.bsums).collect(),
+                ),
+            };
+            let mut packed = vec![0u8; w.len()];
+            match format {
+                Format::Q4Kx16 => repack_q4k(&w, n, k, &mut packed),
+                Format::Q6Kx16 => repack_q6k(&w, n, k, &mut packed),
+            }
+            .unwrap();
+            let reps = 100_000;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                let (a, out) = ((act.as_ptr(), sums.as_ptr()), (out.as_mut_ptr(), n, false));
+                // SAFETY: `packed` holds one group of `nb` blocks, `act`/`sums` 8 rows of `nb`,
+                // `out` 8 rows of 16; the tests run these kernels only where the CPU has them.
+                unsafe {
+                    match format {
+                        Format::Q4Kx16 => {
+                            avx512::q4kx16::<8>(packed.as_ptr() as _, a, (nb, nb), out)
+                        }
+                        Format::Q6Kx16 => {
+                            avx512::q6kx16::<8>(packed.as_ptr() as _, a, (nb, nb), out)
+                        }
+                    }
+                }
+            }
+            let gmac = (m * k * n * reps) as f64 / 1e9;
+            println!(
+                "{format:?} kernel alone: {:.1} GMAC/s on one thread",
+                gmac / t.elapsed().as_secs_f64()
+            );
+        }
+    }
+
     /// Prefill-shaped products, interleaved against the GGUF-layout kernels:
     /// `cargo test --release --lib interleaved::tests::speed -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn speed() {
         let cases: [(&str, kernels::Format, Format, Repack); 2] = [
-            ("Q4_K", kernels::Format::Q4K, Format::Q4Kx8, repack_q4k),
-            ("Q6_K", kernels::Format::Q6K, Format::Q6Kx8, repack_q6k),
+            ("Q4_K", kernels::Format::Q4K, Format::Q4Kx16, repack_q4k),
+            ("Q6_K", kernels::Format::Q6K, Format::Q6Kx16, repack_q6k),
         ];
         for (name, gguf_format, format, repack) in cases {
-            for &(m, k, n) in &[
-                (512, 2048, 2048),
-                (512, 2048, 11008),
-                (512, 11008, 2048),
-                (1, 2048, 32768),
-            ] {
+            for &(m, k, n) in &[(512, 2048, 2048), (512, 2048, 11008), (512, 11008, 2048)] {
                 let w = match format {
-                    Format::Q4Kx8 => q4k_weights(n, k, 1),
-                    Format::Q6Kx8 => weights::<BlockQ6K>(n, k, 1),
+                    Format::Q4Kx16 => q4k_weights(n, k, 1),
+                    Format::Q6Kx16 => weights::<BlockQ6K>(n, k, 1),
                 };
                 let x = activations(m, k, 2);
                 let mut packed = vec![0u8; w.len()];

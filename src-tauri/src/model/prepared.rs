@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"SMOLX8\0\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const ALIGN: usize = 4096;
 
 /// Free space a build leaves on the disk, at least.
@@ -96,7 +96,7 @@ pub fn enabled() -> bool {
     !off && interleaved::cpu_supported() && super::kernels::available()
 }
 
-/// The tensors worth interleaving: 2-D Q4_K and Q6_K matrices whose rows group by eight. The token
+/// The tensors worth interleaving: 2-D Q4_K and Q6_K matrices whose rows group by sixteen. The token
 /// embedding stays as it is: lookups read single rows of it.
 pub fn eligible(g: &GgufFile) -> Vec<&TensorInfo> {
     g.tensors()

@@ -168,8 +168,8 @@ impl QWeight {
         match p.get(&self.name) {
             Some((map, offset, size)) if size == self.size => {
                 let format = match self.ty {
-                    GgmlType::Q4K => interleaved::Format::Q4Kx8,
-                    GgmlType::Q6K => interleaved::Format::Q6Kx8,
+                    GgmlType::Q4K => interleaved::Format::Q4Kx16,
+                    GgmlType::Q6K => interleaved::Format::Q6Kx16,
                     _ => return false,
                 };
                 self.x8 = Some((map, offset, format));
