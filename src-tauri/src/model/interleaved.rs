@@ -546,6 +546,35 @@ mod avx512 {
         _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8)
     }
 
+    /// `vpermb` indices that put, in the low bytes of dword r's two words, bytes r and 16 + r:
+    /// of the first 32 bytes (first vector) or of the second 32 (second vector). They pair a
+    /// row's values of two sub-blocks stored sixteen rows apart.
+    #[inline(always)]
+    unsafe fn pair_indices() -> [__m512i; 2] {
+        let mut idx = [0u8; 64];
+        for r in 0..16 {
+            idx[4 * r] = r as u8;
+            idx[4 * r + 2] = (16 + r) as u8;
+        }
+        let first = _mm512_loadu_si512(idx.as_ptr() as *const _);
+        [first, _mm512_add_epi8(first, _mm512_set1_epi8(32))]
+    }
+
+    /// Stores each activation row's sixteen results into `out[c·n..c·n + 16]`, or adds them
+    /// to what is there when `add` (every pass over `k` after the first).
+    #[inline(always)]
+    unsafe fn store_rows<const C: usize>(facc: &[__m512; C], out: *mut f32, n: usize, add: bool) {
+        for (c, &acc) in facc.iter().enumerate() {
+            let o = out.add(c * n);
+            let v = if add {
+                _mm512_add_ps(_mm512_loadu_ps(o), acc)
+            } else {
+                acc
+            };
+            _mm512_storeu_ps(o, v);
+        }
+    }
+
     /// For every activation row `c`: `iacc[c] += sv · Σ_j wq[j] · y_c[j]`, where `y_c[j]` is
     /// the 4-byte run at byte `at + 4j` of row `c`'s block `b`, broadcast to all sixteen rows.
     /// Two activation rows at a time, two chains each: four independent `vpdpbusd` chains
@@ -598,13 +627,7 @@ mod avx512 {
         let top = _mm512_set1_epi8(0x30);
         // Min words: vector t pairs, in dword r, the mins of sub-blocks 2t and 2t + 1 of row
         // r, bytes 32·(t % 2) + r and 32·(t % 2) + 16 + r of the decoded mins.
-        let mut idx = [0u8; 64];
-        for r in 0..16 {
-            idx[4 * r] = r as u8;
-            idx[4 * r + 2] = (16 + r) as u8;
-        }
-        let midx0 = _mm512_loadu_si512(idx.as_ptr() as *const _);
-        let midx1 = _mm512_add_epi8(midx0, _mm512_set1_epi8(32));
+        let [midx0, midx1] = pair_indices();
         let even = 0x5555_5555_5555_5555u64;
 
         let mut facc = [_mm512_setzero_ps(); C];
@@ -672,15 +695,7 @@ mod avx512 {
                 facc[c] = _mm512_fmadd_ps(t, _mm512_set1_ps(ab.d), facc[c]);
             }
         }
-        for c in 0..C {
-            let o = out.add(c * n);
-            let v = if add {
-                _mm512_add_ps(_mm512_loadu_ps(o), facc[c])
-            } else {
-                facc[c]
-            };
-            _mm512_storeu_ps(o, v);
-        }
+        store_rows(&facc, out, n, add);
     }
 
     /// Q6_K on sixteen rows: `d·Σ_g sc_g·Σ (q − 32)·y` for `C` activation rows × the group's
@@ -698,13 +713,7 @@ mod avx512 {
         let top = _mm512_set1_epi8(0x30);
         // Offset words: vector k pairs, in dword r, the scales of groups 2k and 2k + 1 of
         // row r: bytes 32·(k % 2) + r and 32·(k % 2) + 16 + r of scale vector k / 2.
-        let mut idx = [0u8; 64];
-        for r in 0..16 {
-            idx[4 * r] = r as u8;
-            idx[4 * r + 2] = (16 + r) as u8;
-        }
-        let oidx0 = _mm512_loadu_si512(idx.as_ptr() as *const _);
-        let oidx1 = _mm512_add_epi8(oidx0, _mm512_set1_epi8(32));
+        let [oidx0, oidx1] = pair_indices();
         let even = 0x5555_5555_5555_5555u64;
 
         let mut facc = [_mm512_setzero_ps(); C];
@@ -780,15 +789,7 @@ mod avx512 {
                 );
             }
         }
-        for c in 0..C {
-            let o = out.add(c * n);
-            let v = if add {
-                _mm512_add_ps(_mm512_loadu_ps(o), facc[c])
-            } else {
-                facc[c]
-            };
-            _mm512_storeu_ps(o, v);
-        }
+        store_rows(&facc, out, n, add);
     }
 }
 
