@@ -402,12 +402,12 @@ pub fn matmul_many_uninit(
         return Ok(());
     }
     let act = kernels::quantize(lhs, m, k);
-    // Q6_K reads the Q8_K block's own sums of 16.
     let q4_sums: Vec<[i16; 16]> = if products.iter().any(|p| p.format == Format::Q4Kx16) {
         act.iter().map(q4k_sums).collect()
     } else {
         Vec::new()
     };
+    // Q6_K's offset multiplies the Q8_K block's own sums of 16.
     let q6_sums: Vec<[i16; 16]> = if products.iter().any(|p| p.format == Format::Q6Kx16) {
         act.iter().map(|a| a.bsums).collect()
     } else {

@@ -96,8 +96,8 @@ pub fn enabled() -> bool {
     !off && interleaved::cpu_supported() && super::kernels::available()
 }
 
-/// The tensors worth interleaving: 2-D Q4_K and Q6_K matrices whose rows group by sixteen. The token
-/// embedding stays as it is: lookups read single rows of it.
+/// The tensors worth interleaving: 2-D Q4_K and Q6_K matrices whose rows group by sixteen. The
+/// token embedding stays as it is: lookups read single rows of it.
 pub fn eligible(g: &GgufFile) -> Vec<&TensorInfo> {
     g.tensors()
         .iter()
