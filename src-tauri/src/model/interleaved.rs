@@ -103,9 +103,6 @@ pub const Q4K_BYTES: usize = std::mem::size_of::<Q4Kx16>();
 /// layout (`dst`, the same size). Exact: every code, scale and min is kept as it is.
 pub fn repack_q4k(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) -> Result<(), RepackError> {
     const B: usize = std::mem::size_of::<Q4K>();
-    if !rows.is_multiple_of(ROWS) {
-        return Err(RepackError::Rows(rows));
-    }
     let nb = check_repack(src.len(), dst.len(), rows, cols, B)?;
     for g in 0..rows / ROWS {
         for b in 0..nb {
@@ -208,9 +205,6 @@ pub const Q6K_BYTES: usize = std::mem::size_of::<Q6Kx16>();
 /// layout (`dst`, the same size). Exact: every code and scale is kept as it is.
 pub fn repack_q6k(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) -> Result<(), RepackError> {
     const B: usize = std::mem::size_of::<Q6K>();
-    if !rows.is_multiple_of(ROWS) {
-        return Err(RepackError::Rows(rows));
-    }
     let nb = check_repack(src.len(), dst.len(), rows, cols, B)?;
     for g in 0..rows / ROWS {
         for b in 0..nb {
