@@ -10,6 +10,7 @@
 //! faster than candle's masked matrix products (see doc/benchmarks.md).
 
 use super::kernels;
+use super::vmath::exp;
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -684,26 +685,6 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// `eˣ` for `x ≤ 0` (scores minus their maximum), to a few parts in 10⁷, in plain
-/// arithmetic that vectorizes: `x = n·ln 2 + r`, `eʳ` by its Taylor series on |r| ≤ ln 2 / 2,
-/// and `2ⁿ` built in the exponent bits.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and removing 1.5·2²³ rounds to the nearest integer without a branch.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -806,20 +787,6 @@ mod tests {
             check(8, 8, 5, 5, 24, dtype);
             check(6, 2, 17, 40, 20, dtype);
         }
-    }
-
-    #[test]
-    fn exp_is_accurate() {
-        for i in 0..=10_000 {
-            let x = -(i as f32) * 0.0087;
-            let (got, want) = (exp(x), x.exp());
-            assert!(
-                (got - want).abs() <= 5e-7 * want + 1e-37,
-                "exp({x}) = {got}, want {want}"
-            );
-        }
-        let tiny = exp(-1000.0);
-        assert!(tiny > 0.0 && tiny < 1e-37, "far below: {tiny}");
     }
 
     #[test]

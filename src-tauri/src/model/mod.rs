@@ -7,10 +7,12 @@ pub mod heap;
 pub mod interleaved;
 pub mod kernels;
 pub mod kv_cache;
+pub mod norm;
 pub mod prepared;
 pub mod smollm3;
 pub mod swiglu;
 pub mod synth;
+pub mod vmath;
 pub mod weights;
 
 pub use config::Config;

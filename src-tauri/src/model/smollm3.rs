@@ -9,8 +9,8 @@ use super::config::Config;
 use super::gguf::{GgufError, GgufFile};
 use super::heap;
 use super::kv_cache::KvCache;
+use super::norm;
 use super::prepared::Prepared;
-use super::swiglu;
 use super::weights::{vector_f32, QWeight};
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -24,10 +24,7 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let [gate, up]: [Tensor; 2] = QWeight::matmul_many(&[&self.gate, &self.up], x)?
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg("two products expected".into()))?;
-        self.down.matmul(&swiglu::swiglu(&gate, &up)?)
+        self.down.matmul(&QWeight::swiglu(&self.gate, &self.up, x)?)
     }
 }
 
@@ -208,25 +205,34 @@ impl Model {
         let (seq, pos) = (tokens.len(), cache.len());
         cache.reserve(seq)?;
         let rope = Rope::new(cfg, pos, seq)?;
-        let mut x = self.embd.rows_f32(tokens)?;
+        let eps = cfg.rms_eps as f32;
+        let first_norm = self.layers.first().map_or(&self.out_norm, |l| &l.attn_norm);
+        // `h` is always the normalized `x` that the next block reads: each residual addition
+        // comes with the norm after it.
+        let (mut x, mut h) =
+            norm::add_rms_norm(&self.embd.rows_f32(tokens)?, None, first_norm, eps)?;
         for (il, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
-            let attn = self.attention(il, layer, &h, cache, &rope)?;
-            x = (x + layer.wo.matmul(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            x = (x + layer.mlp.forward(&h)?)?;
+            let attn = layer
+                .wo
+                .matmul(&self.attention(il, layer, &h, cache, &rope)?)?;
+            (x, h) = norm::add_rms_norm(&x, Some(&attn), &layer.ffn_norm, eps)?;
+            let next_norm = self
+                .layers
+                .get(il + 1)
+                .map_or(&self.out_norm, |l| &l.attn_norm);
+            (x, h) = norm::add_rms_norm(&x, Some(&layer.mlp.forward(&h)?), next_norm, eps)?;
         }
+        drop(x);
         cache.commit(tokens);
         if seq > 1 {
             // The chunk's activations are free now; an idle app should not keep them.
             heap::release();
         }
-        let x = match which {
-            Logits::Last => x.narrow(0, seq - 1, 1)?,
-            Logits::All => x,
+        let h = match which {
+            Logits::Last => h.narrow(0, seq - 1, 1)?,
+            Logits::All => h,
         };
-        let x = candle_nn::ops::rms_norm(&x, &self.out_norm, cfg.rms_eps as f32)?;
-        let logits = self.lm_head.matmul(&x)?;
+        let logits = self.lm_head.matmul(&h)?;
         match which {
             Logits::Last => logits.squeeze(0),
             Logits::All => Ok(logits),

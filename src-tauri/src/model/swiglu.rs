@@ -5,6 +5,7 @@
 //! pass over both inputs writes the result, with a branch-free `exp` that the compiler
 //! vectorizes (AVX-512 where the CPU has it), split over candle's thread pool.
 
+use super::vmath::exp;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use std::mem::MaybeUninit;
 
@@ -67,7 +68,8 @@ impl CustomOp2 for SwiGlu {
     }
 }
 
-fn apply(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
+/// `out = silu(g) · u`, elementwise over slices of the same length.
+pub(super) fn apply(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature was just detected.
@@ -89,44 +91,10 @@ fn apply_plain(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
     }
 }
 
-/// `eˣ` to about 2 ulp over the range where it is finite; saturates beyond, and a NaN
-/// input gives NaN. Written without branches so that loops over it vectorize.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two so that n·ln2 is subtracted exactly for |n| ≤ 128.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E).round();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    // Taylor terms to r⁶/720 on |r| ≤ ln2/2: truncation below 2e-8 relative.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
-
-    #[test]
-    fn exp_matches_the_standard_library() {
-        let mut worst = 0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let (got, want) = (exp(x) as f64, (x as f64).exp());
-            worst = worst.max(((got - want) / want).abs());
-            x += 0.0137;
-        }
-        assert!(worst < 5e-7, "worst relative error {worst}");
-        assert_eq!(exp(-1000.0), exp(-87.0));
-        assert!(exp(1000.0).is_finite());
-        assert!(exp(f32::NAN).is_nan());
-    }
 
     #[test]
     fn matches_candle_silu_times_up() {

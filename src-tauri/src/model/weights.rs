@@ -9,6 +9,7 @@ use super::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
 use super::interleaved;
 use super::kernels;
 use super::prepared::Prepared;
+use super::swiglu;
 use candle_core::quantized::k_quants::{
     self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
     BlockQ6K, BlockQ8_0, GgmlType as GgmlType_,
@@ -218,6 +219,57 @@ impl QWeight {
         ws.iter().map(|w| w.matmul(&x)).collect()
     }
 
+    /// `silu(x · Gᵀ) · (x · Uᵀ)` for a feed-forward block's `gate` and `up` (same shape). With
+    /// interleaved copies of both it is one pass that never stores the two products
+    /// ([`interleaved::swiglu_uninit`]); otherwise the products, then [`swiglu::swiglu`].
+    pub fn swiglu(gate: &QWeight, up: &QWeight, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = x.contiguous()?;
+        if let Some(out) = Self::fused_swiglu(gate, up, &x)? {
+            return Ok(out);
+        }
+        let [g, u]: [Tensor; 2] = Self::matmul_many(&[gate, up], &x)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("two products expected".into()))?;
+        swiglu::swiglu(&g, &u)
+    }
+
+    /// [`QWeight::swiglu`] in one pass, or `None` where that path does not apply.
+    fn fused_swiglu(
+        gate: &QWeight,
+        up: &QWeight,
+        x: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (Some((&k, lead)), Some(g), Some(u)) =
+            (x.dims().split_last(), gate.interleaved(), up.interleaved())
+        else {
+            return Ok(None);
+        };
+        let (m, n): (usize, usize) = (lead.iter().product(), gate.rows);
+        if gate.cols != k || up.cols != k || up.rows != n {
+            return Ok(None);
+        }
+        let (storage, layout) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
+            return Ok(None);
+        };
+        let lhs = &v[layout.start_offset()..layout.start_offset() + m * k];
+        let mut out = Vec::with_capacity(m * n);
+        let dst = &mut out.spare_capacity_mut()[..m * n];
+        if interleaved::swiglu_uninit((m, k, n), lhs, [g, u], dst).is_err() {
+            return Ok(None);
+        }
+        // SAFETY: on success every one of the `m · n` elements was written.
+        unsafe { out.set_len(m * n) };
+        let shape = Shape::from([lead, &[n]].concat());
+        Ok(Some(Tensor::from_vec(out, shape, x.device())?))
+    }
+
+    /// The interleaved copy's layout and bytes, where there is one.
+    fn interleaved(&self) -> Option<(interleaved::Format, &[u8])> {
+        let (map, offset, format) = self.x8.as_ref()?;
+        Some((*format, &map[*offset..*offset + self.size]))
+    }
+
     /// [`QWeight::matmul_many`] on the interleaved copies, or `None` where that path does not
     /// apply (a matrix without one, another input width, a CPU without the kernels).
     fn fused(ws: &[&QWeight], x: &Tensor) -> candle_core::Result<Option<Vec<Tensor>>> {
@@ -257,11 +309,11 @@ impl QWeight {
             .iter()
             .zip(outs.iter_mut())
             .map(|(w, dst)| {
-                let (map, offset, format) = w.x8.as_ref()?;
+                let (format, bytes) = w.interleaved()?;
                 Some(interleaved::Product {
-                    format: *format,
+                    format,
                     n: w.rows,
-                    w: &map[*offset..*offset + w.size],
+                    w: bytes,
                     dst: &mut dst.spare_capacity_mut()[..m * w.rows],
                 })
             })
