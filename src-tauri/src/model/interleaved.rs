@@ -968,6 +968,21 @@ mod tests {
         weights::<BlockQ4K>(n, k, seed)
     }
 
+    /// Random weights of `n` rows in `format`, repacked to the interleaved layout.
+    fn packed(format: Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
+        let w = match format {
+            Format::Q4Kx16 => q4k_weights(n, k, seed),
+            Format::Q6Kx16 => weights::<BlockQ6K>(n, k, seed),
+        };
+        let mut packed = vec![0u8; w.len()];
+        match format {
+            Format::Q4Kx16 => repack_q4k(&w, n, k, &mut packed),
+            Format::Q6Kx16 => repack_q6k(&w, n, k, &mut packed),
+        }
+        .unwrap();
+        packed
+    }
+
     fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         (0..m * k)
@@ -1054,19 +1069,7 @@ mod tests {
             (Format::Q4Kx16, 0, 4),
         ]
         .into_iter()
-        .map(|(format, n, seed)| {
-            let w = match format {
-                Format::Q4Kx16 => q4k_weights(n, k, seed),
-                Format::Q6Kx16 => weights::<BlockQ6K>(n, k, seed),
-            };
-            let mut packed = vec![0u8; w.len()];
-            match format {
-                Format::Q4Kx16 => repack_q4k(&w, n, k, &mut packed),
-                Format::Q6Kx16 => repack_q6k(&w, n, k, &mut packed),
-            }
-            .unwrap();
-            (format, n, packed)
-        })
+        .map(|(format, n, seed)| (format, n, packed(format, n, k, seed)))
         .collect();
         for m in [1, 13] {
             let x = activations(m, k, 7 + m as u64);
@@ -1115,19 +1118,6 @@ mod tests {
             eprintln!("skipped: no AVX-512 VBMI/VNNI");
             return;
         }
-        let pack = |format: Format, n: usize, k: usize, seed: u64| {
-            let w = match format {
-                Format::Q4Kx16 => q4k_weights(n, k, seed),
-                Format::Q6Kx16 => weights::<BlockQ6K>(n, k, seed),
-            };
-            let mut packed = vec![0u8; w.len()];
-            match format {
-                Format::Q4Kx16 => repack_q4k(&w, n, k, &mut packed),
-                Format::Q6Kx16 => repack_q6k(&w, n, k, &mut packed),
-            }
-            .unwrap();
-            packed
-        };
         // Nine blocks of `k` take two passes; 13 rows end in a partial tile; Q4_K_M may mix
         // the formats of a block's matrices.
         let (k, n) = (9 * QK, 48);
@@ -1135,7 +1125,7 @@ mod tests {
             (Format::Q4Kx16, Format::Q4Kx16),
             (Format::Q4Kx16, Format::Q6Kx16),
         ] {
-            let (g, u) = (pack(fg, n, k, 1), pack(fu, n, k, 2));
+            let (g, u) = (packed(fg, n, k, 1), packed(fu, n, k, 2));
             for m in [1, 13] {
                 let x = activations(m, k, 3 + m as u64);
                 let (mut pg, mut pu) = (vec![0f32; m * n], vec![0f32; m * n]);

@@ -48,15 +48,14 @@ pub fn add_rms_norm(
             let at = |addr: usize| unsafe {
                 std::slice::from_raw_parts_mut((addr as *mut MaybeUninit<f32>).add(span.start), dim)
             };
-            let sum_row = dv.map(|_| at(sum_addr));
-            row(
-                &xv[span.clone()],
-                dv.map(|d| &d[span.clone()]),
-                wv,
+            row(Row {
+                x: &xv[span.clone()],
+                delta: dv.map(|d| &d[span.clone()]),
+                weight: wv,
                 eps,
-                sum_row,
-                at(h_addr),
-            );
+                sum: dv.map(|_| at(sum_addr)),
+                h: at(h_addr),
+            });
         };
         // A handful of rows (decode) is not worth a hand-off to the other thread.
         if rows < 8 {
@@ -109,33 +108,29 @@ fn f32s(t: &Tensor) -> Result<F32s<'_>> {
     })
 }
 
-fn row(
-    x: &[f32],
-    d: Option<&[f32]>,
-    w: &[f32],
+/// One row: the inputs, and the outputs to write (the sum only when there is a `delta`).
+struct Row<'a> {
+    x: &'a [f32],
+    delta: Option<&'a [f32]>,
+    weight: &'a [f32],
     eps: f32,
-    sum: Option<&mut [MaybeUninit<f32>]>,
-    h: &mut [MaybeUninit<f32>],
-) {
+    sum: Option<&'a mut [MaybeUninit<f32>]>,
+    h: &'a mut [MaybeUninit<f32>],
+}
+
+fn row(r: Row) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature was just detected.
-        return unsafe { row_avx512(x, d, w, eps, sum, h) };
+        return unsafe { row_avx512(r) };
     }
-    row_plain(x, d, w, eps, sum, h)
+    row_plain(r)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn row_avx512(
-    x: &[f32],
-    d: Option<&[f32]>,
-    w: &[f32],
-    eps: f32,
-    sum: Option<&mut [MaybeUninit<f32>]>,
-    h: &mut [MaybeUninit<f32>],
-) {
-    row_plain(x, d, w, eps, sum, h)
+unsafe fn row_avx512(r: Row) {
+    row_plain(r)
 }
 
 /// Sixteen running sums of squares, so that the loop vectorizes (a single sum would keep it
@@ -143,14 +138,15 @@ unsafe fn row_avx512(
 const LANES: usize = 16;
 
 #[inline(always)]
-fn row_plain(
-    x: &[f32],
-    d: Option<&[f32]>,
-    w: &[f32],
-    eps: f32,
-    sum: Option<&mut [MaybeUninit<f32>]>,
-    h: &mut [MaybeUninit<f32>],
-) {
+fn row_plain(r: Row) {
+    let Row {
+        x,
+        delta: d,
+        weight: w,
+        eps,
+        sum,
+        h,
+    } = r;
     let dim = x.len();
     let mut acc = [0f32; LANES];
     let mut tail = 0f32;
