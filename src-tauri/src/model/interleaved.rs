@@ -383,7 +383,7 @@ pub fn matmul_many_uninit(
         return Ok(());
     }
     let formats: Vec<Format> = products.iter().map(|p| p.format).collect();
-    let (act, q4_sums, q6_sums) = quantize(lhs, (m, k), &formats);
+    let q = Quantized::new(lhs, (m, k), &formats);
     let per_unit = if m == 1 { 1 } else { GROUPS };
     // Each product's units, one after the other: (format, groups, n, weights, output).
     let parts: Vec<(Format, usize, usize, usize, usize)> = products
@@ -410,18 +410,13 @@ pub fn matmul_many_uninit(
         .iter()
         .map(|&(_, groups, ..)| groups.div_ceil(per_unit))
         .sum();
-    let (act, q4_sums, q6_sums) = (&act[..], &q4_sums[..], &q6_sums[..]);
-    let (parts, starts) = (&parts[..], &starts[..]);
+    let (q, parts, starts) = (&q, &parts[..], &starts[..]);
     candle_core::utils::barrier_pool().execute_chunked(total, |range| {
         for unit in range {
             let i = starts.partition_point(|&s| s <= unit) - 1;
             let (format, groups, n, w, dst) = parts[i];
             let unit = unit - starts[i];
             let gs = unit * per_unit..groups.min((unit + 1) * per_unit);
-            let sums = match format {
-                Format::Q4Kx16 => q4_sums,
-                Format::Q6Kx16 => q6_sums,
-            };
             // SAFETY: the sizes were checked above; each unit writes only its own columns of
             // its product's `dst`, so concurrent workers never touch the same element.
             unsafe {
@@ -429,7 +424,7 @@ pub fn matmul_many_uninit(
                     format,
                     gs,
                     (m, nb, n),
-                    (act, sums),
+                    (&q.act, q.sums(format)),
                     (w as *const u8, dst as *mut f32),
                 )
             }
@@ -461,24 +456,42 @@ fn check(
 }
 
 /// Activations as Q8_K, and their block sums for the Q4_K and the Q6_K offset terms.
-type Quantized = (Vec<Q8K>, Vec<[i16; 16]>, Vec<[i16; 16]>);
+struct Quantized {
+    act: Vec<Q8K>,
+    q4_sums: Vec<[i16; 16]>,
+    q6_sums: Vec<[i16; 16]>,
+}
 
-/// Quantizes `lhs` (m, k) once for products in `formats`; the sums of a format not among them
-/// stay empty.
-fn quantize(lhs: &[f32], (m, k): (usize, usize), formats: &[Format]) -> Quantized {
-    let act = kernels::quantize(lhs, m, k);
-    let q4_sums = if formats.contains(&Format::Q4Kx16) {
-        act.iter().map(q4k_sums).collect()
-    } else {
-        Vec::new()
-    };
-    // Q6_K's offset multiplies the Q8_K block's own sums of 16.
-    let q6_sums = if formats.contains(&Format::Q6Kx16) {
-        act.iter().map(|a| a.bsums).collect()
-    } else {
-        Vec::new()
-    };
-    (act, q4_sums, q6_sums)
+impl Quantized {
+    /// Quantizes `lhs` (m, k) once for products in `formats`; the sums of a format not among
+    /// them stay empty.
+    fn new(lhs: &[f32], (m, k): (usize, usize), formats: &[Format]) -> Self {
+        let act = kernels::quantize(lhs, m, k);
+        let q4_sums = if formats.contains(&Format::Q4Kx16) {
+            act.iter().map(q4k_sums).collect()
+        } else {
+            Vec::new()
+        };
+        // Q6_K's offset multiplies the Q8_K block's own sums of 16.
+        let q6_sums = if formats.contains(&Format::Q6Kx16) {
+            act.iter().map(|a| a.bsums).collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            act,
+            q4_sums,
+            q6_sums,
+        }
+    }
+
+    /// The block sums that `format`'s offset term multiplies.
+    fn sums(&self, format: Format) -> &[[i16; 16]] {
+        match format {
+            Format::Q4Kx16 => &self.q4_sums,
+            Format::Q6Kx16 => &self.q6_sums,
+        }
+    }
 }
 
 /// `dst = silu(lhs · Gᵀ) · (lhs · Uᵀ)`, elementwise: a feed-forward block's gate and up
@@ -505,19 +518,12 @@ pub fn swiglu_uninit(
         dst.fill(MaybeUninit::new(0.0));
         return Ok(());
     }
-    let (act, q4_sums, q6_sums) = quantize(lhs, (m, k), &[gate.0, up.0]);
-    let sums = |format| match format {
-        Format::Q4Kx16 => &q4_sums[..],
-        Format::Q6Kx16 => &q6_sums[..],
-    };
-    let halves = [
-        (gate.0, gate.1.as_ptr() as usize, sums(gate.0)),
-        (up.0, up.1.as_ptr() as usize, sums(up.0)),
-    ];
+    let q = Quantized::new(lhs, (m, k), &[gate.0, up.0]);
+    let halves = [gate, up].map(|(format, w)| (format, w.as_ptr() as usize, q.sums(format)));
     let per_unit = if m == 1 { 1 } else { GROUPS };
     let groups = n / ROWS;
     let dst_addr = dst.as_mut_ptr() as usize;
-    let act = &act[..];
+    let act = &q.act[..];
     candle_core::utils::barrier_pool().execute_chunked(groups.div_ceil(per_unit), |units| {
         let gs = units.start * per_unit..groups.min(units.end * per_unit);
         // SAFETY: the sizes were checked above; each unit writes only its own columns of
