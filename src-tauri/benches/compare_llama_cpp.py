@@ -2,12 +2,18 @@
 """Speed of smollm3-bot against llama.cpp on the same GGUF, same threads, same machine, one run.
 
     python3 src-tauri/benches/compare_llama_cpp.py [--model F.gguf] [--threads 2] [--reps 3]
+        [--kernels avx512|avx2|neon|generic] [--llama native|avx2]
 
 Makes the full-size synthetic model with `smollm3-bot synth --preset 3b --quant q4_k_m` when no
 model is given, installs llama-cpp-python from PyPI if missing (it compiles llama.cpp), then
 measures each side in its own process (so peak RSS is per side): load time, prefill of
 --prompt tokens, decode of --gen tokens, and decode after 4K tokens of context. Prints
 min/median/max of --reps runs and the ratios ours / llama.cpp; writes target/bench/compare.json.
+
+`--kernels` forces our kernel path (SMOLLM3_KERNELS). `--llama avx2` compares with a llama.cpp
+built for AVX2 + FMA + F16C only (no AVX-512), in its own virtual environment under
+target/bench/ (built once, a few minutes): the fair opponent of our AVX2 path on a machine
+that has AVX-512. `--llama native` (the default) is llama.cpp built for this CPU.
 """
 import argparse, json, os, resource, subprocess, sys, time
 
@@ -15,12 +21,32 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 LLAMA_VERSION = "0.3.36"
 
 
-def ensure_llama_cpp():
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        env = dict(os.environ, CMAKE_ARGS=os.environ.get("CMAKE_ARGS", "-DGGML_NATIVE=ON"))
-        subprocess.run([sys.executable, "-m", "pip", "install", f"llama-cpp-python=={LLAMA_VERSION}"], check=True, env=env)
+# llama.cpp builds to compare with: the CMake flags of each, and where its Python lives.
+LLAMA_BUILDS = {
+    "native": "-DGGML_NATIVE=ON",
+    "avx2": "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF "
+            "-DGGML_AVX512_VBMI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF -DGGML_FMA=ON -DGGML_F16C=ON",
+}
+
+
+def ensure_llama_cpp(build):
+    """The Python interpreter that has llama-cpp-python built with `build`'s flags."""
+    if build == "native":
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            env = dict(os.environ, CMAKE_ARGS=os.environ.get("CMAKE_ARGS", LLAMA_BUILDS["native"]))
+            subprocess.run([sys.executable, "-m", "pip", "install", f"llama-cpp-python=={LLAMA_VERSION}"], check=True, env=env)
+        return sys.executable
+    venv = os.path.join(ROOT, "target", "bench", f"venv-llama-{build}")
+    python = os.path.join(venv, "bin", "python")
+    probe = [python, "-c", "import llama_cpp"]
+    if not os.path.exists(python) or subprocess.run(probe, capture_output=True).returncode != 0:
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        env = dict(os.environ, CMAKE_ARGS=LLAMA_BUILDS[build], FORCE_CMAKE="1")
+        subprocess.run([python, "-m", "pip", "install", "--no-cache-dir", "--no-binary", "llama-cpp-python",
+                        f"llama-cpp-python=={LLAMA_VERSION}"], check=True, env=env)
+    return python
 
 
 def stats(v):
@@ -75,17 +101,20 @@ def llama_side(a):
 
 
 def ours(a, bin_path, context):
+    env = dict(os.environ)
+    if a.kernels:
+        env["SMOLLM3_KERNELS"] = a.kernels
     cmd = [bin_path, "bench", "--model", a.model, "--prompt-tokens", str(a.prompt), "--gen-tokens", str(a.gen),
            "--threads", str(a.threads), "--reps", str(a.reps), "--json"]
     if context:
         cmd += ["--context-tokens", str(context)]
     if a.kv_f32:
         cmd.append("--kv-f32")
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
 
 
-def theirs(a, flash, repack, context):
-    cmd = [sys.executable, __file__, "--llama-side", "--model", a.model, "--threads", str(a.threads),
+def theirs(a, python, flash, repack, context):
+    cmd = [python, __file__, "--llama-side", "--model", a.model, "--threads", str(a.threads),
            "--reps", str(a.reps), "--prompt", str(a.prompt), "--gen", str(a.gen), "--context", str(context),
            "--flash", flash, "--repack", repack]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
@@ -101,6 +130,8 @@ def main():
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--context", type=int, default=3584, help="extra context for the long-context decode figure")
     ap.add_argument("--kv-f32", action="store_true", help="our KV cache in F32 (both sides keep F16 by default)")
+    ap.add_argument("--kernels", help="our kernel path: avx512, avx2, neon or generic (default: the best this CPU has)")
+    ap.add_argument("--llama", default="native", choices=sorted(LLAMA_BUILDS), help="the llama.cpp build to compare with")
     ap.add_argument("--llama-side", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--flash", default="on", help=argparse.SUPPRESS)
     ap.add_argument("--repack", default="off", help=argparse.SUPPRESS)
@@ -113,8 +144,9 @@ def main():
         a.model = os.path.join(ROOT, "models", "smollm3-3b-synth-q4_k_m.gguf")
         if not os.path.exists(a.model):
             subprocess.run([a.bin, "synth", "--preset", "3b", "--quant", "q4_k_m", "--seed", "0", "--out", a.model], check=True)
-    ensure_llama_cpp()
+    python = ensure_llama_cpp(a.llama)
     results = {"model": a.model, "threads": a.threads, "reps": a.reps, "prompt": a.prompt, "gen": a.gen,
+               "llama_build": a.llama, "llama_cmake_args": LLAMA_BUILDS[a.llama],
                "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()}
     # Warm the page cache once so both sides load from memory.
     with open(a.model, "rb") as f:
@@ -122,8 +154,8 @@ def main():
             pass
     results["ours"] = ours(a, a.bin, 0)
     results["ours_ctx"] = ours(a, a.bin, a.context)
-    results["llama_flash_norepack"] = theirs(a, "on", "off", a.context)
-    results["llama_flash_repack"] = theirs(a, "on", "on", 0)
+    results["llama_flash_norepack"] = theirs(a, python, "on", "off", a.context)
+    results["llama_flash_repack"] = theirs(a, python, "on", "on", 0)
     med = lambda d, k: (d.get(k) or {}).get("median") or float("nan")
     o, l, lr = results["ours"], results["llama_flash_norepack"], results["llama_flash_repack"]
     best_prefill = max(med(l, "prefill_tps"), med(lr, "prefill_tps"))
@@ -136,6 +168,7 @@ def main():
         ("peak RSS MB", o["peak_rss_mb"], l["peak_rss_mb"], lr["peak_rss_mb"]),
     ]
     print(f"\nmodel {a.model}, {a.threads} threads, medians of {a.reps}")
+    print(f"ours: {o.get('kernels')} kernels; llama.cpp {LLAMA_VERSION}, {a.llama} build; cpu {results['cpu']}")
     print(f"{'':28} {'ours':>10} {'llama.cpp':>10} {'llama.cpp':>10}")
     print(f"{'':28} {'':>10} {'fa, no rep':>10} {'fa, repack':>10}")
     for name, x, y, z in rows:

@@ -1,5 +1,6 @@
 //! The desktop bridge under Tauri's mock runtime: the `hx` command runs the router and returns
 //! its response, and a streaming reply reaches the window as `chat-stream` events.
+#![cfg(feature = "desktop")]
 
 use std::sync::mpsc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Every Q4_K and Q6_K weight of the reference model gives the same product through
-//! `QWeight::matmul` (the AVX-512 kernels where the CPU has them) as through candle's k-quant
-//! path, for prefill-sized inputs.
+//! `QWeight::matmul` on every kernel path this CPU has as through candle's k-quant path, for
+//! prefill-sized inputs.
 
 mod common;
 
@@ -8,8 +8,9 @@ use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, GgmlType as Blo
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use smollm3_bot::model::gguf::GgmlType;
+use smollm3_bot::model::kernels::Kernels;
 use smollm3_bot::model::weights::QWeight;
-use smollm3_bot::model::{kernels, GgufFile};
+use smollm3_bot::model::GgufFile;
 
 fn candle_product<T: Block>(w: &QWeight, x: &[f32], m: usize) -> Vec<f32> {
     let bytes = w.bytes();
@@ -28,9 +29,13 @@ fn candle_product<T: Block>(w: &QWeight, x: &[f32], m: usize) -> Vec<f32> {
 
 #[test]
 fn k_quant_weights_match_candle() {
-    if !kernels::available() {
-        eprintln!("note: AVX-512 VNNI kernels unavailable here; both sides run candle's path");
+    for kernels in Kernels::available() {
+        eprintln!("kernels: {}", kernels.isa());
+        check_all_weights(kernels);
     }
+}
+
+fn check_all_weights(kernels: Kernels) {
     let g = GgufFile::open(common::reference("tiny-smollm3-q4_k_m.gguf")).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut q4, mut q6) = (0, 0);
@@ -38,7 +43,7 @@ fn k_quant_weights_match_candle() {
         if info.dims.len() != 2 || !matches!(info.ty, GgmlType::Q4K | GgmlType::Q6K) {
             continue;
         }
-        let w = QWeight::from_gguf(&g, info).unwrap();
+        let w = QWeight::from_gguf(&g, info, kernels).unwrap();
         for m in [2, 5, 13] {
             let x: Vec<f32> = (0..m * w.cols())
                 .map(|_| rng.gen_range(-2.0..2.0))
@@ -59,7 +64,8 @@ fn k_quant_weights_match_candle() {
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-5 * scale,
-                    "{} m={m} element {i}: {a} vs candle {b}",
+                    "{} kernels, {} m={m} element {i}: {a} vs candle {b}",
+                    kernels.isa(),
                     info.name
                 );
             }

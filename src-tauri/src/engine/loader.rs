@@ -68,6 +68,7 @@ impl LoadedModel {
         let (model, tokenizer) = (model?, tokenizer?);
         let t_model = t0.elapsed();
         tracing::debug!(map = ?t_map, model = ?t_model, total = ?t0.elapsed(), "model loaded");
+        tracing::info!(kernels = model.kernels().isa().name(), "kernel path");
         if tokenizer.get_vocab_size(true) > model.config().vocab {
             anyhow::bail!(
                 "the tokenizer has {} tokens but the model only {}; is it the right tokenizer?",
@@ -94,6 +95,9 @@ impl LoadedModel {
 /// Moves the model's Q4_K matrices to the interleaved layout (building the prepared file on
 /// the first load). Failing that, the model keeps the GGUF layout: slower prefill, same results.
 fn prepare(gguf: &GgufFile, model: &mut Model) {
+    if !model.kernels().interleaved() {
+        return;
+    }
     match prepared::open_or_build(gguf) {
         Ok(Some(p)) => {
             let n = model.attach_interleaved(&p);

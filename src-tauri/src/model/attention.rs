@@ -9,7 +9,7 @@
 //! unit of work per (KV head, position), each walking only the keys it may see; this measured
 //! faster than candle's masked matrix products (see doc/benchmarks.md).
 
-use super::kernels;
+use super::kernels::{Isa, Kernels};
 use super::vmath::exp;
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 use half::f16;
@@ -108,7 +108,7 @@ unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
     src.convert_to_f32_slice(dst)
 }
 
-fn rows<'a>(storage: &'a Storage, layout: &Layout) -> Result<Rows<'a>> {
+fn rows<'a>(kernels: Kernels, storage: &'a Storage, layout: &Layout) -> Result<Rows<'a>> {
     let elems = match storage {
         Storage::Cpu(CpuStorage::F32(v)) => Elems::F32(v),
         Storage::Cpu(CpuStorage::F16(v)) => Elems::F16(v),
@@ -125,7 +125,7 @@ fn rows<'a>(storage: &'a Storage, layout: &Layout) -> Result<Rows<'a>> {
         start: layout.start_offset(),
         s0,
         s1,
-        simd: kernels::cpu_supported(),
+        simd: kernels.isa() == Isa::Avx512,
     })
 }
 
@@ -133,7 +133,7 @@ fn rows<'a>(storage: &'a Storage, layout: &Layout) -> Result<Rows<'a>> {
 /// last `seq` positions, over keys and values `(kv_heads, kv_len, head_dim)` (views of the
 /// cache, F32 or F16): query `t` sees positions `0..=kv_len − seq + t`. Returns
 /// `(seq, heads·head_dim)`.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+pub fn attend(kernels: Kernels, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     let (nh, seq, hd) = q.dims3()?;
     let (nkv, kv_len, khd) = k.dims3()?;
     if v.dims3()? != (nkv, kv_len, khd) || khd != hd || nkv == 0 || nh % nkv != 0 {
@@ -155,7 +155,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> 
     let qv = &qv[ql.start_offset()..ql.start_offset() + nh * seq * hd];
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
-    let (kr, vr) = (rows(&ks, kl)?, rows(&vs, vl)?);
+    let (kr, vr) = (rows(kernels, &ks, kl)?, rows(kernels, &vs, vl)?);
     let group = nh / nkv;
     let mut out = vec![0f32; seq * nh * hd];
     let out_addr = out.as_mut_ptr() as usize;
@@ -176,11 +176,16 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> 
                     group * hd,
                 )
             };
-            if kernels::cpu_supported() {
-                // SAFETY: the CPU has the features (checked at run time).
-                unsafe { unit_avx512(&shape, qv, kr, vr, scale, (h, t), &mut scratch, dst) }
-            } else {
-                unit(&shape, qv, kr, vr, scale, (h, t), &mut scratch, dst, false)
+            let at = (h, t);
+            // SAFETY (both SIMD arms): `kernels` is only made for an ISA the CPU has.
+            match kernels.isa() {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe {
+                    unit_avx512(&shape, qv, kr, vr, scale, at, &mut scratch, dst)
+                },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { unit_avx2(&shape, qv, kr, vr, scale, at, &mut scratch, dst) },
+                _ => unit(&shape, qv, kr, vr, scale, at, &mut scratch, dst, false),
             }
         }
     });
@@ -231,9 +236,11 @@ unsafe fn unit_avx512(
     unit(shape, qv, kr, vr, scale, at, scratch, dst, true)
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+/// The portable body compiled for AVX2 and FMA: its fixed-width loops become 256-bit code.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn unit_avx512(
+unsafe fn unit_avx2(
     shape: &Shape,
     qv: &[f32],
     kr: Rows,
@@ -754,22 +761,25 @@ mod tests {
             vb.narrow(1, 0, kv_len).unwrap(),
         );
         let scale = 1.0 / (hd as f64).sqrt();
-        let got = attend(&q, &k, &v, scale as f32).unwrap();
         let want = reference(&q, &k, &v, scale);
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            diff < 2e-5,
-            "nh {nh} nkv {nkv} seq {seq} kv_len {kv_len} {dtype:?}: max |Δ| {diff}"
-        );
+        for kernels in Kernels::available() {
+            let got = attend(kernels, &q, &k, &v, scale as f32).unwrap();
+            let diff = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff < 2e-5,
+                "{} kernels: nh {nh} nkv {nkv} seq {seq} kv_len {kv_len} {dtype:?}: max |Δ| {diff}",
+                kernels.isa()
+            );
+        }
     }
 
     #[test]
@@ -792,9 +802,10 @@ mod tests {
     #[test]
     fn rejects_shapes_that_do_not_fit() {
         let t = |s| Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap();
-        assert!(attend(&t((6, 1, 8)), &t((4, 3, 8)), &t((4, 3, 8)), 1.0).is_err());
-        assert!(attend(&t((4, 1, 8)), &t((2, 3, 16)), &t((2, 3, 16)), 1.0).is_err());
-        assert!(attend(&t((4, 5, 8)), &t((2, 3, 8)), &t((2, 3, 8)), 1.0).is_err());
+        let k = Kernels::default();
+        assert!(attend(k, &t((6, 1, 8)), &t((4, 3, 8)), &t((4, 3, 8)), 1.0).is_err());
+        assert!(attend(k, &t((4, 1, 8)), &t((2, 3, 16)), &t((2, 3, 16)), 1.0).is_err());
+        assert!(attend(k, &t((4, 5, 8)), &t((2, 3, 8)), &t((2, 3, 8)), 1.0).is_err());
     }
 
     /// Decode-step attention over a long F16 cache, as in SmolLM3-3B (16 query heads over 4
@@ -804,7 +815,10 @@ mod tests {
     #[ignore]
     fn decode_speed() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for kv_len in [512, 4096] {
+        for (kernels, kv_len) in Kernels::available()
+            .into_iter()
+            .flat_map(|k| [(k, 512), (k, 4096)])
+        {
             let mut r =
                 |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
             let q = Tensor::from_vec(r(16 * 128), (16, 1, 128), &Device::Cpu).unwrap();
@@ -824,13 +838,14 @@ mod tests {
             for _ in 0..10 {
                 let t = std::time::Instant::now();
                 for (k, v) in &layers {
-                    attend(&q, k, v, 0.088).unwrap();
+                    attend(kernels, &q, k, v, 0.088).unwrap();
                 }
                 best = best.min(t.elapsed().as_secs_f64());
             }
             let mb = 36.0 * 2.0 * (4 * kv_len * 128 * 2) as f64 / 1e6;
             println!(
-                "kv_len {kv_len}: {:.1} ms for 36 layers ({:.1} GB/s of cache)",
+                "{} kernels, kv_len {kv_len}: {:.1} ms for 36 layers ({:.1} GB/s of cache)",
+                kernels.isa(),
                 best * 1e3,
                 mb / 1e3 / best
             );
@@ -839,7 +854,7 @@ mod tests {
 
     #[test]
     fn wide_scores_are_sixteen_dots() {
-        if !kernels::cpu_supported() {
+        if !Isa::Avx512.cpu_has() {
             return;
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);

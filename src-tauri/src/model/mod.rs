@@ -4,7 +4,6 @@ pub mod attention;
 pub mod config;
 pub mod gguf;
 pub mod heap;
-pub mod interleaved;
 pub mod kernels;
 pub mod kv_cache;
 pub mod norm;

@@ -6,13 +6,16 @@
 //! 2–3 % of a prefill. Here each row is added, summed and scaled while it is in L1, on the
 //! products' pool.
 
+use super::kernels::{Isa, Kernels};
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 use std::mem::MaybeUninit;
 
 /// `(x + delta, rms_norm(x + delta) · weight)` for `x` of shape (.., dim) and `weight` of
 /// (dim,); without `delta`, the first is `x` itself. The norm is candle's
-/// `v / sqrt(mean(v²) + eps) · w`.
+/// `v / sqrt(mean(v²) + eps) · w`. Every kernel path gives the same bits: the loop is one
+/// plain body, compiled for each instruction set's vector width.
 pub fn add_rms_norm(
+    kernels: Kernels,
     x: &Tensor,
     delta: Option<&Tensor>,
     weight: &Tensor,
@@ -48,14 +51,17 @@ pub fn add_rms_norm(
             let at = |addr: usize| unsafe {
                 std::slice::from_raw_parts_mut((addr as *mut MaybeUninit<f32>).add(span.start), dim)
             };
-            row(Row {
-                x: &xv[span.clone()],
-                delta: dv.map(|d| &d[span.clone()]),
-                weight: wv,
-                eps,
-                sum: dv.map(|_| at(sum_addr)),
-                h: at(h_addr),
-            });
+            row(
+                kernels,
+                Row {
+                    x: &xv[span.clone()],
+                    delta: dv.map(|d| &d[span.clone()]),
+                    weight: wv,
+                    eps,
+                    sum: dv.map(|_| at(sum_addr)),
+                    h: at(h_addr),
+                },
+            );
         };
         // A handful of rows (decode) is not worth a hand-off to the other thread.
         if rows < 8 {
@@ -118,18 +124,27 @@ struct Row<'a> {
     h: &'a mut [MaybeUninit<f32>],
 }
 
-fn row(r: Row) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
-        return unsafe { row_avx512(r) };
+fn row(kernels: Kernels, r: Row) {
+    // SAFETY (both arms): `kernels` is only made for an ISA the CPU has.
+    match kernels.isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { row_avx512(r) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { row_avx2(r) },
+        // AArch64's baseline includes NEON, so the plain body is already vector code there.
+        _ => row_plain(r),
     }
-    row_plain(r)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn row_avx512(r: Row) {
+    row_plain(r)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_avx2(r: Row) {
     row_plain(r)
 }
 
@@ -208,12 +223,16 @@ mod tests {
         // pool.
         let dim = 2048 + 5;
         let w = Tensor::from_vec(values(dim, 9), dim, &dev).unwrap();
-        for rows in [3, 20] {
+        for (kernels, rows) in Kernels::available()
+            .into_iter()
+            .flat_map(|k| [(k, 3), (k, 20)])
+        {
+            eprintln!("kernels: {}", kernels.isa());
             let x = Tensor::from_vec(values(rows * dim, 1), (rows, dim), &dev).unwrap();
             let d = Tensor::from_vec(values(rows * dim, 2), (rows, dim), &dev).unwrap();
             let want_sum = (&x + &d).unwrap();
             let want_h = candle_nn::ops::rms_norm(&want_sum, &w, 1e-6).unwrap();
-            let (sum, h) = add_rms_norm(&x, Some(&d), &w, 1e-6).unwrap();
+            let (sum, h) = add_rms_norm(kernels, &x, Some(&d), &w, 1e-6).unwrap();
             assert_eq!(
                 sum.to_vec2::<f32>().unwrap(),
                 want_sum.to_vec2::<f32>().unwrap()
@@ -229,7 +248,7 @@ mod tests {
             };
             close(&h, &want_h);
             // Without a residual: the norm of `x`, and `x` back.
-            let (same, h) = add_rms_norm(&x, None, &w, 1e-6).unwrap();
+            let (same, h) = add_rms_norm(kernels, &x, None, &w, 1e-6).unwrap();
             assert_eq!(same.to_vec2::<f32>().unwrap(), x.to_vec2::<f32>().unwrap());
             close(&h, &candle_nn::ops::rms_norm(&x, &w, 1e-6).unwrap());
         }
@@ -238,11 +257,12 @@ mod tests {
     #[test]
     fn refuses_shapes_that_do_not_fit() {
         let dev = Device::Cpu;
+        let kernels = Kernels::default();
         let x = Tensor::zeros((2, 8), candle_core::DType::F32, &dev).unwrap();
         let w = Tensor::ones(7, candle_core::DType::F32, &dev).unwrap();
-        assert!(add_rms_norm(&x, None, &w, 1e-6).is_err());
+        assert!(add_rms_norm(kernels, &x, None, &w, 1e-6).is_err());
         let w = Tensor::ones(8, candle_core::DType::F32, &dev).unwrap();
         let d = Tensor::zeros((3, 8), candle_core::DType::F32, &dev).unwrap();
-        assert!(add_rms_norm(&x, Some(&d), &w, 1e-6).is_err());
+        assert!(add_rms_norm(kernels, &x, Some(&d), &w, 1e-6).is_err());
     }
 }

@@ -12,7 +12,8 @@
 //! entry its name, shape and byte range; data starts on a 4096-byte boundary.
 
 use super::gguf::{GgmlType, GgufFile, TensorInfo};
-use super::interleaved::{self, ROWS};
+use super::kernels::interleaved::{self, ROWS};
+use super::kernels::Kernels;
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -87,13 +88,17 @@ impl Prepared {
     }
 }
 
-/// Whether the interleaved kernels will run here: the CPU has them, the kernels are not
-/// switched to candle's (`SMOLLM3_KERNELS=candle`) and `SMOLLM3_PREPARED` is not `off`.
-pub fn enabled() -> bool {
-    let off = std::env::var(PREPARED_ENV)
+/// Whether `SMOLLM3_PREPARED` switched prepared files off.
+fn switched_off() -> bool {
+    std::env::var(PREPARED_ENV)
         .map(|v| v.eq_ignore_ascii_case("off") || v == "0")
-        .unwrap_or(false);
-    !off && interleaved::cpu_supported() && super::kernels::available()
+        .unwrap_or(false)
+}
+
+/// Whether models loaded on the process-wide kernel path use prepared files: the path computes
+/// on the interleaved layout (every SIMD path does) and `SMOLLM3_PREPARED` is not `off`.
+pub fn enabled() -> bool {
+    !switched_off() && Kernels::default().interleaved()
 }
 
 /// The tensors worth interleaving: 2-D Q4_K and Q6_K matrices whose rows group by sixteen. The
@@ -328,7 +333,8 @@ fn build(
 
 /// The prepared weights for `g`: mapped from an existing file, or built now, beside the model
 /// (or in `SMOLLM3_PREPARED_DIR`), else in the user's cache folder. `Ok(None)` when the model
-/// has nothing to interleave or the interleaved kernels are off.
+/// has nothing to interleave or prepared files are switched off. The caller checks that its
+/// model's kernel path uses the layout ([`Kernels::interleaved`]).
 pub fn open_or_build(g: &GgufFile) -> Result<Option<Prepared>, PreparedError> {
     let paths: Vec<PathBuf> = [Some(beside(g.path())), in_cache(g.path())]
         .into_iter()
@@ -343,7 +349,7 @@ pub fn open_or_build_at(
     g: &GgufFile,
     candidates: &[PathBuf],
 ) -> Result<Option<Prepared>, PreparedError> {
-    if !enabled() {
+    if switched_off() {
         return Ok(None);
     }
     let tensors = eligible(g);

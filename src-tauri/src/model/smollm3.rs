@@ -8,6 +8,7 @@ use super::attention;
 use super::config::Config;
 use super::gguf::{GgufError, GgufFile};
 use super::heap;
+use super::kernels::Kernels;
 use super::kv_cache::KvCache;
 use super::norm;
 use super::prepared::Prepared;
@@ -111,6 +112,8 @@ pub struct Model {
     layers: Vec<Layer>,
     out_norm: Tensor,
     lm_head: QWeight,
+    /// The kernel path of every product, attention and norm.
+    kernels: Kernels,
 }
 
 impl Model {
@@ -123,13 +126,22 @@ impl Model {
     /// Like [`Model::load`] with a configuration the caller may have adjusted (e.g. the NoPE
     /// interval, for experiments).
     pub fn load_with_config(g: &GgufFile, cfg: Config) -> std::result::Result<Self, GgufError> {
+        Self::load_with(g, cfg, Kernels::default())
+    }
+
+    /// Like [`Model::load`] with a configuration and the kernel path to compute on.
+    pub fn load_with(
+        g: &GgufFile,
+        cfg: Config,
+        kernels: Kernels,
+    ) -> std::result::Result<Self, GgufError> {
         cfg.validate_tensors(g)?;
         heap::keep_freed_buffers();
         let w = |name: &str| -> std::result::Result<QWeight, GgufError> {
             let info = g
                 .tensor(name)
                 .ok_or_else(|| GgufError::MissingTensor(name.into()))?;
-            QWeight::from_gguf(g, info)
+            QWeight::from_gguf(g, info, kernels)
         };
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for il in 0..cfg.n_layer {
@@ -162,6 +174,7 @@ impl Model {
             embd,
             layers,
             lm_head,
+            kernels,
         })
     }
 
@@ -190,6 +203,30 @@ impl Model {
         &self.cfg
     }
 
+    /// The kernel path it computes on.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// How many of its matrices compute on the interleaved layout.
+    pub fn interleaved_weights(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    &l.wq,
+                    &l.wk,
+                    &l.wv,
+                    &l.wo,
+                    &l.mlp.gate,
+                    &l.mlp.up,
+                    &l.mlp.down,
+                ]
+            })
+            .filter(|w| w.is_interleaved())
+            .count()
+    }
+
     /// A fresh cache for this model.
     pub fn new_cache(&self, max_len: usize, dtype: DType) -> KvCache {
         KvCache::new(&self.cfg, max_len.min(self.cfg.context_length), dtype)
@@ -209,18 +246,29 @@ impl Model {
         let first_norm = self.layers.first().map_or(&self.out_norm, |l| &l.attn_norm);
         // `h` is always the normalized `x` that the next block reads: each residual addition
         // comes with the norm after it.
-        let (mut x, mut h) =
-            norm::add_rms_norm(&self.embd.rows_f32(tokens)?, None, first_norm, eps)?;
+        let (mut x, mut h) = norm::add_rms_norm(
+            self.kernels,
+            &self.embd.rows_f32(tokens)?,
+            None,
+            first_norm,
+            eps,
+        )?;
         for (il, layer) in self.layers.iter().enumerate() {
             let attn = layer
                 .wo
                 .matmul(&self.attention(il, layer, &h, cache, &rope)?)?;
-            (x, h) = norm::add_rms_norm(&x, Some(&attn), &layer.ffn_norm, eps)?;
+            (x, h) = norm::add_rms_norm(self.kernels, &x, Some(&attn), &layer.ffn_norm, eps)?;
             let next_norm = self
                 .layers
                 .get(il + 1)
                 .map_or(&self.out_norm, |l| &l.attn_norm);
-            (x, h) = norm::add_rms_norm(&x, Some(&layer.mlp.forward(&h)?), next_norm, eps)?;
+            (x, h) = norm::add_rms_norm(
+                self.kernels,
+                &x,
+                Some(&layer.mlp.forward(&h)?),
+                next_norm,
+                eps,
+            )?;
         }
         drop(x);
         cache.commit(tokens);
@@ -265,6 +313,6 @@ impl Model {
         // Fused over the cache in place for any number of new tokens: measured faster than
         // candle's matrix products with a mask, for prefill (512 tokens: 63–68 against 57–64
         // tok/s) and more so after a long context (512 after 1536: 48.7 against 39.6).
-        attention::attend(&q, &k, &v, scale as f32)
+        attention::attend(self.kernels, &q, &k, &v, scale as f32)
     }
 }

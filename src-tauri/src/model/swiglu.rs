@@ -3,19 +3,20 @@
 //! candle computes it as two ops (`silu`, then a product), each allocating a (tokens, 11008)
 //! buffer and calling libm's scalar `expf` per element: about 2 % of a prefill. Here one
 //! pass over both inputs writes the result, with a branch-free `exp` that the compiler
-//! vectorizes (AVX-512 where the CPU has it), split over candle's thread pool.
+//! vectorizes for the kernel path's vector width, split over candle's thread pool.
 
+use super::kernels::{Isa, Kernels};
 use super::vmath::exp;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use std::mem::MaybeUninit;
 
 /// `silu(gate) · up` for two F32 tensors of the same shape.
-pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+pub fn swiglu(kernels: Kernels, gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     gate.contiguous()?
-        .apply_op2_no_bwd(&up.contiguous()?, &SwiGlu)
+        .apply_op2_no_bwd(&up.contiguous()?, &SwiGlu(kernels))
 }
 
-struct SwiGlu;
+struct SwiGlu(Kernels);
 
 /// Elements per unit of parallel work: big enough to amortize a hand-off.
 const UNIT: usize = 16 * 1024;
@@ -60,7 +61,7 @@ impl CustomOp2 for SwiGlu {
                     r.len(),
                 )
             };
-            apply(&g[r.clone()], &u[r], o);
+            apply(self.0, &g[r.clone()], &u[r], o);
         });
         // SAFETY: the units covered `0..n` and wrote every element.
         unsafe { out.set_len(n) };
@@ -68,19 +69,29 @@ impl CustomOp2 for SwiGlu {
     }
 }
 
-/// `out = silu(g) · u`, elementwise over slices of the same length.
-pub(super) fn apply(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
-        return unsafe { apply_avx512(g, u, out) };
+/// `out = silu(g) · u`, elementwise over slices of the same length; the same bits on every
+/// path (one plain body, compiled for each vector width).
+pub(super) fn apply(kernels: Kernels, g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
+    // SAFETY (both arms): `kernels` is only made for an ISA the CPU has.
+    match kernels.isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { apply_avx512(g, u, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { apply_avx2(g, u, out) },
+        // AArch64's baseline includes NEON, so the plain body is already vector code there.
+        _ => apply_plain(g, u, out),
     }
-    apply_plain(g, u, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn apply_avx512(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
+    apply_plain(g, u, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn apply_avx2(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
     apply_plain(g, u, out)
 }
 
@@ -112,13 +123,16 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let got: Vec<f32> = swiglu(&g, &u).unwrap().to_vec1().unwrap();
-        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
-                "element {i}: {a} against {b}"
-            );
+        for kernels in Kernels::available() {
+            let got: Vec<f32> = swiglu(kernels, &g, &u).unwrap().to_vec1().unwrap();
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+                    "{} element {i}: {a} against {b}",
+                    kernels.isa()
+                );
+            }
+            assert!(swiglu(kernels, &g, &u.narrow(0, 0, n - 1).unwrap()).is_err());
         }
-        assert!(swiglu(&g, &u.narrow(0, 0, n - 1).unwrap()).is_err());
     }
 }

@@ -1,13 +1,14 @@
 //! Quantized weights that stay in the memory-mapped file.
 //!
-//! A [`QWeight`] is a view of a GGUF tensor's bytes. Matrix products run candle's k-quant
-//! kernels (`candle_core::quantized::k_quants::matmul`, which quantizes the activations to the
-//! weight's dot-product type, Q8_K for the k-quants, exactly as llama.cpp does) directly on the
-//! GGUF block layout, so loading copies nothing and the 1.9 GB file costs only page cache.
+//! A [`QWeight`] is a view of a GGUF tensor's bytes. Its products run, in order of
+//! preference: our kernels on the interleaved copy of the matrix (`kernels::interleaved`, where
+//! the prepared file holds one), our AVX-512 kernels on the GGUF blocks in place, else candle's
+//! k-quant products on those blocks (which quantize the activations to the weight's dot-product
+//! type, Q8_K for the k-quants, exactly as llama.cpp does). Loading copies nothing and the
+//! 1.9 GB file costs only page cache.
 
 use super::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
-use super::interleaved;
-use super::kernels;
+use super::kernels::{self, interleaved, Kernels};
 use super::prepared::Prepared;
 use super::swiglu;
 use candle_core::quantized::k_quants::{
@@ -100,6 +101,8 @@ pub struct QWeight {
     name: String,
     /// The same matrix in the interleaved layout (`interleaved`), where one was prepared.
     x8: Option<(Arc<Mmap>, usize, interleaved::Format)>,
+    /// The kernel path its products run on.
+    kernels: Kernels,
 }
 
 impl std::fmt::Debug for QWeight {
@@ -113,8 +116,8 @@ impl std::fmt::Debug for QWeight {
 }
 
 impl QWeight {
-    /// A view of a 2-D tensor of the file.
-    pub fn from_gguf(g: &GgufFile, info: &TensorInfo) -> Result<Self, GgufError> {
+    /// A view of a 2-D tensor of the file, whose products run on `kernels`.
+    pub fn from_gguf(g: &GgufFile, info: &TensorInfo, kernels: Kernels) -> Result<Self, GgufError> {
         if info.dims.len() != 2 {
             return Err(GgufError::Shape {
                 name: info.name.clone(),
@@ -137,6 +140,7 @@ impl QWeight {
             cols: info.dims[0] as usize,
             name: info.name.clone(),
             x8: None,
+            kernels,
         };
         let align = with_block_type!(w.ty, T => std::mem::align_of::<T>(), else 1);
         if !(w.map.as_ptr() as usize + w.offset).is_multiple_of(align) {
@@ -163,9 +167,17 @@ impl QWeight {
         self.ty
     }
 
+    /// The kernel path of its products.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
     /// Computes products from the interleaved copy of this matrix in `p`, if `p` holds one of
     /// the right size; returns whether it does.
     pub fn attach_interleaved(&mut self, p: &Prepared) -> bool {
+        if !self.kernels.interleaved() {
+            return false;
+        }
         match p.get(&self.name) {
             Some((map, offset, size)) if size == self.size => {
                 let format = match self.ty {
@@ -230,7 +242,7 @@ impl QWeight {
         let [g, u]: [Tensor; 2] = Self::matmul_many(&[gate, up], &x)?
             .try_into()
             .map_err(|_| candle_core::Error::Msg("two products expected".into()))?;
-        swiglu::swiglu(&g, &u)
+        swiglu::swiglu(gate.kernels, &g, &u)
     }
 
     /// [`QWeight::swiglu`] in one pass, or `None` where that path does not apply.
@@ -255,7 +267,7 @@ impl QWeight {
         let lhs = &v[layout.start_offset()..layout.start_offset() + m * k];
         let mut out = Vec::with_capacity(m * n);
         let dst = &mut out.spare_capacity_mut()[..m * n];
-        if interleaved::swiglu_uninit((m, k, n), lhs, [g, u], dst).is_err() {
+        if interleaved::swiglu_uninit(gate.kernels, (m, k, n), lhs, [g, u], dst).is_err() {
             return Ok(None);
         }
         // SAFETY: on success every one of the `m · n` elements was written.
@@ -318,7 +330,8 @@ impl QWeight {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        interleaved::matmul_many_uninit((m, k), lhs, &mut products).ok()?;
+        let kernels = ws.first()?.kernels;
+        interleaved::matmul_many_uninit(kernels, (m, k), lhs, &mut products).ok()?;
         drop(products);
         for (w, dst) in ws.iter().zip(outs.iter_mut()) {
             // SAFETY: on success every product wrote all `m · rows` elements of its output.
@@ -383,19 +396,18 @@ impl CustomOp1 for QWeight {
             return Ok((CpuStorage::F32(dst), out_shape));
         }
         let mut dst = vec![0f32; m * self.rows];
-        // Our AVX-512 kernels where the CPU has them (prefill reuses each weight block across
-        // activation rows; decode's one row gets a GEMV); candle's path everywhere else.
+        // Our kernels on the GGUF blocks where the path has them (AVX-512: prefill reuses each
+        // weight block across activation rows; decode's one row gets a GEMV); candle's path
+        // everywhere else.
         let format = match self.ty {
             GgmlType::Q4K => Some(kernels::Format::Q4K),
             GgmlType::Q6K => Some(kernels::Format::Q6K),
             _ => None,
         };
-        let done = match format {
-            Some(format) if kernels::available() => {
-                kernels::matmul(format, (m, k, self.rows), x, self.bytes(), &mut dst).is_ok()
-            }
-            _ => false,
-        };
+        let done = format.is_some_and(|format| {
+            let shape = (m, k, self.rows);
+            kernels::matmul_gguf(self.kernels, format, shape, x, self.bytes(), &mut dst).is_ok()
+        });
         if !done {
             with_block_type!(self.ty, T => {
                 k_quants::matmul::<T>((m, k, self.rows), x, self.blocks::<T>(), &mut dst)?

@@ -126,6 +126,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         "gen_tokens": a.gen_tokens,
         "context_tokens": a.context_tokens,
         "kv_cache": if a.kv_f32 { "f32" } else { "f16" },
+        "kernels": m.model.kernels().isa().name(),
+        "interleaved_weights": m.model.interleaved_weights(),
         "load_s": summary(loads),
         "first_prefill_tps": first_prefill,
         "prefill_tps": summary(prefills),
@@ -148,6 +150,11 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             "model      {} ({:.0} MB)",
             a.model.display(),
             report["file_mb"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "kernels    {} ({} matrices interleaved)",
+            m.model.kernels().isa(),
+            m.model.interleaved_weights()
         );
         println!("load s     {} (min / median / max)", f("load_s"));
         println!(

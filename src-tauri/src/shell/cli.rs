@@ -42,6 +42,10 @@ pub enum Command {
 /// Entry point shared by the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = select_kernels() {
+        eprintln!("error: SMOLLM3_KERNELS: {e}");
+        return ExitCode::from(2);
+    }
     // The long-running desktop app and server also log to a file; the guard lives until exit.
     let log = match cli.command {
         None | Some(Command::Serve(_)) => super::logging::init_with_file(),
@@ -50,7 +54,16 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         // Model management has its own exit codes (130 when a download is paused).
         Some(Command::Models(args)) => return super::models::run(args),
+        #[cfg(feature = "desktop")]
         None => super::desktop::run(log),
+        #[cfg(not(feature = "desktop"))]
+        None => {
+            drop(log);
+            anyhow::bail!(
+                "this build has no desktop window (built without the `desktop` feature); \
+                 use a subcommand such as `serve` or `chat` (see --help)"
+            )
+        }
         Some(Command::Synth(a)) => model_cmds::synth(a),
         Some(Command::Inspect(a)) => model_cmds::inspect(a),
         Some(Command::Logits(a)) => model_cmds::logits(a),
@@ -68,6 +81,21 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// Chooses the process-wide kernel path from `SMOLLM3_KERNELS` (`avx512`, `avx2`, `neon`,
+/// `generic`, or `auto`/unset for the best this CPU has); a path the CPU lacks is an error, not
+/// a silent fallback, so a benchmark or test never measures another path than it names.
+fn select_kernels() -> Result<(), crate::model::kernels::SelectError> {
+    use crate::model::kernels::{self, Kernels};
+    let setting = std::env::var(KERNELS_ENV).ok();
+    let chosen = Kernels::from_setting(setting.as_deref())?;
+    // Only `main` sets it, once, before anything computes.
+    let _ = kernels::set_default(chosen);
+    Ok(())
+}
+
+/// Environment variable that forces a kernel path.
+pub const KERNELS_ENV: &str = "SMOLLM3_KERNELS";
 
 /// Sets the matmul thread count; must run before the first model computation.
 pub fn set_threads(threads: Option<usize>) {

@@ -14,11 +14,9 @@ use tauri::{AppHandle, Builder, Emitter, Manager, Runtime};
 use tokio::sync::broadcast::error::RecvError;
 use tower::ServiceExt;
 
+pub use super::data_dir::{database_path, DATA_DIR_ENV};
 use super::http::{self, STREAM_EVENT};
 use crate::app::service::{ChatService, EngineState};
-
-/// Environment variable naming the folder for the app's data (overrides the platform default).
-pub const DATA_DIR_ENV: &str = "SMOLLM3_BOT_DATA_DIR";
 
 /// An HTTP request as the page's glue script sends it.
 #[derive(Debug, Clone, Deserialize)]
@@ -150,15 +148,6 @@ pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
             }
         }
     });
-}
-
-/// The database of conversations and settings: in `SMOLLM3_BOT_DATA_DIR` when set, else in the
-/// platform's data folder (shared with the command line).
-pub fn database_path() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join(crate::store::DATABASE_FILE));
-    }
-    crate::store::Store::default_path().context("no data folder is known for this platform")
 }
 
 pub use crate::app::service::ModelLoader;

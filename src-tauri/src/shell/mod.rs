@@ -1,8 +1,11 @@
-//! Shells: the ways a user reaches the core (command line; desktop and HTTP come later).
+//! Shells: the ways a user reaches the core: the command line, the desktop window (with the
+//! `desktop` feature), the HTTP server (browser UI and OpenAI API) and the terminal chat.
 
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod data_dir;
+#[cfg(feature = "desktop")]
 pub mod desktop;
 pub mod guard;
 pub mod html;

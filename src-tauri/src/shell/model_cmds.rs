@@ -2,6 +2,7 @@
 
 use crate::engine::loader::LoadedModel;
 use crate::model::gguf::Value;
+use crate::model::kernels::Kernels;
 use crate::model::synth::{self, Preset, Quant};
 use crate::model::{Config, GgufFile, Logits};
 use crate::text::tokenizer;
@@ -112,6 +113,8 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
         "weight_bytes": weights,
         "types": types.iter().map(|(k, (n, b))| (k.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
         "metadata": meta.iter().cloned().collect::<serde_json::Map<_, _>>(),
+        "kernels": Kernels::default().isa().name(),
+        "kernels_available": Kernels::available().iter().map(|k| k.isa().name()).collect::<Vec<_>>(),
     });
     match &cfg {
         Ok(cfg) => {
@@ -155,6 +158,15 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     for (ty, (n, bytes)) in &types {
         println!("  {ty:>6}: {n:>4} tensors, {:>9.1} MB", mb(*bytes));
     }
+    let names: Vec<&str> = Kernels::available()
+        .iter()
+        .map(|k| k.isa().name())
+        .collect();
+    println!(
+        "\nkernels: {} (this CPU can run: {})",
+        Kernels::default().isa(),
+        names.join(", ")
+    );
     match cfg {
         Ok(cfg) => {
             println!(

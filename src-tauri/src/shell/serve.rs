@@ -132,7 +132,7 @@ fn model_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 pub fn browser_ui(engine: &Engine) -> Option<Router> {
     use crate::app::engine_adapter::EngineGenerator;
     use crate::app::service::{ChatService, EngineState};
-    let service = match super::desktop::database_path().and_then(|p| Ok(ChatService::open(&p)?)) {
+    let service = match super::data_dir::database_path().and_then(|p| Ok(ChatService::open(&p)?)) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!("browser UI disabled: {e:#}");

@@ -431,6 +431,7 @@ async fn events(
 }
 
 /// Sends every wizard phase change to the desktop window as a `chat-stream` event.
+#[cfg(feature = "desktop")]
 pub fn forward_to_window<R: tauri::Runtime>(app: &tauri::AppHandle<R>, service: &ChatService) {
     use tauri::Emitter;
     let mut rx = service.wizard().subscribe();

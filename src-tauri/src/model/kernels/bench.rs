@@ -1,0 +1,234 @@
+//! Micro-benchmarks of the kernels, on every path this CPU has: ignored tests that print
+//! figures, run one at a time with
+//! `cargo test --release --lib kernels::bench::NAME -- --ignored --nocapture`.
+//! The model-level comparison with llama.cpp is `src-tauri/benches/compare_llama_cpp.py`.
+
+use super::interleaved::tests::{activations, packed, q4k_weights, weights};
+use super::interleaved::{self, Format, Product};
+use super::{quantize, Isa, Kernels, QK};
+use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K};
+use std::mem::MaybeUninit;
+
+/// The best of `reps` timings of `f`, in seconds.
+fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
+    (0..reps)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+/// The median of `reps` timings of `f`, in seconds.
+fn median_of(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn gguf_bytes(format: Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
+    match format {
+        Format::Q4Kx16 => q4k_weights(n, k, seed),
+        Format::Q6Kx16 => weights::<BlockQ6K>(n, k, seed),
+    }
+}
+
+/// candle's product on the GGUF layout (its own runtime-detected SIMD).
+fn candle_matmul(
+    format: Format,
+    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    w: &[u8],
+    out: &mut [f32],
+) {
+    fn blocks<T>(bytes: &[u8]) -> &[T] {
+        // SAFETY: whole blocks of plain old data, from a Vec aligned for them in practice
+        // (checked).
+        assert!((bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()));
+        unsafe {
+            std::slice::from_raw_parts(
+                bytes.as_ptr() as *const T,
+                bytes.len() / std::mem::size_of::<T>(),
+            )
+        }
+    }
+    match format {
+        Format::Q4Kx16 => k_quants::matmul::<BlockQ4K>((m, k, n), x, blocks(w), out),
+        Format::Q6Kx16 => k_quants::matmul::<BlockQ6K>((m, k, n), x, blocks(w), out),
+    }
+    .unwrap();
+}
+
+/// Prefill-shaped products on every path, against candle's on the GGUF layout.
+#[test]
+#[ignore]
+fn prefill_products() {
+    for format in [Format::Q4Kx16, Format::Q6Kx16] {
+        for &(m, k, n) in &[(512, 2048, 2048), (512, 2048, 11008), (512, 11008, 2048)] {
+            let w = gguf_bytes(format, n, k, 1);
+            let p = packed(format, n, k, 1);
+            let x = activations(m, k, 2);
+            let mut out = vec![0f32; m * n];
+            let gmac = (m * k * n) as f64 / 1e9;
+            let mut line = format!("{format:?} ({m},{k},{n}):");
+            let t = best_of(3, || candle_matmul(format, (m, k, n), &x, &w, &mut out));
+            line += &format!(" candle {:.1}", gmac / t);
+            for kernels in Kernels::available().into_iter().filter(|k| k.interleaved()) {
+                let t = best_of(8, || {
+                    interleaved::matmul(kernels, format, (m, k, n), &x, &p, &mut out).unwrap()
+                });
+                line += &format!(" | {} {:.1}", kernels.isa(), gmac / t);
+            }
+            println!("{line} GMAC/s");
+        }
+    }
+}
+
+/// Decode-shaped products over 220 MB of weights (more than the last-level cache, so they
+/// stream from memory as a decode step does), on every path: medians of 10. One 2048-row
+/// matrix repeated 64 times, since the weights' values do not change the speed.
+#[test]
+#[ignore]
+fn decode_products() {
+    let (k, n0, copies) = (2048, 2048, 64);
+    let n = n0 * copies;
+    let x = activations(1, k, 2);
+    let mut out = vec![0f32; n];
+    for format in [Format::Q4Kx16, Format::Q6Kx16] {
+        let w = gguf_bytes(format, n0, k, 1).repeat(copies);
+        let p = packed(format, n0, k, 1).repeat(copies);
+        let gb = w.len() as f64 / 1e9;
+        let t = median_of(5, || candle_matmul(format, (1, k, n), &x, &w, &mut out));
+        let mut line = format!("{format:?} (1,{k},{n}): candle {:.1}", gb / t);
+        if let Ok(avx512) = Kernels::new(Isa::Avx512) {
+            let gguf = match format {
+                Format::Q4Kx16 => super::Format::Q4K,
+                Format::Q6Kx16 => super::Format::Q6K,
+            };
+            let t = median_of(10, || {
+                super::matmul_gguf(avx512, gguf, (1, k, n), &x, &w, &mut out).unwrap()
+            });
+            line += &format!(" | avx512 on the GGUF layout {:.1}", gb / t);
+        }
+        for kernels in Kernels::available().into_iter().filter(|k| k.interleaved()) {
+            let t = median_of(10, || {
+                interleaved::matmul(kernels, format, (1, k, n), &x, &p, &mut out).unwrap()
+            });
+            line += &format!(" | {} {:.1}", kernels.isa(), gb / t);
+        }
+        println!("{line} GB/s");
+    }
+}
+
+/// One tile of 8 activation rows against 16 weight rows over 2048 values, on one thread with
+/// everything in L1/L2: the loop prefill runs, without the threads and memory around it.
+#[test]
+#[ignore]
+fn kernel_alone() {
+    let (m, k, n) = (8, 2048, 16);
+    let x = activations(m, k, 2);
+    for format in [Format::Q4Kx16, Format::Q6Kx16] {
+        let p = packed(format, n, k, 1);
+        for kernels in Kernels::available() {
+            let mut dst = vec![MaybeUninit::new(0f32); m * n];
+            let reps = if kernels.interleaved() { 20_000 } else { 200 };
+            let t = best_of(3, || {
+                for _ in 0..reps {
+                    let mut products = [Product {
+                        format,
+                        n,
+                        w: &p,
+                        dst: &mut dst,
+                    }];
+                    interleaved::matmul_many_uninit(kernels, (m, k), &x, &mut products).unwrap();
+                }
+            });
+            let gmac = (m * k * n * reps) as f64 / 1e9;
+            println!(
+                "{format:?} {}: {:.1} GMAC/s (with quantization and dispatch)",
+                kernels.isa(),
+                gmac / t
+            );
+        }
+    }
+}
+
+/// The Q8_K quantizer on every path, a 512 × 2048 activation.
+#[test]
+#[ignore]
+fn quantizer() {
+    let (m, k) = (512, 2048);
+    let x = activations(m, k, 3);
+    for kernels in Kernels::available() {
+        let t = best_of(10, || {
+            std::hint::black_box(quantize(kernels, &x, m, k));
+        });
+        println!(
+            "{}: {:.2} ns a value",
+            kernels.isa(),
+            t / (m * k) as f64 * 1e9
+        );
+    }
+    assert_eq!(k % QK, 0);
+}
+
+/// The multiply pipe's peak on this CPU, the bound the AVX-512 products are measured against:
+/// `vpdpbusd` on registers in 1, 2, 4 and 8 independent chains (its latency shows until the
+/// chains cover it), one thread.
+#[test]
+#[ignore]
+fn vnni_peak() {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn chains<const K: usize>(n: usize) -> i32 {
+        use std::arch::x86_64::*;
+        let w: [__m512i; 8] = std::array::from_fn(|i| _mm512_set1_epi32(i as i32 + 1));
+        let mut acc = [_mm512_setzero_si512(); K];
+        for _ in 0..n {
+            for _ in 0..8 / K {
+                for i in 0..K {
+                    acc[i] = _mm512_dpbusd_epi32(acc[i], w[i], w[(i + 1) % 8]);
+                }
+            }
+            // Keeps the loop a loop: the compiler may not fold the chains.
+            std::arch::asm!("", options(nomem, nostack));
+        }
+        let mut s = acc[0];
+        for a in &acc[1..] {
+            s = _mm512_add_epi32(s, *a);
+        }
+        _mm_cvtsi128_si32(_mm512_castsi512_si128(s))
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !Isa::Avx512.cpu_has() {
+            return;
+        }
+        let n = 50_000_000;
+        type Chains = unsafe fn(usize) -> i32;
+        let runs: [(usize, Chains); 4] = [
+            (1, chains::<1>),
+            (2, chains::<2>),
+            (4, chains::<4>),
+            (8, chains::<8>),
+        ];
+        for (k, f) in runs {
+            let t = std::time::Instant::now();
+            // SAFETY: the features were checked.
+            let r = unsafe { f(n) };
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "vpdpbusd zmm, {k} chains: {:.2} G/s on one thread ({:.0} GMAC/s of int8) [{r}]",
+                (8 * n) as f64 / s / 1e9,
+                (8 * n * 64) as f64 / s / 1e9
+            );
+        }
+    }
+}
