@@ -29,9 +29,9 @@ struct Rows<'a> {
     start: usize,
     s0: usize,
     s1: usize,
-    /// Convert F16 with AVX-512 (16 values an instruction, inlined) rather than `half`'s
-    /// F16C path (8 values per call of a function chosen at run time).
-    simd: bool,
+    /// The path: AVX-512 and AVX2 convert F16 with inlined code (16 or 8 values an
+    /// instruction) rather than `half`'s routine (a function chosen at run time per call).
+    isa: Isa,
 }
 
 impl Rows<'_> {
@@ -72,11 +72,14 @@ impl Rows<'_> {
 
     #[inline(always)]
     fn convert(&self, src: &[f16], dst: &mut [f32]) {
-        if self.simd {
-            // SAFETY: `simd` is only set where the CPU has AVX-512.
-            unsafe { f16_to_f32(src, dst) }
-        } else {
-            src.convert_to_f32_slice(dst)
+        // SAFETY (both SIMD arms): `isa` comes from a `Kernels`, made only for an ISA the CPU
+        // has.
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { f16_to_f32(src, dst) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::f16_to_f32(src, dst) },
+            _ => src.convert_to_f32_slice(dst),
         }
     }
 }
@@ -125,7 +128,7 @@ fn rows<'a>(kernels: Kernels, storage: &'a Storage, layout: &Layout) -> Result<R
         start: layout.start_offset(),
         s0,
         s1,
-        simd: kernels.isa() == Isa::Avx512,
+        isa: kernels.isa(),
     })
 }
 
@@ -185,7 +188,17 @@ pub fn attend(kernels: Kernels, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) 
                 },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { unit_avx2(&shape, qv, kr, vr, scale, at, &mut scratch, dst) },
-                _ => unit(&shape, qv, kr, vr, scale, at, &mut scratch, dst, false),
+                _ => unit(
+                    &shape,
+                    qv,
+                    kr,
+                    vr,
+                    scale,
+                    at,
+                    &mut scratch,
+                    dst,
+                    kernels.isa(),
+                ),
             }
         }
     });
@@ -233,7 +246,7 @@ unsafe fn unit_avx512(
     scratch: &mut Scratch,
     dst: &mut [f32],
 ) {
-    unit(shape, qv, kr, vr, scale, at, scratch, dst, true)
+    unit(shape, qv, kr, vr, scale, at, scratch, dst, Isa::Avx512)
 }
 
 /// The portable body compiled for AVX2 and FMA: its fixed-width loops become 256-bit code.
@@ -250,7 +263,7 @@ unsafe fn unit_avx2(
     scratch: &mut Scratch,
     dst: &mut [f32],
 ) {
-    unit(shape, qv, kr, vr, scale, at, scratch, dst, false)
+    unit(shape, qv, kr, vr, scale, at, scratch, dst, Isa::Avx2)
 }
 
 /// Query position `t` of the query heads sharing KV head `h`: scores against every visible
@@ -267,9 +280,13 @@ fn unit(
     (h, t): (usize, usize),
     scratch: &mut Scratch,
     dst: &mut [f32],
-    simd: bool,
+    isa: Isa,
 ) {
     let (hd, group) = (s.hd, s.group);
+    // AVX-512's own inner loops; AVX2 has its own for F16 caches with four heads a group
+    // (SmolLM3's case); every other case runs the portable loops.
+    let simd = cfg!(target_arch = "x86_64") && isa == Isa::Avx512;
+    let avx2 = cfg!(target_arch = "x86_64") && isa == Isa::Avx2;
     let visible = s.kv_len - s.seq + t + 1;
     let query = |g: usize| {
         let qh = h * group + g;
@@ -278,6 +295,27 @@ fn unit(
     let Scratch { scores, block } = scratch;
     let wide = simd && hd.is_multiple_of(LANES);
     let mut from = 0;
+    #[cfg(target_arch = "x86_64")]
+    if let (true, 4, Some(k)) = (
+        avx2 && hd.is_multiple_of(8),
+        group,
+        kr.f16_rows(h, visible, hd),
+    ) {
+        from = visible / 4 * 4;
+        for j in (0..from).step_by(4) {
+            // SAFETY: `avx2` is only set where the CPU has AVX2, FMA and F16C; 4 keys remain.
+            unsafe {
+                avx2::quad_scores(
+                    [query(0), query(1), query(2), query(3)],
+                    &k[j * hd..(j + 4) * hd],
+                    scale,
+                    scores,
+                    visible,
+                    j,
+                )
+            };
+        }
+    }
     if let (true, 4, Some(k)) = (wide, group, kr.f16_rows(h, visible, hd)) {
         from = visible / 4 * 4;
         for j in (0..from).step_by(4) {
@@ -358,13 +396,21 @@ fn unit(
         inv[g] = 1.0 / lanes(row, 0.0, |a, b| a + b);
     }
     dst.fill(0.0);
-    if let (true, Some(v)) = (
-        simd && group == 4 && hd.is_multiple_of(SPAN),
-        vr.f16_rows(h, visible, hd),
-    ) {
-        // SAFETY: `simd` is only set where the CPU has AVX-512.
-        unsafe { weighted_sum_4_f16(scores, visible, v, hd, dst) };
-    } else {
+    let f16_values = vr.f16_rows(h, visible, hd).filter(|_| group == 4);
+    // SAFETY (both arms): `simd`/`avx2` are only set where the CPU has the ISA.
+    let fused = match f16_values {
+        Some(v) if simd && hd.is_multiple_of(SPAN) => {
+            unsafe { weighted_sum_4_f16(scores, visible, v, hd, dst) };
+            true
+        }
+        #[cfg(target_arch = "x86_64")]
+        Some(v) if avx2 && hd.is_multiple_of(avx2::SPAN) => {
+            unsafe { avx2::weighted_sum_4_f16(scores, visible, v, hd, dst) };
+            true
+        }
+        _ => false,
+    };
+    if !fused {
         weighted_sums(vr, h, visible, scores, block, hd, group, dst);
     }
     for g in 0..group {
@@ -683,6 +729,123 @@ unsafe fn pair_scores(_: (&[f32], &[f32]), _: &[f32], _: f32, _: (&mut [f32], &m
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn wide_scores(_: &[f32], _: &[f32], _: f32, _: &mut [f32; LANES]) {
     unreachable!("AVX-512 called off x86-64")
+}
+
+/// The AVX2 + FMA + F16C inner loops, for F16 caches with four query heads per KV head.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::PREFETCH;
+    use half::f16;
+    use half::slice::HalfFloatSliceExt;
+    use std::arch::x86_64::*;
+
+    /// Output values per pass of [`weighted_sum_4_f16`]: 4 heads × 16 values are 8 registers.
+    pub(super) const SPAN: usize = 16;
+
+    /// Value rows per pass of [`weighted_sum_4_f16`] (as for AVX-512's).
+    const VALUE_BLOCK: usize = super::VALUE_BLOCK;
+
+    /// F16 to F32, 8 values an instruction.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    pub(super) unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            if i % 32 == 0 {
+                // The next block of rows, requested while this one is converted and used.
+                _mm_prefetch::<_MM_HINT_T0>(src.as_ptr().wrapping_add(i + PREFETCH) as *const i8);
+            }
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const _);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        src[i..n].convert_to_f32_slice(&mut dst[i..n]);
+    }
+
+    /// Lane `i` of the result is the sum of the lanes of `p[i]`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn reduce8(p: &[__m256; 8]) -> __m256 {
+        let u0 = _mm256_hadd_ps(_mm256_hadd_ps(p[0], p[1]), _mm256_hadd_ps(p[2], p[3]));
+        let u1 = _mm256_hadd_ps(_mm256_hadd_ps(p[4], p[5]), _mm256_hadd_ps(p[6], p[7]));
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(u0, u1),
+            _mm256_permute2f128_ps::<0x31>(u0, u1),
+        )
+    }
+
+    /// `scores[g·visible + at + j] = scale · (q_g · key_j)` for the four query heads of a
+    /// group and 4 consecutive F16 key rows, two keys at a time: each key row is converted
+    /// once in registers for all four heads, with 8 accumulators (of 16 registers).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn quad_scores(
+        q: [&[f32]; 4],
+        keys: &[f16],
+        scale: f32,
+        scores: &mut [f32],
+        visible: usize,
+        at: usize,
+    ) {
+        let hd = q[0].len();
+        debug_assert!(keys.len() >= 4 * hd && scores.len() >= 3 * visible + at + 4);
+        let k = keys.as_ptr();
+        let sv = _mm256_set1_ps(scale);
+        for j0 in [0, 2] {
+            let mut p = [_mm256_setzero_ps(); 8];
+            for c in (0..hd).step_by(8) {
+                let k0 = _mm256_cvtph_ps(_mm_loadu_si128(k.add(j0 * hd + c) as *const _));
+                let k1 = _mm256_cvtph_ps(_mm_loadu_si128(k.add((j0 + 1) * hd + c) as *const _));
+                for g in 0..4 {
+                    let qg = _mm256_loadu_ps(q[g].as_ptr().add(c));
+                    p[2 * g] = _mm256_fmadd_ps(qg, k0, p[2 * g]);
+                    p[2 * g + 1] = _mm256_fmadd_ps(qg, k1, p[2 * g + 1]);
+                }
+            }
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(reduce8(&p), sv));
+            for g in 0..4 {
+                let o = scores.as_mut_ptr().add(g * visible + at + j0);
+                *o = out[2 * g];
+                *o.add(1) = out[2 * g + 1];
+            }
+        }
+    }
+
+    /// `dst[g] += Σ_j p[g][j] · value_j` over every visible row of an F16 cache, for a group of
+    /// four query heads: each value row is converted in registers where it is used.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum_4_f16(
+        scores: &[f32],
+        visible: usize,
+        values: &[f16],
+        hd: usize,
+        dst: &mut [f32],
+    ) {
+        let v = values.as_ptr();
+        for j0 in (0..visible).step_by(VALUE_BLOCK) {
+            let rows = j0..visible.min(j0 + VALUE_BLOCK);
+            for c0 in (0..hd).step_by(SPAN) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for j in rows.clone() {
+                    let row = v.add(j * hd + c0);
+                    let x0 = _mm256_cvtph_ps(_mm_loadu_si128(row as *const _));
+                    let x1 = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8) as *const _));
+                    for (g, a) in acc.iter_mut().enumerate() {
+                        let p = _mm256_set1_ps(*scores.get_unchecked(g * visible + j));
+                        a[0] = _mm256_fmadd_ps(p, x0, a[0]);
+                        a[1] = _mm256_fmadd_ps(p, x1, a[1]);
+                    }
+                }
+                for (g, a) in acc.iter().enumerate() {
+                    for (i, ai) in a.iter().enumerate() {
+                        let d = dst.as_mut_ptr().add(g * hd + c0 + 8 * i);
+                        _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), *ai));
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[inline(always)]
