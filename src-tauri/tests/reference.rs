@@ -1,9 +1,12 @@
-//! Our SmolLM3 against llama.cpp's numbers on the same GGUF files and tokens.
+//! Our SmolLM3 against llama.cpp's numbers on the same GGUF files and tokens, on every kernel
+//! path this CPU can run (each named in the output: `cargo test --test reference --
+//! --nocapture`).
 
 mod common;
 
 use candle_core::DType;
-use smollm3_bot::model::{prepared, GgufFile, Logits, Model};
+use smollm3_bot::model::kernels::Kernels;
+use smollm3_bot::model::{prepared, Config, GgufFile, Logits, Model};
 use smollm3_bot::text::tokenizer;
 
 struct Reference {
@@ -88,46 +91,64 @@ fn run_kv(model: &Model, tokens: &[u32], n_greedy: usize, kv: DType) -> Run {
     Run { last, top1, greedy }
 }
 
+/// The model of `g` on `kernels`.
+fn load(g: &GgufFile, kernels: Kernels) -> Model {
+    Model::load_with(g, Config::from_gguf(g).unwrap(), kernels).unwrap()
+}
+
 #[test]
 fn f32_model_matches_llama_cpp() {
     let g = GgufFile::open(common::reference("tiny-smollm3-f32.gguf")).unwrap();
-    let model = Model::load(&g).unwrap();
     let r = reference("tiny-smollm3-f32.llama-cpp.kvf32.json");
-    let ours = run(&model, &r.tokens, r.greedy.len());
-    let d = max_abs_diff(&ours.last, &r.last_logits);
-    eprintln!("f32: max |Δ logit| = {d:e}");
-    assert!(d <= 1e-3, "max |Δ| {d} > 1e-3");
-    assert_eq!(
-        ours.top1, r.top1,
-        "top-1 differs at some teacher-forced position"
-    );
-    assert_eq!(ours.greedy, r.greedy, "greedy continuation differs");
+    for kernels in Kernels::available() {
+        let model = load(&g, kernels);
+        let ours = run(&model, &r.tokens, r.greedy.len());
+        let d = max_abs_diff(&ours.last, &r.last_logits);
+        let isa = kernels.isa();
+        eprintln!("f32, {isa} kernels: max |Δ logit| = {d:e}");
+        assert!(d <= 1e-3, "{isa}: max |Δ| {d} > 1e-3");
+        assert_eq!(
+            ours.top1, r.top1,
+            "{isa}: top-1 differs at some teacher-forced position"
+        );
+        assert_eq!(ours.greedy, r.greedy, "{isa}: greedy continuation differs");
+    }
 }
 
 #[test]
 fn q4_k_m_model_matches_llama_cpp() {
     let g = GgufFile::open(common::reference("tiny-smollm3-q4_k_m.gguf")).unwrap();
-    check_q4_k_m(&Model::load(&g).unwrap(), "gguf layout");
+    for kernels in Kernels::available() {
+        check_q4_k_m(&load(&g, kernels), "gguf layout");
+    }
 }
 
-/// The same check with the Q4_K matrices in the interleaved layout (when this CPU runs it).
+/// The same check with the Q4_K matrices in the interleaved layout, on every path that
+/// computes on it.
 #[test]
 fn q4_k_m_interleaved_matches_llama_cpp() {
-    if !prepared::enabled() {
-        eprintln!("skipped: no interleaved kernels on this CPU");
-        return;
-    }
     let g = GgufFile::open(common::reference("tiny-smollm3-q4_k_m.gguf")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let p = prepared::open_or_build_at(&g, &[dir.path().join("q.x8")])
-        .unwrap()
-        .unwrap();
-    let mut model = Model::load(&g).unwrap();
-    assert!(model.attach_interleaved(&p) >= 40);
-    check_q4_k_m(&model, "interleaved");
+    let Some(p) = prepared::open_or_build_at(&g, &[dir.path().join("q.x8")]).unwrap() else {
+        eprintln!("skipped: prepared files are switched off (SMOLLM3_PREPARED)");
+        return;
+    };
+    let paths: Vec<Kernels> = Kernels::available()
+        .into_iter()
+        .filter(|k| k.interleaved())
+        .collect();
+    if paths.is_empty() {
+        eprintln!("skipped: no kernel path here computes on the interleaved layout");
+    }
+    for kernels in paths {
+        let mut model = load(&g, kernels);
+        assert!(model.attach_interleaved(&p) >= 40);
+        check_q4_k_m(&model, "interleaved");
+    }
 }
 
 fn check_q4_k_m(model: &Model, what: &str) {
+    let isa = model.kernels().isa();
     let r = reference("tiny-smollm3-q4_k_m.llama-cpp.kvf32.json");
     let ours = run(model, &r.tokens, 0);
     let d = max_abs_diff(&ours.last, &r.last_logits);
@@ -138,11 +159,14 @@ fn check_q4_k_m(model: &Model, what: &str) {
         .filter(|(a, b)| a == b)
         .count();
     eprintln!(
-        "q4_k_m ({what}): max |Δ logit| = {d:e}, top-1 agreement {agree}/{}",
+        "q4_k_m ({what}), {isa} kernels: max |Δ logit| = {d:e}, top-1 agreement {agree}/{}",
         r.top1.len()
     );
-    assert!(d <= 0.2, "max |Δ| {d} > 0.2");
-    assert!(agree >= 30, "top-1 agrees at only {agree} of 32 positions");
+    assert!(d <= 0.2, "{isa}: max |Δ| {d} > 0.2");
+    assert!(
+        agree >= 30,
+        "{isa}: top-1 agrees at only {agree} of 32 positions"
+    );
 }
 
 #[test]
@@ -184,11 +208,14 @@ fn tokenizer_from_gguf_matches_llama_cpp() {
 #[test]
 fn f16_kv_cache_matches_llama_cpp_f16_kv() {
     let g = GgufFile::open(common::reference("tiny-smollm3-f32.gguf")).unwrap();
-    let model = Model::load(&g).unwrap();
     let r = reference("tiny-smollm3-f32.llama-cpp.kvf16.json");
-    let ours = run_kv(&model, &r.tokens, r.greedy.len(), DType::F16);
-    let d = max_abs_diff(&ours.last, &r.last_logits);
-    eprintln!("f32 weights, f16 KV: max |Δ logit| = {d:e}");
-    assert!(d <= 5e-3, "max |Δ| {d} > 5e-3");
-    assert_eq!(ours.greedy, r.greedy, "greedy continuation differs");
+    for kernels in Kernels::available() {
+        let model = load(&g, kernels);
+        let ours = run_kv(&model, &r.tokens, r.greedy.len(), DType::F16);
+        let d = max_abs_diff(&ours.last, &r.last_logits);
+        let isa = kernels.isa();
+        eprintln!("f32 weights, f16 KV, {isa} kernels: max |Δ logit| = {d:e}");
+        assert!(d <= 5e-3, "{isa}: max |Δ| {d} > 5e-3");
+        assert_eq!(ours.greedy, r.greedy, "{isa}: greedy continuation differs");
+    }
 }
