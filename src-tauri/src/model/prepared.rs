@@ -1,4 +1,4 @@
-//! The model's Q4_K and Q6_K weights in the interleaved layout, kept in a file beside the model.
+//! The model's Q4_K, Q6_K and Q8_0 weights in the interleaved layout, kept in a file beside the model.
 //!
 //! The first load on a CPU that can use [`interleaved`] rewrites every eligible matrix
 //! (1.7 GB for SmolLM3-3B Q4_K_M, a few seconds) into `<model>.x8`; later loads map that file
@@ -101,13 +101,13 @@ pub fn enabled() -> bool {
     !switched_off() && Kernels::default().interleaved()
 }
 
-/// The tensors worth interleaving: 2-D Q4_K and Q6_K matrices whose rows group by sixteen. The
-/// token embedding stays as it is: lookups read single rows of it.
+/// The tensors worth interleaving: 2-D Q4_K, Q6_K and Q8_0 matrices whose rows group by
+/// sixteen. The token embedding stays as it is: lookups read single rows of it.
 pub fn eligible(g: &GgufFile) -> Vec<&TensorInfo> {
     g.tensors()
         .iter()
         .filter(|t| {
-            matches!(t.ty, GgmlType::Q4K | GgmlType::Q6K)
+            matches!(t.ty, GgmlType::Q4K | GgmlType::Q6K | GgmlType::Q8_0)
                 && t.dims.len() == 2
                 && (t.dims[1] as usize).is_multiple_of(ROWS)
                 && (t.dims[0] as usize).is_multiple_of(256)
@@ -298,6 +298,7 @@ fn build(
                             let mut buf = vec![0u8; t.size];
                             let repack = match t.ty {
                                 GgmlType::Q4K => interleaved::repack_q4k,
+                                GgmlType::Q8_0 => interleaved::repack_q8_0,
                                 _ => interleaved::repack_q6k,
                             };
                             repack(

@@ -183,6 +183,7 @@ impl QWeight {
                 let format = match self.ty {
                     GgmlType::Q4K => interleaved::Format::Q4Kx16,
                     GgmlType::Q6K => interleaved::Format::Q6Kx16,
+                    GgmlType::Q8_0 => interleaved::Format::Q8_0x16,
                     _ => return false,
                 };
                 self.x8 = Some((map, offset, format));

@@ -14,8 +14,8 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use super::blocks::{Q8K, QK};
-use super::interleaved::{Q4Kx16, Q6Kx16, PREFETCH_BLOCKS};
+use super::blocks::{Q8x32, Q8K, QK};
+use super::interleaved::{Q4Kx16, Q6Kx16, Q8_0x16, PREFETCH_BLOCKS};
 use std::arch::x86_64::*;
 
 /// Each dword `r` of `v` (a value that fits 16 bits) copied into both of its words, so that
@@ -268,6 +268,49 @@ pub(super) unsafe fn q6kx16<const C: usize>(
                     _mm256_set1_ps(ab.d),
                     facc[c][hf],
                 );
+            }
+        }
+    }
+    store_rows(&facc, out, n, add);
+}
+
+/// Q8_0 on sixteen rows: `(Σ w·a)·d_w·d_a` per block of 32, for `C` activation rows × the
+/// group's 16 rows, over `count` blocks, stored into `out[c·n + r]` (added to it when `add`).
+/// `vpmaddubsw` wants one unsigned operand, so each weight vector gives its magnitudes (once
+/// for all activation rows) and the activations take the weights' signs (`vpsignb`); a pair of
+/// products reaches 2·128·127, so each `vpmaddubsw` is widened by `vpmaddwd` before adding.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `w` must hold `count` blocks, `a` `C` rows of `nb`
+/// blocks, `out` `C` rows of `n` floats from the group's first column.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q8_0x16<const C: usize>(
+    w: *const Q8_0x16,
+    a: *const Q8x32,
+    (nb, count): (usize, usize),
+    (out, n, add): (*mut f32, usize, bool),
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut facc = [[_mm256_setzero_ps(); 2]; C];
+    for b in 0..count {
+        let blk = &*w.add(b);
+        for hf in 0..2 {
+            let at = |t: usize| blk.qs.as_ptr().add(64 * t + 32 * hf) as *const __m256i;
+            let mag: [__m256i; 8] =
+                std::array::from_fn(|t| _mm256_abs_epi8(_mm256_loadu_si256(at(t))));
+            let dv = _mm256_cvtph_ps(_mm_loadu_si128(blk.d.as_ptr().add(8 * hf) as *const _));
+            for c in 0..C {
+                let ab = &*a.add(c * nb + b);
+                let q = ab.qs.as_ptr();
+                let mut acc = [_mm256_setzero_si256(); 2];
+                for t in 0..8 {
+                    let signed = _mm256_sign_epi8(run_of(q, 4 * t), _mm256_loadu_si256(at(t)));
+                    let pairs = _mm256_maddubs_epi16(mag[t], signed);
+                    acc[t % 2] = _mm256_add_epi32(acc[t % 2], _mm256_madd_epi16(pairs, ones));
+                }
+                let isum = _mm256_add_epi32(acc[0], acc[1]);
+                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), dv);
+                facc[c][hf] = _mm256_fmadd_ps(t, _mm256_set1_ps(ab.d), facc[c][hf]);
             }
         }
     }

@@ -3,8 +3,8 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use super::blocks::{Q8K, QK};
-use super::interleaved::{Q4Kx16, Q6Kx16, PREFETCH_BLOCKS};
+use super::blocks::{Q8x32, Q8K, QK};
+use super::interleaved::{Q4Kx16, Q6Kx16, Q8_0x16, PREFETCH_BLOCKS};
 use std::arch::x86_64::*;
 
 /// Sign-extends the even bytes of `v` (odd bytes ignored) to 16-bit words.
@@ -251,6 +251,47 @@ pub(super) unsafe fn q6kx16<const C: usize>(
                 _mm512_set1_ps(ab.d),
                 facc[c],
             );
+        }
+    }
+    store_rows(&facc, out, n, add);
+}
+
+/// Q8_0 on sixteen rows: `(Σ w·a)·d_w·d_a` per block of 32, for `C` activation rows × the
+/// group's 16 rows, over `count` blocks, stored into `out[c·n + r]` (added to it when `add`).
+/// `vpdpbusd` wants unsigned weights: the codes are offset by 128 (a flipped sign bit) once
+/// per block, and the `128·Σa` that adds is taken off with the activation block's sum.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+pub(super) unsafe fn q8_0x16<const C: usize>(
+    w: *const Q8_0x16,
+    a: *const Q8x32,
+    (nb, count): (usize, usize),
+    (out, n, add): (*mut f32, usize, bool),
+) {
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let mut facc = [_mm512_setzero_ps(); C];
+    for b in 0..count {
+        let blk = &*w.add(b);
+        let wq: [__m512i; 8] = std::array::from_fn(|t| {
+            _mm512_xor_si512(
+                _mm512_loadu_si512(blk.qs.as_ptr().add(64 * t) as *const _),
+                flip,
+            )
+        });
+        let dv = _mm512_cvtph_ps(_mm256_loadu_si256(blk.d.as_ptr() as *const _));
+        for c in 0..C {
+            let ab = &*a.add(c * nb + b);
+            let q = ab.qs.as_ptr() as *const i32;
+            let mut d = [_mm512_setzero_si512(); 2];
+            for t in 0..8 {
+                let y = _mm512_set1_epi32(q.add(t).read_unaligned());
+                d[t % 2] = _mm512_dpbusd_epi32(d[t % 2], wq[t], y);
+            }
+            let isum = _mm512_sub_epi32(
+                _mm512_add_epi32(d[0], d[1]),
+                _mm512_set1_epi32(128 * ab.sum),
+            );
+            let t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), dv);
+            facc[c] = _mm512_fmadd_ps(t, _mm512_set1_ps(ab.d), facc[c]);
         }
     }
     store_rows(&facc, out, n, add);

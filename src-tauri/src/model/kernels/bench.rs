@@ -6,7 +6,7 @@
 use super::interleaved::tests::{activations, packed, q4k_weights, weights};
 use super::interleaved::{self, Format, Product};
 use super::{quantize, Isa, Kernels, QK};
-use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K};
+use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, BlockQ8_0};
 use std::mem::MaybeUninit;
 
 /// The best of `reps` timings of `f`, in seconds.
@@ -37,6 +37,7 @@ fn gguf_bytes(format: Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
     match format {
         Format::Q4Kx16 => q4k_weights(n, k, seed),
         Format::Q6Kx16 => weights::<BlockQ6K>(n, k, seed),
+        Format::Q8_0x16 => weights::<BlockQ8_0>(n, k, seed),
     }
 }
 
@@ -62,6 +63,7 @@ fn candle_matmul(
     match format {
         Format::Q4Kx16 => k_quants::matmul::<BlockQ4K>((m, k, n), x, blocks(w), out),
         Format::Q6Kx16 => k_quants::matmul::<BlockQ6K>((m, k, n), x, blocks(w), out),
+        Format::Q8_0x16 => k_quants::matmul::<BlockQ8_0>((m, k, n), x, blocks(w), out),
     }
     .unwrap();
 }
@@ -70,7 +72,7 @@ fn candle_matmul(
 #[test]
 #[ignore]
 fn prefill_products() {
-    for format in [Format::Q4Kx16, Format::Q6Kx16] {
+    for format in [Format::Q4Kx16, Format::Q6Kx16, Format::Q8_0x16] {
         for &(m, k, n) in &[(512, 2048, 2048), (512, 2048, 11008), (512, 11008, 2048)] {
             let w = gguf_bytes(format, n, k, 1);
             let p = packed(format, n, k, 1);
@@ -101,17 +103,18 @@ fn decode_products() {
     let n = n0 * copies;
     let x = activations(1, k, 2);
     let mut out = vec![0f32; n];
-    for format in [Format::Q4Kx16, Format::Q6Kx16] {
+    for format in [Format::Q4Kx16, Format::Q6Kx16, Format::Q8_0x16] {
         let w = gguf_bytes(format, n0, k, 1).repeat(copies);
         let p = packed(format, n0, k, 1).repeat(copies);
         let gb = w.len() as f64 / 1e9;
         let t = median_of(5, || candle_matmul(format, (1, k, n), &x, &w, &mut out));
         let mut line = format!("{format:?} (1,{k},{n}): candle {:.1}", gb / t);
-        if let Ok(avx512) = Kernels::new(Isa::Avx512) {
-            let gguf = match format {
-                Format::Q4Kx16 => super::Format::Q4K,
-                Format::Q6Kx16 => super::Format::Q6K,
-            };
+        let gguf = match format {
+            Format::Q4Kx16 => Some(super::Format::Q4K),
+            Format::Q6Kx16 => Some(super::Format::Q6K),
+            Format::Q8_0x16 => None,
+        };
+        if let (Ok(avx512), Some(gguf)) = (Kernels::new(Isa::Avx512), gguf) {
             let t = median_of(10, || {
                 super::matmul_gguf(avx512, gguf, (1, k, n), &x, &w, &mut out).unwrap()
             });
@@ -134,7 +137,7 @@ fn decode_products() {
 fn kernel_alone() {
     let (m, k, n) = (8, 2048, 16);
     let x = activations(m, k, 2);
-    for format in [Format::Q4Kx16, Format::Q6Kx16] {
+    for format in [Format::Q4Kx16, Format::Q6Kx16, Format::Q8_0x16] {
         let p = packed(format, n, k, 1);
         for kernels in Kernels::available() {
             let mut dst = vec![MaybeUninit::new(0f32); m * n];

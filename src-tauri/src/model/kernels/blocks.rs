@@ -71,3 +71,25 @@ pub(super) fn q4k_scales_mins(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     }
     (sc, mn)
 }
+
+/// Values per Q8_0 block.
+pub(super) const QK8_0: usize = 32;
+
+/// A Q8_0 block as stored in GGUF: 32 signed bytes and their scale.
+#[repr(C)]
+pub(super) struct Q80 {
+    pub(super) d: u16,
+    pub(super) qs: [i8; QK8_0],
+}
+
+const _: () = assert!(std::mem::size_of::<Q80>() == 34);
+
+/// The activations for products with Q8_0 weights, quantized as llama.cpp quantizes them
+/// (Q8_0 blocks): 32 values, their scale (stored by llama.cpp as an f16; here the f32 that f16
+/// converts to) and their sum (which the AVX-512 kernels need to undo a code offset).
+#[repr(C)]
+pub(super) struct Q8x32 {
+    pub(super) d: f32,
+    pub(super) sum: i32,
+    pub(super) qs: [i8; QK8_0],
+}

@@ -21,12 +21,12 @@
 //! memory; it is built once ([`repack_q4k`], [`repack_q6k`]) and kept in a file beside the
 //! model ([`super::prepared`]). A tensor's row count must be a multiple of [`ROWS`].
 
-use super::blocks::{q4k_scales_mins, Q4K, Q6K, Q8K, QK};
+use super::blocks::{q4k_scales_mins, Q8x32, Q4K, Q6K, Q80, Q8K, QK, QK8_0};
 #[cfg(target_arch = "aarch64")]
 use super::neon;
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
-use super::{check_shape, quantize, scalar, Isa, KernelError, Kernels};
+use super::{check_shape, quantize, quantize_q8_0, scalar, Isa, KernelError, Kernels};
 use std::mem::MaybeUninit;
 
 /// A Q4_K row block's 256 codes (0..16), in value order.
@@ -257,7 +257,12 @@ fn check_repack(
     if !cols.is_multiple_of(QK) {
         return Err(RepackError::Cols(cols));
     }
-    let nb = cols / QK;
+    let values = if block == std::mem::size_of::<Q80>() {
+        QK8_0
+    } else {
+        QK
+    };
+    let nb = cols / values;
     let expected = rows * nb * block;
     for (what, found) in [("source", src), ("destination", dst)] {
         if found != expected {
@@ -269,6 +274,47 @@ fn check_repack(
         }
     }
     Ok(nb)
+}
+
+/// Sixteen Q8_0 blocks (one per row), interleaved.
+#[repr(C)]
+pub(super) struct Q8_0x16 {
+    /// Scales of the sixteen rows (f16).
+    pub(super) d: [u16; ROWS],
+    /// Byte `64·t + 4·r + i` holds value `4t + i` of row `r`.
+    pub(super) qs: [i8; ROWS * QK8_0],
+}
+
+const _: () = assert!(std::mem::size_of::<Q8_0x16>() == ROWS * std::mem::size_of::<Q80>());
+
+/// Bytes of one sixteen-row Q8_0 block.
+pub const Q8_0_BYTES: usize = std::mem::size_of::<Q8_0x16>();
+
+/// Rewrites `rows × cols` Q8_0 weights in the GGUF layout (`src`) into the sixteen-row layout
+/// (`dst`, the same size). Exact: every value and scale is kept as it is.
+pub fn repack_q8_0(
+    src: &[u8],
+    rows: usize,
+    cols: usize,
+    dst: &mut [u8],
+) -> Result<(), RepackError> {
+    const B: usize = std::mem::size_of::<Q80>();
+    let nb = check_repack(src.len(), dst.len(), rows, cols, B)?;
+    for g in 0..rows / ROWS {
+        for b in 0..nb {
+            let at = (g * nb + b) * Q8_0_BYTES;
+            let out = &mut dst[at..at + Q8_0_BYTES];
+            for r in 0..ROWS {
+                let from = ((g * ROWS + r) * nb + b) * B;
+                let blk = &src[from..from + B];
+                out[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+                for v in 0..QK8_0 {
+                    out[2 * ROWS + 64 * (v / 4) + 4 * r + v % 4] = blk[2 + v];
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A repack function: (GGUF bytes, rows, cols, destination).
@@ -302,6 +348,8 @@ pub enum Format {
     Q4Kx16,
     /// Sixteen Q6_K rows ([`repack_q6k`]).
     Q6Kx16,
+    /// Sixteen Q8_0 rows ([`repack_q8_0`]).
+    Q8_0x16,
 }
 
 impl Format {
@@ -310,7 +358,22 @@ impl Format {
         match self {
             Format::Q4Kx16 => Q4K_BYTES,
             Format::Q6Kx16 => Q6K_BYTES,
+            Format::Q8_0x16 => Q8_0_BYTES,
         }
+    }
+
+    /// Values of a row in one block.
+    pub fn block_values(self) -> usize {
+        match self {
+            Format::Q4Kx16 | Format::Q6Kx16 => QK,
+            Format::Q8_0x16 => QK8_0,
+        }
+    }
+
+    /// Blocks per pass over `k` in prefill: a tile of activation rows over this span (2048
+    /// values) stays in L1.
+    fn pass_blocks(self) -> usize {
+        KBLOCKS * QK / self.block_values()
     }
 }
 
@@ -353,9 +416,8 @@ pub fn matmul_many_uninit(
     lhs: &[f32],
     products: &mut [Product],
 ) -> Result<(), KernelError> {
-    let mut nb = k / QK;
     for p in products.iter() {
-        nb = check((m, k, p.n), (lhs.len(), p.dst.len()), (p.format, p.w))?;
+        check((m, k, p.n), (lhs.len(), p.dst.len()), (p.format, p.w))?;
     }
     if k == 0 {
         // Empty sums: no pass over `k` would write the outputs.
@@ -402,6 +464,7 @@ pub fn matmul_many_uninit(
             let (format, groups, n, w, dst) = parts[i];
             let unit = unit - starts[i];
             let gs = unit * per_unit..groups.min((unit + 1) * per_unit);
+            let nb = k / format.block_values();
             // SAFETY: the sizes were checked above; each unit writes only its own columns of
             // its product's `dst`, so concurrent workers never touch the same element.
             unsafe {
@@ -410,7 +473,7 @@ pub fn matmul_many_uninit(
                     format,
                     gs,
                     (m, nb, n),
-                    (&q.act, q.sums(format)),
+                    q,
                     (w as *const u8, dst as *mut f32),
                 )
             }
@@ -436,31 +499,52 @@ fn check(
             n,
         });
     }
-    check_shape((m, k, n), (lhs, dst), w.len(), |nb| {
-        n / ROWS * nb * format.block_bytes()
+    check_shape((m, k, n), (lhs, dst), w.len(), |_| {
+        n / ROWS * (k / format.block_values()) * format.block_bytes()
     })
 }
 
-/// Activations as Q8_K, and their block sums for the Q4_K and the Q6_K offset terms.
+/// The activations, quantized once for every product that reads them: as Q8_K with the block
+/// sums of the Q4_K and the Q6_K offset terms for k-quant weights, as Q8_0 for Q8_0 weights.
 struct Quantized {
     act: Vec<Q8K>,
     q4_sums: Vec<[i16; 16]>,
     q6_sums: Vec<[i16; 16]>,
+    act8: Vec<Q8x32>,
+}
+
+/// Where one activation row's blocks start, in the form a format's micro-kernel reads.
+#[derive(Clone, Copy)]
+enum Act {
+    /// Q8_K blocks and the sums the format's offset term multiplies.
+    K(*const Q8K, *const [i16; 16]),
+    /// Q8_0 blocks.
+    Q8(*const Q8x32),
 }
 
 impl Quantized {
-    /// Quantizes `lhs` (m, k) once for products in `formats`; the sums of a format not among
-    /// them stay empty.
+    /// Quantizes `lhs` (m, k) once for products in `formats`; what no format among them reads
+    /// stays empty.
     fn new(kernels: Kernels, lhs: &[f32], (m, k): (usize, usize), formats: &[Format]) -> Self {
-        let act = quantize(kernels, lhs, m, k);
-        let q4_sums = if formats.contains(&Format::Q4Kx16) {
+        let has = |f: Format| formats.contains(&f);
+        let act = if has(Format::Q4Kx16) || has(Format::Q6Kx16) {
+            quantize(kernels, lhs, m, k)
+        } else {
+            Vec::new()
+        };
+        let q4_sums = if has(Format::Q4Kx16) {
             act.iter().map(q4k_sums).collect()
         } else {
             Vec::new()
         };
         // Q6_K's offset multiplies the Q8_K block's own sums of 16.
-        let q6_sums = if formats.contains(&Format::Q6Kx16) {
+        let q6_sums = if has(Format::Q6Kx16) {
             act.iter().map(|a| a.bsums).collect()
+        } else {
+            Vec::new()
+        };
+        let act8 = if has(Format::Q8_0x16) {
+            quantize_q8_0(kernels, lhs, m, k)
         } else {
             Vec::new()
         };
@@ -468,14 +552,19 @@ impl Quantized {
             act,
             q4_sums,
             q6_sums,
+            act8,
         }
     }
 
-    /// The block sums that `format`'s offset term multiplies.
-    fn sums(&self, format: Format) -> &[[i16; 16]] {
+    /// Activation block `i` (row-major over rows of blocks) as `format`'s kernel reads it.
+    ///
+    /// # Safety
+    /// `i` must lie inside the activations quantized for `format`.
+    unsafe fn at(&self, format: Format, i: usize) -> Act {
         match format {
-            Format::Q4Kx16 => &self.q4_sums,
-            Format::Q6Kx16 => &self.q6_sums,
+            Format::Q4Kx16 => Act::K(self.act.as_ptr().add(i), self.q4_sums.as_ptr().add(i)),
+            Format::Q6Kx16 => Act::K(self.act.as_ptr().add(i), self.q6_sums.as_ptr().add(i)),
+            Format::Q8_0x16 => Act::Q8(self.act8.as_ptr().add(i)),
         }
     }
 }
@@ -493,7 +582,7 @@ pub fn swiglu_uninit(
     dst: &mut [MaybeUninit<f32>],
 ) -> Result<(), KernelError> {
     check((m, k, n), (lhs.len(), dst.len()), gate)?;
-    let nb = check((m, k, n), (lhs.len(), dst.len()), up)?;
+    check((m, k, n), (lhs.len(), dst.len()), up)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -503,16 +592,16 @@ pub fn swiglu_uninit(
         return Ok(());
     }
     let q = Quantized::new(kernels, lhs, (m, k), &[gate.0, up.0]);
-    let halves = [gate, up].map(|(format, w)| (format, w.as_ptr() as usize, q.sums(format)));
+    let halves = [gate, up].map(|(format, w)| (format, w.as_ptr() as usize));
     let per_unit = if m == 1 { 1 } else { GROUPS };
     let groups = n / ROWS;
     let dst_addr = dst.as_mut_ptr() as usize;
-    let act = &q.act[..];
+    let q = &q;
     candle_core::utils::barrier_pool().execute_chunked(groups.div_ceil(per_unit), |units| {
         let gs = units.start * per_unit..groups.min(units.end * per_unit);
         // SAFETY: the sizes were checked above; each unit writes only its own columns of
         // `dst`, so concurrent workers never touch the same element.
-        unsafe { run_swiglu_unit(kernels, gs, (m, nb, n), act, halves, dst_addr as *mut f32) }
+        unsafe { run_swiglu_unit(kernels, gs, (m, k, n), q, halves, dst_addr as *mut f32) }
     });
     Ok(())
 }
@@ -521,16 +610,15 @@ pub fn swiglu_uninit(
 /// products over the whole of `k` into stack buffers, then their activation into `dst`.
 ///
 /// # Safety
-/// As [`run_unit`], for both matrices of `halves` (format, address, block sums).
+/// As [`run_unit`], for both matrices of `halves` (format, address).
 unsafe fn run_swiglu_unit(
     kernels: Kernels,
     gs: std::ops::Range<usize>,
-    (m, nb, n): (usize, usize, usize),
-    act: &[Q8K],
-    halves: [(Format, usize, &[[i16; 16]]); 2],
+    (m, k, n): (usize, usize, usize),
+    q: &Quantized,
+    halves: [(Format, usize); 2],
     dst: *mut f32,
 ) {
-    let pass = if m == 1 { nb } else { KBLOCKS };
     let rows = tile_rows(kernels);
     for c0 in (0..m).step_by(rows) {
         let tile = rows.min(m - c0);
@@ -539,10 +627,11 @@ unsafe fn run_swiglu_unit(
             // Left uninitialized: zeroing it cost more than the activation (1.6 GB of
             // stores in a 512-token prefill), and the first pass over `k` writes what is read.
             let mut buf = [const { MaybeUninit::<f32>::uninit() }; 2 * TILE * ROWS];
-            for (i, &(format, w, sums)) in halves.iter().enumerate() {
+            for (i, &(format, w)) in halves.iter().enumerate() {
+                let nb = k / format.block_values();
+                let pass = if m == 1 { nb } else { format.pass_blocks() };
                 for kb in (0..nb).step_by(pass) {
-                    let a = act.as_ptr().add(c0 * nb + kb);
-                    let s = sums.as_ptr().add(c0 * nb + kb);
+                    let a = q.at(format, c0 * nb + kb);
                     let wg = (w as *const u8).add((g * nb + kb) * format.block_bytes());
                     let out = buf.as_mut_ptr().add(i * TILE * ROWS) as *mut f32;
                     kernel(
@@ -550,7 +639,7 @@ unsafe fn run_swiglu_unit(
                         format,
                         tile,
                         wg,
-                        (a, s),
+                        a,
                         (nb, pass.min(nb - kb)),
                         (out, ROWS, kb > 0),
                     );
@@ -575,26 +664,30 @@ unsafe fn run_swiglu_unit(
 /// `w`, over `count` blocks, into `out[c·stride + r]` (added to it when `add`).
 ///
 /// # Safety
-/// `w` must hold `count` blocks of `format`, `a` and `s` `tile` rows of `nb` entries, `out`
-/// `tile` rows of `stride`.
+/// `w` must hold `count` blocks of `format`, `a` `tile` rows of `nb` blocks of the activations
+/// `format` reads, `out` `tile` rows of `stride`.
 unsafe fn kernel(
     kernels: Kernels,
     format: Format,
     tile: usize,
     w: *const u8,
-    (a, s): (*const Q8K, *const [i16; 16]),
+    a: Act,
     (nb, count): (usize, usize),
     (out, stride, add): (*mut f32, usize, bool),
 ) {
     macro_rules! on {
         ($isa:ident, $c:expr) => {
-            match format {
-                Format::Q4Kx16 => {
+            match (format, a) {
+                (Format::Q4Kx16, Act::K(a, s)) => {
                     $isa::q4kx16::<{ $c }>(w as _, (a, s), (nb, count), (out, stride, add))
                 }
-                Format::Q6Kx16 => {
+                (Format::Q6Kx16, Act::K(a, s)) => {
                     $isa::q6kx16::<{ $c }>(w as _, (a, s), (nb, count), (out, stride, add))
                 }
+                (Format::Q8_0x16, Act::Q8(a)) => {
+                    $isa::q8_0x16::<{ $c }>(w as _, a, (nb, count), (out, stride, add))
+                }
+                _ => unreachable!("activations quantized for another format"),
             }
         };
     }
@@ -655,29 +748,20 @@ unsafe fn run_unit(
     format: Format,
     gs: std::ops::Range<usize>,
     (m, nb, n): (usize, usize, usize),
-    (act, sums): (&[Q8K], &[[i16; 16]]),
+    q: &Quantized,
     (w, dst): (*const u8, *mut f32),
 ) {
-    let pass = if m == 1 { nb } else { KBLOCKS };
+    let pass = if m == 1 { nb } else { format.pass_blocks() };
     for kb in (0..nb).step_by(pass) {
         let count = pass.min(nb - kb);
         let rows = tile_rows(kernels);
         for c0 in (0..m).step_by(rows) {
             let tile = rows.min(m - c0);
-            let a = act.as_ptr().add(c0 * nb + kb);
-            let s = sums.as_ptr().add(c0 * nb + kb);
+            let a = q.at(format, c0 * nb + kb);
             for g in gs.clone() {
                 let wg = w.add((g * nb + kb) * format.block_bytes());
                 let out = dst.add(c0 * n + g * ROWS);
-                kernel(
-                    kernels,
-                    format,
-                    tile,
-                    wg,
-                    (a, s),
-                    (nb, count),
-                    (out, n, kb > 0),
-                );
+                kernel(kernels, format, tile, wg, a, (nb, count), (out, n, kb > 0));
             }
         }
     }
@@ -686,7 +770,7 @@ unsafe fn run_unit(
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, GgmlType};
+    use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
     use rand::{Rng, SeedableRng};
 
     /// Random weights quantized with candle's `T`, as GGUF bytes.
@@ -702,7 +786,7 @@ pub(super) mod tests {
                 rng.gen_range(-1.0..1.0) * (1.0 + (i / k % 5) as f32) + 0.1 * (i / k % 3) as f32
             })
             .collect();
-        let mut blocks = vec![T::zeros(); n * k / QK];
+        let mut blocks = vec![T::zeros(); n * k / T::BLCK_SIZE];
         T::from_float(&vals, &mut blocks);
         // SAFETY: candle's blocks are plain old data.
         unsafe {
@@ -728,11 +812,13 @@ pub(super) mod tests {
         let w = match format {
             Format::Q4Kx16 => q4k_weights(n, k, seed),
             Format::Q6Kx16 => weights::<BlockQ6K>(n, k, seed),
+            Format::Q8_0x16 => weights::<BlockQ8_0>(n, k, seed),
         };
         let mut packed = vec![0u8; w.len()];
         match format {
             Format::Q4Kx16 => repack_q4k(&w, n, k, &mut packed),
             Format::Q6Kx16 => repack_q6k(&w, n, k, &mut packed),
+            Format::Q8_0x16 => repack_q8_0(&w, n, k, &mut packed),
         }
         .unwrap();
         packed
@@ -818,6 +904,11 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn q8_0_matches_candle_on_the_gguf_layout() {
+        check::<BlockQ8_0>(Format::Q8_0x16, repack_q8_0);
+    }
+
+    #[test]
     fn q6k_matches_candle_on_the_gguf_layout() {
         check::<BlockQ6K>(Format::Q6Kx16, repack_q6k);
     }
@@ -838,6 +929,7 @@ pub(super) mod tests {
             (Format::Q4Kx16, 16, 2),
             (Format::Q6Kx16, 32, 3),
             (Format::Q4Kx16, 0, 4),
+            (Format::Q8_0x16, 48, 5),
         ]
         .into_iter()
         .map(|(format, n, seed)| (format, n, packed(format, n, k, seed)))

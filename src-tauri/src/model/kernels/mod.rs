@@ -35,7 +35,7 @@ mod gguf_layout;
 mod neon;
 
 pub use blocks::Format;
-use blocks::{Q8K, QK};
+use blocks::{Q8x32, Q8K, QK, QK8_0};
 
 use candle_core::quantized::k_quants::{BlockQ8K, GgmlType as _};
 use std::sync::OnceLock;
@@ -312,6 +312,33 @@ fn quantize(kernels: Kernels, lhs: &[f32], m: usize, k: usize) -> Vec<Q8K> {
             blocks.capacity(),
         )
     }
+}
+
+/// Quantizes each row of `lhs` (m, k) to Q8_0 blocks (with their sums), on the thread pool,
+/// as llama.cpp does for products with Q8_0 weights. Written for every path in plain Rust: it
+/// is a small part of a Q8_0 model's products.
+fn quantize_q8_0(_kernels: Kernels, lhs: &[f32], m: usize, k: usize) -> Vec<Q8x32> {
+    let nb = k / QK8_0;
+    let mut blocks: Vec<Q8x32> = Vec::with_capacity(m * nb);
+    let addr = blocks.spare_capacity_mut().as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(m, |rows| {
+        for r in rows {
+            for (i, x) in lhs[r * k..(r + 1) * k].chunks_exact(QK8_0).enumerate() {
+                let mut y = Q8x32 {
+                    d: 0.0,
+                    sum: 0,
+                    qs: [0; QK8_0],
+                };
+                scalar::quantize_q8_0(x.try_into().expect("a whole block"), &mut y);
+                // SAFETY: row `r` owns blocks r*nb..(r+1)*nb of the capacity, disjoint from
+                // every other row's.
+                unsafe { (addr as *mut Q8x32).add(r * nb + i).write(y) };
+            }
+        }
+    });
+    // SAFETY: every row wrote all of its `nb` blocks.
+    unsafe { blocks.set_len(m * nb) };
+    blocks
 }
 
 /// One block of 256 values to Q8_K on the given path.

@@ -3,8 +3,8 @@
 //! so that a SIMD kernel that is right gives the same bits. The tests compare each path's
 //! kernels against these; the generic path uses them where candle has no equivalent.
 
-use super::blocks::{Q8K, QK};
-use super::interleaved::{Q4Kx16, Q6Kx16, ROWS};
+use super::blocks::{Q8x32, Q8K, QK, QK8_0};
+use super::interleaved::{Q4Kx16, Q6Kx16, Q8_0x16, ROWS};
 
 /// One block of 256 values to Q8_K, as llama.cpp's scalar `quantize_row_q8_K` (and candle's
 /// on x86) does: the scale from the first value of largest magnitude, `-127 / max`, values
@@ -32,6 +32,20 @@ pub(super) fn quantize_q8k(x: &[f32; QK], y: &mut Q8K) {
         *s = chunk.iter().map(|&q| i16::from(q)).sum();
     }
     y.d = 1.0 / iscale;
+}
+
+/// One block of 32 values to Q8_0 as llama.cpp's `quantize_row_q8_0_ref` does: scale
+/// `max|x| / 127` (kept as its f16), values `x · (1 / scale)` rounded half away from zero; and
+/// their sum.
+pub(super) fn quantize_q8_0(x: &[f32; QK8_0], y: &mut Q8x32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in y.qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+    y.d = half::f16::from_f32(d).to_f32();
+    y.sum = y.qs.iter().map(|&q| i32::from(q)).sum();
 }
 
 /// The code of value `v` (0..256) of row `r` in a sixteen-row block's nibbles, stored as
@@ -138,6 +152,35 @@ pub(super) unsafe fn q6kx16<const C: usize>(
                 }
                 let d = half::f16::from_bits(blk.d[r]).to_f32();
                 let t = (isum - (osum << 5)) as f32 * d;
+                facc[c][r] = t.mul_add(ab.d, facc[c][r]);
+            }
+        }
+    }
+    store_rows(&facc, out, n, add);
+}
+
+/// Q8_0 on sixteen rows, `C` activation rows, over `count` blocks of 32: per block,
+/// `(Σ w·a) · d_w`, then times the activation's scale.
+///
+/// # Safety
+/// `w` must hold `count` blocks, `a` `C` rows of `nb` blocks, `out` `C` rows of `n` floats
+/// from the group's first column.
+pub(super) unsafe fn q8_0x16<const C: usize>(
+    w: *const Q8_0x16,
+    a: *const Q8x32,
+    (nb, count): (usize, usize),
+    (out, n, add): (*mut f32, usize, bool),
+) {
+    let mut facc = [[0f32; ROWS]; C];
+    for b in 0..count {
+        let blk = &*w.add(b);
+        for c in 0..C {
+            let ab = &*a.add(c * nb + b);
+            for r in 0..ROWS {
+                let isum: i32 = (0..QK8_0)
+                    .map(|v| i32::from(blk.qs[64 * (v / 4) + 4 * r + v % 4]) * i32::from(ab.qs[v]))
+                    .sum();
+                let t = isum as f32 * half::f16::from_bits(blk.d[r]).to_f32();
                 facc[c][r] = t.mul_add(ab.d, facc[c][r]);
             }
         }
