@@ -59,10 +59,10 @@ pub fn main() -> ExitCode {
         #[cfg(not(feature = "desktop"))]
         None => {
             drop(log);
-            anyhow::bail!(
+            Err(anyhow::anyhow!(
                 "this build has no desktop window (built without the `desktop` feature); \
                  use a subcommand such as `serve` or `chat` (see --help)"
-            )
+            ))
         }
         Some(Command::Synth(a)) => model_cmds::synth(a),
         Some(Command::Inspect(a)) => model_cmds::inspect(a),
