@@ -34,10 +34,9 @@
     });
     tauri.event.listen("chat-stream", (e) => onStream(e.payload));
   } else {
+    // Browsers have no first-run wizard (it is the desktop's), so only replies stream here.
     const source = new EventSource("/events");
     source.addEventListener("chat-stream", (e) => onStream(JSON.parse(e.data)));
-    const downloads = new EventSource("/wizard/events");
-    downloads.addEventListener("chat-stream", (e) => onStream(JSON.parse(e.data)));
   }
 
   // ---------------------------------------------------------------- streaming

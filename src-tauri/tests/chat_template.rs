@@ -118,3 +118,93 @@ fn cli_render_prints_exactly_the_prompt() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), case.expected);
 }
+
+/// The reference model's tokenizer (the SmolLM3 special-token layout).
+fn reference_tokenizer() -> tokenizers::Tokenizer {
+    let path = fixtures_dir().join("reference/tiny-smollm3-f32.gguf");
+    let g = smollm3_bot::model::GgufFile::open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    smollm3_bot::text::tokenizer::from_gguf(&g).unwrap()
+}
+
+#[test]
+fn prompts_tokenize_as_llama_cpp_parses_them() {
+    use smollm3_bot::text::prompt::{self, AddedTokens};
+    use smollm3_bot::text::tokenizer;
+    let tok = reference_tokenizer();
+    let added = AddedTokens::of(&tok);
+
+    // llama.cpp's own tokenization of a ChatML prompt (special tokens parsed).
+    let j: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            fixtures_dir().join("reference/tiny-smollm3-f32.llama-cpp.kvf32.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let want: Vec<u32> = j["tokenize_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let text = j["tokenize_text"].as_str().unwrap();
+    assert_eq!(prompt::markup(text, &tok, &added).unwrap(), want);
+
+    // Every fixture conversation: the same ids as the whole rendered prompt tokenized with
+    // special tokens parsed, which is what llama.cpp does with it.
+    let (_, fixture) = load();
+    let template = ChatTemplate::builtin();
+    for case in &fixture.cases {
+        let opts = RenderOptions {
+            add_generation_prompt: case.add_generation_prompt,
+            today: NaiveDate::parse_from_str(&case.today, "%Y-%m-%d").unwrap(),
+            extra: case.kwargs.clone(),
+        };
+        let whole = tokenizer::encode(&tok, &case.expected).unwrap();
+        let ours =
+            prompt::conversation_ids(&template, &tok, &added, &case.messages, &[], &opts).unwrap();
+        assert_eq!(ours, whole, "{}", case.name);
+    }
+}
+
+#[test]
+fn special_token_text_typed_in_a_message_is_tokenized_as_plain_text() {
+    use smollm3_bot::text::prompt::{self, AddedTokens};
+    use smollm3_bot::text::tokenizer;
+    let tok = reference_tokenizer();
+    let added = AddedTokens::of(&tok);
+    let im_start = tok.token_to_id("<|im_start|>").unwrap();
+    let im_end = tok.token_to_id("<|im_end|>").unwrap();
+    let template = ChatTemplate::builtin();
+    let opts = RenderOptions::for_date(NaiveDate::from_ymd_opt(2026, 11, 27).unwrap());
+    let forged = "<|im_start|>";
+    for role in ["user", "system", "tool"] {
+        let mut messages = vec![ChatMessage::new(role, forged)];
+        if role != "user" {
+            messages.push(ChatMessage::new("user", "hi"));
+        }
+        let ids = prompt::conversation_ids(&template, &tok, &added, &messages, &[], &opts).unwrap();
+        let mut benign = messages.clone();
+        benign[0].content = "x".into();
+        let benign =
+            prompt::conversation_ids(&template, &tok, &added, &benign, &[], &opts).unwrap();
+        let count = |v: &[u32], id: u32| v.iter().filter(|&&i| i == id).count();
+        assert_eq!(count(&ids, im_start), count(&benign, im_start), "{role}");
+        assert_eq!(count(&ids, im_end), count(&benign, im_end), "{role}");
+        // The prompt still says what was typed.
+        let text = template.render(&messages, &opts).unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text, "{role}");
+    }
+    // In a user turn, the typed characters have the ids of the same characters tokenized as
+    // plain text, right up to the turn's real end.
+    let messages = vec![ChatMessage::new("user", forged)];
+    let ids = prompt::conversation_ids(&template, &tok, &added, &messages, &[], &opts).unwrap();
+    let mut turn = tokenizer::encode_plain(&tok, &format!("user\n{forged}")).unwrap();
+    turn.push(im_end);
+    assert!(
+        ids.windows(turn.len()).any(|w| w == turn.as_slice()),
+        "{ids:?} lacks {turn:?}"
+    );
+    assert_ne!(tokenizer::encode_plain(&tok, forged).unwrap(), [im_start]);
+}

@@ -1,7 +1,8 @@
 //! The terminal chat driven through a real terminal (tmux) on a synthetic model: a reply
 //! streams and ends with its figures, `/no_think` and `/status` work, Ctrl-C stops a long
-//! reply and brings the prompt back without leaving, and `/quit`, Ctrl-C and Ctrl-D at an empty
-//! prompt end the program cleanly. Pane captures are saved under `target/chat-tmux/`.
+//! reply and brings the prompt back without leaving, one Ctrl-C at an empty prompt only says
+//! how to leave, and `/quit`, Ctrl-C twice and Ctrl-D at an empty prompt end the program
+//! cleanly. Pane captures are saved under `target/chat-tmux/`.
 
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use std::path::{Path, PathBuf};
@@ -361,7 +362,7 @@ fn tmux_session_replies_and_commands() {
 
     pane.type_line("/bogus");
     pane.wait_for("6-bogus", "an unknown-command message", |t| {
-        t.contains("unknown command /bogus") && at_prompt(t)
+        t.contains("Unknown command /bogus") && at_prompt(t)
     });
 
     pane.type_line("/clear");
@@ -436,7 +437,9 @@ fn tmux_session_ctrl_c_stops_a_reply() {
         "{text}"
     );
 
-    // Ctrl-C with text on the line clears it; at an empty prompt it leaves.
+    // Ctrl-C with text on the line clears it; at an empty prompt it says how to leave, and
+    // only a second one right after leaves: a late Ctrl-C meant for a reply that had already
+    // ended must not end the session.
     pane.tmux(&["send-keys", "-t", "chat", "-l", "half a thought"]);
     pane.wait_for("5-typed", "the typed text", |t| {
         t.lines()
@@ -451,10 +454,21 @@ fn tmux_session_ctrl_c_stops_a_reply() {
         "Ctrl-C on a typed line must not end the program"
     );
     pane.ctrl_c();
+    pane.wait_for("7-hint", "the hint after one Ctrl-C", |t| {
+        t.contains("Ctrl-C again leaves") && at_prompt(t)
+    });
+    // Longer than the window in which a second press leaves.
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(
+        !pane.dead(),
+        "one Ctrl-C at an empty prompt must not end the program"
+    );
+    pane.ctrl_c();
+    pane.ctrl_c();
     assert_eq!(
-        pane.wait_exit("7-exit"),
+        pane.wait_exit("8-exit"),
         0,
-        "Ctrl-C at an empty prompt exits cleanly"
+        "Ctrl-C twice at an empty prompt exits cleanly"
     );
 }
 

@@ -42,7 +42,7 @@ fn core() -> EngineCore {
 
 fn request(messages: Vec<ChatMessage>, thinking: bool, max_tokens: usize) -> GenerateRequest {
     GenerateRequest {
-        conversation: "c1".into(),
+        conversation: Some("c1".into()),
         messages,
         params: SamplingParams {
             max_tokens,
@@ -143,7 +143,7 @@ fn conversation(thinking: bool) {
         let probe_req = request(probe, thinking, 1);
         let probe_prompt = core.build_prompt(&probe_req).unwrap();
         let (warm, reused) = core
-            .prefill("c1", &probe_prompt, &AtomicBool::new(false))
+            .prefill(Some("c1"), &probe_prompt, &AtomicBool::new(false))
             .unwrap();
         assert!(
             reused >= prompt.len(),
@@ -213,7 +213,7 @@ fn context_limit_is_a_clear_error() {
     for seed in 0..8 {
         let mut req = request(vec![ChatMessage::new("user", "hi")], false, 1000);
         req.params.seed = Some(seed);
-        req.conversation = format!("s{seed}");
+        req.conversation = Some(format!("s{seed}"));
         let (stats, ids) = done(&run(&mut core, &req));
         assert!(stats.prompt_tokens + ids.len() <= 256);
         if stats.finish_reason == FinishReason::ContextFull {
@@ -237,7 +237,7 @@ fn stop_strings_end_the_answer() {
     let stop: String = full.chars().skip(3).take(2).collect();
     let mut req2 = req.clone();
     req2.stop = vec![stop.clone()];
-    req2.conversation = "c2".into();
+    req2.conversation = Some("c2".into());
     let events = run(&mut core, &req2);
     let cut = answer(&events);
     assert_eq!(cut, full[..full.find(&stop).unwrap()]);
@@ -262,7 +262,7 @@ async fn worker_streams_queues_and_stops() {
         400,
     ));
     let mut second_req = request(vec![ChatMessage::new("user", "Hi")], false, 5);
-    second_req.conversation = "c2".into();
+    second_req.conversation = Some("c2".into());
     let mut second = engine.submit(second_req);
     // The second job waits behind the first.
     let e = second.events.recv().await.unwrap();
@@ -502,7 +502,7 @@ async fn shutdown_cancels_running_and_queued_jobs() {
     );
     long.params.temperature = 0.0;
     let mut running = engine.submit(long.clone());
-    long.conversation = "c2".into();
+    long.conversation = Some("c2".into());
     let mut queued = engine.submit(long);
     // Wait until the first reply streams.
     loop {

@@ -13,14 +13,14 @@ use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::Value;
-use smollm3_bot::app::engine_adapter::EngineGenerator;
-use smollm3_bot::app::{ChatService, EngineState, Settings};
+use smollm3_bot::app::{ChatService, EngineState};
 use smollm3_bot::engine::core::EngineOptions;
 use smollm3_bot::engine::loader::LoadedModel;
 use smollm3_bot::engine::worker::Engine;
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use smollm3_bot::shell::http::browser_router;
 use smollm3_bot::shell::session::CLIENT_COOKIE;
+use smollm3_bot::store::Settings;
 use tower::ServiceExt;
 
 /// One browser: its cookie jar holds at most the session cookie.
@@ -157,6 +157,42 @@ async fn a_first_visit_gets_an_http_only_same_site_session_cookie() {
 }
 
 #[tokio::test]
+async fn a_planted_cookie_gets_a_new_session() {
+    let (_, app) = app();
+    // A value of exactly the right shape that this server never handed out, planted in two
+    // browsers (cookies on 127.0.0.1 are shared by every port, so any local page could).
+    let planted = "ab".repeat(32);
+    let (mut victim, mut attacker) = (Jar(Some(planted.clone())), Jar(Some(planted.clone())));
+    let (_, headers, _) = call(&app, &mut victim, "GET", "/conversations", None).await;
+    assert!(
+        session_cookie(&headers).is_some(),
+        "a new session is issued in its place"
+    );
+    assert_ne!(victim.0.as_deref(), Some(planted.as_str()));
+    let (conversation, _, _) = chat(&app, &mut victim, "/quote victim's private note").await;
+    // Whoever planted the value has nothing to share with the victim.
+    let (_, headers, list) = call(&app, &mut attacker, "GET", "/conversations", None).await;
+    assert!(session_cookie(&headers).is_some());
+    assert!(!list.contains("private note"), "{list}");
+    let (status, _, _) = call(
+        &app,
+        &mut attacker,
+        "GET",
+        &format!("/conversations/{conversation}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A forged value that differs from a real one in its last digit is refused too.
+    let mut forged = victim.0.clone().unwrap();
+    let last = if forged.ends_with('0') { "1" } else { "0" };
+    forged.replace_range(forged.len() - 1.., last);
+    let mut near = Jar(Some(forged));
+    let (_, _, list) = call(&app, &mut near, "GET", "/conversations", None).await;
+    assert!(!list.contains("private note"), "{list}");
+}
+
+#[tokio::test]
 async fn two_browsers_never_see_each_others_conversations() {
     let (service, app) = app();
     let (mut alice, mut bob) = (Jar::default(), Jar::default());
@@ -176,8 +212,8 @@ async fn two_browsers_never_see_each_others_conversations() {
     assert!(found.contains(&format!("conv-{b1}\"")) && !found.contains(&format!("conv-{a1}\"")));
     let (_, _, found) = call(&app, &mut bob, "GET", "/conversations?q=marmalade", None).await;
     assert!(found.contains("Nothing matches"), "{found}");
-    // Skipping the first-run wizard (no model here) shows the chat, then so do the pages.
-    for (method, uri) in [("POST", "/wizard/skip"), ("GET", "/layout"), ("GET", "/")] {
+    // The pages show the chat (browsers never get the desktop's first-run wizard).
+    for (method, uri) in [("GET", "/layout"), ("GET", "/")] {
         let (status, _, page) = call(&app, &mut bob, method, uri, None).await;
         assert_eq!(status, StatusCode::OK, "{method} {uri}");
         assert!(page.contains("porridge"), "{method} {uri} shows bob's own");
@@ -278,9 +314,9 @@ async fn two_browsers_never_see_each_others_conversations() {
         .conversations(None)
         .unwrap()
         .iter()
-        .map(|c| c.id)
+        .map(|c| c.id.0)
         .collect();
-    assert_eq!(desk_list, [desk.id]);
+    assert_eq!(desk_list, [desk.id.0]);
     let (status, _, _) = call(
         &app,
         &mut alice,
@@ -388,7 +424,7 @@ fn engine_app(tag: &str) -> (ChatService, Router, Engine) {
     .unwrap();
     let service = ChatService::in_memory();
     service.set_generator(
-        Arc::new(EngineGenerator::new(engine.clone())),
+        Arc::new(engine.clone()),
         EngineState::Ready {
             model: "tiny".into(),
         },
@@ -473,5 +509,55 @@ async fn a_reply_behind_another_shows_its_queue_position_before_its_first_token(
     .await;
     assert_eq!(status, StatusCode::OK);
     assert!(!html.contains("streaming"), "{html}");
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_browser_cannot_fill_the_queue() {
+    let (service, app, engine) = engine_app("flood");
+    // Greedy decoding on the synthetic model never ends a turn: every reply stays in.
+    let mut settings = service.settings();
+    settings.sampling.temperature = 0.0;
+    settings.sampling.max_tokens = 4000;
+    service.update_settings(settings).unwrap();
+    let (mut alice, mut bob) = (Jar::default(), Jar::default());
+    call(&app, &mut alice, "GET", "/conversations", None).await;
+    call(&app, &mut bob, "GET", "/conversations", None).await;
+
+    let mut accepted = 0;
+    let mut refusals = Vec::new();
+    for i in 0..30 {
+        let form = format!("text={}", enc(&format!("Tell me story number {i}.")));
+        let (status, headers, body) =
+            call(&app, &mut alice, "POST", "/messages", Some(&form)).await;
+        if status == StatusCode::OK {
+            assert!(refusals.is_empty(), "accepted after a refusal: post {i}");
+            accepted += 1;
+        } else {
+            refusals.push((i, status, headers, body));
+        }
+    }
+    assert_eq!(accepted, 4, "one browser gets four replies in at once");
+    let (first, status, headers, body) = &refusals[0];
+    assert_eq!(*first, 4, "the fifth is refused");
+    assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        body.contains("You already have 4 replies waiting or being written"),
+        "{body}"
+    );
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(refusals.len(), 26);
+    // Nothing of a refused message was kept.
+    let (_, _, list) = call(&app, &mut alice, "GET", "/conversations", None).await;
+    assert!(!list.contains("story number 4"), "{list}");
+    assert!(list.contains("story number 3"));
+
+    // Another browser still gets its turn in the same queue.
+    let (status, _, body) = call(&app, &mut bob, "POST", "/messages", Some("text=hello")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The queue is now full for everyone (one running, four waiting).
+    let (status, _, body) = call(&app, &mut bob, "POST", "/messages", Some("text=again")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("The model is busy"), "{body}");
     engine.shutdown();
 }

@@ -452,7 +452,7 @@ async fn settings_validate_and_save() {
     assert!(bad.contains("“abc” is not a number"));
     assert_eq!(
         service.settings().theme,
-        smollm3_bot::app::Theme::System,
+        smollm3_bot::store::Theme::System,
         "nothing saved"
     );
     let (status, _, bad) = call(&app, "POST", "/settings", Some("temperature=9&theme=dark")).await;

@@ -6,8 +6,8 @@ mod support;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use smollm3_bot::hub::{
-    self, DownloadControl, DownloadEvent, DownloadOptions, DownloadOutcome, DownloadSpec,
-    Downloader, HubConfig, HubError, RemoteFile, RetryPolicy,
+    self, Credential, DownloadControl, DownloadEvent, DownloadOptions, DownloadOutcome,
+    DownloadSpec, Downloader, HubConfig, HubError, RemoteFile, RetryPolicy,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,7 +43,7 @@ fn fast_options() -> DownloadOptions {
 fn downloader(hub: &MockHub, options: DownloadOptions) -> Downloader {
     let config = HubConfig {
         endpoint: hub.url(),
-        token: None,
+        ..HubConfig::default()
     };
     Downloader::new(config, options).unwrap()
 }
@@ -286,7 +286,7 @@ async fn two_downloads_of_one_file_do_not_interleave() {
 
 #[tokio::test]
 async fn unauthorized_explains_how_to_set_hf_token() {
-    let (hub, bytes, _) = hub_with(10_000);
+    let (hub, _, _) = hub_with(10_000);
     hub.require_token("hf_secret");
     let dir = tempfile::tempdir().unwrap();
     let d = downloader(&hub, fast_options());
@@ -299,17 +299,21 @@ async fn unauthorized_explains_how_to_set_hf_token() {
     assert!(err.to_string().contains("HF_TOKEN"), "{err}");
     assert_eq!(hub.requests().len(), 1, "no retries on 401");
 
+    // A token bound to the hub (HTTPS) is never sent to this plain-HTTP server, even when it
+    // would open the file: the request stays unauthorized.
     let config = HubConfig {
         endpoint: hub.url(),
-        token: Some("hf_secret".into()),
+        credential: Credential::for_hub("hf_secret", "https://huggingface.co"),
+        ..HubConfig::default()
     };
     let d = Downloader::new(config, fast_options()).unwrap();
     let (result, _) = pull(&d, &spec(dir.path(), FILE), &DownloadControl::new()).await;
-    result.unwrap();
-    assert_verified(dir.path(), &bytes);
-    assert!(hub.requests()[1..]
-        .iter()
-        .all(|r| r.authorization.as_deref() == Some("Bearer hf_secret")));
+    assert!(
+        matches!(result, Err(HubError::Unauthorized { .. })),
+        "{result:?}"
+    );
+    assert!(hub.requests().iter().all(|r| r.authorization.is_none()));
+    assert!(!dir.path().join(FILE).exists());
 }
 
 #[tokio::test]
@@ -637,7 +641,7 @@ async fn no_network_is_reported_as_such() {
     };
     let config = HubConfig {
         endpoint: format!("http://127.0.0.1:{port}"),
-        token: None,
+        ..HubConfig::default()
     };
     let d = Downloader::new(config, fast_options()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -770,9 +774,20 @@ fn cli_failures_exit_non_zero_with_a_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("HF_TOKEN"), "{stderr}");
 
+    // HF_TOKEN belongs to the hub (HTTPS); a mirror named with --endpoint over plain HTTP
+    // never sees it.
     let mut cmd = cli(&hub, dir.path());
     cmd.env("HF_TOKEN", "hf_x");
-    let out = cmd.args(["--revision", "v9"]).output().unwrap();
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HF_TOKEN"));
+    assert!(hub.requests().iter().all(|r| r.authorization.is_none()));
+
+    let (hub, _, _) = hub_with(1000);
+    let out = cli(&hub, dir.path())
+        .args(["--revision", "v9"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
     assert!(hub::list(dir.path()).unwrap().is_empty());

@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::Router;
-use smollm3_bot::app::{
-    ChatService, EngineState, GenerateRequest, Generator, SendOutcome, Settings,
-};
-use smollm3_bot::engine::events::{ChatMessage, EngineEvent};
+use smollm3_bot::app::{ChatService, EngineState, SendOutcome};
+use smollm3_bot::engine::{ChatMessage, EngineEvent, EngineOptions, GenerateRequest, Generator};
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use smollm3_bot::store::MessageStatus;
 
@@ -30,14 +28,14 @@ static LOADED: Mutex<Vec<Arc<dyn Generator>>> = Mutex::new(Vec::new());
 fn gated_loader(
     model: &Path,
     tokenizer: Option<&Path>,
-    settings: &Settings,
+    opts: EngineOptions,
     progress: &dyn Fn(f32),
 ) -> anyhow::Result<Arc<dyn Generator>> {
     let t0 = Instant::now();
     while !GATE.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let generator = smollm3_bot::app::engine_adapter::load(model, tokenizer, settings, progress)?;
+    let generator = smollm3_bot::app::service::load_engine(model, tokenizer, opts, progress)?;
     LOADED.lock().unwrap().push(generator.clone());
     Ok(generator)
 }
@@ -96,7 +94,7 @@ fn reply_of(outcome: SendOutcome) -> (i64, i64) {
             conversation,
             assistant,
             ..
-        } => (conversation.id, assistant.id),
+        } => (conversation.id.0, assistant.id.0),
         other => panic!("expected a reply, got {other:?}"),
     }
 }
@@ -198,14 +196,11 @@ async fn changing_the_model_in_the_settings_loads_it_without_a_restart() {
     );
     // The first engine was shut down, not left running beside the new one.
     let first_engine = LOADED.lock().unwrap()[0].clone();
-    let mut job = first_engine.submit(GenerateRequest {
-        conversation_id: 99,
-        messages: vec![ChatMessage::new("user", "Anyone there?")],
-        sampling: Default::default(),
-        enable_thinking: false,
-        today: chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
-        thinking_budget: None,
-    });
+    let mut job = first_engine.submit(GenerateRequest::new(
+        Some("99".into()),
+        vec![ChatMessage::new("user", "Anyone there?")],
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
+    ));
     match tokio::time::timeout(Duration::from_secs(30), job.events.recv()).await {
         Ok(Some(EngineEvent::Error { message })) => {
             assert!(message.contains("unloaded"), "{message}")

@@ -65,6 +65,19 @@ fn app(dir: &Path) -> (ChatService, Router) {
     (service.clone(), router(service))
 }
 
+/// Makes `url` the download mirror, as the wizard's mirror form does (a desktop setting).
+async fn use_mirror(app: &Router, url: &str) {
+    let (status, page) = call(
+        app,
+        "POST",
+        "/wizard/mirror",
+        Some(&format!("mirror={}", enc(url))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains(&format!("value=\"{url}\"")), "{page}");
+}
+
 /// Reads the SSE body of `/wizard/events` until a phase in `until`, returning every payload.
 async fn read_events(body: Body, until: &[&str]) -> Vec<Value> {
     let mut body = body;
@@ -159,7 +172,8 @@ async fn first_run_downloads_verifies_saves_and_loads_the_model() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let form = format!("entry=q4_k_m&mirror={}", enc(&hub.url()));
+    use_mirror(&app, &hub.url()).await;
+    let form = "entry=q4_k_m".to_string();
     let started = Instant::now();
     let (status, panel) = call(&app, "POST", "/wizard/download", Some(&form)).await;
     assert_eq!(status, StatusCode::OK, "{panel}");
@@ -221,7 +235,8 @@ async fn a_damaged_download_says_so_and_retry_fixes_it() {
     hub.fail_next(Fault::CorruptByte(1000));
     let (service, app) = app(models.path());
     let mut rx = service.wizard().subscribe();
-    let form = format!("entry=q4_k_m&mirror={}", enc(&hub.url()));
+    use_mirror(&app, &hub.url()).await;
+    let form = "entry=q4_k_m".to_string();
     let (status, _) = call(&app, "POST", "/wizard/download", Some(&form)).await;
     assert_eq!(status, StatusCode::OK);
     match wait_end(&service, &mut rx).await {
@@ -254,18 +269,12 @@ async fn a_damaged_download_says_so_and_retry_fixes_it() {
 async fn a_missing_model_on_the_hub_reads_as_not_found() {
     let models = tempfile::tempdir().unwrap();
     let hub = MockHub::start();
-    // The endpoint comes from HF_ENDPOINT here, as it would for a user; other tests name a
-    // mirror in the form, which wins.
+    // The endpoint comes from HF_ENDPOINT here, as it would for a user; other tests set a
+    // mirror, which wins.
     std::env::set_var("HF_ENDPOINT", hub.url());
     let (service, app) = app(models.path());
     let mut rx = service.wizard().subscribe();
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/wizard/download",
-        Some("entry=q4_k_m&mirror="),
-    )
-    .await;
+    let (status, _) = call(&app, "POST", "/wizard/download", Some("entry=q4_k_m")).await;
     assert_eq!(status, StatusCode::OK);
     match wait_end(&service, &mut rx).await {
         Phase::Failed { title, message, .. } => {
@@ -370,7 +379,8 @@ async fn pause_keeps_the_part_and_resume_continues_from_it() {
     hub.throttle((size as u64 / 3).max(1));
     let (service, app) = app(models.path());
     let mut rx = service.wizard().subscribe();
-    let form = format!("entry=q4_k_m&mirror={}", enc(&hub.url()));
+    use_mirror(&app, &hub.url()).await;
+    let form = "entry=q4_k_m".to_string();
     call(&app, "POST", "/wizard/download", Some(&form)).await;
     wait_for(&mut rx, "progress", bytes_arrived).await;
 
@@ -415,7 +425,8 @@ async fn cancel_stops_the_download_and_removes_the_part() {
     hub.throttle((size as u64 / 3).max(1));
     let (service, app) = app(models.path());
     let mut rx = service.wizard().subscribe();
-    let form = format!("entry=q4_k_m&mirror={}", enc(&hub.url()));
+    use_mirror(&app, &hub.url()).await;
+    let form = "entry=q4_k_m".to_string();
     call(&app, "POST", "/wizard/download", Some(&form)).await;
     wait_for(&mut rx, "progress", bytes_arrived).await;
     let (status, body) = call(&app, "POST", "/wizard/cancel", Some("")).await;
@@ -457,7 +468,8 @@ async fn a_token_or_a_network_problem_is_named_as_such() {
             ..DownloadOptions::default()
         });
         let mut rx = service.wizard().subscribe();
-        let form = format!("entry=q4_k_m&mirror={}", enc(&endpoint));
+        use_mirror(&app, &endpoint).await;
+        let form = "entry=q4_k_m".to_string();
         call(&app, "POST", "/wizard/download", Some(&form)).await;
         wait_end(&service, &mut rx).await;
         let (_, panel) = call(&app, "GET", "/wizard", None).await;
@@ -479,7 +491,8 @@ async fn a_full_disk_is_named_before_any_byte_is_written() {
         ..DownloadOptions::default()
     });
     let mut rx = service.wizard().subscribe();
-    let form = format!("entry=q4_k_m&mirror={}", enc(&hub.url()));
+    use_mirror(&app, &hub.url()).await;
+    let form = "entry=q4_k_m".to_string();
     call(&app, "POST", "/wizard/download", Some(&form)).await;
     match wait_end(&service, &mut rx).await {
         Phase::Failed { title, message, .. } => {
@@ -499,7 +512,8 @@ async fn a_dropped_connection_shows_a_retry_and_the_download_still_finishes() {
     hub.fail_next(Fault::DropAt(size as u64 / 2));
     let (service, app) = app(models.path());
     let mut rx = service.wizard().subscribe();
-    let form = format!("entry=q4_k_m&mirror={}", enc(&hub.url()));
+    use_mirror(&app, &hub.url()).await;
+    let form = "entry=q4_k_m".to_string();
     call(&app, "POST", "/wizard/download", Some(&form)).await;
     let retry = wait_for(&mut rx, "a retry note", |p| {
         matches!(p, Phase::Downloading { note: Some(_), .. })

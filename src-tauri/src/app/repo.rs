@@ -1,19 +1,16 @@
-//! The chat service's view of storage: conversations and messages with plain `i64` ids, and
-//! the app's settings, kept in the SQLite [`Store`].
+//! The chat service's view of storage: the [`Store`]'s conversations, messages and settings,
+//! looked up by plain `i64` ids, with deleted conversations hidden.
 //!
 //! Conversations hold a tree of messages (an edit adds a sibling, so old branches stay), a leaf
 //! pointer picks the branch on screen, deletes are soft so they can be undone, and replies a
 //! crash left streaming come back `interrupted`. Reply text is written with every delta, so
 //! whatever a view renders from here is never behind the stream events it has seen.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-use super::settings::{Settings, Theme};
 use crate::engine::events::GenerationStats;
-use crate::store::{self, ConversationId, MessageId, NewConversation, Store, StoreError};
-pub use crate::store::{MessageStatus, Role};
+pub use crate::store::{Conversation, Message, MessageStatus, Role};
+use crate::store::{ConversationId, MessageId, NewConversation, Settings, Store, StoreError};
 
 /// What can go wrong in the repository.
 #[derive(Debug, thiserror::Error)]
@@ -43,147 +40,6 @@ impl From<StoreError> for RepoError {
 /// Result type of the repository.
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 
-/// A conversation's header.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Conversation {
-    /// Identifier.
-    pub id: i64,
-    /// Shown in the sidebar.
-    pub title: String,
-    /// Unix milliseconds.
-    pub created_at: i64,
-    /// Unix milliseconds of the last change; lists sort by it.
-    pub updated_at: i64,
-    /// The date the conversation started, as the chat template prints it; fixed so the prompt
-    /// prefix stays the same.
-    pub today: String,
-    /// Reasoning mode for this conversation.
-    pub thinking: bool,
-    /// The newest message of the branch on screen.
-    pub leaf_id: Option<i64>,
-    /// Set by a delete, cleared by undo.
-    pub deleted_at: Option<i64>,
-    /// Who may see it (see `store::DESKTOP_OWNER`).
-    pub owner: String,
-}
-
-/// One message of a conversation's tree.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    /// Identifier; grows with insertion order.
-    pub id: i64,
-    /// The conversation it belongs to.
-    pub conversation_id: i64,
-    /// The message it answers or follows; `None` for a first message.
-    pub parent_id: Option<i64>,
-    /// Who wrote it.
-    pub role: Role,
-    /// The visible text.
-    pub content: String,
-    /// The model's reasoning (text inside `<think>`).
-    pub reasoning: String,
-    /// Generated token ids, kept so later prompts reuse the same ids.
-    pub token_ids: Option<Vec<u32>>,
-    /// Where it is in its life.
-    pub status: MessageStatus,
-    /// Why a reply failed, for a person to read.
-    pub error: Option<String>,
-    /// Figures of a finished reply.
-    pub stats: Option<GenerationStats>,
-    /// Unix milliseconds.
-    pub created_at: i64,
-}
-
-impl From<store::Conversation> for Conversation {
-    fn from(c: store::Conversation) -> Self {
-        Self {
-            id: c.id.0,
-            title: c.title,
-            created_at: c.created_at_ms,
-            updated_at: c.updated_at_ms,
-            today: c.today,
-            thinking: c.thinking,
-            leaf_id: c.leaf_id.map(|m| m.0),
-            deleted_at: c.deleted_at_ms,
-            owner: c.owner,
-        }
-    }
-}
-
-impl From<store::Message> for Message {
-    fn from(m: store::Message) -> Self {
-        Self {
-            id: m.id.0,
-            conversation_id: m.conversation_id.0,
-            parent_id: m.parent_id.map(|p| p.0),
-            role: m.role,
-            content: m.content,
-            reasoning: m.reasoning,
-            token_ids: m.token_ids,
-            status: m.status,
-            error: m.error,
-            stats: m.stats,
-            created_at: m.created_at_ms,
-        }
-    }
-}
-
-/// The app's settings as the store keeps them (the store's extra fields are left as they are).
-fn to_store(s: &Settings, mut base: store::Settings) -> store::Settings {
-    base.system_prompt = s.system_prompt.clone();
-    base.temperature = s.sampling.temperature;
-    base.top_p = s.sampling.top_p;
-    base.top_k = s.sampling.top_k;
-    base.min_p = s.sampling.min_p;
-    base.repeat_penalty = s.sampling.repeat_penalty;
-    base.max_tokens = s.sampling.max_tokens;
-    base.context_size = s.context_size;
-    base.threads = (s.threads > 0).then_some(s.threads);
-    base.thinking = s.thinking_default;
-    base.thinking_budget = (s.thinking_budget > 0).then_some(s.thinking_budget);
-    base.theme = match s.theme {
-        Theme::System => store::Theme::System,
-        Theme::Light => store::Theme::Light,
-        Theme::Dark => store::Theme::Dark,
-    };
-    base.model_path = (!s.model_path.is_empty()).then(|| PathBuf::from(&s.model_path));
-    base.tokenizer_path = (!s.tokenizer_path.is_empty()).then(|| PathBuf::from(&s.tokenizer_path));
-    base
-}
-
-fn from_store(s: &store::Settings) -> Settings {
-    let mut out = Settings {
-        system_prompt: s.system_prompt.clone(),
-        ..Settings::default()
-    };
-    out.sampling.temperature = s.temperature;
-    out.sampling.top_p = s.top_p;
-    out.sampling.top_k = s.top_k;
-    out.sampling.min_p = s.min_p;
-    out.sampling.repeat_penalty = s.repeat_penalty;
-    out.sampling.max_tokens = s.max_tokens;
-    out.context_size = s.context_size;
-    out.threads = s.threads.unwrap_or(0);
-    out.thinking_default = s.thinking;
-    out.thinking_budget = s.thinking_budget.unwrap_or(0);
-    out.theme = match s.theme {
-        store::Theme::System => Theme::System,
-        store::Theme::Light => Theme::Light,
-        store::Theme::Dark => Theme::Dark,
-    };
-    out.model_path = s
-        .model_path
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    out.tokenizer_path = s
-        .tokenizer_path
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    out
-}
-
 /// The repository: a store handle plus a copy of the settings (read on every reply).
 #[derive(Debug)]
 pub struct Repo {
@@ -201,8 +57,23 @@ impl Repo {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let store = Store::open(path)?;
-        let settings = from_store(&store.load_settings()?);
+        let settings = store.load_settings()?;
         Ok(Self { store, settings })
+    }
+
+    /// The key that signs browser session ids, kept across restarts.
+    pub fn session_secret(&self) -> Result<[u8; 32]> {
+        Ok(self.store.secret("browser-sessions")?)
+    }
+
+    /// Whether `owner` has any conversation.
+    pub fn owns_any(&self, owner: &str) -> Result<bool> {
+        Ok(self.store.owns_any(owner)?)
+    }
+
+    /// Records where this process serves the browser UI (see `store::lock`).
+    pub fn advertise(&self, url: &str) -> Result<()> {
+        Ok(self.store.advertise(url)?)
     }
 
     /// The saved settings.
@@ -212,8 +83,7 @@ impl Repo {
 
     /// Saves new settings.
     pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
-        let base = self.store.load_settings()?;
-        self.store.save_settings(&to_store(&settings, base))?;
+        self.store.save_settings(&settings)?;
         self.settings = settings;
         Ok(())
     }
@@ -227,7 +97,7 @@ impl Repo {
     ) -> Result<Conversation> {
         let new = NewConversation::new(title, thinking, self.settings.system_prompt.clone())
             .owned_by(owner);
-        Ok(self.store.create_conversation(&new)?.into())
+        Ok(self.store.create_conversation(&new)?)
     }
 
     /// `owner`'s conversations not deleted, newest first; a query keeps those whose title or
@@ -238,18 +108,14 @@ impl Repo {
         query: Option<&str>,
     ) -> Result<Vec<Conversation>> {
         let q = query.map(str::trim).filter(|q| !q.is_empty());
-        Ok(self
-            .store
-            .list_conversations_of(owner, q)?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        Ok(self.store.list_conversations_of(owner, q)?)
     }
 
     /// A conversation that is not deleted.
-    pub fn conversation(&self, id: i64) -> Result<Conversation> {
-        let c: Conversation = self.store.conversation(ConversationId(id))?.into();
-        if c.deleted_at.is_some() {
+    pub fn conversation(&self, id: impl Into<i64>) -> Result<Conversation> {
+        let id: i64 = id.into();
+        let c = self.store.conversation(ConversationId(id))?;
+        if c.deleted_at_ms.is_some() {
             return Err(RepoError::NotFound {
                 what: "conversation",
                 id,
@@ -259,53 +125,62 @@ impl Repo {
     }
 
     /// Who owns a conversation, deleted or not.
-    pub fn owner_of(&self, id: i64) -> Result<String> {
+    pub fn owner_of(&self, id: impl Into<i64>) -> Result<String> {
+        let id: i64 = id.into();
         Ok(self.store.conversation(ConversationId(id))?.owner)
     }
 
     /// Renames a conversation.
-    pub fn rename(&mut self, id: i64, title: &str) -> Result<()> {
+    pub fn rename(&mut self, id: impl Into<i64>, title: &str) -> Result<()> {
+        let id: i64 = id.into();
         self.conversation(id)?;
         Ok(self.store.rename_conversation(ConversationId(id), title)?)
     }
 
     /// Turns reasoning on or off for a conversation.
-    pub fn set_thinking(&mut self, id: i64, on: bool) -> Result<()> {
+    pub fn set_thinking(&mut self, id: impl Into<i64>, on: bool) -> Result<()> {
+        let id: i64 = id.into();
         self.conversation(id)?;
         Ok(self.store.set_thinking(ConversationId(id), on)?)
     }
 
     /// Hides a conversation; [`Repo::undo_delete`] brings it back.
-    pub fn delete(&mut self, id: i64) -> Result<()> {
+    pub fn delete(&mut self, id: impl Into<i64>) -> Result<()> {
+        let id: i64 = id.into();
         self.conversation(id)?;
         Ok(self.store.delete_conversation(ConversationId(id))?)
     }
 
     /// Brings back a deleted conversation.
-    pub fn undo_delete(&mut self, id: i64) -> Result<()> {
+    pub fn undo_delete(&mut self, id: impl Into<i64>) -> Result<()> {
+        let id: i64 = id.into();
         Ok(self.store.restore_conversation(ConversationId(id))?)
     }
 
     /// Adds a user (or system) message under `parent`; it becomes the conversation's leaf.
     pub fn add_message(
         &mut self,
-        conversation_id: i64,
-        parent_id: Option<i64>,
+        conversation_id: impl Into<i64>,
+        parent_id: Option<MessageId>,
         role: Role,
         content: &str,
     ) -> Result<Message> {
+        let conversation_id: i64 = conversation_id.into();
         self.conversation(conversation_id)?;
-        let id = self.store.add_message(
-            ConversationId(conversation_id),
-            parent_id.map(MessageId),
-            role,
-            content,
-        )?;
+        let id =
+            self.store
+                .add_message(ConversationId(conversation_id), parent_id, role, content)?;
         self.message(id.0)
     }
 
     /// Adds an empty, streaming reply under `parent`; it becomes the conversation's leaf.
-    pub fn begin_reply(&mut self, conversation_id: i64, parent_id: i64) -> Result<Message> {
+    pub fn begin_reply(
+        &mut self,
+        conversation_id: impl Into<i64>,
+        parent_id: impl Into<i64>,
+    ) -> Result<Message> {
+        let conversation_id: i64 = conversation_id.into();
+        let parent_id: i64 = parent_id.into();
         let id = self
             .store
             .begin_reply(ConversationId(conversation_id), MessageId(parent_id))?;
@@ -313,56 +188,59 @@ impl Repo {
     }
 
     /// A message by id (in a conversation that is not deleted).
-    pub fn message(&self, id: i64) -> Result<Message> {
-        let m: Message = self.store.message(MessageId(id))?.into();
-        self.conversation(m.conversation_id)?;
+    pub fn message(&self, id: impl Into<i64>) -> Result<Message> {
+        let id: i64 = id.into();
+        let m = self.store.message(MessageId(id))?;
+        self.conversation(m.conversation_id.0)?;
         Ok(m)
     }
 
     /// Appends streamed text to a reply.
-    pub fn append(&mut self, id: i64, reasoning: &str, answer: &str) -> Result<()> {
+    pub fn append(&mut self, id: impl Into<i64>, reasoning: &str, answer: &str) -> Result<()> {
+        let id: i64 = id.into();
         Ok(self.store.append_reply(MessageId(id), answer, reasoning)?)
     }
 
     /// Marks a reply complete with its figures.
-    pub fn finish(&mut self, id: i64, stats: GenerationStats, token_ids: Vec<u32>) -> Result<()> {
+    pub fn finish(
+        &mut self,
+        id: impl Into<i64>,
+        stats: GenerationStats,
+        token_ids: Vec<u32>,
+    ) -> Result<()> {
+        let id: i64 = id.into();
         Ok(self.store.finish_reply(MessageId(id), &stats, &token_ids)?)
     }
 
     /// Marks a reply interrupted (stopped without a result, e.g. by a model change), keeping
     /// its partial text.
-    pub fn interrupt(&mut self, id: i64) -> Result<()> {
+    pub fn interrupt(&mut self, id: impl Into<i64>) -> Result<()> {
+        let id: i64 = id.into();
         Ok(self.store.interrupt_reply(MessageId(id))?)
     }
 
     /// Marks a reply failed, keeping any partial text.
-    pub fn fail(&mut self, id: i64, error: &str) -> Result<()> {
+    pub fn fail(&mut self, id: impl Into<i64>, error: &str) -> Result<()> {
+        let id: i64 = id.into();
         Ok(self.store.fail_reply(MessageId(id), error)?)
     }
 
     /// The branch on screen: messages from the first to the conversation's leaf.
-    pub fn branch(&self, conversation_id: i64) -> Result<Vec<Message>> {
+    pub fn branch(&self, conversation_id: impl Into<i64>) -> Result<Vec<Message>> {
+        let conversation_id: i64 = conversation_id.into();
         self.conversation(conversation_id)?;
-        Ok(self
-            .store
-            .active_path(ConversationId(conversation_id))?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        Ok(self.store.active_path(ConversationId(conversation_id))?)
     }
 
     /// Messages from the first down to `id`.
-    pub fn path_to(&self, id: i64) -> Result<Vec<Message>> {
-        Ok(self
-            .store
-            .path_to(MessageId(id))?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+    pub fn path_to(&self, id: impl Into<i64>) -> Result<Vec<Message>> {
+        let id: i64 = id.into();
+        Ok(self.store.path_to(MessageId(id))?)
     }
 
     /// Ids of a message and its siblings (same parent), oldest first.
-    pub fn siblings(&self, id: i64) -> Result<Vec<i64>> {
+    pub fn siblings(&self, id: impl Into<i64>) -> Result<Vec<i64>> {
+        let id: i64 = id.into();
         Ok(self
             .store
             .siblings(MessageId(id))?
@@ -372,7 +250,8 @@ impl Repo {
     }
 
     /// Shows the branch through `id`, down to its newest descendant.
-    pub fn select_branch(&mut self, id: i64) -> Result<()> {
+    pub fn select_branch(&mut self, id: impl Into<i64>) -> Result<()> {
+        let id: i64 = id.into();
         self.store.select_branch(MessageId(id))?;
         Ok(())
     }
@@ -381,6 +260,7 @@ impl Repo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{self, Theme};
 
     #[test]
     fn branch_follows_the_leaf_and_edits_keep_the_old_branch() {
@@ -388,15 +268,15 @@ mod tests {
         let c = r
             .create_conversation(store::DESKTOP_OWNER, "t", false)
             .unwrap();
-        let u1 = r.add_message(c.id, None, Role::User, "hi").unwrap();
-        let a1 = r.begin_reply(c.id, u1.id).unwrap();
-        r.append(a1.id, "", "hello").unwrap();
-        let u2 = r.add_message(c.id, None, Role::User, "hi again").unwrap();
-        let ids: Vec<i64> = r.branch(c.id).unwrap().iter().map(|m| m.id).collect();
-        assert_eq!(ids, vec![u2.id]);
-        assert_eq!(r.siblings(u2.id).unwrap(), vec![u1.id, u2.id]);
-        r.select_branch(u1.id).unwrap();
-        let branch = r.branch(c.id).unwrap();
+        let u1 = r.add_message(c.id.0, None, Role::User, "hi").unwrap();
+        let a1 = r.begin_reply(c.id.0, u1.id.0).unwrap();
+        r.append(a1.id.0, "", "hello").unwrap();
+        let u2 = r.add_message(c.id.0, None, Role::User, "hi again").unwrap();
+        let ids: Vec<i64> = r.branch(c.id.0).unwrap().iter().map(|m| m.id.0).collect();
+        assert_eq!(ids, vec![u2.id.0]);
+        assert_eq!(r.siblings(u2.id.0).unwrap(), vec![u1.id.0, u2.id.0]);
+        r.select_branch(u1.id.0).unwrap();
+        let branch = r.branch(c.id.0).unwrap();
         assert_eq!(
             branch.iter().map(|m| m.id).collect::<Vec<_>>(),
             vec![u1.id, a1.id]
@@ -411,13 +291,13 @@ mod tests {
         let c = r
             .create_conversation(store::DESKTOP_OWNER, "keep me", false)
             .unwrap();
-        r.delete(c.id).unwrap();
+        r.delete(c.id.0).unwrap();
         assert!(r
             .list_conversations(store::DESKTOP_OWNER, None)
             .unwrap()
             .is_empty());
-        assert!(r.conversation(c.id).is_err());
-        r.undo_delete(c.id).unwrap();
+        assert!(r.conversation(c.id.0).is_err());
+        r.undo_delete(c.id.0).unwrap();
         assert_eq!(
             r.list_conversations(store::DESKTOP_OWNER, None)
                 .unwrap()
@@ -451,13 +331,16 @@ mod tests {
         let c = r
             .create_conversation(store::DESKTOP_OWNER, "saved", true)
             .unwrap();
-        let u = r.add_message(c.id, None, Role::User, "q").unwrap();
-        let m = r.begin_reply(c.id, u.id).unwrap();
-        r.append(m.id, "", "partial").unwrap();
+        let u = r.add_message(c.id.0, None, Role::User, "q").unwrap();
+        let m = r.begin_reply(c.id.0, u.id.0).unwrap();
+        r.append(m.id.0, "", "partial").unwrap();
         drop(r);
         let r2 = Repo::open(&path).unwrap();
-        assert_eq!(r2.conversation(c.id).unwrap().title, "saved");
-        assert_eq!(r2.message(m.id).unwrap().status, MessageStatus::Interrupted);
-        assert_eq!(r2.message(m.id).unwrap().content, "partial");
+        assert_eq!(r2.conversation(c.id.0).unwrap().title, "saved");
+        assert_eq!(
+            r2.message(m.id.0).unwrap().status,
+            MessageStatus::Interrupted
+        );
+        assert_eq!(r2.message(m.id.0).unwrap().content, "partial");
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -21,11 +21,13 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::commands::{self, CommandError, SlashCommand};
-use super::generator::{GenerateRequest, Generator, NoModel, Quote};
 use super::repo::{Conversation, Message, MessageStatus, Repo, RepoError, Role};
-use super::settings::{InvalidSetting, Settings};
-use crate::engine::events::{ChatMessage, EngineEvent};
-use crate::store::DESKTOP_OWNER;
+use crate::engine::admission::{Refusal, Ticket};
+use crate::engine::{
+    CancelToken, ChatMessage, EngineEvent, EngineOptions, GenerateRequest, Generator, NoModel,
+    Quote,
+};
+use crate::store::{InvalidSetting, Settings, DESKTOP_OWNER};
 
 /// Title of a conversation before its first message names it.
 pub const NEW_TITLE: &str = "New chat";
@@ -45,6 +47,9 @@ pub enum ServiceError {
     /// Settings out of range.
     #[error("some settings are out of range")]
     Settings(Vec<InvalidSetting>),
+    /// The queue of replies has no place for this one (see `engine::admission`).
+    #[error(transparent)]
+    Busy(#[from] Refusal),
     /// Saving failed.
     #[error("could not save: {0}")]
     Storage(String),
@@ -126,9 +131,31 @@ pub enum EngineState {
 pub type ModelLoader = fn(
     model: &Path,
     tokenizer: Option<&Path>,
-    settings: &Settings,
+    opts: EngineOptions,
     progress: &dyn Fn(f32),
 ) -> anyhow::Result<Arc<dyn Generator>>;
+
+/// The engine as a [`ModelLoader`].
+pub fn load_engine(
+    model: &Path,
+    tokenizer: Option<&Path>,
+    opts: EngineOptions,
+    progress: &dyn Fn(f32),
+) -> anyhow::Result<Arc<dyn Generator>> {
+    Ok(Arc::new(crate::engine::Engine::load(
+        model, tokenizer, opts, progress,
+    )?))
+}
+
+/// Model files given when the app started (the desktop reads `MODEL_PATH` and
+/// `TOKENIZER_PATH`); while a model is given, the settings' model files are not loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelOverride {
+    /// The GGUF file.
+    pub model: Option<PathBuf>,
+    /// Its `tokenizer.json`.
+    pub tokenizer: Option<PathBuf>,
+}
 
 /// The files of a loaded model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,12 +239,14 @@ pub struct MessageView {
 
 struct Active {
     conversation_id: i64,
-    cancel: Arc<AtomicBool>,
+    cancel: CancelToken,
     seq: u64,
     /// The queue position last reported, until the reply starts.
     queued: Option<usize>,
     /// Stopped by a model change rather than by the user: saved as interrupted.
     interrupted: bool,
+    /// The reply's place in the engine's queue, freed when the reply ends.
+    _ticket: Option<Ticket>,
 }
 
 struct State {
@@ -239,8 +268,12 @@ struct Inner {
     loaded: Mutex<Option<ModelFiles>>,
     /// Counts model changes, so that one overtaken by a newer one stands down.
     load_seq: AtomicU64,
+    /// Model files the shell was started with, which take precedence over the settings.
+    model_override: RwLock<ModelOverride>,
     /// Held for the whole of a model change: one at a time.
     switching: Mutex<()>,
+    /// The key that signs browser session ids, read once.
+    session_secret: std::sync::OnceLock<[u8; 32]>,
 }
 
 /// The chat service. Cheap to clone; clones share everything, including the owner they act
@@ -296,10 +329,33 @@ impl ChatService {
                 loader: RwLock::new(None),
                 loaded: Mutex::new(None),
                 load_seq: AtomicU64::new(0),
+                model_override: RwLock::new(ModelOverride::default()),
                 switching: Mutex::new(()),
+                session_secret: std::sync::OnceLock::new(),
             }),
             owner: Owner::desktop(),
         }
+    }
+
+    /// The key that signs the browser session ids this server hands out (see
+    /// `shell::session`), kept in the database so sessions outlive a restart.
+    pub fn session_secret(&self) -> Result<[u8; 32]> {
+        if let Some(k) = self.inner.session_secret.get() {
+            return Ok(*k);
+        }
+        let k = self.state().repo.session_secret()?;
+        Ok(*self.inner.session_secret.get_or_init(|| k))
+    }
+
+    /// Whether `owner` has any conversation in the database.
+    pub fn owner_exists(&self, owner: &Owner) -> Result<bool> {
+        Ok(self.state().repo.owns_any(owner.as_str())?)
+    }
+
+    /// Records in the data folder's lock where this process serves the browser UI, so a second
+    /// process started on the same folder can point the user there.
+    pub fn advertise(&self, url: &str) -> Result<()> {
+        Ok(self.state().repo.advertise(url)?)
     }
 
     /// A service that keeps nothing after it is dropped.
@@ -366,7 +422,7 @@ impl ChatService {
     /// A message in a conversation this handle's owner may see.
     fn owned_message(&self, st: &State, id: i64) -> Result<Message> {
         let m = st.repo.message(id)?;
-        match self.check_owner(st, m.conversation_id) {
+        match self.check_owner(st, m.conversation_id.0) {
             Ok(()) => Ok(m),
             Err(ServiceError::NotFound(_)) => Err(RepoError::NotFound {
                 what: "message",
@@ -435,7 +491,7 @@ impl ChatService {
         let tokenizer = settings.tokenizer_path.trim();
         let changed =
             before.model_path.trim() != model || before.tokenizer_path.trim() != tokenizer;
-        let overridden = std::env::var_os("MODEL_PATH").is_some_and(|v| !v.is_empty());
+        let overridden = self.model_override().model.is_some();
         if changed && !model.is_empty() && !overridden && self.model_loader().is_some() {
             let model = PathBuf::from(model);
             let tokenizer = (!tokenizer.is_empty()).then(|| PathBuf::from(tokenizer));
@@ -453,6 +509,43 @@ impl ChatService {
         let mut st = self.state();
         st.repo.set_settings(settings)?;
         Ok(())
+    }
+
+    /// Sets the model files the shell was started with.
+    pub fn set_model_override(&self, files: ModelOverride) {
+        *self
+            .inner
+            .model_override
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = files;
+    }
+
+    /// The model files the shell was started with.
+    pub fn model_override(&self) -> ModelOverride {
+        self.inner
+            .model_override
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The model files to load: the override's, else the settings'.
+    pub fn model_files(&self) -> (Option<PathBuf>, Option<PathBuf>) {
+        let over = self.model_override();
+        let settings = self.settings();
+        let setting = |s: &str| (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()));
+        (
+            over.model.or_else(|| setting(&settings.model_path)),
+            over.tokenizer.or_else(|| setting(&settings.tokenizer_path)),
+        )
+    }
+
+    /// What the settings ask of the next engine started.
+    fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            context_size: self.settings().context_size,
+            ..EngineOptions::default()
+        }
     }
 
     /// Installs the function that loads model files; from then on, saving another model file
@@ -523,10 +616,8 @@ impl ChatService {
         }
         drop(old);
         *lock(&self.inner.loaded) = None;
-        let loader = self
-            .model_loader()
-            .unwrap_or(super::engine_adapter::load as ModelLoader);
-        let settings = self.settings();
+        let loader = self.model_loader().unwrap_or(load_engine as ModelLoader);
+        let opts = self.engine_options();
         let report = |progress: f32| {
             if current() {
                 self.set_engine_state(EngineState::Loading {
@@ -535,7 +626,7 @@ impl ChatService {
                 });
             }
         };
-        match loader(model, tokenizer, &settings, &report) {
+        match loader(model, tokenizer, opts.clone(), &report) {
             Ok(generator) if current() => {
                 *lock(&self.inner.loaded) = Some(ModelFiles {
                     model: model.to_path_buf(),
@@ -556,9 +647,7 @@ impl ChatService {
                     return Err(message);
                 }
                 if let Some(p) = previous.filter(|p| p.model != model) {
-                    if let Ok(generator) =
-                        loader(&p.model, p.tokenizer.as_deref(), &settings, &|_| {})
-                    {
+                    if let Ok(generator) = loader(&p.model, p.tokenizer.as_deref(), opts, &|_| {}) {
                         let kept = file_name(&p.model);
                         *lock(&self.inner.loaded) = Some(p);
                         self.set_generator(
@@ -596,7 +685,7 @@ impl ChatService {
         let mut st = self.state();
         for a in st.active.values_mut() {
             a.interrupted = true;
-            a.cancel.store(true, Ordering::Relaxed);
+            a.cancel.cancel();
         }
     }
 
@@ -622,7 +711,8 @@ impl ChatService {
     }
 
     /// A conversation and the branch on screen.
-    pub fn conversation(&self, id: i64) -> Result<ConversationView> {
+    pub fn conversation(&self, id: impl Into<i64>) -> Result<ConversationView> {
+        let id: i64 = id.into();
         let st = self.state();
         let conversation = self.owned(&st, id)?;
         let mut messages = Vec::new();
@@ -632,7 +722,7 @@ impl ChatService {
                 .iter()
                 .position(|&s| s == message.id)
                 .map_or(1, |p| p + 1);
-            let active = st.active.get(&message.id);
+            let active = st.active.get(&message.id.0);
             messages.push(MessageView {
                 branch: (pos, siblings.len()),
                 siblings,
@@ -648,7 +738,8 @@ impl ChatService {
     }
 
     /// One message with its stream position.
-    pub fn message(&self, id: i64) -> Result<MessageView> {
+    pub fn message(&self, id: impl Into<i64>) -> Result<MessageView> {
+        let id: i64 = id.into();
         let st = self.state();
         let message = self.owned_message(&st, id)?;
         let siblings = st.repo.siblings(id)?;
@@ -664,7 +755,8 @@ impl ChatService {
     }
 
     /// Renames a conversation.
-    pub fn rename(&self, id: i64, title: &str) -> Result<Conversation> {
+    pub fn rename(&self, id: impl Into<i64>, title: &str) -> Result<Conversation> {
+        let id: i64 = id.into();
         let title = title.trim();
         if title.is_empty() {
             return Err(ServiceError::Invalid("A title cannot be empty.".into()));
@@ -677,10 +769,11 @@ impl ChatService {
     }
 
     /// Deletes a conversation (undoable), stopping its reply if one is streaming.
-    pub fn delete(&self, id: i64) -> Result<Conversation> {
+    pub fn delete(&self, id: impl Into<i64>) -> Result<Conversation> {
+        let id: i64 = id.into();
         self.owned(&self.state(), id)?;
         self.stop(id);
-        self.current_generator().forget(id);
+        self.current_generator().forget(&id.to_string());
         let mut st = self.state();
         let conv = self.owned(&st, id)?;
         st.repo.delete(id)?;
@@ -688,7 +781,8 @@ impl ChatService {
     }
 
     /// Brings back a deleted conversation.
-    pub fn undo_delete(&self, id: i64) -> Result<Conversation> {
+    pub fn undo_delete(&self, id: impl Into<i64>) -> Result<Conversation> {
+        let id: i64 = id.into();
         let mut st = self.state();
         self.check_owner(&st, id)?;
         st.repo.undo_delete(id)?;
@@ -696,7 +790,8 @@ impl ChatService {
     }
 
     /// Turns reasoning on or off for a conversation.
-    pub fn set_thinking(&self, id: i64, on: bool) -> Result<Conversation> {
+    pub fn set_thinking(&self, id: impl Into<i64>, on: bool) -> Result<Conversation> {
+        let id: i64 = id.into();
         let mut st = self.state();
         self.check_owner(&st, id)?;
         st.repo.set_thinking(id, on)?;
@@ -704,7 +799,8 @@ impl ChatService {
     }
 
     /// Asks every reply streaming in a conversation to stop; returns whether one was.
-    pub fn stop(&self, conversation_id: i64) -> bool {
+    pub fn stop(&self, conversation_id: impl Into<i64>) -> bool {
+        let conversation_id: i64 = conversation_id.into();
         let st = self.state();
         if self.check_owner(&st, conversation_id).is_err() {
             return false;
@@ -715,14 +811,15 @@ impl ChatService {
             .values()
             .filter(|a| a.conversation_id == conversation_id)
         {
-            a.cancel.store(true, Ordering::Relaxed);
+            a.cancel.cancel();
             any = true;
         }
         any
     }
 
     /// Whether a reply is streaming in the conversation.
-    pub fn is_streaming(&self, conversation_id: i64) -> bool {
+    pub fn is_streaming(&self, conversation_id: impl Into<i64>) -> bool {
+        let conversation_id: i64 = conversation_id.into();
         let st = self.state();
         self.check_owner(&st, conversation_id).is_ok()
             && st
@@ -738,6 +835,19 @@ impl ChatService {
             return Err(ServiceError::Invalid("Type a message first.".into()));
         }
         let command = commands::parse(text).transpose()?;
+        // The generator of a reply (none for commands that only change something), and its
+        // place in the queue, before anything is saved: a refused message leaves no trace.
+        let reply_generator: Option<Arc<dyn Generator>> = match &command {
+            Some(SlashCommand::Quote(arg)) => {
+                Some(Arc::new(Quote::new(arg).with_delay(self.inner.quote_delay)))
+            }
+            None => Some(self.current_generator()),
+            Some(_) => None,
+        };
+        let ticket = match &reply_generator {
+            Some(g) => g.admit(self.owner.as_str())?,
+            None => None,
+        };
         let mut st = self.state();
         let (conv, created) = match conversation_id {
             Some(id) => (self.owned(&st, id)?, false),
@@ -774,7 +884,7 @@ impl ChatService {
                 });
             }
             Some(SlashCommand::Status) => {
-                let text = self.status_line(&st, conv.id);
+                let text = self.status_line(&st, conv.id.0);
                 return notice(&st, text);
             }
             Some(SlashCommand::Help) => {
@@ -785,10 +895,10 @@ impl ChatService {
                     .join("\n");
                 return notice(&st, text);
             }
-            Some(SlashCommand::Quote(arg)) => {
-                Arc::new(Quote::new(&arg).with_delay(self.inner.quote_delay))
-            }
-            None => self.current_generator(),
+            Some(SlashCommand::Quote(_)) | None => match reply_generator {
+                Some(g) => g,
+                None => self.current_generator(),
+            },
         };
         if st.active.values().any(|a| a.conversation_id == conv.id) {
             return Err(ServiceError::Invalid(
@@ -802,7 +912,7 @@ impl ChatService {
         if st.repo.conversation(conv.id)?.title == NEW_TITLE {
             st.repo.rename(conv.id, &title_from(text))?;
         }
-        let assistant = self.start_reply(&mut st, conv.id, user.id, generator)?;
+        let assistant = self.start_reply(&mut st, conv.id.0, user.id.0, generator, ticket)?;
         Ok(SendOutcome::Reply {
             conversation: st.repo.conversation(conv.id)?,
             created,
@@ -812,7 +922,8 @@ impl ChatService {
     }
 
     /// Answers the same user message again; the old reply stays as a sibling branch.
-    pub fn regenerate(&self, assistant_id: i64) -> Result<Message> {
+    pub fn regenerate(&self, assistant_id: impl Into<i64>) -> Result<Message> {
+        let assistant_id: i64 = assistant_id.into();
         let mut st = self.state();
         let old = self.owned_message(&st, assistant_id)?;
         if old.role != Role::Assistant {
@@ -834,12 +945,14 @@ impl ChatService {
         }
         let question = st.repo.message(parent)?.content;
         let generator = self.generator_for(&question);
-        self.start_reply(&mut st, old.conversation_id, parent, generator)
+        let ticket = generator.admit(self.owner.as_str())?;
+        self.start_reply(&mut st, old.conversation_id.0, parent.0, generator, ticket)
     }
 
     /// Replaces a user message with `text` and answers it; the old message and its replies stay
     /// as a sibling branch.
-    pub fn edit(&self, user_id: i64, text: &str) -> Result<(Message, Message)> {
+    pub fn edit(&self, user_id: impl Into<i64>, text: &str) -> Result<(Message, Message)> {
+        let user_id: i64 = user_id.into();
         if text.trim().is_empty() {
             return Err(ServiceError::Invalid("Type a message first.".into()));
         }
@@ -860,15 +973,18 @@ impl ChatService {
             ));
         }
         let generator = self.generator_for(text);
+        let ticket = generator.admit(self.owner.as_str())?;
         let user =
             st.repo
                 .add_message(old.conversation_id, old.parent_id, Role::User, text.trim())?;
-        let assistant = self.start_reply(&mut st, old.conversation_id, user.id, generator)?;
+        let assistant =
+            self.start_reply(&mut st, old.conversation_id.0, user.id.0, generator, ticket)?;
         Ok((user, assistant))
     }
 
     /// Shows the branch through message `id` (for the ‹ › branch switcher).
-    pub fn select_branch(&self, id: i64) -> Result<i64> {
+    pub fn select_branch(&self, id: impl Into<i64>) -> Result<i64> {
+        let id: i64 = id.into();
         let mut st = self.state();
         let conv = self.owned_message(&st, id)?.conversation_id;
         if st.active.values().any(|a| a.conversation_id == conv) {
@@ -877,7 +993,7 @@ impl ChatService {
             ));
         }
         st.repo.select_branch(id)?;
-        Ok(conv)
+        Ok(conv.0)
     }
 
     fn generator_for(&self, text: &str) -> Arc<dyn Generator> {
@@ -898,7 +1014,8 @@ impl ChatService {
     }
 
     /// Tokens used by the last reply of the branch on screen, if any.
-    pub fn context_used(&self, conversation_id: i64) -> Option<usize> {
+    pub fn context_used(&self, conversation_id: impl Into<i64>) -> Option<usize> {
+        let conversation_id: i64 = conversation_id.into();
         let st = self.state();
         self.check_owner(&st, conversation_id).ok()?;
         let branch = st.repo.branch(conversation_id).ok()?;
@@ -941,6 +1058,7 @@ impl ChatService {
         conversation_id: i64,
         user_id: i64,
         generator: Arc<dyn Generator>,
+        ticket: Option<Ticket>,
     ) -> Result<Message> {
         let conv = st.repo.conversation(conversation_id)?;
         let settings = st.repo.settings().clone();
@@ -967,27 +1085,26 @@ impl ChatService {
             .or_else(|_| NaiveDate::parse_from_str(&conv.today, "%Y-%m-%d"))
             .unwrap_or_else(|_| chrono::Local::now().date_naive());
         let req = GenerateRequest {
-            conversation_id,
-            messages,
-            sampling: settings.sampling.clone(),
+            params: settings.sampling.clone(),
             enable_thinking: conv.thinking,
-            today,
             thinking_budget: (settings.thinking_budget > 0).then_some(settings.thinking_budget),
+            ..GenerateRequest::new(Some(conversation_id.to_string()), messages, today)
         };
         let job = generator.submit(req);
         st.active.insert(
-            assistant.id,
+            assistant.id.0,
             Active {
                 conversation_id,
                 cancel: job.cancel.clone(),
                 seq: 0,
                 queued: None,
                 interrupted: false,
+                _ticket: ticket,
             },
         );
         let this = self.clone();
         let message_id = assistant.id;
-        tokio::spawn(async move { this.pump(conversation_id, message_id, job.events).await });
+        tokio::spawn(async move { this.pump(conversation_id, message_id.0, job.events).await });
         Ok(assistant)
     }
 
@@ -996,7 +1113,7 @@ impl ChatService {
         &self,
         conversation_id: i64,
         message_id: i64,
-        mut events: tokio::sync::mpsc::Receiver<EngineEvent>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<EngineEvent>,
     ) {
         let mut ended = false;
         while let Some(event) = events.recv().await {

@@ -96,7 +96,6 @@ pub enum WizardError {
 struct Job {
     phase: Phase,
     control: Option<DownloadControl>,
-    endpoint: Option<String>,
     dismissed: bool,
     dir: Option<PathBuf>,
     options: DownloadOptions,
@@ -115,7 +114,6 @@ impl Default for Wizard {
             job: Arc::new(Mutex::new(Job {
                 phase: Phase::Idle,
                 control: None,
-                endpoint: None,
                 dismissed: false,
                 dir: None,
                 options: DownloadOptions {
@@ -164,16 +162,8 @@ pub fn model_problem(service: &ChatService) -> Option<String> {
     if let EngineState::Failed { message } = service.engine_state() {
         return Some(format!("The model could not be loaded: {message}"));
     }
-    let from_env = std::env::var_os("MODEL_PATH").filter(|v| !v.is_empty());
-    let path = match from_env {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let s = service.settings().model_path;
-            if s.trim().is_empty() {
-                return Some("No model is set up yet.".into());
-            }
-            PathBuf::from(s.trim())
-        }
+    let Some(path) = service.model_files().0 else {
+        return Some("No model is set up yet.".into());
     };
     if !path.is_file() {
         return Some(format!("The model file {} is missing.", path.display()));
@@ -238,13 +228,13 @@ impl Wizard {
         let _ = self.events.send(phase);
     }
 
-    /// Starts downloading a catalogue entry into `dir` from `endpoint` (a mirror; `None`
-    /// means `HF_ENDPOINT` or the hub). Progress and the outcome arrive as phases.
+    /// Starts downloading a catalogue entry into `dir`, from the mirror in the settings when
+    /// one is set (only the desktop's owner changes it), else from `HF_ENDPOINT` or the hub.
+    /// Progress and the outcome arrive as phases.
     pub fn start_download(
         &self,
         service: &ChatService,
         entry_id: &str,
-        endpoint: Option<String>,
         dir: PathBuf,
     ) -> Result<(), WizardError> {
         let entry = catalogue::find(entry_id)
@@ -259,10 +249,10 @@ impl Wizard {
                 return Err(WizardError::Busy);
             }
             job.control = Some(control.clone());
-            job.endpoint = endpoint.clone();
             job.options.clone()
         };
-        let config = HubConfig::from_env(endpoint.as_deref().filter(|e| !e.trim().is_empty()));
+        let mirror = service.settings().hub_mirror;
+        let config = HubConfig::from_env(Some(mirror.as_str()).filter(|m| !m.trim().is_empty()));
         let downloader = Downloader::new(config, options)?;
         let specs = entry.download_specs(&dir);
         let id = entry.id.to_owned();
@@ -402,15 +392,12 @@ impl Wizard {
 
     /// Resumes a paused download, or retries a failed one.
     pub fn resume(&self, service: &ChatService, dir: PathBuf) -> Result<(), WizardError> {
-        let (phase, endpoint) = {
-            let job = self.job();
-            (job.phase.clone(), job.endpoint.clone())
-        };
+        let phase = self.job().phase.clone();
         match phase {
             Phase::Paused { entry, .. }
             | Phase::Failed {
                 entry: Some(entry), ..
-            } => self.start_download(service, &entry, endpoint, dir),
+            } => self.start_download(service, &entry, dir),
             _ => Err(WizardError::Invalid(
                 "There is no download to resume.".into(),
             )),

@@ -3,46 +3,20 @@
 //! This is the synchronous heart of the engine; [`super::worker`] runs it on the thread that
 //! owns the model.
 
-use super::events::{ChatMessage, EngineEvent, FinishReason, GenerationStats};
+use super::events::{EngineEvent, FinishReason, GenerationStats};
 use super::generate::PREFILL_CHUNK;
 use super::loader::LoadedModel;
-use super::sampler::{Sampler, SamplingParams};
+use super::prompter::Prompter;
+pub use super::request::{GenerateRequest, JobError};
+use super::sampler::Sampler;
 use crate::model::{KvCache, Logits};
-use crate::text::chat_template::{ChatTemplate, RenderOptions};
 use crate::text::detok::Detokenizer;
 use crate::text::think::{Delta, ThinkSplitter};
 use crate::text::tokenizer;
 use candle_core::DType;
-use chrono::NaiveDate;
-use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
-
-/// What a caller asks the engine to do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GenerateRequest {
-    /// The conversation this continues: its KV cache slot is kept between turns.
-    pub conversation: String,
-    /// The conversation so far, ending with the message to answer.
-    pub messages: Vec<ChatMessage>,
-    /// Sampling settings (including `max_tokens`).
-    pub params: SamplingParams,
-    /// SmolLM3's reasoning mode (`/think` and `/no_think` in a system message override it).
-    pub enable_thinking: bool,
-    /// The conversation's fixed "Today Date".
-    pub today: NaiveDate,
-    /// After this many reasoning tokens, close the reasoning and go on with the answer.
-    pub thinking_budget: Option<usize>,
-    /// Strings that end the answer (not included in it).
-    #[serde(default)]
-    pub stop: Vec<String>,
-    /// Text the assistant turn already starts with: the model continues it instead of
-    /// beginning a reply. `"<think>\n"` starts inside the reasoning; a cut-short reply's text
-    /// continues that reply. The prefix is not streamed back (the caller has it), but its
-    /// token ids lead the reply's kept ids.
-    #[serde(default)]
-    pub assistant_prefix: Option<String>,
-}
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -66,63 +40,33 @@ impl Default for EngineOptions {
     }
 }
 
-/// A job's failure, worded for the person waiting on it.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    /// The prompt does not fit the context.
-    #[error("the conversation is too long: its prompt has {prompt} tokens and the context holds {context}. Start a new conversation, delete old messages, or raise the context size in the settings.")]
-    ContextFull {
-        /// Prompt tokens.
-        prompt: usize,
-        /// Context size.
-        context: usize,
-    },
-    /// Bad sampling settings.
-    #[error("invalid settings: {0}")]
-    Settings(String),
-    /// The chat template failed.
-    #[error("the chat template failed: {0}")]
-    Template(String),
-    /// The model failed.
-    #[error("the model failed: {0}")]
-    Model(String),
-}
-
 struct Slot {
-    key: String,
+    /// The conversation it belongs to; `None` for the slots of stand-alone requests.
+    key: Option<String>,
     cache: KvCache,
 }
 
 /// The model, its template and the per-conversation caches.
 pub struct EngineCore {
     loaded: LoadedModel,
-    template: ChatTemplate,
+    prompter: Arc<Prompter>,
     opts: EngineOptions,
     /// Least recently used first.
     slots: Vec<Slot>,
 }
 
-/// Marks where an assistant message's content goes in the rendered prompt, so its stored
-/// token ids can be spliced in. Private-use characters never appear in chat text in practice.
-const MARK: char = '\u{F8FF}';
-
 impl EngineCore {
     /// Wraps a loaded model; the chat template comes from the GGUF, a `tokenizer_config.json`
     /// beside the model, or the bundled SmolLM3 one.
     pub fn new(loaded: LoadedModel, mut opts: EngineOptions) -> Result<Self, JobError> {
-        let cfg_json = loaded.gguf.path().with_file_name("tokenizer_config.json");
-        let template = ChatTemplate::from_sources(
-            loaded.gguf_chat_template(),
-            cfg_json.exists().then_some(cfg_json.as_path()),
-        )
-        .map_err(|e| JobError::Template(e.to_string()))?;
+        let prompter = Arc::new(Prompter::for_model(&loaded)?);
         opts.context_size = opts
             .context_size
             .clamp(16, loaded.model.config().context_length);
         opts.max_slots = opts.max_slots.max(1);
         Ok(Self {
             loaded,
-            template,
+            prompter,
             opts,
             slots: Vec::new(),
         })
@@ -142,113 +86,36 @@ impl EngineCore {
     pub fn cached_tokens(&self, conversation: &str) -> usize {
         self.slots
             .iter()
-            .find(|s| s.key == conversation)
+            .find(|s| s.key.as_deref() == Some(conversation))
             .map_or(0, |s| s.cache.len())
+    }
+
+    /// Drops the caches of stand-alone requests (after a panic in one of them).
+    pub fn forget_unnamed(&mut self) {
+        self.slots.retain(|s| s.key.is_some());
     }
 
     /// Drops a conversation's cache (after `/clear` or deletion).
     pub fn forget(&mut self, conversation: &str) {
-        self.slots.retain(|s| s.key != conversation);
+        self.slots
+            .retain(|s| s.key.as_deref() != Some(conversation));
     }
 
-    /// The prompt's token ids: the rendered conversation, then the assistant prefix if the
-    /// request has one. Assistant messages that carry the ids the model generated are spliced
-    /// in as those ids (when they still decode to the message text), so the prompt matches the
-    /// cache token for token; everything else is tokenized from the rendered text.
+    /// Turns requests into prompt ids; shared with the engine's handle.
+    pub fn prompter(&self) -> &Arc<Prompter> {
+        &self.prompter
+    }
+
+    /// The prompt's token ids (see [`Prompter::prompt`]).
     pub fn build_prompt(&self, req: &GenerateRequest) -> Result<Vec<u32>, JobError> {
-        let mut ids = self.build_conversation(req)?;
-        ids.extend(self.prefix_ids(req)?);
-        Ok(ids)
-    }
-
-    /// The token ids of the request's assistant prefix (none without one).
-    fn prefix_ids(&self, req: &GenerateRequest) -> Result<Vec<u32>, JobError> {
-        match req.assistant_prefix.as_deref() {
-            Some(p) if !p.is_empty() => tokenizer::encode(&self.loaded.tokenizer, p)
-                .map_err(|e| JobError::Model(e.to_string())),
-            _ => Ok(Vec::new()),
-        }
-    }
-
-    /// The rendered conversation up to the start of the assistant turn, as token ids (see
-    /// [`EngineCore::build_prompt`]).
-    fn build_conversation(&self, req: &GenerateRequest) -> Result<Vec<u32>, JobError> {
-        let tok = &self.loaded.tokenizer;
-        let mut splices: Vec<Option<Vec<u32>>> = Vec::new();
-        let mut messages = Vec::with_capacity(req.messages.len());
-        for m in &req.messages {
-            let mut m = m.clone();
-            if m.role == "assistant" {
-                if let Some(ids) = m
-                    .token_ids
-                    .take()
-                    .and_then(|ids| self.content_ids(&ids, &m.content))
-                {
-                    m.content = format!("{MARK}{}{MARK}", splices.len());
-                    splices.push(Some(ids));
-                }
-            }
-            messages.push(m);
-        }
-        let opts = RenderOptions::for_date(req.today).with_thinking(req.enable_thinking);
-        let text = self
-            .template
-            .render(&messages, &opts)
-            .map_err(|e| JobError::Template(e.to_string()))?;
-        let mut ids = Vec::new();
-        let encode = |s: &str, ids: &mut Vec<u32>| -> Result<(), JobError> {
-            if !s.is_empty() {
-                ids.extend(tokenizer::encode(tok, s).map_err(|e| JobError::Model(e.to_string()))?);
-            }
-            Ok(())
-        };
-        let mut parts = text.split(MARK);
-        encode(parts.next().unwrap_or(""), &mut ids)?;
-        while let (Some(index), Some(after)) = (parts.next(), parts.next()) {
-            match index
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| splices.get_mut(i))
-                .and_then(Option::take)
-            {
-                Some(s) => ids.extend(s),
-                None => {
-                    return Err(JobError::Template(
-                        "an assistant message was rendered twice".into(),
-                    ))
-                }
-            }
-            encode(after, &mut ids)?;
-        }
-        Ok(ids)
-    }
-
-    /// The part of a reply's generated ids that the template renders as the message content:
-    /// after `</think>` (history drops the reasoning) and without the leading newlines the
-    /// template strips. `None` when they do not decode to exactly `content`.
-    fn content_ids(&self, generated: &[u32], content: &str) -> Option<Vec<u32>> {
-        let tok = &self.loaded.tokenizer;
-        let mut ids = generated;
-        if let Some(end) = self.loaded.specials.end_think {
-            if let Some(p) = ids.iter().position(|&t| t == end) {
-                ids = &ids[p + 1..];
-            }
-        }
-        while let Some((&first, rest)) = ids.split_first() {
-            match tok.decode(&[first], false) {
-                Ok(s) if !s.is_empty() && s.chars().all(|c| c == '\n') => ids = rest,
-                _ => break,
-            }
-        }
-        let text = tok.decode(ids, false).ok()?;
-        (text == content.trim_start_matches('\n') && !ids.is_empty()).then(|| ids.to_vec())
+        self.prompter.prompt(req)
     }
 
     /// Brings the conversation's cache to `prompt`, computing only what differs from what it
     /// holds; returns the last position's logits and how many tokens were reused.
     pub fn prefill(
         &mut self,
-        conversation: &str,
+        conversation: Option<&str>,
         prompt: &[u32],
         cancel: &AtomicBool,
     ) -> Result<(Vec<f32>, usize), JobError> {
@@ -263,7 +130,7 @@ impl EngineCore {
             });
         }
         let model = &self.loaded.model;
-        let slot = slot_for(&mut self.slots, &self.opts, model, conversation);
+        let slot = slot_for(&mut self.slots, &self.opts, model, conversation, prompt);
         // At least one token must run to produce logits.
         let reused = slot.cache.common_prefix(prompt).min(prompt.len() - 1);
         slot.cache.truncate(reused);
@@ -308,8 +175,8 @@ impl EngineCore {
     ) -> Result<(), JobError> {
         req.params.validate().map_err(JobError::Settings)?;
         let t0 = Instant::now();
-        let prefix = self.prefix_ids(req)?;
-        let mut prompt = self.build_conversation(req)?;
+        let prefix = self.prompter.prefix_ids(req)?;
+        let mut prompt = self.prompter.conversation_ids(req)?;
         prompt.extend_from_slice(&prefix);
         let context = self.opts.context_size;
         if prompt.len() >= context {
@@ -318,16 +185,18 @@ impl EngineCore {
                 context,
             });
         }
-        let reused_guess = self
-            .slots
-            .iter()
-            .find(|s| s.key == req.conversation)
-            .map_or(0, |s| s.cache.common_prefix(&prompt).min(prompt.len() - 1));
+        let reused_guess =
+            pick_slot(&self.slots, req.conversation.as_deref(), &prompt).map_or(0, |i| {
+                self.slots[i]
+                    .cache
+                    .common_prefix(&prompt)
+                    .min(prompt.len() - 1)
+            });
         emit(EngineEvent::Started {
             prompt_tokens: prompt.len(),
             reused_tokens: reused_guess,
         });
-        let (mut logits, reused) = self.prefill(&req.conversation, &prompt, cancel)?;
+        let (mut logits, reused) = self.prefill(req.conversation.as_deref(), &prompt, cancel)?;
         let prefill_s = t0.elapsed().as_secs_f64();
         let specials = self.loaded.specials.clone();
         let tok = &self.loaded.tokenizer;
@@ -430,15 +299,33 @@ impl EngineCore {
     }
 }
 
-/// The conversation's slot, moved to the most-recent end; created (dropping the least
-/// recently used one when all are taken) if it does not exist.
+/// The slot a job runs in, if one exists: the conversation's own, or for a stand-alone
+/// request the unnamed slot whose cache shares the longest start with `prompt`, provided that
+/// start is at least half of what the slot holds (else the request gets a fresh slot, so one
+/// request does not wipe out another's cache for the sake of a shared system prompt).
+fn pick_slot(slots: &[Slot], key: Option<&str>, prompt: &[u32]) -> Option<usize> {
+    if let Some(key) = key {
+        return slots.iter().position(|s| s.key.as_deref() == Some(key));
+    }
+    let (i, common) = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.key.is_none())
+        .map(|(i, s)| (i, s.cache.common_prefix(prompt)))
+        .max_by_key(|&(i, common)| (common, i))?;
+    (common > 0 && common * 2 >= slots[i].cache.len()).then_some(i)
+}
+
+/// The slot a job runs in, moved to the most-recent end; created (dropping the least
+/// recently used one when all are taken) if [`pick_slot`] finds none.
 fn slot_for<'a>(
     slots: &'a mut Vec<Slot>,
     opts: &EngineOptions,
     model: &crate::model::Model,
-    key: &str,
+    key: Option<&str>,
+    prompt: &[u32],
 ) -> &'a mut Slot {
-    if let Some(i) = slots.iter().position(|s| s.key == key) {
+    if let Some(i) = pick_slot(slots, key, prompt) {
         let s = slots.remove(i);
         slots.push(s);
     } else {
@@ -447,7 +334,7 @@ fn slot_for<'a>(
         }
         let cache = model.new_cache(opts.context_size, opts.kv_dtype);
         slots.push(Slot {
-            key: key.to_string(),
+            key: key.map(str::to_string),
             cache,
         });
     }

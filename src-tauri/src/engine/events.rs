@@ -3,29 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One chat message as the engine sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The visible text (for an assistant message, the answer without reasoning).
-    pub content: String,
-    /// Token ids the model produced for an assistant message; later prompts are built from them
-    /// so the KV prefix stays reusable (re-tokenizing text can give other ids).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_ids: Option<Vec<u32>>,
-}
-
-impl ChatMessage {
-    /// A message from text alone.
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-            token_ids: None,
-        }
-    }
-}
+use crate::text::think::Delta;
+pub use crate::text::ChatMessage;
 
 /// Figures reported when a job ends.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -100,4 +79,30 @@ pub enum EngineEvent {
         /// What went wrong.
         message: String,
     },
+}
+
+impl From<Delta> for EngineEvent {
+    fn from(delta: Delta) -> Self {
+        match delta {
+            Delta::Reasoning(text) => EngineEvent::Reasoning { text },
+            Delta::Answer(text) => EngineEvent::Answer { text },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_become_engine_events() {
+        assert_eq!(
+            EngineEvent::from(Delta::Reasoning("x".into())),
+            EngineEvent::Reasoning { text: "x".into() }
+        );
+        assert_eq!(
+            EngineEvent::from(Delta::Answer("y".into())),
+            EngineEvent::Answer { text: "y".into() }
+        );
+    }
 }

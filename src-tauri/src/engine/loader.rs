@@ -68,7 +68,7 @@ impl LoadedModel {
         let (model, tokenizer) = (model?, tokenizer?);
         let t_model = t0.elapsed();
         tracing::debug!(map = ?t_map, model = ?t_model, total = ?t0.elapsed(), "model loaded");
-        tracing::info!(kernels = model.kernels().isa().name(), "kernel path");
+        tracing::info!(kernels = %model.kernels(), "kernel path");
         if tokenizer.get_vocab_size(true) > model.config().vocab {
             anyhow::bail!(
                 "the tokenizer has {} tokens but the model only {}; is it the right tokenizer?",

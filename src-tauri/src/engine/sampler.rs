@@ -55,38 +55,71 @@ impl SamplingParams {
         }
     }
 
-    /// Checks the values, with a message meant for the person who set them.
+    /// Every value out of its range, as (field, what is allowed): the one set of ranges the
+    /// settings form, the API and the command line all check against.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut bad = Vec::new();
+        let mut check = |ok: bool, field: &'static str, allowed: &str, got: String| {
+            if !ok {
+                bad.push((field, format!("{field} must be {allowed} (got {got})")));
+            }
+        };
+        let t = self.temperature;
+        check(
+            t.is_finite() && (0.0..=MAX_TEMPERATURE).contains(&t),
+            "temperature",
+            "between 0 and 2; 0 means always the most likely token",
+            t.to_string(),
+        );
+        check(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "top_p",
+            "above 0 and at most 1; 1 turns it off",
+            self.top_p.to_string(),
+        );
+        check(
+            self.top_k <= MAX_TOP_K,
+            "top_k",
+            "at most 1000; 0 turns it off",
+            self.top_k.to_string(),
+        );
+        check(
+            (0.0..1.0).contains(&self.min_p),
+            "min_p",
+            "at least 0 and below 1; 0 turns it off",
+            self.min_p.to_string(),
+        );
+        let r = self.repeat_penalty;
+        check(
+            r.is_finite() && (0.5..=2.0).contains(&r),
+            "repeat_penalty",
+            "between 0.5 and 2; 1 turns it off",
+            r.to_string(),
+        );
+        check(
+            self.max_tokens >= 1,
+            "max_tokens",
+            "at least 1",
+            self.max_tokens.to_string(),
+        );
+        bad
+    }
+
+    /// Checks the values, with a message meant for the person who set them (the first
+    /// problem [`Self::problems`] finds).
     pub fn validate(&self) -> Result<(), String> {
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!(
-                "temperature must be 0 or more (got {}); 0 means always the most likely token",
-                self.temperature
-            ));
+        match self.problems().into_iter().next() {
+            Some((_, message)) => Err(message),
+            None => Ok(()),
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!(
-                "top_p must be above 0 and at most 1 (got {}); 1 turns it off",
-                self.top_p
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(format!(
-                "min_p must be between 0 and 1 (got {}); 0 turns it off",
-                self.min_p
-            ));
-        }
-        if !self.repeat_penalty.is_finite() || self.repeat_penalty <= 0.0 {
-            return Err(format!(
-                "repeat_penalty must be above 0 (got {}); 1 turns it off",
-                self.repeat_penalty
-            ));
-        }
-        if self.max_tokens == 0 {
-            return Err("max_tokens must be at least 1".into());
-        }
-        Ok(())
     }
 }
+
+/// The highest temperature accepted; above it SmolLM3's output is noise.
+pub const MAX_TEMPERATURE: f32 = 2.0;
+
+/// The largest top-k accepted (0 turns the filter off).
+pub const MAX_TOP_K: usize = 1000;
 
 /// Picks tokens from logits; holds the random state and reusable buffers.
 #[derive(Debug)]
@@ -314,36 +347,22 @@ mod tests {
 
     #[test]
     fn validation_explains_bad_values() {
+        let d = SamplingParams::default;
+        #[rustfmt::skip]
         let bad = [
-            SamplingParams {
-                temperature: -0.1,
-                ..Default::default()
-            },
-            SamplingParams {
-                temperature: f32::NAN,
-                ..Default::default()
-            },
-            SamplingParams {
-                top_p: 0.0,
-                ..Default::default()
-            },
-            SamplingParams {
-                top_p: 1.5,
-                ..Default::default()
-            },
-            SamplingParams {
-                min_p: -0.5,
-                ..Default::default()
-            },
-            SamplingParams {
-                repeat_penalty: 0.0,
-                ..Default::default()
-            },
-            SamplingParams {
-                max_tokens: 0,
-                ..Default::default()
-            },
+            SamplingParams { temperature: -0.1, ..d() },
+            SamplingParams { temperature: f32::NAN, ..d() },
+            SamplingParams { temperature: 2.5, ..d() },
+            SamplingParams { top_p: 0.0, ..d() },
+            SamplingParams { top_p: 1.5, ..d() },
+            SamplingParams { top_k: 1001, ..d() },
+            SamplingParams { min_p: -0.5, ..d() },
+            SamplingParams { repeat_penalty: 0.0, ..d() },
+            SamplingParams { max_tokens: 0, ..d() },
         ];
+        for p in &bad {
+            assert_eq!(p.problems().len(), 1, "{p:?}");
+        }
         for p in bad {
             let msg = p.validate().unwrap_err();
             assert!(msg.contains("must"), "{msg}");

@@ -1,49 +1,18 @@
 //! The engine worker: one thread owns the model; jobs wait in a fair FIFO queue; each job
-//! streams its events to an async receiver, so callers never block on the model.
+//! streams its events to an async receiver, so callers never block on the model. Callers that
+//! queue jobs for other people pass the engine's [`Admission`] first, which bounds the queue.
 
+use super::admission::{Admission, Refusal, Ticket};
 use super::core::{EngineCore, EngineOptions, GenerateRequest, JobError};
 use super::events::{EngineEvent, FinishReason, GenerationStats};
+use super::generator::{CancelToken, Generator, JobHandle};
 use super::loader::LoadedModel;
+use super::prompter::Prompter;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-
-/// Stops a job; takes effect before the next token.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    /// A fresh token.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Asks the job to stop.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether a stop was asked.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    fn flag(&self) -> &AtomicBool {
-        &self.0
-    }
-}
-
-/// A submitted job: its event stream and its stop switch.
-#[derive(Debug)]
-pub struct JobHandle {
-    /// Job id (unique per engine).
-    pub id: u64,
-    /// Events in order; the stream ends after `Done` or `Error`.
-    pub events: UnboundedReceiver<EngineEvent>,
-    /// Stops the job.
-    pub cancel: CancelToken,
-}
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 struct Job {
     id: u64,
@@ -66,6 +35,7 @@ struct Shared {
     /// The stop switch of the job the worker is running.
     running: Option<CancelToken>,
     shutdown: bool,
+    /// Tokens cached per named conversation after its last job.
     cached: HashMap<String, usize>,
 }
 
@@ -93,6 +63,10 @@ pub struct Engine {
     context_size: usize,
     load_s: f64,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The bound every caller that queues replies for others (the chat service, the API) goes
+    /// through before [`Engine::submit`].
+    admission: Admission,
+    prompter: Arc<Prompter>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -115,6 +89,7 @@ impl Engine {
         let load_s = loaded.load_s;
         let core = EngineCore::new(loaded, opts)?;
         let context_size = core.options().context_size;
+        let prompter = core.prompter().clone();
         let shared = Arc::new((Mutex::new(Shared::default()), std::sync::Condvar::new()));
         let worker_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -128,7 +103,35 @@ impl Engine {
             context_size,
             load_s,
             thread: Arc::new(Mutex::new(Some(thread))),
+            admission: Admission::default(),
+            prompter,
         })
+    }
+
+    /// Opens a model file and starts the engine on it, reporting progress from 0.0 to 1.0.
+    pub fn load(
+        model: &Path,
+        tokenizer: Option<&Path>,
+        opts: EngineOptions,
+        progress: &dyn Fn(f32),
+    ) -> anyhow::Result<Self> {
+        progress(0.05);
+        let loaded = LoadedModel::open(model, tokenizer)?;
+        progress(0.8);
+        let engine = Self::start(loaded, opts)?;
+        progress(1.0);
+        Ok(engine)
+    }
+
+    /// The prompt a request will run with, as token ids; callable from any thread (the API
+    /// checks a prompt's length before it waits in the queue).
+    pub fn prompt(&self, req: &GenerateRequest) -> Result<Vec<u32>, JobError> {
+        self.prompter.prompt(req)
+    }
+
+    /// The queue's bound, shared by every source of replies (see [`Admission`]).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// Queues a job; events start with `Queued` when others are ahead of it.
@@ -286,26 +289,52 @@ fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>
                     });
                 } else {
                     let tx = job.tx.clone();
-                    let span = tracing::info_span!("job", id = job.id, conversation = %job.req.conversation);
+                    let key = job.req.conversation.as_deref().unwrap_or("-");
+                    let span = tracing::info_span!("job", id = job.id, conversation = %key);
                     let _g = span.enter();
                     // A panic in the model must not take the app down with it.
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         core.run(&job.req, job.cancel.flag(), &mut |e| {
-                            let _ = tx.send(e);
+                            // Nobody reads the reply any more: free the engine for others.
+                            if tx.send(e).is_err() {
+                                job.cancel.cancel();
+                            }
                         })
                     }));
                     if run.is_err() {
                         tracing::error!("generation panicked");
-                        core.forget(&job.req.conversation);
+                        match &job.req.conversation {
+                            Some(key) => core.forget(key),
+                            None => core.forget_unnamed(),
+                        }
                         let _ = job.tx.send(EngineEvent::Error { message: "the engine hit an internal error; the conversation's cache was reset".into() });
                     }
                 }
-                let cached = core.cached_tokens(&job.req.conversation);
                 let mut s = lock.lock().expect("engine state");
-                s.cached.insert(job.req.conversation.clone(), cached);
+                if let Some(key) = &job.req.conversation {
+                    s.cached.insert(key.clone(), core.cached_tokens(key));
+                }
                 s.busy = false;
                 s.running = None;
             }
         }
+    }
+}
+
+impl Generator for Engine {
+    fn admit(&self, client: &str) -> Result<Option<Ticket>, Refusal> {
+        self.admission.try_admit(client).map(Some)
+    }
+
+    fn submit(&self, req: GenerateRequest) -> JobHandle {
+        Engine::submit(self, req)
+    }
+
+    fn forget(&self, conversation: &str) {
+        Engine::forget(self, conversation);
+    }
+
+    fn shutdown(&self) {
+        Engine::shutdown(self);
     }
 }

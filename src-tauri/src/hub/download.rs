@@ -21,7 +21,7 @@
 //!    `NAME` atomically. On a mismatch it becomes `NAME.corrupt` and is never listed.
 
 use super::error::{human_bytes, HubError};
-use super::local;
+use super::local::{self, hex};
 use super::remote::{self, HubConfig, RemoteFile, RemoteMeta};
 use serde::{Deserialize, Serialize};
 use sha1::Sha1;
@@ -302,16 +302,23 @@ pub struct Downloader {
 impl Downloader {
     /// A downloader for `config`; proxies come from the environment (`HTTPS_PROXY`, `NO_PROXY`).
     pub fn new(config: HubConfig, options: DownloadOptions) -> Result<Self, HubError> {
+        let setup = |e: reqwest::Error| HubError::Protocol {
+            url: config.endpoint.clone(),
+            detail: format!("cannot set up HTTP: {e}"),
+        };
+        let mut roots = Vec::new();
+        for der in &config.extra_roots {
+            roots.push(reqwest::Certificate::from_der(der).map_err(setup)?);
+        }
         let build = |redirects: reqwest::redirect::Policy| {
-            reqwest::Client::builder()
+            let mut b = reqwest::Client::builder()
                 .user_agent(concat!("smollm3-bot/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(options.retry.connect_timeout)
-                .redirect(redirects)
-                .build()
-                .map_err(|e| HubError::Protocol {
-                    url: config.endpoint.clone(),
-                    detail: format!("cannot set up HTTP: {e}"),
-                })
+                .redirect(redirects);
+            for cert in &roots {
+                b = b.add_root_certificate(cert.clone());
+            }
+            b.build().map_err(setup)
         };
         let client = build(reqwest::redirect::Policy::limited(10))?;
         // The LFS headers sit on the redirect itself, so `HEAD` must not follow it.
@@ -636,7 +643,7 @@ impl Downloader {
     ) -> Result<AttemptEnd, HubError> {
         let policy = &self.options.retry;
         let mut req = self.client.get(url);
-        if let Some(token) = &self.config.token {
+        if let Some(token) = self.config.token_for(url) {
             req = req.bearer_auth(token);
         }
         if *offset > 0 {
@@ -949,11 +956,6 @@ fn write_part_info(path: &Path, info: &PartInfo) -> Result<(), HubError> {
         detail: format!("cannot encode the download record: {e}"),
     })?;
     std::fs::write(path, json).map_err(|e| HubError::io("cannot write", path, e))
-}
-
-/// Lower-case hex of a digest.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Transfer rate over the last few seconds, so the ETA follows the link as it is now.

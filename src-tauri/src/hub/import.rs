@@ -5,8 +5,8 @@
 //! space. Copies are hashed as they are written and land under their final name only once
 //! complete, like downloads.
 
-use super::download::hex;
 use super::error::{human_bytes, HubError};
+use super::local::hex;
 use super::local::{self, FilePaths, LocalModel};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};

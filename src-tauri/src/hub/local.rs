@@ -5,7 +5,6 @@
 //! `NAME.gguf.part.json` (a download in progress), `NAME.gguf.corrupt` (quarantined, never
 //! listed), and `tokenizer.json` beside the models.
 
-use super::download::hex;
 use super::error::HubError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -264,6 +263,11 @@ pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// Lower-case hex of a digest.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -21,4 +21,4 @@ pub use download::{
 pub use error::HubError;
 pub use import::{import, ImportMode};
 pub use local::{list, models_dir, partials, remove, verify, LocalModel, PartialDownload};
-pub use remote::{HubConfig, RemoteFile, RemoteMeta};
+pub use remote::{Credential, HubConfig, RemoteFile, RemoteMeta};

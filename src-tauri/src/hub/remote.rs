@@ -14,41 +14,104 @@ use serde::{Deserialize, Serialize};
 /// The public hub, used when neither a setting nor `HF_ENDPOINT` names another.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
-/// Where to download from and with which credentials.
-#[derive(Clone, Default)]
-pub struct HubConfig {
-    /// Base URL of the hub or mirror, without a trailing slash.
-    pub endpoint: String,
-    /// Bearer token for gated or private repositories.
-    pub token: Option<String>,
+/// A Hugging Face token and the one place it may go: HTTPS to the hub's own host and port.
+///
+/// The token opens the user's gated and private repositories, so it is never sent to a mirror
+/// (a mirror is someone else's server), never over plain HTTP (anyone on the path would read
+/// it), and never to a host a redirect points to (reqwest drops `Authorization` on redirects
+/// that change host, port or scheme; the `HEAD` requests follow redirects by hand and send no
+/// token past the first).
+#[derive(Clone)]
+pub struct Credential {
+    token: String,
+    host: String,
+    port: u16,
 }
 
-impl std::fmt::Debug for HubConfig {
+impl std::fmt::Debug for Credential {
     // The token must never end up in a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HubConfig")
-            .field("endpoint", &self.endpoint)
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .finish()
+        f.debug_struct("Credential")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
     }
 }
 
+impl Credential {
+    /// `token` for the hub at `hub` (a base URL such as `https://huggingface.co`); `None` when
+    /// the hub is not HTTPS, since the token would then travel in the clear.
+    pub fn for_hub(token: impl Into<String>, hub: &str) -> Option<Self> {
+        let url = reqwest::Url::parse(hub.trim()).ok()?;
+        if url.scheme() != "https" {
+            return None;
+        }
+        Some(Self {
+            token: token.into(),
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port_or_known_default()?,
+        })
+    }
+
+    /// The token, when `url` is HTTPS on the hub's host and port; `None` for anything else.
+    pub fn for_url(&self, url: &str) -> Option<&str> {
+        let url = reqwest::Url::parse(url).ok()?;
+        let same = url.scheme() == "https"
+            && url
+                .host_str()
+                .is_some_and(|h| h.eq_ignore_ascii_case(&self.host))
+            && url.port_or_known_default() == Some(self.port);
+        same.then_some(self.token.as_str())
+    }
+}
+
+/// Where to download from and with which credentials.
+#[derive(Clone, Debug, Default)]
+pub struct HubConfig {
+    /// Base URL files are downloaded from (the hub, or a mirror), without a trailing slash.
+    pub endpoint: String,
+    /// The token for gated or private repositories, bound to the hub's host.
+    pub credential: Option<Credential>,
+    /// Certificates (DER) to trust besides the public roots: for a hub or mirror behind a
+    /// private certificate authority.
+    pub extra_roots: Vec<Vec<u8>>,
+}
+
 impl HubConfig {
-    /// Reads `HF_ENDPOINT` and `HF_TOKEN`; `endpoint` (a setting or `--endpoint`) wins over the
-    /// environment.
-    pub fn from_env(endpoint: Option<&str>) -> Self {
-        let endpoint = endpoint
-            .map(str::to_owned)
-            .or_else(|| std::env::var("HF_ENDPOINT").ok())
+    /// The hub is `HF_ENDPOINT` (default: the public hub) and `HF_TOKEN` is bound to it; files
+    /// come from `mirror` when one is given (a setting or `--endpoint`), else from the hub.
+    /// The token is only ever sent to the hub itself, over HTTPS (see [`Credential`]).
+    pub fn from_env(mirror: Option<&str>) -> Self {
+        let hub = std::env::var("HF_ENDPOINT")
+            .ok()
             .filter(|e| !e.trim().is_empty())
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
-        let token = std::env::var("HF_TOKEN")
+        let hub = hub.trim().trim_end_matches('/').to_owned();
+        let credential = std::env::var("HF_TOKEN")
             .ok()
-            .filter(|t| !t.trim().is_empty());
+            .filter(|t| !t.trim().is_empty())
+            .and_then(|t| {
+                let c = Credential::for_hub(t.trim(), &hub);
+                if c.is_none() {
+                    tracing::warn!(hub, "HF_TOKEN is not sent: the hub address is not HTTPS");
+                }
+                c
+            });
+        let endpoint = mirror
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| e.trim_end_matches('/').to_owned())
+            .unwrap_or(hub);
         Self {
-            endpoint: endpoint.trim().trim_end_matches('/').to_owned(),
-            token,
+            endpoint,
+            credential,
+            extra_roots: Vec::new(),
         }
+    }
+
+    /// The token for a request to `url`, if it may carry one.
+    pub fn token_for(&self, url: &str) -> Option<&str> {
+        self.credential.as_ref()?.for_url(url)
     }
 }
 
@@ -186,7 +249,7 @@ pub(crate) async fn head(
     let mut url = remote.url(&config.endpoint);
     for _ in 0..5 {
         let mut req = client.head(&url);
-        if let Some(token) = &config.token {
+        if let Some(token) = config.token_for(&url) {
             req = req.bearer_auth(token);
         }
         let resp = req.send().await.map_err(|e| network_error(&url, &e))?;
@@ -343,5 +406,28 @@ mod tests {
         assert_eq!(m.sha256, None);
         assert_eq!(m.git_sha1.as_deref(), Some(sha1.as_str()));
         assert_eq!(m.size, Some(99));
+    }
+
+    #[test]
+    fn the_token_goes_only_over_https_to_the_hub_host() {
+        let c = Credential::for_hub("hf_secret", "https://huggingface.co").unwrap();
+        assert_eq!(
+            c.for_url("https://huggingface.co/a/b/resolve/main/f.gguf"),
+            Some("hf_secret")
+        );
+        assert_eq!(c.for_url("https://HuggingFace.co:443/x"), Some("hf_secret"));
+        for other in [
+            "http://huggingface.co/x",
+            "https://huggingface.co:8443/x",
+            "https://hf-mirror.com/x",
+            "https://huggingface.co.evil.example/x",
+            "https://cdn-lfs.huggingface.co/x",
+            "http://127.0.0.1:8080/x",
+            "not a url",
+        ] {
+            assert_eq!(c.for_url(other), None, "{other}");
+        }
+        assert!(Credential::for_hub("t", "http://127.0.0.1:9").is_none());
+        assert!(!format!("{c:?}").contains("hf_secret"));
     }
 }

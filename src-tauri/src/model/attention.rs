@@ -79,12 +79,16 @@ impl Rows<'_> {
             Isa::Avx512 => unsafe { f16_to_f32(src, dst) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { avx2::f16_to_f32(src, dst) },
+            // `fcvtl` on every ARM CPU; `half` uses it only on those with FP16 arithmetic.
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => super::kernels::f16_to_f32(src, dst),
             _ => src.convert_to_f32_slice(dst),
         }
     }
 }
 
 /// How far ahead (in F16 values) cache reads are requested: one block of 128-value rows.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = BLOCK * 128;
 
 /// F16 to F32, 16 values an instruction.
@@ -104,11 +108,6 @@ unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
         i += 16;
     }
     src[i..n].convert_to_f32_slice(&mut dst[i..n]);
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
-    src.convert_to_f32_slice(dst)
 }
 
 fn rows<'a>(kernels: Kernels, storage: &'a Storage, layout: &Layout) -> Result<Rows<'a>> {
@@ -286,7 +285,8 @@ fn unit(
     // AVX-512's own inner loops; AVX2 has its own for F16 caches with four heads a group
     // (SmolLM3's case); every other case runs the portable loops.
     let simd = cfg!(target_arch = "x86_64") && isa == Isa::Avx512;
-    let avx2 = cfg!(target_arch = "x86_64") && isa == Isa::Avx2;
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = isa == Isa::Avx2;
     let visible = s.kv_len - s.seq + t + 1;
     let query = |g: usize| {
         let qh = h * group + g;
@@ -453,9 +453,10 @@ fn weighted_sums(
 }
 
 /// Value rows per pass of [`weighted_block`]: 16 rows of 128 F16 values are 4 KB, so the
-/// second half of each row is still in L1 when its pass comes. With 64 rows and software
-/// prefetches, decode attention at 4096 keys took 19–20 ms for 36 layers instead of 12–14:
-/// the hardware prefetchers follow the plain stream better.
+/// second half of each row is still in L1 when its pass comes. Longer passes with software
+/// prefetches were slower: the hardware prefetchers follow the plain stream better (see
+/// doc/benchmarks.md).
+#[cfg(target_arch = "x86_64")]
 const VALUE_BLOCK: usize = 16;
 
 /// [`weighted_sum_4`] over every visible row, read straight from an F16 cache: each value

@@ -2,6 +2,7 @@
 
 use super::gguf::{GgufError, GgufFile};
 use serde::Serialize;
+use std::collections::HashSet;
 
 /// The architecture name a SmolLM3 GGUF declares.
 pub const ARCH: &str = "smollm3";
@@ -61,6 +62,7 @@ impl Config {
             Ok(v as usize)
         };
         let n_layer = int("block_count")?;
+        check_layer_count(g, n_layer)?;
         let hidden = int("embedding_length")?;
         let ffn = int("feed_forward_length")?;
         let n_head = int("attention.head_count")?;
@@ -149,42 +151,52 @@ impl Config {
 
     /// The shape (ggml order) every tensor of the model must have.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<u64>)> {
+        self.expected().collect()
+    }
+
+    /// [`Config::expected_tensors`] one at a time, so checking a file allocates nothing per
+    /// layer.
+    fn expected(&self) -> impl Iterator<Item = (String, Vec<u64>)> + '_ {
         let (h, f, kv) = (
             self.hidden as u64,
             self.ffn as u64,
             (self.n_kv_head * self.head_dim) as u64,
         );
         let q = (self.n_head * self.head_dim) as u64;
-        let mut out = vec![
+        let global = [
             ("token_embd.weight".to_string(), vec![h, self.vocab as u64]),
             ("output_norm.weight".to_string(), vec![h]),
         ];
-        for il in 0..self.n_layer {
+        let layers = (0..self.n_layer).flat_map(move |il| {
             let p = |n: &str| format!("blk.{il}.{n}.weight");
-            out.push((p("attn_norm"), vec![h]));
-            out.push((p("attn_q"), vec![h, q]));
-            out.push((p("attn_k"), vec![h, kv]));
-            out.push((p("attn_v"), vec![h, kv]));
-            out.push((p("attn_output"), vec![q, h]));
-            out.push((p("ffn_norm"), vec![h]));
-            out.push((p("ffn_gate"), vec![h, f]));
-            out.push((p("ffn_up"), vec![h, f]));
-            out.push((p("ffn_down"), vec![f, h]));
-        }
-        out
+            [
+                (p("attn_norm"), vec![h]),
+                (p("attn_q"), vec![h, q]),
+                (p("attn_k"), vec![h, kv]),
+                (p("attn_v"), vec![h, kv]),
+                (p("attn_output"), vec![q, h]),
+                (p("ffn_norm"), vec![h]),
+                (p("ffn_gate"), vec![h, f]),
+                (p("ffn_up"), vec![h, f]),
+                (p("ffn_down"), vec![f, h]),
+            ]
+        });
+        global.into_iter().chain(layers)
     }
 
     /// Checks that every tensor is present with the right shape (and `output.weight`, if an
     /// untied head is present).
     pub fn validate_tensors(&self, g: &GgufFile) -> Result<(), GgufError> {
-        let mut expected = self.expected_tensors();
-        if g.tensor("output.weight").is_some() {
-            expected.push((
-                "output.weight".into(),
+        // A caller-built configuration is bounded by the file's tensors like one read from the
+        // metadata.
+        check_layer_count(g, self.n_layer)?;
+        let head = g.tensor("output.weight").map(|_| {
+            (
+                "output.weight".to_string(),
                 vec![self.hidden as u64, self.vocab as u64],
-            ));
-        }
-        for (name, dims) in expected {
+            )
+        });
+        for (name, dims) in self.expected().chain(head) {
             let t = g
                 .tensor(&name)
                 .ok_or_else(|| GgufError::MissingTensor(name.clone()))?;
@@ -198,4 +210,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Refuses a layer count the file's tensors cannot back, before anything is sized by it: a
+/// `block_count` is only a number in the metadata, while each layer needs tensors named
+/// `blk.N.…` whose descriptions and bytes lie in the file. A crafted count of four million
+/// layers in a 3 MB file would otherwise size lists of tens of millions of names. (A missing
+/// tensor in a layer that exists is left to [`Config::validate_tensors`], which names it.)
+fn check_layer_count(g: &GgufFile, n_layer: usize) -> Result<(), GgufError> {
+    let present: HashSet<usize> = g
+        .tensors()
+        .iter()
+        .filter_map(|t| t.name.strip_prefix("blk.")?.split('.').next()?.parse().ok())
+        .collect();
+    if n_layer > present.len() {
+        return Err(GgufError::Metadata {
+            key: format!("{ARCH}.block_count"),
+            problem: format!(
+                "{n_layer}, but the file holds tensors for only {} layers",
+                present.len()
+            ),
+        });
+    }
+    Ok(())
 }

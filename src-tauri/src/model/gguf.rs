@@ -1,10 +1,9 @@
 //! GGUF reading over a memory map.
 //!
-//! The parser is our own rather than `candle_core::quantized::gguf_file`: candle's reader
-//! allocates whatever lengths an (untrusted) file claims and copies every tensor into memory,
-//! while we validate every length against the file size first and hand out tensor data as
-//! slices of the map, so a 1.9 GB model costs no extra RAM and a bad file gets an error that
-//! names the problem.
+//! The parser is our own rather than `candle_core::quantized::gguf_file`, which reads every
+//! tensor into memory: we validate every count and length against the file size before
+//! anything is sized by it and hand out tensor data as slices of the map, so the weights cost
+//! no memory beyond the page cache and a bad file gets an error that names the problem.
 
 use memmap2::Mmap;
 use std::collections::HashMap;
@@ -16,6 +15,23 @@ use std::sync::Arc;
 /// The four bytes every GGUF file starts with.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// The fewest bytes a tensor description takes: name length, dimension count, one dimension,
+/// type and offset.
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
+
+/// The fewest bytes a metadata entry takes: key length, value type and a one-byte value.
+const MIN_KV_BYTES: u64 = 8 + 4 + 1;
+
+/// Most metadata values (array items included) one file may hold. A value costs a byte or more
+/// in the file but [`Value`]'s size in memory, so without a bound a file of `n` bytes could
+/// ask for `32 n` bytes of memory. SmolLM3's vocabulary, merges and token types are about
+/// 540,000 values; larger vocabularies stay well under this.
+pub const MAX_METADATA_VALUES: u64 = 1 << 22;
+
+/// Capacity reserved up front for an array; larger arrays grow as their items are read, so
+/// memory follows what the file really holds rather than what its header claims.
+const ARRAY_PREALLOCATION: usize = 1 << 16;
 
 /// Why a GGUF file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -320,10 +336,28 @@ impl GgufFile {
         Self::parse(path, Arc::new(map))
     }
 
+    /// Parses a GGUF held in memory (a copy is mapped, so tensor data is read as from a file);
+    /// `name` stands in for the path in messages. For tests and fuzzing of the parser.
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: &[u8]) -> Result<Self, GgufError> {
+        let path = name.into();
+        if bytes.is_empty() {
+            return Err(GgufError::Truncated("the file is empty".into()));
+        }
+        let io = |source| GgufError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut anon = memmap2::MmapMut::map_anon(bytes.len()).map_err(io)?;
+        anon.copy_from_slice(bytes);
+        let map = anon.make_read_only().map_err(io)?;
+        Self::parse(path, Arc::new(map))
+    }
+
     fn parse(path: PathBuf, map: Arc<Mmap>) -> Result<Self, GgufError> {
         let mut r = Reader {
             buf: &map[..],
             pos: 0,
+            values_left: MAX_METADATA_VALUES,
         };
         let magic = r.bytes(4).map_err(|_| GgufError::NotGguf {
             found: String::from_utf8_lossy(&map[..map.len().min(4)]).into_owned(),
@@ -339,9 +373,10 @@ impl GgufFile {
         }
         let n_tensors = r.u64()?;
         let n_kv = r.u64()?;
-        // Each entry takes at least a few bytes, so counts beyond the file size are lies.
+        // Each entry takes at least a few bytes, so counts beyond the file size are lies; they
+        // are refused before anything is sized by them.
         let remaining = (map.len() - r.pos) as u64;
-        if n_tensors > remaining / 8 || n_kv > remaining / 8 {
+        if n_tensors > remaining / MIN_TENSOR_INFO_BYTES || n_kv > remaining / MIN_KV_BYTES {
             return Err(GgufError::Truncated(format!(
                 "header announces {n_tensors} tensors and {n_kv} metadata entries, more than the file can hold"
             )));
@@ -545,6 +580,23 @@ fn meta_err(key: &str, problem: &str) -> GgufError {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Metadata values that may still be read (see [`MAX_METADATA_VALUES`]).
+    values_left: u64,
+}
+
+/// The fewest bytes one value of a metadata type takes in the file, or `None` for a type
+/// number that does not exist.
+fn min_value_bytes(ty: u32) -> Option<u64> {
+    Some(match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        10..=12 => 8,
+        // A string's length; an array's item type and count.
+        8 => 8,
+        9 => 12,
+        _ => return None,
+    })
 }
 
 impl<'a> Reader<'a> {
@@ -588,6 +640,11 @@ impl<'a> Reader<'a> {
     }
 
     fn value(&mut self, ty: u32, depth: usize) -> Result<Value, GgufError> {
+        self.values_left = self.values_left.checked_sub(1).ok_or_else(|| {
+            GgufError::Malformed(format!(
+                "more than {MAX_METADATA_VALUES} metadata values; no model needs that many"
+            ))
+        })?;
         Ok(match ty {
             0 => Value::U8(self.array::<1>()?[0]),
             1 => Value::I8(self.array::<1>()?[0] as i8),
@@ -604,12 +661,20 @@ impl<'a> Reader<'a> {
                 }
                 let ety = self.u32()?;
                 let n = self.u64()?;
-                if n > (self.buf.len() - self.pos) as u64 {
+                let item = min_value_bytes(ety).ok_or_else(|| {
+                    GgufError::Malformed(format!("unknown metadata value type {ety}"))
+                })?;
+                if n > (self.buf.len() - self.pos) as u64 / item {
                     return Err(GgufError::Truncated(format!(
                         "an array claims {n} items, more than the file can hold"
                     )));
                 }
-                let mut items = Vec::with_capacity(n as usize);
+                if n > self.values_left {
+                    return Err(GgufError::Malformed(format!(
+                        "an array claims {n} items; at most {MAX_METADATA_VALUES} metadata values are read"
+                    )));
+                }
+                let mut items = Vec::with_capacity((n as usize).min(ARRAY_PREALLOCATION));
                 for _ in 0..n {
                     items.push(self.value(ety, depth + 1)?);
                 }

@@ -2,11 +2,10 @@
 //!
 //! A prefill chunk allocates and frees megabyte-sized activations several times per layer.
 //! With glibc's defaults the heap top is trimmed back to the system and grown again each
-//! time, and every regrowth page-faults fresh zeroed pages: about 7 % of a 512-token prefill
-//! on a 3B model. Raising the trim threshold lets freed buffers be reused in place; the
+//! time, and every regrowth page-faults fresh zeroed pages (doc/benchmarks.md has the cost). Raising the trim threshold lets freed buffers be reused in place; the
 //! memory goes back to the system with [`release`] once a forward pass is over, so an idle
-//! app holds no more than before. `SMOLLM3_HEAP_DEFAULT=1` keeps glibc's defaults (for
-//! measuring the difference).
+//! app holds no more than before. [`super::options::ModelOptions::default_heap`] keeps glibc's
+//! defaults (for measuring the difference).
 
 /// Tunes the allocator once per process (Linux with glibc; elsewhere a no-op).
 pub fn keep_freed_buffers() {
@@ -14,7 +13,7 @@ pub fn keep_freed_buffers() {
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            if std::env::var_os("SMOLLM3_HEAP_DEFAULT").is_some() {
+            if super::options::get().default_heap {
                 return;
             }
             // SAFETY: mallopt only changes allocator parameters; called before the

@@ -7,6 +7,7 @@ pub mod heap;
 pub mod kernels;
 pub mod kv_cache;
 pub mod norm;
+pub mod options;
 pub mod prepared;
 pub mod smollm3;
 pub mod swiglu;

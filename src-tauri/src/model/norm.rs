@@ -2,11 +2,12 @@
 //! over each row, as every layer does twice.
 //!
 //! With candle's ops that is two operations, each a pass over the (tokens, 2048) activations
-//! on rayon's threads, while the products' thread pool spins beside them on the same two cores:
-//! 2–3 % of a prefill. Here each row is added, summed and scaled while it is in L1, on the
-//! products' pool.
+//! on rayon's threads, while the products' thread pool spins beside them on the same cores.
+//! Here each row is added, summed and scaled while it is in L1, on the products' pool.
 
-use super::kernels::{Isa, Kernels};
+#[cfg(target_arch = "x86_64")]
+use super::kernels::Isa;
+use super::kernels::Kernels;
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 use std::mem::MaybeUninit;
 

@@ -30,11 +30,6 @@ const HEADROOM: u64 = 1 << 30;
 
 /// Where each tensor's bytes lie in the file: (offset, size).
 type Places = Vec<(usize, usize)>;
-/// Environment variable: `off` keeps every weight on the GGUF layout.
-pub const PREPARED_ENV: &str = "SMOLLM3_PREPARED";
-/// Environment variable: the folder for prepared files (default: beside the model, or the
-/// user's cache folder where that is not writable).
-pub const PREPARED_DIR_ENV: &str = "SMOLLM3_PREPARED_DIR";
 
 /// Why a prepared file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -88,15 +83,13 @@ impl Prepared {
     }
 }
 
-/// Whether `SMOLLM3_PREPARED` switched prepared files off.
+/// Whether prepared files were switched off (see [`super::options`]).
 fn switched_off() -> bool {
-    std::env::var(PREPARED_ENV)
-        .map(|v| v.eq_ignore_ascii_case("off") || v == "0")
-        .unwrap_or(false)
+    super::options::get().no_prepared
 }
 
 /// Whether models loaded on the process-wide kernel path use prepared files: the path computes
-/// on the interleaved layout (every SIMD path does) and `SMOLLM3_PREPARED` is not `off`.
+/// on the interleaved layout (every SIMD path does) and they are not switched off.
 pub fn enabled() -> bool {
     !switched_off() && Kernels::default().interleaved()
 }
@@ -143,17 +136,18 @@ fn fingerprint(g: &GgufFile, tensors: &[&TensorInfo]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The file for a model: `SMOLLM3_PREPARED_DIR/<name>.x8` if set, else `<model>.x8`.
+/// The file for a model: `<prepared_dir>/<name>.x8` if the options name a folder, else
+/// `<model>.x8`.
 fn beside(model: &Path) -> PathBuf {
     let mut name = model.file_name().unwrap_or_default().to_os_string();
     name.push(".x8");
-    match std::env::var_os(PREPARED_DIR_ENV).filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join(name),
+    match &super::options::get().prepared_dir {
+        Some(dir) => dir.join(name),
         None => model.with_file_name(name),
     }
 }
 
-/// Deletes the prepared files a model may have (beside it, in `SMOLLM3_PREPARED_DIR`, in
+/// Deletes the prepared files a model may have (beside it, in the options' folder, in
 /// the cache folder): for when the model itself is deleted.
 pub fn remove_for(model: &Path) {
     let mut plain = model.file_name().unwrap_or_default().to_os_string();
@@ -175,7 +169,8 @@ fn in_cache(model: &Path) -> Option<PathBuf> {
     let dirs = directories::ProjectDirs::from("", "", "smollm3-bot")?;
     let full = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
     let digest = Sha256::digest(full.to_string_lossy().as_bytes());
-    let name = format!("{}.x8", super::super::hub::download::hex(&digest[..8]));
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("{name}.x8");
     Some(dirs.cache_dir().join("prepared").join(name))
 }
 
@@ -333,7 +328,7 @@ fn build(
 }
 
 /// The prepared weights for `g`: mapped from an existing file, or built now, beside the model
-/// (or in `SMOLLM3_PREPARED_DIR`), else in the user's cache folder. `Ok(None)` when the model
+/// (or in the options' folder), else in the user's cache folder. `Ok(None)` when the model
 /// has nothing to interleave or prepared files are switched off. The caller checks that its
 /// model's kernel path uses the layout ([`Kernels::interleaved`]).
 pub fn open_or_build(g: &GgufFile) -> Result<Option<Prepared>, PreparedError> {

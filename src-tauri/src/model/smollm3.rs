@@ -310,9 +310,9 @@ impl Model {
         }
         let (k, v) = cache.append(il, &k, &v)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        // Fused over the cache in place for any number of new tokens: measured faster than
-        // candle's matrix products with a mask, for prefill (512 tokens: 63–68 against 57–64
-        // tok/s) and more so after a long context (512 after 1536: 48.7 against 39.6).
+        // Fused over the cache in place for any number of new tokens: no mask, no repeated KV
+        // heads, no copies, so it beats candle's masked matrix products, more so as the
+        // context grows (figures in doc/benchmarks.md).
         attention::attend(self.kernels, &q, &k, &v, scale as f32)
     }
 }

@@ -1,11 +1,14 @@
 //! The feed-forward block's activation, `silu(gate) · up`, in one pass.
 //!
 //! candle computes it as two ops (`silu`, then a product), each allocating a (tokens, 11008)
-//! buffer and calling libm's scalar `expf` per element: about 2 % of a prefill. Here one
+//! buffer and calling libm's scalar `expf` per element (a visible share of a prefill, see
+//! doc/benchmarks.md). Here one
 //! pass over both inputs writes the result, with a branch-free `exp` that the compiler
 //! vectorizes for the kernel path's vector width, split over candle's thread pool.
 
-use super::kernels::{Isa, Kernels};
+#[cfg(target_arch = "x86_64")]
+use super::kernels::Isa;
+use super::kernels::Kernels;
 use super::vmath::exp;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use std::mem::MaybeUninit;

@@ -265,7 +265,8 @@ fn tokenizer_metadata(w: &mut GgufWriter, vocab: usize, n_special: usize) {
         .meta("tokenizer.ggml.add_bos_token", Value::Bool(false))
         .meta(
             "tokenizer.chat_template",
-            Value::String(crate::text::chat_template::SMOLLM3_TEMPLATE.into()),
+            // The file `text::chat_template` bundles; read here too so the model layer needs no text.
+            Value::String(include_str!("../../assets/smollm3.jinja").into()),
         );
 }
 

@@ -4,8 +4,8 @@
 //! preference: our kernels on the interleaved copy of the matrix (`kernels::interleaved`, where
 //! the prepared file holds one), our AVX-512 kernels on the GGUF blocks in place, else candle's
 //! k-quant products on those blocks (which quantize the activations to the weight's dot-product
-//! type, Q8_K for the k-quants, exactly as llama.cpp does). Loading copies nothing and the
-//! 1.9 GB file costs only page cache.
+//! type, Q8_K for the k-quants, exactly as llama.cpp does). Loading copies nothing: the
+//! weights cost only page cache.
 
 use super::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
 use super::kernels::{self, interleaved, Kernels};

@@ -61,7 +61,6 @@ pub fn peak_rss_mb() -> f64 {
 
 /// Runs the benchmark.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    super::cli::set_threads(a.threads);
     let reps = a.reps.max(1);
     let kv = if a.kv_f32 { DType::F32 } else { DType::F16 };
     let mut loads = Vec::new();

@@ -1,12 +1,14 @@
 //! The terminal chat (`smollm3-bot chat`): a line-editing prompt that streams the engine's
-//! replies, shows the reasoning dimmed and apart from the answer, takes slash commands, and
+//! replies, shows the reasoning dimmed and apart from the answer, takes the app's slash commands
+//! (`app::commands`, the same the message box takes, plus `/quit`), and
 //! stops a reply on Ctrl-C without leaving the program.
 
-use crate::engine::core::{EngineOptions, GenerateRequest};
-use crate::engine::events::{ChatMessage, EngineEvent, FinishReason, GenerationStats};
+use crate::app::commands::{self, SlashCommand};
 use crate::engine::loader::LoadedModel;
-use crate::engine::sampler::SamplingParams;
-use crate::engine::worker::{Engine, JobHandle};
+use crate::engine::{
+    ChatMessage, Engine, EngineEvent, EngineOptions, FinishReason, GenerateRequest,
+    GenerationStats, Generator, JobHandle, Quote, SamplingParams,
+};
 use anyhow::Context;
 use chrono::NaiveDate;
 use clap::Args;
@@ -57,23 +59,6 @@ pub struct ChatArgs {
     pub thinking_budget: Option<usize>,
 }
 
-/// A slash command typed at the prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlashCommand {
-    /// Turn the reasoning mode on for the following turns.
-    Think,
-    /// Turn the reasoning mode off for the following turns.
-    NoThink,
-    /// Start a new conversation and drop the old one's cache.
-    Clear,
-    /// Show the model, context use, mode, settings and last reply's figures.
-    Status,
-    /// List the commands.
-    Help,
-    /// Leave the program.
-    Quit,
-}
-
 /// What one line typed at the prompt means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -81,8 +66,10 @@ pub enum Input {
     Empty,
     /// A message for the model.
     Message(String),
-    /// A slash command.
+    /// One of the chat's slash commands (the same the app's message box takes).
     Command(SlashCommand),
+    /// `/quit` (or `/exit`, `/q`): leave the program, the terminal's own command.
+    Quit,
     /// A line that looks like a command but is not one; the text says why, for the user.
     Invalid(String),
 }
@@ -96,40 +83,33 @@ pub fn parse_input(line: &str) -> Input {
     if let Some(rest) = text.strip_prefix("//") {
         return Input::Message(format!("/{rest}"));
     }
-    let Some(body) = text.strip_prefix('/') else {
-        return Input::Message(text.to_string());
-    };
-    let mut words = body.split_whitespace();
-    let name = words.next().unwrap_or("").to_ascii_lowercase();
-    let command = match name.as_str() {
-        "think" => SlashCommand::Think,
-        "no_think" | "no-think" | "nothink" => SlashCommand::NoThink,
-        "clear" | "new" => SlashCommand::Clear,
-        "status" => SlashCommand::Status,
-        "help" | "?" => SlashCommand::Help,
-        "quit" | "exit" | "q" => SlashCommand::Quit,
-        _ => {
-            return Input::Invalid(format!(
-                "unknown command /{name}; /help lists the commands (start a message with // to send a leading /)"
-            ))
-        }
-    };
-    if words.next().is_some() {
-        return Input::Invalid(format!("/{name} takes no arguments"));
+    if matches!(text, "/quit" | "/exit" | "/q") {
+        return Input::Quit;
     }
-    Input::Command(command)
+    match commands::parse(text) {
+        None if text == "/" => {
+            Input::Invalid(commands::CommandError::Unknown(String::new()).to_string())
+        }
+        None => Input::Message(text.to_string()),
+        Some(Ok(command)) => Input::Command(command),
+        Some(Err(e)) => {
+            Input::Invalid(format!("{e} (start a message with // to send a leading /)"))
+        }
+    }
 }
 
-/// The `/help` text.
-pub const HELP: &str = "\
-commands:
-  /think      reasoning mode on for the following turns
-  /no_think   reasoning mode off for the following turns
-  /clear      start a new conversation (forgets the cached context)
-  /status     model, context used, mode, settings, last reply's figures
-  /help       this list
-  /quit       leave (Ctrl-D or Ctrl-C at an empty prompt too)
-keys: Ctrl-C while a reply streams stops it; //text sends a message starting with /";
+/// The `/help` text: the chat's commands, then the terminal's own.
+pub fn help() -> String {
+    let mut out = String::from("commands:\n");
+    for (command, what) in commands::HELP {
+        out.push_str(&format!("  {command:<14} {what}\n"));
+    }
+    out.push_str(
+        "  /quit          leave (Ctrl-D, or Ctrl-C twice at an empty prompt, too)\n\
+         keys: Ctrl-C while a reply streams stops it; //text sends a message starting with /",
+    );
+    out
+}
 
 /// Why a reply ended, in words.
 pub fn finish_label(reason: FinishReason) -> &'static str {
@@ -237,6 +217,8 @@ impl ReplyPrinter {
     }
 
     fn text(&mut self, out: &mut dyn Write, text: &str, section: Section) -> std::io::Result<()> {
+        let text = terminal_safe(text);
+        let text = text.as_ref();
         let text = if self.section == section {
             text
         } else {
@@ -288,7 +270,26 @@ impl ReplyPrinter {
     }
 }
 
-/// Ctrl-C at the prompt: leave when the line is empty, otherwise clear the line.
+/// Model text as it may reach a terminal: control characters other than newline and tab are
+/// dropped. An escape sequence (ESC, CSI), a carriage return or a bell generated by the model
+/// could otherwise move the cursor, rewrite what is on screen, change the window title or
+/// talk to the terminal itself.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if text.chars().any(unsafe_char) {
+        text.chars().filter(|&c| !unsafe_char(c)).collect()
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// A second Ctrl-C at an empty prompt within this time leaves the program; a single one only
+/// says how to leave. A Ctrl-C meant for a reply that ended just before it is pressed lands at
+/// the prompt, and must not end the session.
+const QUIT_WINDOW: Duration = Duration::from_millis(1500);
+
+/// Ctrl-C at the prompt: clear the line when it has text; when it is empty, report it
+/// (the loop decides whether that leaves, see [`QUIT_WINDOW`]).
 struct CtrlC;
 
 impl ConditionalEventHandler for CtrlC {
@@ -365,14 +366,10 @@ impl Session {
         messages.extend(self.history.iter().cloned());
         messages.push(ChatMessage::new("user", user));
         GenerateRequest {
-            conversation: self.key.clone(),
-            messages,
             params: self.params.clone(),
             enable_thinking: self.thinking,
-            today: self.today,
             thinking_budget: self.thinking_budget,
-            stop: Vec::new(),
-            assistant_prefix: None,
+            ..GenerateRequest::new(Some(self.key.clone()), messages, self.today)
         }
     }
 
@@ -433,13 +430,18 @@ impl Session {
     async fn reply(
         &mut self,
         user: &str,
+        quote: Option<&str>,
         interrupts: &mut Interrupts,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
         interrupts.drain().await;
+        // `/quote` streams through the same events as a model reply, without the model.
         let JobHandle {
             mut events, cancel, ..
-        } = self.engine.submit(self.request(user));
+        } = match quote {
+            Some(text) => Quote::new(text).submit(self.request(user)),
+            None => self.engine.submit(self.request(user)),
+        };
         let mut printer = ReplyPrinter::new(self.color);
         let mut answer = String::new();
         let mut stopping = false;
@@ -465,6 +467,7 @@ impl Session {
         };
         printer.finish(out)?;
         match ended {
+            Ok((stats, _)) if quote.is_some() => printer.note(out, &format_stats(&stats))?,
             Ok((stats, token_ids)) => {
                 self.history.push(ChatMessage::new("user", user));
                 self.history.push(ChatMessage {
@@ -495,7 +498,7 @@ fn today() -> NaiveDate {
     chrono::Local::now().date_naive()
 }
 
-/// Runs the terminal chat until `/quit`, Ctrl-D, or Ctrl-C at an empty prompt.
+/// Runs the terminal chat until `/quit`, Ctrl-D, or Ctrl-C twice at an empty prompt.
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let params = SamplingParams {
         temperature: a.temperature,
@@ -512,7 +515,6 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         std::io::stdout().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    super::cli::set_threads(a.threads);
     eprintln!("loading {} …", a.model.display());
     let loaded = LoadedModel::open(&a.model, a.tokenizer.as_deref())?;
     let load_s = loaded.load_s;
@@ -565,27 +567,49 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             if session.thinking { "on" } else { "off" }
         ),
     )?;
+    let mut interrupted_at: Option<std::time::Instant> = None;
     let result = loop {
         let line = match editor.readline("> ") {
             Ok(line) => line,
-            Err(ReadlineError::Interrupted | ReadlineError::Eof) => break Ok(()),
+            Err(ReadlineError::Interrupted) => {
+                if interrupted_at.is_some_and(|t| t.elapsed() < QUIT_WINDOW) {
+                    break Ok(());
+                }
+                interrupted_at = Some(std::time::Instant::now());
+                printer.note(&mut stdout, "Ctrl-C again leaves (or Ctrl-D, or /quit)")?;
+                continue;
+            }
+            Err(ReadlineError::Eof) => break Ok(()),
             Err(e) => break Err(anyhow::Error::new(e).context("cannot read the prompt")),
         };
+        interrupted_at = None;
         match parse_input(&line) {
             Input::Empty => {}
             Input::Invalid(why) => printer.error(&mut stdout, &why)?,
             Input::Message(text) => {
                 let _ = editor.add_history_entry(line.trim());
-                if let Err(e) = rt.block_on(session.reply(&text, &mut interrupts, &mut stdout)) {
+                if let Err(e) =
+                    rt.block_on(session.reply(&text, None, &mut interrupts, &mut stdout))
+                {
                     // Only a broken stdout gets here; nothing more can be shown.
                     break Err(e);
                 }
             }
+            Input::Quit => break Ok(()),
             Input::Command(cmd) => {
                 let _ = editor.add_history_entry(line.trim());
                 match cmd {
-                    SlashCommand::Quit => break Ok(()),
-                    SlashCommand::Help => writeln!(stdout, "{HELP}")?,
+                    SlashCommand::Quote(text) => {
+                        if let Err(e) = rt.block_on(session.reply(
+                            line.trim(),
+                            Some(&text),
+                            &mut interrupts,
+                            &mut stdout,
+                        )) {
+                            break Err(e);
+                        }
+                    }
+                    SlashCommand::Help => writeln!(stdout, "{}", help())?,
                     SlashCommand::Status => writeln!(stdout, "{}", session.status())?,
                     SlashCommand::Think => {
                         session.thinking = true;
@@ -618,15 +642,16 @@ mod tests {
             parse_input("  /no_think "),
             Input::Command(SlashCommand::NoThink)
         );
-        assert_eq!(
-            parse_input("/no-think"),
-            Input::Command(SlashCommand::NoThink)
-        );
-        assert_eq!(parse_input("/CLEAR"), Input::Command(SlashCommand::Clear));
+        assert_eq!(parse_input("/clear"), Input::Command(SlashCommand::Clear));
         assert_eq!(parse_input("/status"), Input::Command(SlashCommand::Status));
         assert_eq!(parse_input("/help"), Input::Command(SlashCommand::Help));
-        assert_eq!(parse_input("/quit"), Input::Command(SlashCommand::Quit));
-        assert_eq!(parse_input("/exit"), Input::Command(SlashCommand::Quit));
+        assert_eq!(
+            parse_input("/quote hi"),
+            Input::Command(SlashCommand::Quote("hi".into()))
+        );
+        assert_eq!(parse_input("/quit"), Input::Quit);
+        assert_eq!(parse_input("/exit"), Input::Quit);
+        assert!(help().contains("/quote") && help().contains("/quit"));
     }
 
     #[test]
@@ -655,7 +680,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match parse_input("/clear now") {
-            Input::Invalid(why) => assert!(why.contains("no arguments")),
+            Input::Invalid(why) => assert!(why.contains("takes no argument")),
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse_input("/"), Input::Invalid(_)));
@@ -752,5 +777,23 @@ mod tests {
             "\x1b[2m[thinking]\npartial\n[/thinking]\x1b[0m\n\n"
         );
         assert_eq!(print(false, &[]), "");
+    }
+
+    #[test]
+    fn control_characters_from_the_model_never_reach_the_terminal() {
+        let hostile = "a\x1b]0;owned\x07b\x1b[2J\rc\0d\u{9b}31me\x7f\x08f\n\tg";
+        for color in [false, true] {
+            let out = print(color, &[(true, hostile), (false, hostile)]);
+            // Our own styling is the only escape sequence (in colour mode).
+            let ours = out.replace(DIM, "").replace(RESET, "");
+            assert!(
+                !ours
+                    .chars()
+                    .any(|c| c.is_control() && c != '\n' && c != '\t'),
+                "{out:?}"
+            );
+            assert!(ours.contains("a]0;ownedb[2Jcd31mef\n\tg"), "{out:?}");
+        }
+        assert_eq!(terminal_safe("plain\ttext\n"), "plain\ttext\n");
     }
 }

@@ -46,6 +46,10 @@ pub fn main() -> ExitCode {
         eprintln!("error: SMOLLM3_KERNELS: {e}");
         return ExitCode::from(2);
     }
+    // The model layer reads no environment: its options are read here, once.
+    let _ = crate::model::options::set(model_options());
+    // Before any thread starts: candle's pool reads its size from the environment once.
+    set_threads(threads_for(&cli.command));
     // The long-running desktop app and server also log to a file; the guard lives until exit.
     let log = match cli.command {
         None | Some(Command::Serve(_)) => super::logging::init_with_file(),
@@ -94,11 +98,41 @@ fn select_kernels() -> Result<(), crate::model::kernels::SelectError> {
     Ok(())
 }
 
+/// The model layer's options from `SMOLLM3_PREPARED` (`off` or `0` keeps the GGUF layout),
+/// `SMOLLM3_PREPARED_DIR` (where prepared files go) and `SMOLLM3_HEAP_DEFAULT` (glibc's heap
+/// defaults).
+fn model_options() -> crate::model::options::ModelOptions {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    crate::model::options::ModelOptions {
+        no_prepared: var("SMOLLM3_PREPARED")
+            .is_some_and(|v| v.eq_ignore_ascii_case("off") || v == "0"),
+        prepared_dir: var("SMOLLM3_PREPARED_DIR").map(std::path::PathBuf::from),
+        default_heap: std::env::var_os("SMOLLM3_HEAP_DEFAULT").is_some(),
+    }
+}
+
 /// Environment variable that forces a kernel path.
 pub const KERNELS_ENV: &str = "SMOLLM3_KERNELS";
 
-/// Sets the matmul thread count; must run before the first model computation.
-pub fn set_threads(threads: Option<usize>) {
+/// The matmul thread count a command asks for: its `--threads`, or for the desktop app the
+/// saved setting (0 and absent mean one per core).
+fn threads_for(command: &Option<Command>) -> Option<usize> {
+    match command {
+        Some(Command::Serve(a)) => a.threads,
+        Some(Command::Chat(a)) => a.threads,
+        Some(Command::Bench(a)) => a.threads,
+        Some(Command::Logits(a)) => a.model.threads,
+        Some(Command::Generate(a)) => a.model.threads,
+        None => super::data_dir::database_path(None)
+            .ok()
+            .and_then(|p| crate::store::Store::peek_settings(&p).ok())
+            .map(|s| s.threads),
+        Some(_) => None,
+    }
+}
+
+/// Sets the matmul thread count, once, in `main` before any thread starts.
+fn set_threads(threads: Option<usize>) {
     if let Some(n) = threads.filter(|&n| n > 0) {
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }

@@ -16,7 +16,7 @@ use tower::ServiceExt;
 
 pub use super::data_dir::{database_path, DATA_DIR_ENV};
 use super::http::{self, STREAM_EVENT};
-use crate::app::service::{ChatService, EngineState};
+use crate::app::service::{ChatService, EngineState, ModelOverride};
 
 /// An HTTP request as the page's glue script sends it.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +55,22 @@ impl Bridge {
         Self {
             router: http::router(service),
         }
+    }
+
+    /// A bridge for a window that cannot use its data (another process holds the folder, or
+    /// it cannot be opened): every page says why, in place of the app.
+    pub fn unavailable(message: &str) -> Self {
+        let page = super::html::unavailable(message);
+        let router = Router::new().fallback(move || {
+            let page = page.clone();
+            async move {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    axum::response::Html(page),
+                )
+            }
+        });
+        Self { router }
     }
 
     /// Runs one request through the router in-process.
@@ -118,9 +134,47 @@ pub mod commands {
     }
 }
 
-/// Installs the app's commands on a Tauri builder; shared by the real app and tests.
+/// Installs the app's commands and the navigation lock on a Tauri builder; shared by the real
+/// app and tests.
 pub fn configure<R: Runtime>(builder: Builder<R>) -> Builder<R> {
-    builder.invoke_handler(tauri::generate_handler![commands::hx])
+    builder
+        .plugin(tauri_plugin_opener::init())
+        .plugin(navigation_lock())
+        .invoke_handler(tauri::generate_handler![commands::hx])
+}
+
+/// Whether `url` is one of the app's own pages (its bundled UI, served by Tauri's protocol:
+/// `tauri://localhost` on Linux and macOS, `http(s)://tauri.localhost` on Windows).
+pub fn is_app_url(url: &tauri::Url) -> bool {
+    match url.scheme() {
+        "tauri" => url.host_str() == Some("localhost"),
+        "http" | "https" => url.host_str() == Some("tauri.localhost"),
+        _ => false,
+    }
+}
+
+/// Keeps every webview on the app's own pages. A reply is model text, and a link in it is a
+/// link to anywhere: followed in the window, it would replace the app with a remote page that
+/// runs in the app's webview. So the window never navigates away: web and mail links open in
+/// the system's browser (through the opener plugin, from here, so the page itself is granted
+/// no opener command), and anything else is dropped.
+fn navigation_lock<R: Runtime>() -> tauri::plugin::TauriPlugin<R> {
+    tauri::plugin::Builder::new("navigation-lock")
+        .on_navigation(|webview, url| {
+            if is_app_url(url) {
+                return true;
+            }
+            if matches!(url.scheme(), "http" | "https" | "mailto") {
+                use tauri_plugin_opener::OpenerExt;
+                if let Err(e) = webview.opener().open_url(url.as_str(), None::<&str>) {
+                    tracing::warn!(%url, error = %e, "cannot open the link in the browser");
+                }
+            } else {
+                tracing::warn!(%url, "blocked a navigation away from the app");
+            }
+            false
+        })
+        .build()
 }
 
 /// Puts the chat service behind the `hx` command and forwards its reply stream as
@@ -152,19 +206,17 @@ pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
 
 pub use crate::app::service::ModelLoader;
 
-/// Where the model comes from: `MODEL_PATH`/`TOKENIZER_PATH`, else the settings.
-fn model_paths(service: &ChatService) -> (Option<PathBuf>, Option<PathBuf>) {
-    let settings = service.settings();
-    let pick = |env: &str, setting: &str| {
+/// The model files named by `MODEL_PATH` and `TOKENIZER_PATH`, read once at start.
+pub fn model_override_from_env() -> ModelOverride {
+    let path = |env: &str| {
         std::env::var_os(env)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .or_else(|| (!setting.trim().is_empty()).then(|| PathBuf::from(setting.trim())))
     };
-    (
-        pick("MODEL_PATH", &settings.model_path),
-        pick("TOKENIZER_PATH", &settings.tokenizer_path),
-    )
+    ModelOverride {
+        model: path("MODEL_PATH"),
+        tokenizer: path("TOKENIZER_PATH"),
+    }
 }
 
 /// Loads the model on a background thread so the window is usable at once; the status bar
@@ -172,7 +224,7 @@ fn model_paths(service: &ChatService) -> (Option<PathBuf>, Option<PathBuf>) {
 /// choosing another model file in the settings later loads that one in its place.
 pub fn load_model_in_background(service: ChatService, loader: ModelLoader) {
     service.set_model_loader(loader);
-    let (model, tokenizer) = model_paths(&service);
+    let (model, tokenizer) = service.model_files();
     let Some(model) = model else {
         service.set_engine_state(EngineState::NoModel {
             reason: "No model is loaded. Set the model file in Settings or start the app with MODEL_PATH.".into(),
@@ -198,12 +250,21 @@ pub fn run(log: super::logging::LogGuard) -> anyhow::Result<()> {
     let mut log = Some(log);
     let app = configure(tauri::Builder::default())
         .setup(|app| {
-            let file = database_path()?;
-            let service = ChatService::open(&file)
-                .with_context(|| format!("cannot open {}", file.display()))?;
-            tracing::info!(data = %file.display(), "chat data");
-            install(app.handle(), service.clone());
-            load_model_in_background(service, crate::app::engine_adapter::load);
+            let file = database_path(None)?;
+            match crate::app::repo::Repo::open(&file).map(ChatService::new) {
+                Ok(service) => {
+                    tracing::info!(data = %file.display(), "chat data");
+                    service.set_model_override(model_override_from_env());
+                    install(app.handle(), service.clone());
+                    load_model_in_background(service, crate::app::service::load_engine);
+                }
+                // Most often another copy of the app holds the data folder; the window says so
+                // instead of the app vanishing with a message on a terminal nobody sees.
+                Err(e) => {
+                    tracing::error!("cannot open {}: {e}", file.display());
+                    app.manage(Bridge::unavailable(&e.to_string()));
+                }
+            }
             Ok(())
         })
         .build(tauri::generate_context!())
@@ -214,4 +275,34 @@ pub fn run(log: super::logging::LogGuard) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_apps_own_pages_are_app_urls() {
+        let url = |s: &str| tauri::Url::parse(s).unwrap();
+        for ours in [
+            "tauri://localhost/",
+            "tauri://localhost/index.html",
+            "http://tauri.localhost/index.html",
+            "https://tauri.localhost/",
+        ] {
+            assert!(is_app_url(&url(ours)), "{ours}");
+        }
+        for theirs in [
+            "https://example.com/",
+            "http://localhost:3000/",
+            "tauri://evil.example/",
+            "https://tauri.localhost.evil.example/",
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "data:text/html,hi",
+            "about:blank",
+        ] {
+            assert!(!is_app_url(&url(theirs)), "{theirs}");
+        }
+    }
 }

@@ -4,18 +4,20 @@
 //! point a name it controls at 127.0.0.1 (DNS rebinding, as in Ollama's CVE-2024-28224) or post
 //! forms across origins. The [`Guard`] stands in front of every route and refuses, in order:
 //!
-//! 1. a `Host` that is not this server (loopback names with the right port, plus the machine's
-//!    LAN names and addresses in LAN mode) → 421;
-//! 2. a CORS preflight from an origin that was not configured → 403;
+//! 1. more than one `Host` header → 400; a `Host` that is not this server (loopback names with
+//!    the right port, plus the machine's LAN names and addresses in LAN mode) → 421;
+//! 2. a CORS preflight from an origin that was not configured, or for anything but the API
+//!    (`/v1/…`) → 403: the browser UI's routes never take part in CORS;
 //! 3. a body over the size limit → 413 (declared length at once, streamed bodies as they go);
 //! 4. a state-changing request (POST/PUT/PATCH/DELETE) whose `Origin` is another site → 403,
-//!    unless it carries the key;
-//! 5. a request without the key when one is needed (LAN mode, or whenever a key is set) → 401,
+//!    unless it carries the key or is an API call from a configured CORS origin;
+//! 5. a client that got the key wrong too often lately → 429 (see [`Attempts`]);
+//! 6. a request without the key when one is needed (LAN mode, or whenever a key is set) → 401,
 //!    or, for a browser page, a redirect to the small login page that sets an HttpOnly
 //!    `SameSite=Strict` cookie.
 //!
-//! Keys are compared in constant time. The [`JobGate`] bounds how many generation jobs may
-//! wait, so a flood of requests is answered 503 + `Retry-After` instead of piling up.
+//! Keys are compared in constant time. How many replies may wait is the engine's business
+//! (`engine::admission`), the same bound for the API and the browser UI.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -28,8 +30,9 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
@@ -41,6 +44,46 @@ pub const SESSION_COOKIE: &str = "smollm3_session";
 
 /// Shortest key accepted when the server is reachable from the network.
 pub const MIN_KEY_LEN: usize = 16;
+
+/// Least estimated randomness of a key accepted when the server is reachable from the network.
+pub const MIN_KEY_BITS: f64 = 64.0;
+
+/// An estimate of a key's randomness in bits: its length times the Shannon entropy of its
+/// characters' frequencies. Repeats and a small alphabet score low (sixteen underscores: 0;
+/// `aaaabbbbccccdddd`: 32), random keys high (40 random letters and digits: about 210).
+pub fn key_bits(key: &str) -> f64 {
+    let mut counts: HashMap<char, usize> = HashMap::new();
+    let mut n = 0usize;
+    for c in key.chars() {
+        *counts.entry(c).or_default() += 1;
+        n += 1;
+    }
+    if n == 0 {
+        return 0.0;
+    }
+    let per_char: f64 = counts
+        .values()
+        .map(|&c| {
+            let p = c as f64 / n as f64;
+            -p * p.log2()
+        })
+        .sum();
+    per_char * n as f64
+}
+
+/// Why `key` is too weak for a server the network can reach, if it is; the message states
+/// the rule.
+pub fn weak_key(key: &str) -> Option<String> {
+    let len = key.chars().count();
+    let bits = key_bits(key);
+    (len < MIN_KEY_LEN || bits < MIN_KEY_BITS).then(|| {
+        format!(
+            "the API key is too weak for LAN mode: a key needs at least {MIN_KEY_LEN} characters \
+             and about {MIN_KEY_BITS:.0} bits of randomness, estimated from how varied its \
+             characters are (this one: {len} characters, about {bits:.0} bits)"
+        )
+    })
+}
 
 /// How long a login cookie lasts.
 const SESSION_MAX_AGE_S: u64 = 30 * 24 * 3600;
@@ -136,6 +179,9 @@ pub struct GuardConfig {
     pub cors_origins: Vec<String>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Wrong keys a client may send in a row before it has to wait, and how fast that
+    /// allowance comes back.
+    pub key_attempts: AttemptLimits,
 }
 
 impl GuardConfig {
@@ -148,6 +194,7 @@ impl GuardConfig {
             keys: KeyStore::default(),
             cors_origins: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            key_attempts: AttemptLimits::default(),
         }
     }
 
@@ -157,19 +204,106 @@ impl GuardConfig {
     }
 }
 
+/// How many wrong keys a client may send (see [`Attempts`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttemptLimits {
+    /// Wrong keys in a row before the client must wait.
+    pub burst: u32,
+    /// One more attempt comes back every this long.
+    pub refill: Duration,
+}
+
+impl Default for AttemptLimits {
+    /// Ten wrong keys, then one more every six seconds (ten a minute): plenty for a person
+    /// mistyping, nothing for a guesser.
+    fn default() -> Self {
+        Self {
+            burst: 10,
+            refill: Duration::from_secs(6),
+        }
+    }
+}
+
+/// Wrong keys per client address, as token buckets: each wrong key takes a token, tokens
+/// come back over time, and a client with none left is refused (429) before its key is even
+/// looked at, so guessing stalls whatever the guesses are. Right keys cost nothing.
+///
+/// Written here rather than taken from a rate-limiting crate because it counts failures only
+/// and must say whether a client is out *before* the attempt is judged, which the usual
+/// "take a token per request" limiters do not offer; it is a few lines over a map. The map is
+/// bounded: past [`MAX_TRACKED`] addresses, those whose bucket has refilled are forgotten.
+#[derive(Debug)]
+pub struct Attempts {
+    limits: AttemptLimits,
+    buckets: Mutex<HashMap<Option<IpAddr>, (f64, Instant)>>,
+}
+
+/// Most client addresses [`Attempts`] remembers at once.
+const MAX_TRACKED: usize = 4096;
+
+impl Attempts {
+    /// Buckets with these limits.
+    pub fn new(limits: AttemptLimits) -> Self {
+        Self {
+            limits,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn refilled(&self, tokens: f64, since: Instant, now: Instant) -> f64 {
+        let per_s = 1.0 / self.limits.refill.as_secs_f64().max(1e-3);
+        (tokens + now.duration_since(since).as_secs_f64() * per_s).min(self.limits.burst as f64)
+    }
+
+    /// Seconds `client` must wait before its next attempt, if it has none left.
+    pub fn wait_s(&self, client: Option<IpAddr>) -> Option<u64> {
+        let now = Instant::now();
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let &(tokens, at) = buckets.get(&client)?;
+        let tokens = self.refilled(tokens, at, now);
+        (tokens < 1.0).then(|| {
+            let missing = 1.0 - tokens;
+            (missing * self.limits.refill.as_secs_f64()).ceil().max(1.0) as u64
+        })
+    }
+
+    /// Records a wrong key from `client`.
+    pub fn failed(&self, client: Option<IpAddr>) {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&client) {
+            let full = self.limits.burst as f64;
+            buckets.retain(|_, (t, at)| self.refilled(*t, *at, now) < full);
+        }
+        let (tokens, at) = buckets
+            .get(&client)
+            .copied()
+            .unwrap_or((self.limits.burst as f64, now));
+        let tokens = (self.refilled(tokens, at, now) - 1.0).max(0.0);
+        buckets.insert(client, (tokens, now));
+    }
+}
+
 /// The guard, cheap to clone; wear it with [`Guard::protect`].
 #[derive(Debug, Clone)]
-pub struct Guard(Arc<GuardConfig>);
+pub struct Guard(Arc<GuardState>);
+
+#[derive(Debug)]
+struct GuardState {
+    config: GuardConfig,
+    attempts: Attempts,
+}
 
 impl Guard {
     /// A guard with these settings.
     pub fn new(config: GuardConfig) -> Self {
-        Self(Arc::new(config))
+        let attempts = Attempts::new(config.key_attempts);
+        Self(Arc::new(GuardState { config, attempts }))
     }
 
     /// The settings.
     pub fn config(&self) -> &GuardConfig {
-        &self.0
+        &self.0.config
     }
 
     /// Puts `router` behind the guard and adds the login page (`GET/POST /login`).
@@ -183,20 +317,20 @@ impl Guard {
     }
 
     fn host_allowed(&self, host: &str, port: u16) -> bool {
-        if port != self.0.port {
+        if port != self.config().port {
             return false;
         }
         let host = host.trim_end_matches('.');
         matches!(host, "localhost" | "127.0.0.1" | "::1")
             || self
-                .0
+                .config()
                 .extra_hosts
                 .iter()
                 .any(|h| h.trim_matches(['[', ']']).eq_ignore_ascii_case(host))
     }
 
     fn cors_allowed(&self, origin: &str) -> bool {
-        self.0
+        self.config()
             .cors_origins
             .iter()
             .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(origin))
@@ -330,8 +464,76 @@ fn wants_html(req: &Request) -> bool {
 }
 
 /// The middleware: every check of the module docs, then the inner service.
+/// Whether a path is the API's, the only routes CORS may open to other sites.
+fn api_path(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// The client's address, when the server put it in the request (tests in-process have none).
+fn client_ip(req: &Request) -> Option<IpAddr> {
+    address_in(req.extensions())
+}
+
+fn address_in(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// Extractor: the client's address, when the server knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(address_in(&parts.extensions)))
+    }
+}
+
+fn too_many_attempts(wait_s: u64, html: bool) -> Response {
+    let mut resp = if html {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::response::Html(login_html(
+                "/",
+                Some(&format!(
+                    "Too many wrong keys from this computer. Try again in {wait_s} s."
+                )),
+            )),
+        )
+            .into_response()
+    } else {
+        error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "invalid_request_error",
+            "too_many_attempts",
+            &format!("too many wrong API keys from this address; try again in {wait_s} s"),
+        )
+    };
+    if let Ok(v) = HeaderValue::from_str(&wait_s.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// The middleware: every check of the module docs, then the inner service.
 async fn check(State(guard): State<Guard>, req: Request, next: Next) -> Response {
     let cfg = guard.config();
+    // Two Host headers leave it to each layer to pick one; a proxy and this server could
+    // disagree on which site a request is for.
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "bad_host",
+            "the request has more than one Host header",
+        );
+    }
     // HTTP/1.1 sends Host; HTTP/2 puts the authority in the URI.
     let host_value = req
         .headers()
@@ -359,9 +561,13 @@ async fn check(State(guard): State<Guard>, req: Request, next: Next) -> Response
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    // CORS opens the API to the configured sites, never the browser UI: its pages and
+    // settings stay same-origin whatever `--cors-origin` says.
     let cors_origin = origin
         .as_deref()
-        .filter(|o| !same_origin(o, &host_value) && guard.cors_allowed(o))
+        .filter(|o| {
+            api_path(req.uri().path()) && !same_origin(o, &host_value) && guard.cors_allowed(o)
+        })
         .map(str::to_string);
 
     if req.method() == Method::OPTIONS
@@ -411,6 +617,17 @@ async fn check(State(guard): State<Guard>, req: Request, next: Next) -> Response
     }
 
     let path = req.uri().path();
+    let client = client_ip(&req);
+    let sends_key = bearer(headers).is_some() || (path == "/login" && req.method() == Method::POST);
+    if sends_key {
+        if let Some(wait_s) = guard.0.attempts.wait_s(client) {
+            tracing::warn!(client = ?client, "refused a key attempt: too many wrong keys");
+            return too_many_attempts(wait_s, path == "/login");
+        }
+    }
+    if bearer(headers).is_some() && !good_bearer && cfg.keys.is_set() {
+        guard.0.attempts.failed(client);
+    }
     if cfg.key_required() && !good_bearer && !good_cookie && path != "/login" {
         if wants_html(&req) {
             let next = req
@@ -502,10 +719,18 @@ fn html_escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// Only paths on this server: an absolute path that is not protocol-relative.
+/// Only paths on this server: an absolute path, not protocol-relative (`//host`), with no
+/// backslash (`/\\host` is `//host` to browsers) and nothing but visible ASCII (browsers drop
+/// tabs and newlines from URLs, so `/\t/host` would become `//host` too).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -553,12 +778,16 @@ async fn login_page(
         .into_response()
 }
 
-async fn login_submit(State(guard): State<Guard>, Form(form): Form<LoginForm>) -> Response {
+async fn login_submit(
+    State(guard): State<Guard>,
+    ClientAddr(client): ClientAddr,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let next = safe_next(form.next.as_deref());
     let keys = &guard.config().keys;
     if !keys.matches(form.key.trim()) {
-        // Slows down guessing; a 40-character random key is out of reach anyway.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The guard refuses a client with no attempts left before it gets here.
+        guard.0.attempts.failed(client);
         return (
             StatusCode::UNAUTHORIZED,
             axum::response::Html(login_html(&next, Some("That key is not right."))),
@@ -576,86 +805,6 @@ async fn login_submit(State(guard): State<Guard>, Form(form): Form<LoginForm>) -
         [(header::LOCATION, next), (header::SET_COOKIE, cookie)],
     )
         .into_response()
-}
-
-/// Refusal from a full [`JobGate`]: how long to wait before trying again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Busy {
-    /// Seconds for `Retry-After`.
-    pub retry_after_s: u64,
-}
-
-/// Bounds the generation jobs admitted at once: one running plus `max_waiting` waiting.
-#[derive(Debug, Clone)]
-pub struct JobGate(Arc<GateInner>);
-
-#[derive(Debug)]
-struct GateInner {
-    max_waiting: usize,
-    active: AtomicUsize,
-    /// Moving average of a job's duration, in milliseconds.
-    avg_ms: AtomicU64,
-}
-
-/// Held while an admitted job runs; dropping it frees the place.
-#[derive(Debug)]
-pub struct GatePermit {
-    gate: JobGate,
-    since: Instant,
-}
-
-impl JobGate {
-    /// A gate that lets `max_waiting` jobs wait behind the running one.
-    pub fn new(max_waiting: usize) -> Self {
-        Self(Arc::new(GateInner {
-            max_waiting,
-            active: AtomicUsize::new(0),
-            avg_ms: AtomicU64::new(1000),
-        }))
-    }
-
-    /// Jobs admitted and not finished.
-    pub fn active(&self) -> usize {
-        self.0.active.load(Ordering::SeqCst)
-    }
-
-    /// Admits a job unless the gate is full; `others_waiting` counts jobs queued in the engine
-    /// by other callers (the desktop UI), which count against the same bound.
-    pub fn try_enter(&self, others_waiting: usize) -> Result<GatePermit, Busy> {
-        let cap = self.0.max_waiting + 1;
-        let busy = || Busy {
-            retry_after_s: self.retry_after(),
-        };
-        if others_waiting >= self.0.max_waiting.max(1) && others_waiting > 0 {
-            return Err(busy());
-        }
-        self.0
-            .active
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .map_err(|_| busy())?;
-        Ok(GatePermit {
-            gate: self.clone(),
-            since: Instant::now(),
-        })
-    }
-
-    /// A guess of when a place frees: one average job, at least 1 s, at most a minute.
-    fn retry_after(&self) -> u64 {
-        let ms = self.0.avg_ms.load(Ordering::Relaxed);
-        ms.div_ceil(1000).clamp(1, 60)
-    }
-}
-
-impl Drop for GatePermit {
-    fn drop(&mut self) {
-        let took = self.since.elapsed().as_millis().min(u64::MAX as u128) as u64;
-        let avg = &self.gate.0.avg_ms;
-        let old = avg.load(Ordering::Relaxed);
-        avg.store((old * 7 + took) / 8, Ordering::Relaxed);
-        self.gate.0.active.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 #[cfg(test)]
@@ -710,24 +859,62 @@ mod tests {
     }
 
     #[test]
-    fn the_gate_admits_one_running_plus_the_waiting_ones() {
-        let gate = JobGate::new(2);
-        let p1 = gate.try_enter(0).unwrap();
-        let _p2 = gate.try_enter(0).unwrap();
-        let _p3 = gate.try_enter(0).unwrap();
-        let busy = gate.try_enter(0).unwrap_err();
-        assert!(busy.retry_after_s >= 1);
-        drop(p1);
-        assert_eq!(gate.active(), 2);
-        assert!(gate.try_enter(0).is_ok());
-        assert!(gate.try_enter(2).is_err(), "others' waiting jobs count too");
+    fn login_redirects_stay_on_this_server() {
+        assert_eq!(safe_next(Some("/chat?x=1")), "/chat?x=1");
+        assert_eq!(
+            safe_next(Some("/conversations/3?q=a%20b")),
+            "/conversations/3?q=a%20b"
+        );
+        for off_site in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\\evil.example",
+            "/\\/evil.example",
+            "\\\\evil.example",
+            "javascript:alert(1)",
+            " /chat",
+            "/ch at",
+            "/caf\u{e9}",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(off_site)), "/", "{off_site:?}");
+        }
+        assert_eq!(safe_next(None), "/");
     }
 
     #[test]
-    fn login_redirects_stay_on_this_server() {
-        assert_eq!(safe_next(Some("/chat?x=1")), "/chat?x=1");
-        assert_eq!(safe_next(Some("//evil.example/")), "/");
-        assert_eq!(safe_next(Some("https://evil.example/")), "/");
-        assert_eq!(safe_next(None), "/");
+    fn lan_keys_need_length_and_variety() {
+        assert!(weak_key(&"_".repeat(16)).is_some());
+        assert!(weak_key(&"_".repeat(64)).is_some());
+        assert!(weak_key("aaaabbbbccccdddd").is_some());
+        assert!(weak_key("short-Key-1").is_some());
+        let message = weak_key(&"_".repeat(16)).unwrap();
+        assert!(
+            message.contains("16 characters") && message.contains("64 bits"),
+            "{message}"
+        );
+        assert!(weak_key(&generate_key()).is_none());
+        // `openssl rand -hex 24`, as the docs suggest.
+        assert!(weak_key("3f9a61c0d27be84415f06a9c2d3b7e58a1046cf29db37e05").is_none());
+    }
+
+    #[test]
+    fn wrong_keys_use_up_attempts_that_come_back_with_time() {
+        let a = Attempts::new(AttemptLimits {
+            burst: 3,
+            refill: Duration::from_millis(200),
+        });
+        let me = Some(IpAddr::from([10, 0, 0, 1]));
+        let other = Some(IpAddr::from([10, 0, 0, 2]));
+        for _ in 0..3 {
+            assert_eq!(a.wait_s(me), None);
+            a.failed(me);
+        }
+        assert!(a.wait_s(me).is_some_and(|s| s >= 1));
+        assert_eq!(a.wait_s(other), None, "others are not held up");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(a.wait_s(me), None, "an attempt came back");
     }
 }

@@ -27,23 +27,41 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::html;
 use crate::app::service::{ChatService, Owner, SendOutcome, ServiceError, StreamEvent};
-use crate::app::settings::{InvalidSetting, Settings, Theme};
+use crate::engine::admission::Refusal;
 use crate::engine::events::EngineEvent;
+use crate::store::{InvalidSetting, Settings, Theme};
 
 /// Name of the SSE event (and of the Tauri event) that carries reply deltas.
 pub const STREAM_EVENT: &str = "chat-stream";
 
-/// Builds the router over a chat service; every request acts for the service's own owner
-/// (the desktop, for a new service).
+/// Builds the desktop's router over a chat service: the chat UI and the first-run wizard;
+/// every request acts for the service's own owner (the desktop, for a new service).
 pub fn router(service: ChatService) -> Router {
     let owner = service.owner().clone();
-    routes(service).layer(Extension(owner))
+    routes()
+        .merge(super::wizard::routes())
+        .fallback(not_found)
+        .with_state(service)
+        .layer(Extension(owner))
 }
 
 /// The router the built-in server gives browsers: each browser (told apart by a session
-/// cookie, set on its first request) sees only its own conversations and replies.
+/// cookie the server issued, set on its first request) sees only its own conversations and
+/// replies. It has no wizard: downloads and imports on the server's disk are the desktop's.
 pub fn browser_router(service: ChatService) -> Router {
-    routes(service).layer(axum::middleware::from_fn(super::session::attach))
+    routes()
+        .fallback(not_found)
+        .with_state(service.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            service,
+            super::session::attach,
+        ))
+}
+
+/// Whether a handle acts for the desktop app's owner: the machine's user, who alone may
+/// change machine-level settings (the model file, the download mirror) and run the wizard.
+fn is_desktop(s: &ChatService) -> bool {
+    *s.owner() == Owner::desktop()
 }
 
 /// The chat service acting for the owner of the request, which the layer around the routes
@@ -68,7 +86,7 @@ impl FromRequestParts<ChatService> for Scoped {
     }
 }
 
-fn routes(service: ChatService) -> Router {
+fn routes() -> Router<ChatService> {
     Router::new()
         .route("/", get(index))
         .route("/layout", get(layout))
@@ -93,9 +111,6 @@ fn routes(service: ChatService) -> Router {
         .route("/status", get(status))
         .route("/render", post(render))
         .route("/events", get(events))
-        .merge(super::wizard::routes())
-        .fallback(not_found)
-        .with_state(service)
 }
 
 /// A failed action, shown to the user as a message in the toast area.
@@ -113,10 +128,17 @@ impl IntoResponse for UiError {
         let status = match &self.0 {
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::Busy(Refusal::ClientLimit { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            ServiceError::Busy(Refusal::QueueFull { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let mut resp = (status, Html(html::error_toast(&self.0.to_string()))).into_response();
         retarget(&mut resp, "#toast", "innerHTML");
+        if let ServiceError::Busy(r) = &self.0 {
+            if let Ok(v) = HeaderValue::from_str(&r.retry_after_s().to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
         resp
     }
 }
@@ -142,6 +164,7 @@ async fn not_found() -> Response {
 pub(crate) fn layout_html(s: &ChatService) -> Result<String> {
     let settings = s.settings();
     let status = html::status_bar(
+        false,
         &s.engine_state(),
         s.busy(),
         None,
@@ -156,16 +179,24 @@ pub(crate) fn layout_html(s: &ChatService) -> Result<String> {
     ))
 }
 
+/// The wizard in place of the chat, when the desktop has no usable model.
+fn wizard_for(s: &ChatService) -> Option<String> {
+    if !is_desktop(s) {
+        return None;
+    }
+    super::wizard::needed(s).map(|reason| super::wizard::app(s, &reason))
+}
+
 async fn index(Scoped(s): Scoped) -> Result<Html<String>> {
-    if let Some(reason) = super::wizard::needed(&s) {
-        return Ok(Html(html::page(&super::wizard::app(&s, &reason))));
+    if let Some(wizard) = wizard_for(&s) {
+        return Ok(Html(html::page(&wizard)));
     }
     Ok(Html(html::page(&layout_html(&s)?)))
 }
 
 async fn layout(Scoped(s): Scoped) -> Result<Html<String>> {
-    if let Some(reason) = super::wizard::needed(&s) {
-        return Ok(Html(super::wizard::app(&s, &reason)));
+    if let Some(wizard) = wizard_for(&s) {
+        return Ok(Html(wizard));
     }
     Ok(Html(layout_html(&s)?))
 }
@@ -215,10 +246,7 @@ struct SearchQuery {
 async fn list(Scoped(s): Scoped, Query(q): Query<SearchQuery>) -> Result<Html<String>> {
     let found = s.conversations(Some(&q.q))?;
     if found.is_empty() && !q.q.trim().is_empty() {
-        return Ok(Html(format!(
-            "<p class=\"muted empty-list\">Nothing matches “{}”.</p>",
-            html::esc(q.q.trim())
-        )));
+        return Ok(Html(html::no_match(q.q.trim())));
     }
     Ok(Html(html::conversation_list(&found, None)))
 }
@@ -227,26 +255,20 @@ fn chat_with_sidebar(s: &ChatService, id: i64, extra: &str) -> Result<String> {
     let view = s.conversation(id)?;
     let settings = s.settings();
     let status = html::status_bar(
+        true,
         &s.engine_state(),
         s.busy(),
         Some(id),
         s.context_used(id),
         settings.context_size,
-    )
-    .replace(
-        "<footer id=\"statusbar\"",
-        "<footer id=\"statusbar\" hx-swap-oob=\"true\"",
     );
-    let list = html::conversation_list(&s.conversations(None)?, None);
-    Ok(format!(
-        "{}<nav id=\"conversation-list\" class=\"conversation-list\" hx-swap-oob=\"true\">{list}</nav>{status}",
-        html::chat(&view, extra)
-    ))
+    let list = html::conversation_list_oob(&s.conversations(None)?);
+    Ok([html::chat(&view, extra), list, status].concat())
 }
 
 async fn create(Scoped(s): Scoped) -> Result<Html<String>> {
     let c = s.new_conversation()?;
-    Ok(Html(chat_with_sidebar(&s, c.id, "")?))
+    Ok(Html(chat_with_sidebar(&s, c.id.0, "")?))
 }
 
 async fn open(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
@@ -294,10 +316,7 @@ async fn delete(
         .and_then(|v| v.parse::<i64>().ok());
     if open == Some(id) {
         // The open conversation is gone: show the start screen in its place.
-        body.push_str(&format!(
-            "<main id=\"chat\" class=\"chat-slot\" hx-swap-oob=\"true\">{}</main>",
-            html::empty_chat()
-        ));
+        body.push_str(&html::chat_slot_oob(&html::empty_chat()));
     }
     Ok(Html(body))
 }
@@ -347,19 +366,14 @@ async fn send_new(Scoped(s): Scoped, Form(f): Form<TextForm>) -> Result<Response
 /// The response to a sent line. A reply appends the two new messages to the list; a new
 /// conversation replaces the chat pane; a command re-renders the list with its notice.
 fn sent(s: &ChatService, outcome: SendOutcome) -> Result<Response> {
-    let list = || -> Result<String> {
-        Ok(format!(
-            "<nav id=\"conversation-list\" class=\"conversation-list\" hx-swap-oob=\"true\">{}</nav>",
-            html::conversation_list(&s.conversations(None)?, None)
-        ))
-    };
+    let list = || -> Result<String> { Ok(html::conversation_list_oob(&s.conversations(None)?)) };
     match outcome {
         SendOutcome::Reply {
             conversation,
             created: true,
             ..
         } => {
-            let mut resp = Html(chat_with_sidebar(s, conversation.id, "")?).into_response();
+            let mut resp = Html(chat_with_sidebar(s, conversation.id.0, "")?).into_response();
             retarget(&mut resp, "#chat", "innerHTML");
             Ok(resp)
         }
@@ -385,7 +399,7 @@ fn sent(s: &ChatService, outcome: SendOutcome) -> Result<Response> {
         } => {
             if created {
                 let mut resp =
-                    Html(chat_with_sidebar(s, c.id, &html::notice(&text))?).into_response();
+                    Html(chat_with_sidebar(s, c.id.0, &html::notice(&text))?).into_response();
                 retarget(&mut resp, "#chat", "innerHTML");
                 return Ok(resp);
             }
@@ -436,12 +450,12 @@ async fn edit(
     Form(f): Form<TextForm>,
 ) -> Result<Html<String>> {
     let (user, _) = s.edit(id, &f.text)?;
-    messages_of(&s, user.conversation_id)
+    messages_of(&s, user.conversation_id.0)
 }
 
 async fn regenerate(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
     let reply = s.regenerate(id)?;
-    messages_of(&s, reply.conversation_id)
+    messages_of(&s, reply.conversation_id.0)
 }
 
 async fn select(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
@@ -450,7 +464,12 @@ async fn select(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> 
 }
 
 async fn settings(Scoped(s): Scoped) -> Html<String> {
-    Html(html::settings_panel(&s.settings(), &[], false))
+    Html(html::settings_panel(
+        &s.settings(),
+        &[],
+        false,
+        is_desktop(&s),
+    ))
 }
 
 fn parse_field<T: FromStr>(
@@ -469,10 +488,15 @@ fn parse_field<T: FromStr>(
     }
 }
 
+/// Form fields that name files or servers of the machine: only the desktop's owner sets them.
+const MACHINE_FIELDS: [&str; 3] = ["model_path", "tokenizer_path", "hub_mirror"];
+
 /// Reads the settings form over the current settings; fields left out keep their value.
+/// `machine`: whether the form may set the machine-level fields ([`MACHINE_FIELDS`]).
 fn settings_from_form(
     current: &Settings,
     form: &HashMap<String, String>,
+    machine: bool,
 ) -> (Settings, Vec<InvalidSetting>) {
     let mut s = current.clone();
     let mut bad = Vec::new();
@@ -506,11 +530,25 @@ fn settings_from_form(
             }),
         }
     }
+    if !machine {
+        for field in MACHINE_FIELDS {
+            if form.contains_key(field) {
+                bad.push(InvalidSetting {
+                    field,
+                    message: "only the desktop app on this computer can change this".into(),
+                });
+            }
+        }
+        return (s, bad);
+    }
     if let Some(p) = form.get("model_path") {
         s.model_path = p.trim().to_string();
     }
     if let Some(p) = form.get("tokenizer_path") {
         s.tokenizer_path = p.trim().to_string();
+    }
+    if let Some(p) = form.get("hub_mirror") {
+        s.hub_mirror = p.trim().to_string();
     }
     (s, bad)
 }
@@ -519,17 +557,20 @@ async fn save_settings(
     Scoped(s): Scoped,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response> {
-    let (new, mut bad) = settings_from_form(&s.settings(), &form);
+    let machine = is_desktop(&s);
+    let (new, mut bad) = settings_from_form(&s.settings(), &form, machine);
     if bad.is_empty() {
         match s.update_settings(new.clone()) {
-            Ok(()) => return Ok(Html(html::settings_panel(&new, &[], true)).into_response()),
+            Ok(()) => {
+                return Ok(Html(html::settings_panel(&new, &[], true, machine)).into_response())
+            }
             Err(ServiceError::Settings(errors)) => bad = errors,
             Err(e) => return Err(e.into()),
         }
     }
     Ok((
         StatusCode::UNPROCESSABLE_ENTITY,
-        Html(html::settings_panel(&new, &bad, false)),
+        Html(html::settings_panel(&new, &bad, false, machine)),
     )
         .into_response())
 }
@@ -548,6 +589,7 @@ struct StatusQuery {
 async fn status(Scoped(s): Scoped, Query(q): Query<StatusQuery>) -> Html<String> {
     let used = q.c.and_then(|c| s.context_used(c));
     Html(html::status_bar(
+        false,
         &s.engine_state(),
         s.busy(),
         q.c,

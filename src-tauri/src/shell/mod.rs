@@ -1,5 +1,9 @@
-//! Shells: the ways a user reaches the core: the command line, the desktop window (with the
-//! `desktop` feature), the HTTP server (browser UI and OpenAI API) and the terminal chat.
+//! Shells: the ways a user reaches the core: the command line (`cli.rs`, which reads the
+//! environment and flags once and passes the options down), the desktop window (with the
+//! `desktop` feature), the HTTP server (browser UI in `http.rs`/`html.rs`, OpenAI API in
+//! `openai/`) and the terminal chat. They translate transports only: chats go through
+//! `app::ChatService` or straight to the engine's `Generator`, HTML comes from the view's
+//! templates, and none keeps chat state of its own.
 
 pub mod bench;
 pub mod chat;
@@ -10,6 +14,7 @@ pub mod desktop;
 pub mod guard;
 pub mod html;
 pub mod http;
+pub mod listener;
 pub mod logging;
 pub mod model_cmds;
 pub mod models;

@@ -87,7 +87,26 @@ fn short_value(v: &Value) -> serde_json::Value {
     }
 }
 
-/// Describes a GGUF file.
+/// Why a file that parsed as GGUF still cannot run as a SmolLM3 model: its configuration, its
+/// tensors, or (with no `tokenizer.json` beside it) its vocabulary. `None` when it would load.
+fn unusable(g: &GgufFile, cfg: &Result<Config, crate::model::GgufError>) -> Option<String> {
+    let cfg = match cfg {
+        Ok(cfg) => cfg,
+        Err(e) => return Some(e.to_string()),
+    };
+    if let Err(e) = cfg.validate_tensors(g) {
+        return Some(e.to_string());
+    }
+    if crate::engine::loader::tokenizer_path(g.path(), None).is_none() {
+        if let Err(e) = tokenizer::from_gguf(g) {
+            return Some(e.to_string());
+        }
+    }
+    None
+}
+
+/// Describes a GGUF file. The report is printed for any file that parses; the command fails
+/// (non-zero exit) when the model could not be loaded, so scripts can rely on its status.
 pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     let g = GgufFile::open(&a.file)?;
     let mut types: BTreeMap<String, (usize, usize)> = BTreeMap::new();
@@ -99,6 +118,7 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     let weights: usize = g.tensors().iter().map(|t| t.size).sum();
     let params: u64 = g.tensors().iter().map(|t| t.elem_count()).sum();
     let cfg = Config::from_gguf(&g);
+    let problem = unusable(&g, &cfg);
     let meta: Vec<(String, serde_json::Value)> = g
         .metadata()
         .iter()
@@ -113,31 +133,52 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
         "weight_bytes": weights,
         "types": types.iter().map(|(k, (n, b))| (k.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
         "metadata": meta.iter().cloned().collect::<serde_json::Map<_, _>>(),
+        "valid": problem.as_deref().unwrap_or("ok"),
         "kernels": Kernels::default().isa().name(),
         "kernels_available": Kernels::available().iter().map(|k| k.isa().name()).collect::<Vec<_>>(),
     });
-    match &cfg {
-        Ok(cfg) => {
-            let kv4k = cfg.kv_bytes_per_token(4) * 4096;
-            report["config"] = serde_json::to_value(cfg)?;
-            report["nope_layers"] = json!(cfg.nope_layers());
-            report["memory_estimate"] = json!({
-                "weights_mapped_bytes": weights,
-                "kv_cache_bytes_per_token_f32": cfg.kv_bytes_per_token(4),
-                "kv_cache_bytes_per_token_f16": cfg.kv_bytes_per_token(2),
-                "total_at_4k_context_f32_kv": weights + kv4k,
-            });
-            report["valid"] = json!(cfg
-                .validate_tensors(&g)
-                .map(|_| "ok".to_string())
-                .unwrap_or_else(|e| e.to_string()));
-        }
-        Err(e) => report["valid"] = json!(e.to_string()),
+    if let Ok(cfg) = &cfg {
+        let kv4k = cfg.kv_bytes_per_token(4) * 4096;
+        report["config"] = serde_json::to_value(cfg)?;
+        report["nope_layers"] = json!(cfg.nope_layers());
+        report["memory_estimate"] = json!({
+            "weights_mapped_bytes": weights,
+            "kv_cache_bytes_per_token_f32": cfg.kv_bytes_per_token(4),
+            "kv_cache_bytes_per_token_f16": cfg.kv_bytes_per_token(2),
+            "total_at_4k_context_f32_kv": weights + kv4k,
+        });
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+    } else {
+        print_report(
+            &a,
+            &g,
+            &meta,
+            &types,
+            weights,
+            params,
+            &cfg,
+            problem.as_deref(),
+        );
     }
+    match problem {
+        Some(p) => bail!("{} is not a usable SmolLM3 model: {p}", a.file.display()),
+        None => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_report(
+    a: &InspectArgs,
+    g: &GgufFile,
+    meta: &[(String, serde_json::Value)],
+    types: &BTreeMap<String, (usize, usize)>,
+    weights: usize,
+    params: u64,
+    cfg: &Result<Config, crate::model::GgufError>,
+    problem: Option<&str>,
+) {
     let mb = |b: usize| b as f64 / 1e6;
     println!(
         "{}: GGUF v{}, {:.1} MB",
@@ -146,7 +187,7 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
         mb(g.file_size())
     );
     println!("\nmetadata ({} keys):", meta.len());
-    for (k, v) in &meta {
+    for (k, v) in meta {
         println!("  {k} = {v}");
     }
     println!(
@@ -155,7 +196,7 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
         params as f64 / 1e9,
         mb(weights)
     );
-    for (ty, (n, bytes)) in &types {
+    for (ty, (n, bytes)) in types {
         println!("  {ty:>6}: {n:>4} tensors, {:>9.1} MB", mb(*bytes));
     }
     let names: Vec<&str> = Kernels::available()
@@ -167,24 +208,23 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
         Kernels::default().isa(),
         names.join(", ")
     );
-    match cfg {
-        Ok(cfg) => {
-            println!(
-                "\nmodel: {} layers, hidden {}, ffn {}, heads {}/{} (head dim {}), vocab {}, context {}, rope theta {}",
-                cfg.n_layer, cfg.hidden, cfg.ffn, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.vocab, cfg.context_length, cfg.rope_theta
-            );
-            println!("NoPE layers (no rotary embedding): {:?}", cfg.nope_layers());
-            println!(
-                "memory: {:.1} MB of weights (memory-mapped) + KV cache {:.3} MB/token in F32 ({:.1} MB at 4096 tokens; half in F16)",
-                mb(weights),
-                mb(cfg.kv_bytes_per_token(4)),
-                mb(cfg.kv_bytes_per_token(4) * 4096)
-            );
-            println!("validation: {}", report["valid"].as_str().unwrap_or("?"));
-        }
-        Err(e) => println!("\nnot a usable SmolLM3 model: {e}"),
+    if let Ok(cfg) = cfg {
+        println!(
+            "\nmodel: {} layers, hidden {}, ffn {}, heads {}/{} (head dim {}), vocab {}, context {}, rope theta {}",
+            cfg.n_layer, cfg.hidden, cfg.ffn, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.vocab, cfg.context_length, cfg.rope_theta
+        );
+        println!("NoPE layers (no rotary embedding): {:?}", cfg.nope_layers());
+        println!(
+            "memory: {:.1} MB of weights (memory-mapped) + KV cache {:.3} MB/token in F32 ({:.1} MB at 4096 tokens; half in F16)",
+            mb(weights),
+            mb(cfg.kv_bytes_per_token(4)),
+            mb(cfg.kv_bytes_per_token(4) * 4096)
+        );
     }
-    Ok(())
+    match problem {
+        None => println!("validation: ok"),
+        Some(p) => println!("\nnot a usable SmolLM3 model: {p}"),
+    }
 }
 
 /// Options shared by commands that run the model.
@@ -206,7 +246,6 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> anyhow::Result<LoadedModel> {
-        super::cli::set_threads(self.threads);
         LoadedModel::open(&self.model, self.tokenizer.as_deref())
     }
 

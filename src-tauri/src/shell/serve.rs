@@ -6,11 +6,15 @@
 //! the user can pass back (a key is never invented silently, so it cannot end up in a log the
 //! user does not read).
 
-use super::guard::{self, Guard, GuardConfig, KeyStore, MIN_KEY_LEN};
-use super::openai::{self, ApiConfig, ApiState, Prompter};
+use super::guard::{self, Guard, GuardConfig, KeyStore};
+use super::listener::ConnectionLimits;
+use super::openai::{self, ApiConfig, ApiState};
+use crate::app::repo::{Repo, RepoError};
+use crate::app::service::ChatService;
 use crate::engine::core::EngineOptions;
 use crate::engine::loader::LoadedModel;
 use crate::engine::worker::Engine;
+use crate::store::StoreError;
 use anyhow::{bail, Context};
 use axum::Router;
 use std::net::{IpAddr, SocketAddr};
@@ -66,6 +70,20 @@ pub struct ServeArgs {
     /// A further host name clients may use (a reverse proxy's name, say); repeat for more.
     #[arg(long = "allow-host")]
     pub allow_hosts: Vec<String>,
+    /// Seconds a client has to send a request's headers; an idle kept-alive connection is
+    /// closed after as long.
+    #[arg(long, value_parser = super::listener::parse_seconds, default_value = "10")]
+    pub header_timeout: Duration,
+    /// Seconds a request body may pause before the request is dropped.
+    #[arg(long, value_parser = super::listener::parse_seconds, default_value = "30")]
+    pub body_timeout: Duration,
+    /// Connections open at once; further ones wait until one closes.
+    #[arg(long, default_value_t = 128)]
+    pub max_connections: usize,
+    /// The folder of the browser UI's conversations and settings (default: the desktop app's,
+    /// which only one process may use at a time).
+    #[arg(long, env = super::data_dir::DATA_DIR_ENV)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Where the server will listen and whether that exposes it to the network.
@@ -97,11 +115,15 @@ pub fn binding(args: &ServeArgs) -> anyhow::Result<Binding> {
                  clients send it as `Authorization: Bearer KEY`)",
                 guard::generate_key()
             ),
-            Some(k) if k.len() < MIN_KEY_LEN => bail!(
-                "the API key is too short for LAN mode ({} characters; at least {MIN_KEY_LEN})",
-                k.len()
-            ),
-            Some(_) => {}
+            Some(k) => {
+                if let Some(why) = guard::weak_key(k) {
+                    bail!(
+                        "{why}. Use a random one, for example this fresh one:\n\n    \
+                         SMOLLM3_API_KEY={} smollm3-bot serve --allow-lan",
+                        guard::generate_key()
+                    );
+                }
+            }
         }
     }
     Ok(Binding { ip, lan })
@@ -124,27 +146,42 @@ fn model_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The browser UI's router, served beside the API under the same guard: the desktop's HTML
-/// router over a chat service that uses this same engine, so the pages and the API share one
-/// model and one queue. Conversations live in the same database as the desktop app's, but
-/// each browser sees only its own (a session cookie tells them apart; the desktop's stay the
-/// desktop's). `None` (API only) when that database cannot be opened.
-pub fn browser_ui(engine: &Engine) -> Option<Router> {
-    use crate::app::engine_adapter::EngineGenerator;
-    use crate::app::service::{ChatService, EngineState};
-    let service = match super::data_dir::database_path().and_then(|p| Ok(ChatService::open(&p)?)) {
-        Ok(s) => s,
+/// The chat service behind the browser UI: its conversations live in the data folder, the
+/// desktop app's by default (each browser sees only its own; the desktop's stay the desktop's).
+/// A folder another process holds is an error that says where that process is (see
+/// `store::lock`); any other failure to open it leaves the server API-only (`None`), with a
+/// warning.
+pub fn open_browser_data(
+    data_dir: Option<&std::path::Path>,
+) -> anyhow::Result<Option<ChatService>> {
+    let path = match super::data_dir::database_path(data_dir) {
+        Ok(p) => p,
         Err(e) => {
             tracing::warn!("browser UI disabled: {e:#}");
-            return None;
+            return Ok(None);
         }
     };
+    match Repo::open(&path) {
+        Ok(repo) => Ok(Some(ChatService::new(repo))),
+        Err(RepoError::Store(e @ StoreError::Locked { .. })) => Err(e.into()),
+        Err(e) => {
+            tracing::warn!("browser UI disabled: cannot open {}: {e}", path.display());
+            Ok(None)
+        }
+    }
+}
+
+/// The browser UI's router, served beside the API under the same guard: the desktop's HTML
+/// router over `service` using this same engine, so the pages and the API share one model and
+/// one queue.
+pub fn browser_ui(engine: &Engine, service: ChatService) -> Router {
+    use crate::app::service::EngineState;
     let model = engine.status().model;
     service.set_generator(
-        std::sync::Arc::new(EngineGenerator::new(engine.clone())),
+        std::sync::Arc::new(engine.clone()),
         EngineState::Ready { model },
     );
-    Some(super::http::browser_router(service))
+    super::http::browser_router(service)
 }
 
 /// Everything the server answers: the API, the browser UI when there is one, and a JSON 404.
@@ -159,10 +196,10 @@ pub fn app_router(api: ApiState, ui: Option<Router>) -> Router {
 /// Runs `serve` until Ctrl-C.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let bind = binding(&args)?;
-    super::cli::set_threads(args.threads);
+    // Before the model loads: a data folder in use is reported at once.
+    let data = open_browser_data(args.data_dir.as_deref())?;
     let path = model_path(args.model.clone())?;
     let loaded = LoadedModel::open(&path, args.tokenizer.as_deref())?;
-    let prompter = Prompter::from_loaded(&loaded)?;
     let engine = Engine::start(
         loaded,
         EngineOptions {
@@ -174,7 +211,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .context("cannot start the engine")?;
     let api = ApiState::new(
         engine.clone(),
-        prompter,
         ApiConfig {
             model_id: openai::model_id_for(&path),
             max_queue: args.max_queue,
@@ -186,13 +222,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run(args, bind, api.clone()));
+    let result = runtime.block_on(run(args, bind, api.clone(), data));
     api.cancel_all();
     engine.shutdown();
     result
 }
 
-async fn run(args: ServeArgs, bind: Binding, api: ApiState) -> anyhow::Result<()> {
+async fn run(
+    args: ServeArgs,
+    bind: Binding,
+    api: ApiState,
+    data: Option<ChatService>,
+) -> anyhow::Result<()> {
     let addr = SocketAddr::new(bind.ip, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -211,8 +252,11 @@ async fn run(args: ServeArgs, bind: Binding, api: ApiState) -> anyhow::Result<()
         keys: KeyStore::new(args.api_key.clone()),
         cors_origins: args.cors_origins.clone(),
         max_body_bytes: args.max_body,
+        key_attempts: guard::AttemptLimits::default(),
     });
-    let ui = browser_ui(api.engine());
+    let ui = data
+        .clone()
+        .map(|service| browser_ui(api.engine(), service));
     let has_ui = ui.is_some();
     let router = guard.protect(app_router(api.clone(), ui));
 
@@ -221,6 +265,11 @@ async fn run(args: ServeArgs, bind: Binding, api: ApiState) -> anyhow::Result<()
     } else {
         local
     };
+    if let Some(service) = &data {
+        if let Err(e) = service.advertise(&format!("http://{shown}")) {
+            tracing::warn!("cannot record the address in the data folder's lock: {e}");
+        }
+    }
     println!("listening on http://{shown}");
     println!(
         "model {} · OpenAI API at http://{shown}/v1{}",
@@ -237,13 +286,18 @@ async fn run(args: ServeArgs, bind: Binding, api: ApiState) -> anyhow::Result<()
     let _ = std::io::stdout().flush();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown({
+    let limits = ConnectionLimits {
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        max_connections: args.max_connections.max(1),
+    };
+    let server = super::listener::serve(listener, router, limits, {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
     });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(server);
     shutdown_signal().await;
     eprintln!("shutting down");
     api.cancel_all();
@@ -314,7 +368,9 @@ mod tests {
         let e = binding(&args(&["--host", "0.0.0.0"])).unwrap_err();
         assert!(e.to_string().contains("without an API key"), "{e}");
         let e = binding(&args(&["--allow-lan", "--api-key", "short"])).unwrap_err();
-        assert!(e.to_string().contains("too short"), "{e}");
+        assert!(e.to_string().contains("too weak"), "{e}");
+        let e = binding(&args(&["--allow-lan", "--api-key", &"_".repeat(16)])).unwrap_err();
+        assert!(e.to_string().contains("64 bits"), "{e}");
         let key = guard::generate_key();
         let b = binding(&args(&["--allow-lan", "--api-key", &key])).unwrap();
         assert_eq!(

@@ -2,7 +2,10 @@
 //! `.gguf`) → download with live progress → verify → load → chat.
 //!
 //! The main page shows the wizard instead of the chat while no usable model is configured
-//! (see [`needed`]). Progress reaches the page like reply deltas do: as `chat-stream` events
+//! (see [`needed`]). These routes belong to the desktop app alone (its owner is the machine's
+//! user): `serve` never mounts them, since downloading to and importing from the server's disk,
+//! or choosing where downloads come from, is not for whoever can reach a port. The download
+//! mirror is a setting, not a request parameter. Progress reaches the page like reply deltas do: as `chat-stream` events
 //! of type `download` (Tauri events in the desktop, SSE from `/wizard/events` in a browser),
 //! each carrying server-rendered HTML for the progress bar and the panel around it.
 
@@ -20,12 +23,15 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::html::{self, esc};
+use super::html;
 use super::http::STREAM_EVENT;
 use crate::app::service::ChatService;
 use crate::app::wizard::{self, Phase, WizardError};
 use crate::hub::error::human_bytes;
 use crate::hub::{catalogue, Progress};
+use crate::view::{render, safe};
+use minijinja::context;
+use minijinja::value::Value;
 
 /// The wizard's routes, to merge into the app's router.
 pub fn routes() -> Router<ChatService> {
@@ -33,6 +39,7 @@ pub fn routes() -> Router<ChatService> {
         .route("/wizard", get(panel))
         .route("/wizard/choose", get(choose))
         .route("/wizard/download", post(download))
+        .route("/wizard/mirror", post(mirror))
         .route("/wizard/pause", post(pause))
         .route("/wizard/resume", post(resume))
         .route("/wizard/cancel", post(cancel))
@@ -57,84 +64,58 @@ pub fn needed(s: &ChatService) -> Option<String> {
 
 /// The app element in wizard mode (in place of sidebar and chat); `reason` says why it shows.
 pub fn app(s: &ChatService, reason: &str) -> String {
-    format!(
-        "<div id=\"app\" class=\"app wizard-app\">{}\
-<div id=\"toast\" class=\"toast\" role=\"status\" aria-live=\"polite\"></div>{}</div>",
-        main(&s.wizard().phase(), reason),
-        html::theme_state(s.settings().theme, false)
+    render(
+        "wizard_app.html",
+        context! {
+            main => safe(main(&s.wizard().phase(), reason)),
+            theme => safe(html::theme_state(s.settings().theme, false)),
+        },
     )
 }
 
 fn main(phase: &Phase, reason: &str) -> String {
     let inner = match phase {
-        Phase::Idle | Phase::Cancelled => welcome(reason),
+        Phase::Idle | Phase::Cancelled => render("wizard_welcome.html", context! { reason }),
         other => progress_panel(other),
     };
-    format!("<main id=\"wizard\" class=\"wizard\">{inner}</main>")
-}
-
-fn welcome(reason: &str) -> String {
-    format!(
-        "<section class=\"wizard-step\" id=\"wizard-welcome\"><h1>Welcome to SmolLM3 Bot</h1>\
-<p>{}</p><p>SmolLM3 runs on this computer: nothing you type leaves it. First it needs a model \
-file, downloaded once (about 2 GB) or imported from a .gguf you already have.</p>\
-<div class=\"wizard-buttons\">\
-<button type=\"button\" class=\"btn primary\" id=\"wizard-begin\" hx-get=\"/wizard/choose\" hx-target=\"#wizard\">Choose a model</button>\
-<button type=\"button\" class=\"btn\" id=\"wizard-skip\" hx-post=\"/wizard/skip\" hx-target=\"#app\" hx-swap=\"outerHTML\" \
-title=\"Open the chat without a model (only /quote and other commands answer)\">Skip for now</button></div>\
-</section>",
-        esc(reason)
-    )
-}
-
-fn error_box(text: &str) -> String {
-    format!(
-        "<p class=\"wizard-error\" id=\"wizard-error\" role=\"alert\">{}</p>",
-        esc(text)
-    )
+    render("wizard_main.html", context! { inner => safe(inner) })
 }
 
 fn choose_html(s: &ChatService, error: Option<&str>, import_path: &str) -> String {
     let dir = s.wizard().models_dir().ok();
     let free = dir.as_deref().and_then(wizard::free_space);
-    let mut rows = String::new();
-    for e in catalogue() {
-        let fits = free.is_none_or(|f| f > e.approx_size);
-        rows.push_str(&format!(
-            "<li class=\"model-choice{rec}\"><div><strong>{desc}</strong>\
-<span class=\"muted\">{file} · {size} download · {ram} RAM needed{warn}</span></div>\
-<button type=\"button\" class=\"btn{primary}\" name=\"entry\" value=\"{id}\" hx-post=\"/wizard/download\" \
-hx-include=\"#mirror\" hx-target=\"#wizard\">Download</button></li>",
-            rec = if e.default { " recommended" } else { "" },
-            desc = esc(e.description),
-            file = esc(e.model.file),
-            size = human_bytes(e.approx_size),
-            ram = human_bytes(e.ram_needed),
-            warn = if fits { "" } else { " · not enough free disk" },
-            primary = if e.default { " primary" } else { "" },
-            id = esc(e.id),
-        ));
-    }
+    let entries: Vec<Value> = catalogue()
+        .iter()
+        .map(|e| {
+            context! {
+                default => e.default,
+                description => e.description,
+                file => e.model.file,
+                size => human_bytes(e.approx_size),
+                ram => human_bytes(e.ram_needed),
+                fits => free.is_none_or(|f| f > e.approx_size),
+                id => e.id,
+            }
+        })
+        .collect();
     let folder = match (&dir, free) {
         (Some(d), Some(f)) => format!(
             "Models are kept in {} ({} free).",
-            esc(&d.display().to_string()),
+            d.display(),
             human_bytes(f)
         ),
-        (Some(d), None) => format!("Models are kept in {}.", esc(&d.display().to_string())),
+        (Some(d), None) => format!("Models are kept in {}.", d.display()),
         (None, _) => "No models folder is known for this system: set SMOLLM3_MODELS_DIR.".into(),
     };
-    format!(
-        "<section class=\"wizard-step\" id=\"wizard-choose\"><h1>Choose a model</h1>\
-{err}<p class=\"muted\">{folder}</p><ul class=\"model-list\">{rows}</ul>\
-<label class=\"field\">Download server (mirror, optional)\
-<input type=\"url\" id=\"mirror\" name=\"mirror\" placeholder=\"https://huggingface.co\" autocomplete=\"off\"></label>\
-<h2>Or import a local .gguf</h2>\
-<form class=\"import-form\" hx-post=\"/wizard/import\" hx-target=\"#wizard\">\
-<input type=\"text\" name=\"path\" id=\"import-path\" value=\"{path}\" placeholder=\"/path/to/SmolLM3-Q4_K_M.gguf\" aria-label=\"Path of a .gguf file\">\
-<button type=\"submit\" class=\"btn\">Import</button></form></section>",
-        err = error.map(error_box).unwrap_or_default(),
-        path = esc(import_path),
+    render(
+        "wizard_choose.html",
+        context! {
+            error,
+            folder,
+            entries,
+            mirror => s.settings().hub_mirror,
+            path => import_path,
+        },
     )
 }
 
@@ -190,12 +171,14 @@ pub fn bar(phase: &Phase) -> String {
     };
     let p = pct(done, total);
     let label = p.map(|p| format!("{p:.0}%")).unwrap_or_default();
-    format!(
-        "<div id=\"download-bar\" class=\"download-bar\" data-done=\"{done}\">\
-<progress max=\"100\" value=\"{v:.1}\" aria-label=\"Download progress\">{label}</progress>\
-<span class=\"download-pct\">{label}</span> <span class=\"download-detail muted\">{detail}</span></div>",
-        v = p.unwrap_or(0.0),
-        detail = esc(&detail),
+    render(
+        "download_bar.html",
+        context! {
+            done,
+            value => format!("{:.1}", p.unwrap_or(0.0)),
+            label,
+            detail,
+        },
     )
 }
 
@@ -213,81 +196,100 @@ fn phase_name(phase: &Phase) -> &'static str {
     }
 }
 
+/// A download panel's parts: title, body text and its class, error, buttons.
+type Panel<'a> = (
+    String,
+    (Option<String>, &'a str),
+    Option<&'a str>,
+    Vec<Value>,
+);
+
 /// The panel of a running, paused, finished or failed download, with its buttons.
 pub fn progress_panel(phase: &Phase) -> String {
-    let btn = |label: &str, url: &str, primary: bool| {
-        format!(
-            "<button type=\"button\" class=\"btn{}\" hx-post=\"{url}\" hx-target=\"#wizard\">{label}</button>",
-            if primary { " primary" } else { "" }
-        )
+    let post = |label: &str, url: &str, primary: bool| context! { label, url, primary };
+    let get = |label: &str, primary: bool| {
+        context! { label, url => "/wizard/choose", primary, get => true }
     };
-    let (title, body, buttons) = match phase {
+    let muted = |text: String| (Some(text), "muted");
+    let none = (None, "");
+    let (title, (body, body_class), error, buttons): Panel<'_> = match phase {
         Phase::Downloading { file, .. } => (
-            format!("Downloading {}", esc(file)),
-            String::new(),
-            format!(
-                "{}{}",
-                btn("Pause", "/wizard/pause", false),
-                btn("Cancel", "/wizard/cancel", false)
-            ),
+            format!("Downloading {file}"),
+            none,
+            None,
+            vec![
+                post("Pause", "/wizard/pause", false),
+                post("Cancel", "/wizard/cancel", false),
+            ],
         ),
         Phase::Paused { .. } => (
             "Download paused".into(),
-            "<p class=\"muted\">The part already downloaded is kept.</p>".into(),
-            format!(
-                "{}{}",
-                btn("Resume", "/wizard/resume", true),
-                btn("Cancel", "/wizard/cancel", false)
-            ),
+            muted("The part already downloaded is kept.".into()),
+            None,
+            vec![
+                post("Resume", "/wizard/resume", true),
+                post("Cancel", "/wizard/cancel", false),
+            ],
         ),
         Phase::Verifying { file } => (
-            format!("Checking {}", esc(file)),
-            "<p class=\"muted\">Making sure the file is complete and is a SmolLM3 model.</p>"
-                .into(),
-            String::new(),
+            format!("Checking {file}"),
+            muted("Making sure the file is complete and is a SmolLM3 model.".into()),
+            None,
+            Vec::new(),
         ),
         Phase::Loading { path } => (
             "Loading the model".into(),
-            format!("<p class=\"muted\">{}</p>", esc(&path.display().to_string())),
-            String::new(),
+            muted(path.display().to_string()),
+            None,
+            Vec::new(),
         ),
         Phase::Ready { path } => (
             "The model is ready".into(),
-            format!(
-                "<p>Saved in the settings: {}</p>",
-                esc(&path.display().to_string())
+            (
+                Some(format!("Saved in the settings: {}", path.display())),
+                "",
             ),
-            "<button type=\"button\" class=\"btn primary\" id=\"wizard-start-chat\" hx-get=\"/layout\" \
-hx-target=\"#app\" hx-swap=\"outerHTML\">Start chatting</button>"
-                .into(),
+            None,
+            vec![context! {
+                label => "Start chatting",
+                url => "/layout",
+                primary => true,
+                id => "wizard-start-chat",
+            }],
         ),
         Phase::Failed {
             entry,
             title,
             message,
         } => (
-            esc(title),
-            error_box(message),
-            format!(
-                "{}<button type=\"button\" class=\"btn\" hx-get=\"/wizard/choose\" hx-target=\"#wizard\">Choose another</button>",
-                if entry.is_some() {
-                    btn("Retry", "/wizard/resume", true)
-                } else {
-                    String::new()
-                }
-            ),
+            title.clone(),
+            none,
+            Some(message.as_str()),
+            entry
+                .is_some()
+                .then(|| post("Retry", "/wizard/resume", true))
+                .into_iter()
+                .chain([get("Choose another", false)])
+                .collect(),
         ),
         Phase::Idle | Phase::Cancelled => (
             "Download cancelled".into(),
-            String::new(),
-            "<button type=\"button\" class=\"btn primary\" hx-get=\"/wizard/choose\" hx-target=\"#wizard\">Choose a model</button>".into(),
+            none,
+            None,
+            vec![get("Choose a model", true)],
         ),
     };
-    format!(
-        "<section class=\"wizard-step\" id=\"download\" data-phase=\"{name}\"><h1>{title}</h1>{bar}{body}\
-<div class=\"wizard-buttons\">{buttons}</div></section>",
-        name = phase_name(phase),
-        bar = bar(phase),
+    render(
+        "download_panel.html",
+        context! {
+            name => phase_name(phase),
+            title,
+            bar => safe(bar(phase)),
+            body,
+            body_class,
+            error,
+            buttons,
+        },
     )
 }
 
@@ -347,18 +349,45 @@ async fn choose(State(s): State<ChatService>) -> Html<String> {
 struct DownloadForm {
     #[serde(default)]
     entry: String,
-    #[serde(default)]
-    mirror: String,
 }
 
 async fn download(
     State(s): State<ChatService>,
     Form(f): Form<DownloadForm>,
 ) -> Result<Html<String>, WizardUiError> {
-    let mirror = Some(f.mirror.trim().to_owned()).filter(|m| !m.is_empty());
     s.wizard()
-        .start_download(&s, f.entry.trim(), mirror, s.wizard().models_dir()?)?;
+        .start_download(&s, f.entry.trim(), s.wizard().models_dir()?)?;
     Ok(Html(progress_panel(&s.wizard().phase())))
+}
+
+#[derive(Deserialize)]
+struct MirrorForm {
+    #[serde(default)]
+    mirror: String,
+}
+
+/// Saves the download mirror setting (empty: the hub) and shows the choice again.
+async fn mirror(State(s): State<ChatService>, Form(f): Form<MirrorForm>) -> Response {
+    let mut settings = s.settings();
+    settings.hub_mirror = f.mirror.trim().to_owned();
+    match s.update_settings(settings) {
+        Ok(()) => Html(choose_html(&s, None, "")).into_response(),
+        Err(e) => {
+            let message = match e {
+                crate::app::ServiceError::Settings(bad) => bad
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                other => other.to_string(),
+            };
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Html(choose_html(&s, Some(&message), "")),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn pause(State(s): State<ChatService>) -> Html<String> {

@@ -148,6 +148,15 @@ impl Store {
         self.list(None, search)
     }
 
+    /// Whether `owner` has any conversation (deleted ones included).
+    pub fn owns_any(&self, owner: &str) -> Result<bool> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM conversations WHERE owner = ?1)",
+            [owner],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Like [`Store::list_conversations`], but only the conversations `owner` may see.
     pub fn list_conversations_of(
         &self,

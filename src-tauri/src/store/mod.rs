@@ -10,6 +10,7 @@
 //! one connection behind a mutex, meant to be cloned into `spawn_blocking` closures.
 
 mod conversations;
+pub mod lock;
 mod messages;
 mod reply;
 pub mod schema;
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use conversations::{Conversation, NewConversation};
 pub use messages::Message;
 pub use reply::{ReplyWriter, FLUSH_INTERVAL};
-pub use settings::{Settings, SettingsError, Theme};
+pub use settings::{InvalidSetting, Settings, Theme, MAX_CONTEXT, MIN_CONTEXT};
 
 /// Name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "smollm3-bot.sqlite3";
@@ -53,6 +54,14 @@ pub enum StoreError {
     /// No data directory is known for this platform (no home directory).
     #[error("no data directory is known for this platform")]
     NoDataDir,
+    /// Another process holds the data folder (see [`lock`]).
+    #[error("{}", lock::locked_message(dir, holder))]
+    Locked {
+        /// The data folder.
+        dir: PathBuf,
+        /// Who holds it.
+        holder: lock::Holder,
+    },
     /// The database was written by a newer version of the app.
     #[error("database schema version {found} is newer than this app understands ({supported})")]
     TooNew {
@@ -117,6 +126,31 @@ macro_rules! id_type {
         impl FromSql for $name {
             fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
                 i64::column_result(value).map(Self)
+            }
+        }
+
+        // Shells and forms carry ids as plain numbers.
+        impl From<i64> for $name {
+            fn from(id: i64) -> Self {
+                Self(id)
+            }
+        }
+
+        impl From<$name> for i64 {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
+        impl PartialEq<i64> for $name {
+            fn eq(&self, other: &i64) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<$name> for i64 {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
             }
         }
     };
@@ -217,11 +251,13 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A handle to the database. Clones share one connection.
+/// A handle to the database. Clones share one connection, and the lock on the data folder
+/// (held until the last clone is dropped).
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    lock: Option<Arc<lock::DataLock>>,
 }
 
 impl fmt::Debug for Store {
@@ -242,15 +278,22 @@ impl Store {
     /// Opens (creating if needed) the database at `path`, brings its schema up to date, and
     /// marks replies a crash left streaming as interrupted.
     ///
-    /// Only one process should have a database open: opening marks every `streaming` row of
-    /// the file as interrupted, including rows another live process is writing.
+    /// The data folder (the file's folder) is taken for this process first (see [`lock`]): a
+    /// folder another process holds is refused with [`StoreError::Locked`], so the recovery
+    /// never touches rows a live process is writing. `:memory:` takes no folder.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                path: dir.to_path_buf(),
+        let mut lock = None;
+        if path.as_os_str() != ":memory:" {
+            let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                Some(d) => d.to_path_buf(),
+                None => PathBuf::from("."),
+            };
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+                path: dir.clone(),
                 source,
             })?;
+            lock = Some(Arc::new(lock::DataLock::acquire(&dir)?));
         }
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
@@ -258,6 +301,7 @@ impl Store {
         let store = Self {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            lock,
         };
         let interrupted = store.mark_interrupted()?;
         if interrupted > 0 {
@@ -279,8 +323,18 @@ impl Store {
         &self.path
     }
 
+    /// Records in the data folder's lock where this process serves the browser UI, so a second
+    /// process started on the folder can send the user there.
+    pub fn advertise(&self, url: &str) -> Result<()> {
+        match &self.lock {
+            Some(lock) => lock.advertise(url),
+            None => Ok(()),
+        }
+    }
+
     /// Marks every reply still `streaming` as `interrupted`, keeping its partial text; returns
-    /// how many rows changed. [`Store::open`] runs it, since no reply can be live at that point.
+    /// how many rows changed. [`Store::open`] runs it once it holds the data folder, when no
+    /// reply can be live.
     pub fn mark_interrupted(&self) -> Result<usize> {
         let n = self.conn().execute(
             "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming'",

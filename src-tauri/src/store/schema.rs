@@ -36,6 +36,9 @@
 //! `messages_fts` (version 2): an FTS5 index of `messages.content`, kept in step by triggers.
 //!
 //! `settings`: `key` TEXT PRIMARY KEY, `value` TEXT (JSON); see `store::Settings`.
+//!
+//! `secrets` (version 4): `name` TEXT PRIMARY KEY, `value` BLOB: keys the app generates for
+//! itself and keeps across restarts (the one that signs browser session ids).
 
 use rusqlite::Connection;
 
@@ -106,6 +109,13 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT 'desktop';
     CREATE INDEX conversations_owner ON conversations(owner, updated_at DESC);
+    "#,
+    // 4: keys the app makes for itself.
+    r#"
+    CREATE TABLE secrets (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
     "#,
 ];
 

@@ -2,186 +2,206 @@
 //! adding a setting needs no migration and an unknown or unreadable key falls back to its
 //! default instead of losing the others.
 
-use std::path::PathBuf;
-
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Result, Store, StoreError};
+use crate::engine::SamplingParams;
 
 /// Colour scheme of the interface.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Theme {
-    /// Light colours.
-    Light,
-    /// Dark colours.
-    Dark,
     /// Follow the operating system.
     #[default]
     System,
+    /// Always light.
+    Light,
+    /// Always dark.
+    Dark,
 }
 
-/// Everything the user can set. Missing keys take the values of [`Settings::default`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Settings {
-    /// System prompt for new conversations.
-    pub system_prompt: String,
-    /// Sampling temperature; 0 means greedy.
-    pub temperature: f32,
-    /// Nucleus sampling mass (1 disables it).
-    pub top_p: f32,
-    /// Keep only the k most likely tokens (0 disables it).
-    pub top_k: usize,
-    /// Drop tokens below this fraction of the top probability (0 disables it).
-    pub min_p: f32,
-    /// Penalty on tokens already generated (1 disables it).
-    pub repeat_penalty: f32,
-    /// Most tokens one reply may generate.
-    pub max_tokens: usize,
-    /// Context window in tokens (prompt and reply together).
-    pub context_size: usize,
-    /// Compute threads; `None` picks from the machine.
-    pub threads: Option<usize>,
-    /// Reasoning mode for new conversations.
-    pub thinking: bool,
-    /// Most tokens of reasoning before the answer is forced; `None` for no limit.
-    pub thinking_budget: Option<usize>,
-    /// Colour scheme.
-    pub theme: Theme,
-    /// GGUF model file; `None` uses the managed download.
-    pub model_path: Option<PathBuf>,
-    /// `tokenizer.json`; `None` uses the one next to the model or builds it from the GGUF.
-    pub tokenizer_path: Option<PathBuf>,
-    /// Whether the HTTP server (web UI and OpenAI-compatible API) runs.
-    pub server_enabled: bool,
-    /// Port of the HTTP server.
-    pub server_port: u16,
-    /// Listen on all interfaces instead of 127.0.0.1 only.
-    pub allow_lan: bool,
-    /// Bearer token required by the HTTP API; `None` for no check.
-    pub api_key: Option<String>,
-}
+impl Theme {
+    /// The name used in forms and CSS.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Theme::System => "system",
+            Theme::Light => "light",
+            Theme::Dark => "dark",
+        }
+    }
 
-impl Default for Settings {
-    /// SmolLM3's recommended sampling (temperature 0.6, top-p 0.95); reasoning off by default
-    /// because on a CPU it can take minutes before the answer starts.
-    fn default() -> Self {
-        Self {
-            system_prompt: String::new(),
-            temperature: 0.6,
-            top_p: 0.95,
-            top_k: 20,
-            min_p: 0.0,
-            repeat_penalty: 1.0,
-            max_tokens: 2048,
-            context_size: 8192,
-            threads: None,
-            thinking: false,
-            thinking_budget: None,
-            theme: Theme::System,
-            model_path: None,
-            tokenizer_path: None,
-            server_enabled: false,
-            server_port: 8737,
-            allow_lan: false,
-            api_key: None,
+    /// Parses a name from a form; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "system" => Some(Theme::System),
+            "light" => Some(Theme::Light),
+            "dark" => Some(Theme::Dark),
+            _ => None,
         }
     }
 }
 
-/// A setting outside its allowed range.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct SettingsError {
-    /// The setting's key.
-    pub field: &'static str,
-    /// What is allowed.
-    pub reason: &'static str,
+/// Everything the user can set. Missing keys take the values of [`Settings::default`]; the
+/// sampling fields are stored flat, one key each (`temperature`, `top_p`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Prepended to every conversation (empty: the chat template's default).
+    pub system_prompt: String,
+    /// Sampling for new replies.
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
+    /// Context window in tokens (prompt and reply together).
+    pub context_size: usize,
+    /// CPU threads for inference (0: one per core); read once when the app starts.
+    pub threads: usize,
+    /// Whether new conversations start with reasoning on.
+    #[serde(rename = "thinking")]
+    pub thinking_default: bool,
+    /// Most reasoning tokens per reply (0: no limit).
+    pub thinking_budget: usize,
+    /// Colour scheme.
+    pub theme: Theme,
+    /// The GGUF model file (empty: none chosen; `MODEL_PATH` overrides).
+    pub model_path: String,
+    /// A `tokenizer.json` for the model (empty: read it from the GGUF; `TOKENIZER_PATH`
+    /// overrides).
+    pub tokenizer_path: String,
+    /// A mirror of the Hugging Face hub for model downloads (empty: the hub, or `HF_ENDPOINT`).
+    /// The Hugging Face token is never sent to it.
+    pub hub_mirror: String,
 }
 
+impl Default for Settings {
+    /// SmolLM3's recommended sampling (temperature 0.6, top-p 0.95, top-k 20); reasoning off
+    /// by default because on a CPU it can take minutes before the answer starts.
+    fn default() -> Self {
+        Self {
+            system_prompt: String::new(),
+            sampling: SamplingParams {
+                top_k: 20,
+                ..SamplingParams::default()
+            },
+            context_size: 8192,
+            threads: 0,
+            thinking_default: false,
+            thinking_budget: 0,
+            theme: Theme::System,
+            model_path: String::new(),
+            tokenizer_path: String::new(),
+            hub_mirror: String::new(),
+        }
+    }
+}
+
+/// A setting out of range: which field, and a sentence for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidSetting {
+    /// The form field name.
+    pub field: &'static str,
+    /// What is wrong, for a person to read.
+    pub message: String,
+}
+
+/// The largest context SmolLM3 was trained for (with YaRN).
+pub const MAX_CONTEXT: usize = 131_072;
+
+/// The smallest context the settings accept.
+pub const MIN_CONTEXT: usize = 512;
+
 impl Settings {
-    /// Checks ranges, so a form can report a bad value before it reaches the sampler.
-    pub fn validate(&self) -> Result<(), SettingsError> {
-        let check = |ok: bool, field, reason| {
-            if ok {
-                Ok(())
-            } else {
-                Err(SettingsError { field, reason })
+    /// Checks every value (the sampling ranges are the engine's, see
+    /// [`SamplingParams::problems`]); returns all problems at once so a form can show them
+    /// together.
+    pub fn validate(&self) -> Result<(), Vec<InvalidSetting>> {
+        let mut bad: Vec<InvalidSetting> = self
+            .sampling
+            .problems()
+            .into_iter()
+            .map(|(field, message)| InvalidSetting { field, message })
+            .collect();
+        let mut check = |ok: bool, field: &'static str, message: &str| {
+            if !ok {
+                bad.push(InvalidSetting {
+                    field,
+                    message: message.to_string(),
+                });
             }
         };
         check(
-            self.temperature.is_finite() && (0.0..=5.0).contains(&self.temperature),
-            "temperature",
-            "between 0 and 5",
-        )?;
+            self.sampling.max_tokens <= self.context_size,
+            "max_tokens",
+            "must fit in the context size",
+        );
         check(
-            self.top_p > 0.0 && self.top_p <= 1.0,
-            "top_p",
-            "above 0, at most 1",
-        )?;
-        check(
-            (0.0..=1.0).contains(&self.min_p),
-            "min_p",
-            "between 0 and 1",
-        )?;
-        check(
-            self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0,
-            "repeat_penalty",
-            "above 0",
-        )?;
-        check(self.max_tokens > 0, "max_tokens", "at least 1")?;
-        check(
-            (256..=65_536).contains(&self.context_size),
+            (MIN_CONTEXT..=MAX_CONTEXT).contains(&self.context_size),
             "context_size",
-            "between 256 and 65536",
-        )?;
-        check(self.threads != Some(0), "threads", "at least 1")?;
-        check(self.server_port != 0, "server_port", "between 1 and 65535")?;
+            "must be between 512 and 131072",
+        );
         check(
-            self.api_key.as_deref().is_none_or(|k| !k.trim().is_empty()),
-            "api_key",
-            "not blank",
-        )?;
-        Ok(())
+            self.threads <= 256,
+            "threads",
+            "must be at most 256 (0 uses every core)",
+        );
+        check(
+            self.thinking_budget <= self.context_size,
+            "thinking_budget",
+            "must fit in the context size (0 means no limit)",
+        );
+        check(
+            valid_mirror(&self.hub_mirror),
+            "hub_mirror",
+            "must be an http:// or https:// address, or empty for the hub",
+        );
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad)
+        }
+    }
+}
+
+/// Whether `mirror` is empty or an http(s) address with a host and nothing a base URL would
+/// not have (credentials, a query or a fragment).
+fn valid_mirror(mirror: &str) -> bool {
+    let mirror = mirror.trim();
+    if mirror.is_empty() {
+        return true;
+    }
+    match reqwest::Url::parse(mirror) {
+        Ok(u) => {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.query().is_none()
+                && u.fragment().is_none()
+        }
+        Err(_) => false,
     }
 }
 
 impl Store {
     /// Reads the settings; keys never saved, unknown or unreadable take their defaults.
     pub fn load_settings(&self) -> Result<Settings> {
-        let stored: Vec<(String, String)> = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare_cached("SELECT key, value FROM settings")?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            rows
-        };
-        let Value::Object(mut merged) = to_json(&Settings::default())? else {
-            return Err(StoreError::Corrupt("settings are not a JSON object".into()));
-        };
-        for (key, text) in stored {
-            if !merged.contains_key(&key) {
-                continue;
-            }
-            let Ok(value) = serde_json::from_str::<Value>(&text) else {
-                tracing::warn!(key, "ignoring unreadable setting");
-                continue;
-            };
-            // Apply one key at a time so a value of the wrong type costs only that key.
-            let mut trial = merged.clone();
-            trial.insert(key.clone(), value);
-            if serde_json::from_value::<Settings>(Value::Object(trial.clone())).is_ok() {
-                merged = trial;
-            } else {
-                tracing::warn!(key, "ignoring setting of the wrong type");
-            }
+        read_settings(&self.conn())
+    }
+
+    /// The settings saved in the database at `path`, read without opening the store (no
+    /// lock, no recovery): for the one value needed before anything starts (the thread
+    /// count). Defaults when there is no database yet.
+    pub fn peek_settings(path: &std::path::Path) -> Result<Settings> {
+        if !path.is_file() {
+            return Ok(Settings::default());
         }
-        serde_json::from_value(Value::Object(merged))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        read_settings(&conn)
     }
 
     /// Saves every setting in one transaction.
@@ -205,6 +225,71 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The 32-byte secret `name`, made from the OS's random generator the first time it is
+    /// asked for and kept from then on.
+    pub fn secret(&self, name: &str) -> Result<[u8; 32]> {
+        use rand::RngCore;
+        let read = |conn: &rusqlite::Connection| -> Result<Option<Vec<u8>>> {
+            use rusqlite::OptionalExtension;
+            Ok(conn
+                .query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?)
+        };
+        let conn = self.conn();
+        let value = match read(&conn)? {
+            Some(v) => v,
+            None => {
+                let mut fresh = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut fresh);
+                conn.execute(
+                    "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+                    params![name, fresh.as_slice()],
+                )?;
+                read(&conn)?.unwrap_or_default()
+            }
+        };
+        value
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("secret {name} is not 32 bytes")))
+    }
+}
+
+/// Stored keys over the defaults, one key at a time.
+fn read_settings(conn: &rusqlite::Connection) -> Result<Settings> {
+    let stored: Vec<(String, String)> = {
+        let mut stmt = conn.prepare_cached("SELECT key, value FROM settings")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows
+    };
+
+    let Value::Object(mut merged) = to_json(&Settings::default())? else {
+        return Err(StoreError::Corrupt("settings are not a JSON object".into()));
+    };
+    for (key, text) in stored {
+        if !merged.contains_key(&key) {
+            continue;
+        }
+        let Ok(value) = serde_json::from_str::<Value>(&text) else {
+            tracing::warn!(key, "ignoring unreadable setting");
+            continue;
+        };
+        // Apply one key at a time so a value of the wrong type costs only that key.
+        let mut trial = merged.clone();
+        trial.insert(key.clone(), value);
+        if serde_json::from_value::<Settings>(Value::Object(trial.clone())).is_ok() {
+            merged = trial;
+        } else {
+            tracing::warn!(key, "ignoring setting of the wrong type");
+        }
+    }
+    serde_json::from_value(Value::Object(merged)).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 fn to_json(settings: &Settings) -> Result<Value> {
     serde_json::to_value(settings).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -213,6 +298,19 @@ fn to_json(settings: &Settings) -> Result<Value> {
 mod tests {
     use super::*;
     use crate::store::test_util::temp_store;
+
+    #[test]
+    fn secrets_are_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let (a, b) = {
+            let store = Store::open(&path).unwrap();
+            (store.secret("one").unwrap(), store.secret("two").unwrap())
+        };
+        assert_ne!(a, b);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.secret("one").unwrap(), a);
+    }
 
     #[test]
     fn fresh_database_gives_defaults() {
@@ -228,23 +326,23 @@ mod tests {
         let path = dir.path().join("db.sqlite3");
         let custom = Settings {
             system_prompt: "You are terse.".into(),
-            temperature: 0.0,
-            top_p: 0.8,
-            top_k: 0,
-            min_p: 0.05,
-            repeat_penalty: 1.1,
-            max_tokens: 512,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                top_p: 0.8,
+                top_k: 0,
+                min_p: 0.05,
+                repeat_penalty: 1.1,
+                max_tokens: 512,
+                ..SamplingParams::default()
+            },
             context_size: 4096,
-            threads: Some(6),
-            thinking: true,
-            thinking_budget: Some(256),
+            threads: 6,
+            thinking_default: true,
+            thinking_budget: 256,
             theme: Theme::Dark,
-            model_path: Some("/models/SmolLM3-Q4_K_M.gguf".into()),
-            tokenizer_path: Some("/models/tokenizer.json".into()),
-            server_enabled: true,
-            server_port: 9000,
-            allow_lan: true,
-            api_key: Some("sk-local".into()),
+            model_path: "/models/SmolLM3-Q4_K_M.gguf".into(),
+            tokenizer_path: "/models/tokenizer.json".into(),
+            hub_mirror: "https://hf-mirror.example".into(),
         };
         Store::open(&path).unwrap().save_settings(&custom).unwrap();
         assert_eq!(Store::open(&path).unwrap().load_settings().unwrap(), custom);
@@ -253,7 +351,6 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let back = Settings {
             theme: Theme::Light,
-            api_key: None,
             ..custom
         };
         store.save_settings(&back).unwrap();
@@ -271,53 +368,57 @@ mod tests {
                      ('top_k', '40'),
                      ('theme', '"dark"'),
                      ('retired_setting', 'true'),
+                     ('threads', 'null'),
+                     ('thinking', 'true'),
                      ('max_tokens', 'not json');"#,
             )
             .unwrap();
         let s = store.load_settings().unwrap();
-        assert_eq!(s.temperature, Settings::default().temperature);
-        assert_eq!(s.max_tokens, Settings::default().max_tokens);
-        assert_eq!(s.top_k, 40);
+        let d = Settings::default();
+        assert_eq!(s.sampling.temperature, d.sampling.temperature);
+        assert_eq!(s.sampling.max_tokens, d.sampling.max_tokens);
+        assert_eq!(s.sampling.top_k, 40);
         assert_eq!(s.theme, Theme::Dark);
+        assert_eq!(
+            s.threads, 0,
+            "a value stored as null by older versions means the default"
+        );
+        assert!(s.thinking_default);
     }
 
     #[test]
-    fn validate_rejects_out_of_range_values() {
-        let bad = |s: Settings| s.validate().unwrap_err().field;
-        assert_eq!(
-            bad(Settings {
-                temperature: -1.0,
-                ..Default::default()
-            }),
-            "temperature"
-        );
-        assert_eq!(
-            bad(Settings {
-                top_p: 0.0,
-                ..Default::default()
-            }),
-            "top_p"
-        );
-        assert_eq!(
-            bad(Settings {
-                context_size: 10,
-                ..Default::default()
-            }),
-            "context_size"
-        );
-        assert_eq!(
-            bad(Settings {
-                threads: Some(0),
-                ..Default::default()
-            }),
-            "threads"
-        );
-        assert_eq!(
-            bad(Settings {
-                api_key: Some("  ".into()),
-                ..Default::default()
-            }),
-            "api_key"
-        );
+    fn every_bad_field_is_reported() {
+        let mut s = Settings::default();
+        s.sampling.temperature = 5.0;
+        s.sampling.top_p = 0.0;
+        s.context_size = 10;
+        let fields: Vec<&str> = s.validate().unwrap_err().iter().map(|e| e.field).collect();
+        for f in ["temperature", "top_p", "context_size", "max_tokens"] {
+            assert!(fields.contains(&f), "{f} in {fields:?}");
+        }
+    }
+
+    #[test]
+    fn the_mirror_is_empty_or_a_web_address() {
+        for ok in ["", "https://hf-mirror.com", "http://10.0.0.2:8080/hf/"] {
+            assert!(valid_mirror(ok), "{ok}");
+        }
+        for bad in [
+            "ftp://x",
+            "file:///etc",
+            "hf-mirror.com",
+            "https://u:p@h",
+            "https://h/?a=1",
+        ] {
+            assert!(!valid_mirror(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn theme_names_round_trip() {
+        for t in [Theme::System, Theme::Light, Theme::Dark] {
+            assert_eq!(Theme::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(Theme::parse("purple"), None);
     }
 }

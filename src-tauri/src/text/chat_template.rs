@@ -21,7 +21,7 @@ use chrono::NaiveDate;
 use minijinja::value::ValueKind;
 use minijinja::{Environment, ErrorKind, Value};
 
-use crate::engine::events::ChatMessage;
+use super::ChatMessage;
 
 /// The SmolLM3 chat template, used when neither the model file nor a tokenizer config has one.
 pub const SMOLLM3_TEMPLATE: &str = include_str!("../../assets/smollm3.jinja");

@@ -1,6 +1,11 @@
-//! Text handling around the model: tokenizer, chat template, streaming detokenizer, think splitter.
+//! Text handling around the model: tokenizer, chat template, prompt tokens, streaming
+//! detokenizer, think splitter.
 
 pub mod chat_template;
 pub mod detok;
+mod message;
+pub mod prompt;
 pub mod think;
 pub mod tokenizer;
+
+pub use message::ChatMessage;

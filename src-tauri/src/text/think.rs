@@ -16,8 +16,6 @@
 //!
 //! Spaces and all other text are kept as written.
 
-use crate::engine::events::EngineEvent;
-
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
 
@@ -28,15 +26,6 @@ pub enum Delta {
     Reasoning(String),
     /// Text of the answer.
     Answer(String),
-}
-
-impl From<Delta> for EngineEvent {
-    fn from(delta: Delta) -> Self {
-        match delta {
-            Delta::Reasoning(text) => EngineEvent::Reasoning { text },
-            Delta::Answer(text) => EngineEvent::Answer { text },
-        }
-    }
 }
 
 /// Where the splitter is in the reply.
@@ -373,17 +362,5 @@ mod tests {
         assert_eq!(s.push("Hi"), vec![a("Hi")]);
         assert_eq!(s.force_close(), vec![]);
         assert_eq!(s.push(" </think> there"), vec![a(" </think> there")]);
-    }
-
-    #[test]
-    fn deltas_become_engine_events() {
-        assert_eq!(
-            EngineEvent::from(r("x")),
-            EngineEvent::Reasoning { text: "x".into() }
-        );
-        assert_eq!(
-            EngineEvent::from(a("y")),
-            EngineEvent::Answer { text: "y".into() }
-        );
     }
 }

@@ -164,3 +164,27 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, TokenizerError> {
         .map(|e| e.get_ids().to_vec())
         .map_err(|e| TokenizerError::Build(e.to_string()))
 }
+
+/// Tokenizes text as plain text: no added token (control or user-defined) is matched, so
+/// `<|im_start|>` typed in a message becomes the ids of its characters, never the control
+/// token. The rest of the pipeline is the tokenizer's own (normalizer, pre-tokenizer, model),
+/// so for text that spells no added token the ids are those of [`encode`].
+pub fn encode_plain(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, TokenizerError> {
+    use tokenizers::{Model, Normalizer, OffsetType, PreTokenizedString, PreTokenizer};
+    let build = |e: tokenizers::Error| TokenizerError::Build(e.to_string());
+    let mut pieces = PreTokenizedString::from(text);
+    if let Some(n) = tok.get_normalizer() {
+        pieces.normalize(|s| n.normalize(s)).map_err(build)?;
+    }
+    if let Some(p) = tok.get_pre_tokenizer() {
+        p.pre_tokenize(&mut pieces).map_err(build)?;
+    }
+    let model = tok.get_model();
+    pieces
+        .tokenize(|s| model.tokenize(s.get()))
+        .map_err(build)?;
+    let encoding = pieces
+        .into_encoding(None, 0, OffsetType::Byte)
+        .map_err(build)?;
+    Ok(encoding.get_ids().to_vec())
+}

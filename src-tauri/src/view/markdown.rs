@@ -30,30 +30,8 @@ use comrak::nodes::NodeValue;
 use comrak::options::Plugins;
 use comrak::{format_html_with_plugins, parse_document, Arena, Options};
 
-/// Escapes text for use in HTML content or in a quoted attribute value.
-pub fn escape_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + s.len() / 8);
-    push_escaped(&mut out, s);
-    out
-}
-
-fn push_escaped(out: &mut impl fmt::Write, s: &str) {
-    let mut rest = s;
-    while let Some(at) = rest.find(['&', '<', '>', '"', '\'']) {
-        let (plain, tail) = rest.split_at(at);
-        let _ = out.write_str(plain);
-        let entity = match tail.as_bytes()[0] {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            b'"' => "&quot;",
-            _ => "&#39;",
-        };
-        let _ = out.write_str(entity);
-        rest = &tail[1..];
-    }
-    let _ = out.write_str(rest);
-}
+pub use super::templates::escape as escape_text;
+use super::templates::push_escaped;
 
 /// Renders markdown as sanitized HTML (see the module documentation for what survives).
 pub fn render_markdown(md: &str) -> String {

@@ -1,6 +1,8 @@
-//! Turning stored data into HTML for the interface: sanitized markdown for model output and
-//! escaping for everything else.
+//! Turning stored data into HTML for the interface: templates with auto-escaping for the
+//! markup, sanitized markdown for model output, and the one HTML escaper.
 
 pub mod markdown;
+pub mod templates;
 
 pub use markdown::{escape_text, render_markdown};
+pub use templates::{escape, render, safe};

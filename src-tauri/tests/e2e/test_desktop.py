@@ -2,7 +2,8 @@
 
 Started by run.sh under Xvfb. Launches tauri-driver (which starts WebKitWebDriver and the app),
 then: skips the first-run wizard, sees the empty state, streams /quote, stops a reply, toggles reasoning, checks that a
-reply containing markup stays inert, restarts the app and finds the conversation again.
+reply containing markup stays inert and that a link in a reply opens in the system browser while the window stays on
+the app, restarts the app and finds the conversation again.
 Last, a fresh start with no model: the wizard downloads a synthetic model from the mock hub
 (throttled), the progress bar moves, the model loads and a reply streams.
 """
@@ -24,7 +25,18 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 APP_BIN = os.environ["APP_BIN"]
 SHOTS = os.environ.get("SCREENSHOTS", "target/e2e-screenshots")
-DRIVER_PORT = 4444
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Free ports rather than tauri-driver's fixed 4444/4445, so that two runs on one machine
+# (two checkouts) do not meet.
+DRIVER_PORT = free_port()
+NATIVE_PORT = free_port()
 TIMEOUT = 30
 
 passed = 0
@@ -241,6 +253,31 @@ def markdown_renders(d):
     assert answer.find_element(By.TAG_NAME, "code").text == "inline code"
 
 
+def links_open_outside_the_app(d):
+    # A link in a reply is followed in the system's browser (here a stand-in `xdg-open` that
+    # writes down what it was given); the window keeps the app's page.
+    opened = os.environ["OPENED_LINKS"]
+    n = replies(d)
+    send(d, "/quote see [the docs](https://example.com/smollm3-docs) for more")
+    wait(d, lambda d: replies(d) == n + 1, "a new reply")
+    wait(d, lambda d: not streaming(d), "the reply finishes")
+    link = last_reply(d).find_element(By.CSS_SELECTOR, ".answer a")
+    assert link.get_attribute("href") == "https://example.com/smollm3-docs"
+    page = d.current_url
+    link.click()
+    wait(d, lambda d: os.path.exists(opened) and "https://example.com/smollm3-docs" in open(opened).read(),
+         "the link went to the system browser")
+    time.sleep(1)
+    assert d.current_url == page, f"the window navigated to {d.current_url}"
+    assert d.find_elements(By.ID, "messages") and replies(d) == n + 1, "the app is still there"
+    # A link typed by hand in the page's own URL bar cannot happen; a scripted one would be
+    # blocked the same way.
+    js(d, "window.location.href = 'https://example.com/elsewhere'")
+    time.sleep(1)
+    assert d.current_url == page, f"the window navigated to {d.current_url}"
+    shot(d, "05b-link-outside")
+
+
 def small_window(d):
     try:
         d.set_window_size(900, 600)
@@ -299,12 +336,27 @@ def stop(proc):
         proc.kill()
 
 
+def fake_browser(work):
+    """An `xdg-open` first on PATH that writes down the links it is given, as the system's
+    browser would receive them."""
+    bindir = os.path.join(work, "bin")
+    os.makedirs(bindir, exist_ok=True)
+    opened = os.path.join(work, "opened-links.txt")
+    script = os.path.join(bindir, "xdg-open")
+    with open(script, "w") as f:
+        f.write(f'#!/bin/sh\nprintf "%s\\n" "$1" >> "{opened}"\n')
+    os.chmod(script, 0o755)
+    os.environ["PATH"] = bindir + os.pathsep + os.environ["PATH"]
+    os.environ["OPENED_LINKS"] = opened
+
+
 def main():
     os.makedirs(SHOTS, exist_ok=True)
     data = tempfile.mkdtemp(prefix="smollm3-bot-e2e-")
     os.environ["SMOLLM3_BOT_DATA_DIR"] = data
+    fake_browser(data)
     driver_bin = shutil.which("tauri-driver") or os.path.expanduser("~/.cargo/bin/tauri-driver")
-    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT)], stdout=sys.stdout, stderr=sys.stderr)
+    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT), "--native-port", str(NATIVE_PORT)], stdout=sys.stdout, stderr=sys.stderr)
     try:
         wait_port(DRIVER_PORT)
         d = start_session()
@@ -316,6 +368,7 @@ def main():
             check("reasoning toggle", reasoning_toggle, d)
             check("markup stays inert", markup_stays_inert, d)
             check("markdown renders", markdown_renders, d)
+            check("links open outside the app", links_open_outside_the_app, d)
             check("usable at 900x600", small_window, d)
             check("settings and theme", settings_panel, d)
             check("delete and undo", delete_and_undo, d)
@@ -339,7 +392,7 @@ def main():
     os.environ["SMOLLM3_BOT_DATA_DIR"] = os.path.join(work, "data")
     os.environ["SMOLLM3_MODELS_DIR"] = os.path.join(work, "models")
     os.environ["HF_ENDPOINT"] = url
-    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT)], stdout=sys.stdout, stderr=sys.stderr)
+    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT), "--native-port", str(NATIVE_PORT)], stdout=sys.stdout, stderr=sys.stderr)
     try:
         wait_port(DRIVER_PORT)
         d = start_session()

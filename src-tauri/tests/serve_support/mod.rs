@@ -29,9 +29,20 @@ pub fn tiny_model(tag: &str) -> PathBuf {
 }
 
 impl Server {
-    /// Starts `serve` on 127.0.0.1:0 with `extra` arguments and waits for its address.
+    /// Starts `serve` on 127.0.0.1:0 with `extra` arguments and waits for its address. Its
+    /// data folder is a fresh one beside the model.
     pub fn start(tag: &str, extra: &[&str]) -> Self {
         let model = tiny_model(tag);
+        let data = model.parent().unwrap().join("data");
+        Self::start_with(model, &data, extra)
+    }
+
+    /// Starts `serve` like [`Server::start`] on the data folder `data`.
+    pub fn start_in(tag: &str, data: &std::path::Path, extra: &[&str]) -> Self {
+        Self::start_with(tiny_model(tag), data, extra)
+    }
+
+    fn start_with(model: PathBuf, data: &std::path::Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_smollm3-bot"))
             .arg("serve")
             .arg("--model")
@@ -42,6 +53,7 @@ impl Server {
             .env_remove("HOST")
             .env_remove("PORT")
             .env("SMOLLM3_LOG_DIR", model.parent().unwrap())
+            .env("SMOLLM3_BOT_DATA_DIR", data)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

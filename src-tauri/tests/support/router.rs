@@ -54,3 +54,33 @@ pub async fn call_with_headers(
         String::from_utf8(bytes.to_vec()).expect("utf-8"),
     )
 }
+
+/// Like [`call_with_headers`], for a router behind the guard: the request names `host`, as
+/// every HTTP/1.1 client does.
+pub async fn call_as(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    form: Option<&str>,
+    host: &str,
+) -> (StatusCode, HeaderMap, String) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", host);
+    if form.is_some() {
+        req = req.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let req = req
+        .body(Body::from(form.unwrap_or("").to_string()))
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8(bytes.to_vec()).expect("utf-8"),
+    )
+}

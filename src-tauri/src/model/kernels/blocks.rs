@@ -48,6 +48,7 @@ pub enum Format {
 }
 
 impl Format {
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn block_bytes(self) -> usize {
         match self {
             Format::Q4K => std::mem::size_of::<Q4K>(),

@@ -23,7 +23,9 @@
 
 use super::blocks::{q4k_scales_mins, Q8x32, Q4K, Q6K, Q80, Q8K, QK, QK8_0};
 #[cfg(target_arch = "aarch64")]
-use super::neon;
+use super::neon::{base as neon_base, dotprod as neon_dotprod, i8mm as neon_i8mm};
+#[cfg(target_arch = "aarch64")]
+use super::Level;
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
 use super::{check_shape, quantize, quantize_q8_0, scalar, Isa, KernelError, Kernels};
@@ -339,6 +341,7 @@ const GROUPS: usize = 2;
 /// Blocks a one-row product reads ahead of the block in use. Decode streams every weight from
 /// memory once; without the hint the Q6_K product, with more work per byte, kept too few
 /// reads in flight and moved its weights at 8–16 GB/s where Q4_K moved 20 and more.
+#[cfg(target_arch = "x86_64")]
 pub(super) const PREFETCH_BLOCKS: usize = 1;
 
 /// The interleaved formats.
@@ -702,6 +705,7 @@ unsafe fn kernel(
             }
         };
     }
+    #[cfg(target_arch = "x86_64")]
     macro_rules! up_to_8 {
         ($isa:ident) => {
             match tile {
@@ -723,7 +727,11 @@ unsafe fn kernel(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => up_to_4!(avx2),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => up_to_4!(neon),
+        Isa::Neon => match kernels.level() {
+            Level::I8mm => up_to_4!(neon_i8mm),
+            Level::Dotprod => up_to_4!(neon_dotprod),
+            Level::Base => up_to_4!(neon_base),
+        },
         _ => up_to_4!(scalar),
     }
 }
@@ -870,8 +878,8 @@ pub(super) mod tests {
             k_quants::matmul::<T>((m, k, n), &x, as_blocks::<T>(&w), &mut want).unwrap();
             let mut twin = vec![f32::NAN; m * n];
             matmul(generic(), format, (m, k, n), &x, &packed, &mut twin).unwrap();
-            for kernels in Kernels::available() {
-                let isa = kernels.isa();
+            for kernels in Kernels::variants() {
+                let isa = kernels;
                 let mut got = vec![f32::NAN; m * n];
                 matmul(kernels, format, (m, k, n), &x, &packed, &mut got).unwrap();
                 let scale = want.iter().fold(0f32, |s, v| s.max(v.abs())).max(1.0);
@@ -915,8 +923,9 @@ pub(super) mod tests {
 
     #[test]
     fn many_products_match_one_at_a_time() {
-        for kernels in Kernels::available() {
+        for kernels in Kernels::variants() {
             many_products_on(kernels);
+            eprintln!("{kernels}: several products at once checked");
         }
     }
 
@@ -956,7 +965,7 @@ pub(super) mod tests {
                 matmul(kernels, *format, (m, k, *n), &x, w, &mut want).unwrap();
                 // SAFETY: every element was written (NaN markers would fail the comparison).
                 let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
-                assert_eq!(got, want, "{} {format:?} m {m} n {n}", kernels.isa());
+                assert_eq!(got, want, "{kernels} {format:?} m {m} n {n}");
             }
         }
         // A bad shape anywhere rejects the whole call.
@@ -978,8 +987,9 @@ pub(super) mod tests {
 
     #[test]
     fn fused_swiglu_matches_the_products_then_the_activation() {
-        for kernels in Kernels::available() {
+        for kernels in Kernels::variants() {
             fused_swiglu_on(kernels);
+            eprintln!("{kernels}: fused SwiGLU checked");
         }
     }
 
@@ -1005,7 +1015,7 @@ pub(super) mod tests {
                 let [got, want] =
                     [got, want].map(|v| v.iter().map(|x| unsafe { x.assume_init() }).collect());
                 let (got, want): (Vec<f32>, Vec<f32>) = (got, want);
-                assert_eq!(got, want, "{} {fg:?}/{fu:?} m {m}", kernels.isa());
+                assert_eq!(got, want, "{kernels} {fg:?}/{fu:?} m {m}");
             }
             // A matrix of the wrong size is refused, and nothing runs.
             let mut dst = vec![MaybeUninit::new(0f32); n];

@@ -14,6 +14,8 @@
 //! for an ISA the CPU has ([`Kernels::new`]). The process-wide choice ([`Kernels::default`])
 //! is the best the CPU has unless the shell set another ([`set_default`], from
 //! `SMOLLM3_KERNELS`); a model takes its own at load, so tests run every path in one process.
+//! A path may have variants for optional instructions ([`Level`]: NEON's `sdot` and `smmla`),
+//! chosen the same way; [`Kernels::variants`] lists them all, for the tests.
 
 pub mod interleaved;
 
@@ -33,6 +35,9 @@ mod avx512_gguf;
 mod gguf_layout;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) use neon::f16_to_f32;
 
 pub use blocks::Format;
 use blocks::{Q8x32, Q8K, QK, QK8_0};
@@ -116,6 +121,61 @@ impl Isa {
     }
 }
 
+/// Optional instructions a path may use beyond what it requires, detected at run time like
+/// the path itself. Only NEON has them; the other paths are always at [`Level::Base`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Level {
+    /// The path's own instructions only (for NEON: any ARMv8, e.g. the Raspberry Pi 4's
+    /// Cortex-A72).
+    Base,
+    /// The dot-product instructions, `sdot` (ARMv8.2 FEAT_DotProd: Cortex-A55/A76 and later,
+    /// Apple M1, Neoverse N1).
+    Dotprod,
+    /// `sdot` and the int8 matrix multiply `smmla` (ARMv8.6 FEAT_I8MM: Apple M2, Neoverse V1
+    /// and N2, Cortex-A510/A710 and later).
+    I8mm,
+}
+
+impl Level {
+    /// Every level, fastest first.
+    pub const ALL: [Level; 3] = [Level::I8mm, Level::Dotprod, Level::Base];
+
+    /// The name after the `+` in a variant's name (`neon+dotprod`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Base => "base",
+            Level::Dotprod => "dotprod",
+            Level::I8mm => "i8mm",
+        }
+    }
+
+    /// What the level needs, as the CPU documentation names it.
+    pub fn requires(self) -> &'static str {
+        match self {
+            Level::Base => "nothing more",
+            Level::Dotprod => "aarch64 with dotprod",
+            Level::I8mm => "aarch64 with dotprod and i8mm",
+        }
+    }
+
+    /// Whether this CPU has the level's instructions (for the NEON path, the only one with
+    /// levels above the base).
+    pub fn cpu_has(self) -> bool {
+        match self {
+            Level::Base => true,
+            #[cfg(target_arch = "aarch64")]
+            Level::Dotprod => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[cfg(target_arch = "aarch64")]
+            Level::I8mm => {
+                std::arch::is_aarch64_feature_detected!("dotprod")
+                    && std::arch::is_aarch64_feature_detected!("i8mm")
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
 impl std::fmt::Display for Isa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -127,13 +187,14 @@ impl std::fmt::Display for Isa {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Kernels {
     isa: Isa,
+    level: Level,
 }
 
 /// Why a kernel path cannot be chosen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectError {
     /// The name is not a path.
-    #[error("unknown kernel path {0:?}: expected one of avx512, avx2, neon, generic or auto")]
+    #[error("unknown kernel path {0:?}: expected avx512, avx2, neon[+base|+dotprod|+i8mm], generic or auto")]
     Unknown(String),
     /// The CPU lacks what the path needs.
     #[error("this CPU cannot run the {isa} kernels: they need {}", isa.requires())]
@@ -141,15 +202,40 @@ pub enum SelectError {
         /// The path asked for.
         isa: Isa,
     },
+    /// The path has no such variant, or the CPU lacks its instructions.
+    #[error("this CPU cannot run the {isa}+{} kernels: they need {}", level.name(), level.requires())]
+    MissingLevel {
+        /// The path asked for.
+        isa: Isa,
+        /// The variant asked for.
+        level: Level,
+    },
 }
 
 impl Kernels {
-    /// The path for `isa`, if the CPU has it.
+    /// The path for `isa`, if the CPU has it, at the best [`Level`] the CPU has for it.
     pub fn new(isa: Isa) -> Result<Self, SelectError> {
-        if isa.cpu_has() {
-            Ok(Self { isa })
+        if !isa.cpu_has() {
+            return Err(SelectError::Missing { isa });
+        }
+        let level = match isa {
+            Isa::Neon => Level::ALL.into_iter().find(|l| l.cpu_has()),
+            _ => None,
+        };
+        Ok(Self {
+            isa,
+            level: level.unwrap_or(Level::Base),
+        })
+    }
+
+    /// The path for `isa` at `level` exactly, if the CPU has both (levels above the base are
+    /// NEON's only).
+    pub fn with_level(isa: Isa, level: Level) -> Result<Self, SelectError> {
+        Self::new(isa)?;
+        if level == Level::Base || (isa == Isa::Neon && level.cpu_has()) {
+            Ok(Self { isa, level })
         } else {
-            Err(SelectError::Missing { isa })
+            Err(SelectError::MissingLevel { isa, level })
         }
     }
 
@@ -166,12 +252,37 @@ impl Kernels {
             .collect()
     }
 
-    /// The path a setting names: `auto` or nothing for [`Kernels::best`], else a path's name.
+    /// Every variant of every path this CPU can run, fastest first: [`Kernels::available`]
+    /// with each NEON [`Level`] the CPU has, so that tests check them all on one machine.
+    pub fn variants() -> Vec<Self> {
+        Self::available()
+            .into_iter()
+            .flat_map(|k| {
+                Level::ALL
+                    .into_iter()
+                    .filter_map(move |l| Self::with_level(k.isa, l).ok())
+            })
+            .collect()
+    }
+
+    /// The path a setting names: `auto` or nothing for [`Kernels::best`], else a path's name,
+    /// optionally with a level (`neon+dotprod`, as [`Kernels`]' `Display` writes it).
     pub fn from_setting(value: Option<&str>) -> Result<Self, SelectError> {
+        let unknown = |v: &str| SelectError::Unknown(v.into());
         match value.map(str::trim).filter(|v| !v.is_empty()) {
             None => Ok(Self::best()),
             Some(v) if v.eq_ignore_ascii_case("auto") => Ok(Self::best()),
-            Some(v) => Self::new(Isa::from_name(v).ok_or_else(|| SelectError::Unknown(v.into()))?),
+            Some(v) => match v.split_once('+') {
+                None => Self::new(Isa::from_name(v).ok_or_else(|| unknown(v))?),
+                Some((isa, level)) => {
+                    let isa = Isa::from_name(isa).ok_or_else(|| unknown(v))?;
+                    let level = Level::ALL
+                        .into_iter()
+                        .find(|l| l.name().eq_ignore_ascii_case(level.trim()))
+                        .ok_or_else(|| unknown(v))?;
+                    Self::with_level(isa, level)
+                }
+            },
         }
     }
 
@@ -180,10 +291,25 @@ impl Kernels {
         self.isa
     }
 
+    /// The optional instructions in use ([`Level::Base`] on every path but NEON).
+    pub fn level(self) -> Level {
+        self.level
+    }
+
     /// Whether this path computes on the interleaved layout (every SIMD path does; the
     /// generic one keeps the GGUF layout and candle's products).
     pub fn interleaved(self) -> bool {
         self.isa != Isa::Generic
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    /// The path's name; NEON's with its level (`neon+i8mm`, `neon+dotprod`, `neon+base`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.isa {
+            Isa::Neon => write!(f, "{}+{}", self.isa, self.level.name()),
+            _ => write!(f, "{}", self.isa),
+        }
     }
 }
 
@@ -395,6 +521,42 @@ mod tests {
     }
 
     #[test]
+    fn variants_are_the_levels_this_cpu_has() {
+        let variants = Kernels::variants();
+        let names: Vec<String> = variants.iter().map(|k| k.to_string()).collect();
+        eprintln!("kernel variants on this CPU: {}", names.join(", "));
+        for k in &variants {
+            // Each name selects its variant again.
+            assert_eq!(Kernels::from_setting(Some(&k.to_string())), Ok(*k));
+            assert!(k.level().cpu_has());
+            assert!(k.isa() == Isa::Neon || k.level() == Level::Base);
+        }
+        for k in Kernels::available() {
+            // The plain path is its best variant.
+            assert_eq!(variants.iter().find(|v| v.isa() == k.isa()), Some(&k));
+        }
+        for level in Level::ALL {
+            let neon = Kernels::with_level(Isa::Neon, level);
+            assert_eq!(
+                neon.is_ok(),
+                Isa::Neon.cpu_has() && level.cpu_has(),
+                "{level:?}"
+            );
+        }
+        assert_eq!(
+            Kernels::from_setting(Some("generic+i8mm")),
+            Err(SelectError::MissingLevel {
+                isa: Isa::Generic,
+                level: Level::I8mm
+            })
+        );
+        assert_eq!(
+            Kernels::from_setting(Some("neon+sve")),
+            Err(SelectError::Unknown("neon+sve".into()))
+        );
+    }
+
+    #[test]
     fn every_quantizer_matches_the_scalar_one_bit_for_bit() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let mut x: Vec<f32> = (0..QK * 64)
@@ -426,14 +588,14 @@ mod tests {
                 assert_eq!((w.qs, w.bsums), (c.qs, c.bsums), "block {b}");
             }
         }
-        for kernels in Kernels::available() {
+        for kernels in Kernels::variants() {
             let got = quantize(kernels, &x, 1, QK * 64);
             for (b, (g, w)) in got.iter().zip(&want).enumerate() {
-                let isa = kernels.isa();
-                assert_eq!(g.d.to_bits(), w.d.to_bits(), "{isa} block {b} scale");
-                assert_eq!(g.qs, w.qs, "{isa} block {b} values");
-                assert_eq!(g.bsums, w.bsums, "{isa} block {b} sums");
+                assert_eq!(g.d.to_bits(), w.d.to_bits(), "{kernels} block {b} scale");
+                assert_eq!(g.qs, w.qs, "{kernels} block {b} values");
+                assert_eq!(g.bsums, w.bsums, "{kernels} block {b} sums");
             }
+            eprintln!("{kernels} quantizer checked");
         }
     }
 }

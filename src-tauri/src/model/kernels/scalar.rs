@@ -3,6 +3,8 @@
 //! so that a SIMD kernel that is right gives the same bits. The tests compare each path's
 //! kernels against these; the generic path uses them where candle has no equivalent.
 
+#![allow(clippy::needless_range_loop)]
+
 use super::blocks::{Q8x32, Q8K, QK, QK8_0};
 use super::interleaved::{Q4Kx16, Q6Kx16, Q8_0x16, ROWS};
 

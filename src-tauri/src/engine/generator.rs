@@ -1,99 +1,84 @@
-//! The seam between the chat service and whatever produces a reply: the [`Generator`] trait,
-//! what a job asks for, and the two generators that need no model (`NoModel`, `Quote`).
+//! What the engine offers its callers: the [`Generator`] trait (implemented by the engine
+//! itself, see `worker.rs`), a submitted job's [`JobHandle`] and [`CancelToken`], and the two
+//! generators that need no model ([`NoModel`], [`Quote`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDate;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::engine::events::{ChatMessage, EngineEvent, FinishReason, GenerationStats};
+use super::admission::{Refusal, Ticket};
+use super::core::GenerateRequest;
+use super::events::{EngineEvent, FinishReason, GenerationStats};
 
-/// How many events a job may buffer before the producer waits for the consumer.
-pub const JOB_CHANNEL_CAPACITY: usize = 256;
+/// Stops a job; takes effect before the next token.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
 
-/// Sampling parameters for one reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SamplingSettings {
-    /// Softmax temperature; 0 means greedy.
-    pub temperature: f32,
-    /// Nucleus sampling threshold (1.0 disables it).
-    pub top_p: f32,
-    /// Keep only the k most likely tokens (0 disables it).
-    pub top_k: usize,
-    /// Drop tokens less likely than `min_p` times the most likely one (0 disables it).
-    pub min_p: f32,
-    /// Penalty for repeating recent tokens (1.0 disables it).
-    pub repeat_penalty: f32,
-    /// Most tokens to generate for one reply.
-    pub max_tokens: usize,
-}
+impl CancelToken {
+    /// A fresh token.
+    pub fn new() -> Self {
+        Self::default()
+    }
 
-impl Default for SamplingSettings {
-    /// The values SmolLM3's model card recommends.
-    fn default() -> Self {
-        Self {
-            temperature: 0.6,
-            top_p: 0.95,
-            top_k: 20,
-            min_p: 0.0,
-            repeat_penalty: 1.0,
-            max_tokens: 2048,
-        }
+    /// Asks the job to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a stop was asked.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn flag(&self) -> &AtomicBool {
+        &self.0
     }
 }
 
-/// Everything the engine needs for one reply.
-#[derive(Debug, Clone)]
-pub struct GenerateRequest {
-    /// The conversation; the engine keeps one KV cache slot per conversation.
-    pub conversation_id: i64,
-    /// The chat so far, system prompt first, ending with the user's turn.
-    pub messages: Vec<ChatMessage>,
-    /// How to pick tokens.
-    pub sampling: SamplingSettings,
-    /// Whether the model may reason inside `<think>` first.
-    pub enable_thinking: bool,
-    /// The date printed in the system prompt; fixed per conversation so the KV prefix stays valid.
-    pub today: NaiveDate,
-    /// Most reasoning tokens before the engine closes the `<think>` block (None: no limit).
-    pub thinking_budget: Option<usize>,
-}
-
-/// A submitted job: its event stream and the switch that stops it.
+/// A submitted job: its event stream and its stop switch.
 #[derive(Debug)]
 pub struct JobHandle {
-    /// Events in order: `Queued`/`Started`, deltas, then `Done` or `Error`.
-    pub events: mpsc::Receiver<EngineEvent>,
-    /// Set to ask the producer to stop; it then ends with `Done` and `FinishReason::Cancelled`.
-    pub cancel: Arc<AtomicBool>,
+    /// Job id (unique per engine; 0 for generators without a queue).
+    pub id: u64,
+    /// Events in order: `Queued`/`Started`, deltas, then `Done` or `Error`; the stream ends
+    /// after the last.
+    pub events: mpsc::UnboundedReceiver<EngineEvent>,
+    /// Stops the job; it then ends with `Done` and `FinishReason::Cancelled`.
+    pub cancel: CancelToken,
 }
 
 impl JobHandle {
     /// A job that fails at once with `message` (for a person to read).
     pub fn failed(message: impl Into<String>) -> Self {
-        let (tx, rx) = mpsc::channel(1);
-        // A fresh channel with capacity 1 always has room for one event.
-        let _ = tx.try_send(EngineEvent::Error {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // The receiver is alive, so the send cannot fail.
+        let _ = tx.send(EngineEvent::Error {
             message: message.into(),
         });
         Self {
+            id: 0,
             events: rx,
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel: CancelToken::new(),
         }
     }
 }
 
-/// Something that turns a chat into a streamed reply. The real engine implements it; so do
-/// the model-free generators below.
+/// Something that turns a chat into a streamed reply: the engine, or a model-free stand-in.
 pub trait Generator: Send + Sync {
+    /// Asks for a place in the queue for one of `client`'s replies, before anything of the
+    /// reply is saved. The ticket (none for generators without a queue) is held until the
+    /// reply ends; a refusal says why, for a person to read.
+    fn admit(&self, _client: &str) -> Result<Option<Ticket>, Refusal> {
+        Ok(None)
+    }
+
     /// Queues a job and returns at once; events arrive on the handle.
     fn submit(&self, req: GenerateRequest) -> JobHandle;
 
     /// Drops whatever is cached for a conversation (it was deleted or cleared).
-    fn forget(&self, _conversation_id: i64) {}
+    fn forget(&self, _conversation: &str) {}
 
     /// Stops for good before being replaced: cancels the reply in progress and any queued
     /// ones (they end with `Done`, cancelled) and frees the model. Blocks until done.
@@ -191,8 +176,8 @@ fn words(text: &str) -> Vec<&str> {
 
 impl Generator for Quote {
     fn submit(&self, req: GenerateRequest) -> JobHandle {
-        let (tx, rx) = mpsc::channel(JOB_CHANNEL_CAPACITY);
-        let cancel = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = CancelToken::new();
         let stop = cancel.clone();
         let text = self.text.clone();
         let delay = self.word_delay;
@@ -204,7 +189,7 @@ impl Generator for Quote {
             .sum();
         std::thread::spawn(move || {
             let begin = Instant::now();
-            let send = |ev: EngineEvent| tx.blocking_send(ev).is_ok();
+            let send = |ev: EngineEvent| tx.send(ev).is_ok();
             if !send(EngineEvent::Started {
                 prompt_tokens,
                 reused_tokens: 0,
@@ -220,7 +205,7 @@ impl Generator for Quote {
             let mut first_token = None;
             let mut finish = FinishReason::Stop;
             for (reasoning, piece) in pieces {
-                if stop.load(Ordering::Relaxed) {
+                if stop.is_cancelled() {
                     finish = FinishReason::Cancelled;
                     break;
                 }
@@ -257,22 +242,28 @@ impl Generator for Quote {
                 token_ids: Vec::new(),
             });
         });
-        JobHandle { events: rx, cancel }
+        JobHandle {
+            id: 0,
+            events: rx,
+            cancel,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ChatMessage;
+    use chrono::NaiveDate;
 
     fn request(thinking: bool) -> GenerateRequest {
         GenerateRequest {
-            conversation_id: 1,
-            messages: vec![ChatMessage::new("user", "/quote")],
-            sampling: SamplingSettings::default(),
             enable_thinking: thinking,
-            today: NaiveDate::from_ymd_opt(2026, 1, 2).expect("valid date"),
-            thinking_budget: None,
+            ..GenerateRequest::new(
+                Some("1".into()),
+                vec![ChatMessage::new("user", "/quote")],
+                NaiveDate::from_ymd_opt(2026, 1, 2).expect("valid date"),
+            )
         }
     }
 
@@ -284,6 +275,15 @@ mod tests {
         out
     }
 
+    /// Every event of quoting `text` without pauses.
+    fn quote(text: &str, thinking: bool) -> Vec<EngineEvent> {
+        drain(
+            Quote::new(text)
+                .with_delay(Duration::ZERO)
+                .submit(request(thinking)),
+        )
+    }
+
     #[test]
     fn words_keep_every_character() {
         let text = "  one two\n\nthree  ";
@@ -293,11 +293,7 @@ mod tests {
 
     #[test]
     fn quote_streams_the_text_then_done() {
-        let events = drain(
-            Quote::new("hello <b>world</b> again")
-                .with_delay(Duration::ZERO)
-                .submit(request(false)),
-        );
+        let events = quote("hello <b>world</b> again", false);
         assert!(matches!(events[0], EngineEvent::Started { .. }));
         let answer: String = events
             .iter()
@@ -318,11 +314,7 @@ mod tests {
 
     #[test]
     fn quote_reasons_first_when_thinking() {
-        let events = drain(
-            Quote::new("")
-                .with_delay(Duration::ZERO)
-                .submit(request(true)),
-        );
+        let events = quote("", true);
         let first_delta = events.iter().find(|e| {
             matches!(
                 e,
@@ -337,7 +329,7 @@ mod tests {
         let job = Quote::new("")
             .with_delay(Duration::from_millis(5))
             .submit(request(false));
-        job.cancel.store(true, Ordering::Relaxed);
+        job.cancel.cancel();
         let events = drain(job);
         match events.last() {
             Some(EngineEvent::Done { stats, .. }) => {

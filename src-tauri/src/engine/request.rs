@@ -1,0 +1,74 @@
+//! What a caller asks of the engine ([`GenerateRequest`]) and how a job can fail
+//! ([`JobError`]): the vocabulary the worker, the prompter and every caller share.
+
+use super::events::ChatMessage;
+use super::sampler::SamplingParams;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+/// What a caller asks the engine to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    /// The conversation this continues: its KV cache slot is kept between turns. `None` for a
+    /// request that stands alone (the API's): the engine then reuses whichever unnamed slot
+    /// shares the longest start with its prompt, so the prompt depends on the request only.
+    pub conversation: Option<String>,
+    /// The conversation so far, ending with the message to answer.
+    pub messages: Vec<ChatMessage>,
+    /// Sampling settings (including `max_tokens`).
+    pub params: SamplingParams,
+    /// SmolLM3's reasoning mode (`/think` and `/no_think` in a system message override it).
+    pub enable_thinking: bool,
+    /// The conversation's fixed "Today Date".
+    pub today: NaiveDate,
+    /// After this many reasoning tokens, close the reasoning and go on with the answer.
+    pub thinking_budget: Option<usize>,
+    /// Strings that end the answer (not included in it).
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Text the assistant turn already starts with: the model continues it instead of
+    /// beginning a reply. `"<think>\n"` starts inside the reasoning; a cut-short reply's text
+    /// continues that reply. The prefix is not streamed back (the caller has it), but its
+    /// token ids lead the reply's kept ids.
+    #[serde(default)]
+    pub assistant_prefix: Option<String>,
+}
+
+impl GenerateRequest {
+    /// A request with the engine's default sampling, thinking off, no budget, stop strings or
+    /// prefix.
+    pub fn new(conversation: Option<String>, messages: Vec<ChatMessage>, today: NaiveDate) -> Self {
+        Self {
+            conversation,
+            messages,
+            params: SamplingParams::default(),
+            enable_thinking: false,
+            today,
+            thinking_budget: None,
+            stop: Vec::new(),
+            assistant_prefix: None,
+        }
+    }
+}
+
+/// A job's failure, worded for the person waiting on it.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The prompt does not fit the context.
+    #[error("the conversation is too long: its prompt has {prompt} tokens and the context holds {context}. Start a new conversation, delete old messages, or raise the context size in the settings.")]
+    ContextFull {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Context size.
+        context: usize,
+    },
+    /// Bad sampling settings.
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    /// The chat template failed.
+    #[error("the chat template failed: {0}")]
+    Template(String),
+    /// The model failed.
+    #[error("the model failed: {0}")]
+    Model(String),
+}

@@ -1,0 +1,429 @@
+//! The OpenAI-compatible HTTP API over the engine: `POST /v1/chat/completions` (plain and
+//! streamed), `GET /v1/models`, `GET /health`. This module only translates: [`wire`] holds the
+//! wire format, [`plan`] turns a request into the engine's, [`stream`] turns the job's events
+//! back into a response. Thinking is off for API requests unless a request asks for it.
+//!
+//! The API keeps no memory of earlier requests: each one carries its whole conversation, and
+//! the engine reuses whatever KV cache shares the longest start with its prompt.
+
+mod plan;
+mod stream;
+mod wire;
+
+pub use plan::{parse_request, Plan};
+pub use wire::{assistant_message, chunk, delta_for, finish_reason, usage, ApiError};
+
+use super::guard::{error_response, ClientAddr, DEFAULT_MAX_BODY_BYTES};
+use crate::engine::admission::{QueueLimits, Refusal};
+use crate::engine::{CancelToken, Engine, JobError};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use stream::{Meta, Running};
+use wire::{completion_id, unknown_model, ChatRequest};
+
+/// Settings of the API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The id `/v1/models` lists and requests name.
+    pub model_id: String,
+    /// Generation jobs that may wait behind the running one before requests get 503.
+    pub max_queue: usize,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+impl ApiConfig {
+    /// Defaults for a model id: 4 waiting jobs, the guard's body limit.
+    pub fn new(model_id: impl Into<String>) -> Self {
+        Self {
+            model_id: model_id.into(),
+            max_queue: 4,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// The id a model file is listed under: its file name without `.gguf`.
+pub fn model_id_for(path: &std::path::Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "smollm3".into())
+}
+
+struct Inner {
+    engine: Engine,
+    config: ApiConfig,
+    created: i64,
+    /// The stop switches of the jobs running for API clients.
+    running: Mutex<HashMap<u64, CancelToken>>,
+}
+
+/// What the API's handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState(Arc<Inner>);
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("model", &self.0.config.model_id)
+            .finish()
+    }
+}
+
+impl ApiState {
+    /// An API over a running engine.
+    pub fn new(engine: Engine, config: ApiConfig) -> Self {
+        // The bound is the engine's, shared with the browser UI's replies on the same engine.
+        engine.admission().set_limits(QueueLimits {
+            max_waiting: config.max_queue,
+            ..engine.admission().limits()
+        });
+        Self(Arc::new(Inner {
+            engine,
+            created: chrono::Utc::now().timestamp(),
+            running: Mutex::new(HashMap::new()),
+            config,
+        }))
+    }
+
+    /// The engine behind the API.
+    pub fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ApiConfig {
+        &self.0.config
+    }
+
+    /// Stops every running API job (used at shutdown, so open streams end promptly).
+    pub fn cancel_all(&self) {
+        if let Ok(running) = self.0.running.lock() {
+            for c in running.values() {
+                c.cancel();
+            }
+        }
+    }
+
+    fn known_model(&self, name: &str) -> bool {
+        let id = &self.0.config.model_id;
+        name.eq_ignore_ascii_case(id)
+            || name.eq_ignore_ascii_case(&format!("{id}.gguf"))
+            || name.eq_ignore_ascii_case(&self.0.engine.status().model)
+    }
+
+    /// Forgets a job that ended or whose client left.
+    fn stopped(&self, job: u64) {
+        if let Ok(mut running) = self.0.running.lock() {
+            running.remove(&job);
+        }
+    }
+}
+
+/// The API's routes: `/v1/chat/completions`, `/v1/models`, `/v1/models/{id}`, `/health`, and
+/// a JSON 404 for any other `/v1/…` path. It has no fallback of its own, so it merges into
+/// any router; wear [`super::guard::Guard::protect`] before serving it over TCP.
+pub fn api_router(state: ApiState) -> Router {
+    let limit = state.0.config.max_body_bytes;
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(chat_completions).fallback(method_not_allowed),
+        )
+        .route("/v1/models", get(list_models).fallback(method_not_allowed))
+        .route(
+            "/v1/models/{id}",
+            get(get_model).fallback(method_not_allowed),
+        )
+        .route("/v1/{*rest}", any(not_found))
+        .route("/health", get(health).fallback(method_not_allowed))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// 404 in the API's error shape; serve it as the fallback of a composed router.
+pub async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        "no such route; the API lives under /v1 (chat/completions, models)",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+async fn health(State(st): State<ApiState>) -> Json<Value> {
+    let s = st.0.engine.status();
+    Json(json!({
+        "status": "ok",
+        "model": st.0.config.model_id,
+        "context_size": s.context_size,
+        "busy": s.busy,
+        "queued": s.queued,
+    }))
+}
+
+fn model_object(st: &ApiState) -> Value {
+    json!({
+        "id": st.0.config.model_id,
+        "object": "model",
+        "created": st.0.created,
+        "owned_by": "local",
+        "context_length": st.0.engine.context_size(),
+    })
+}
+
+async fn list_models(State(st): State<ApiState>) -> Json<Value> {
+    Json(json!({ "object": "list", "data": [model_object(&st)] }))
+}
+
+async fn get_model(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
+    if st.known_model(&id) {
+        Json(model_object(&st)).into_response()
+    } else {
+        unknown_model(&id).into_response()
+    }
+}
+
+async fn chat_completions(
+    State(st): State<ApiState>,
+    ClientAddr(addr): ClientAddr,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    // Each address is one client of the queue; clients that cannot be told apart share one.
+    let client = match addr {
+        Some(ip) => format!("api:{ip}"),
+        None => "api".to_string(),
+    };
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+                format!(
+                    "the request body is larger than the server accepts ({} bytes)",
+                    st.0.config.max_body_bytes
+                ),
+            )
+        } else {
+            ApiError::bad_request(None, e.body_text())
+        }
+    })?;
+    let context = st.0.engine.context_size();
+    let req: ChatRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(None, format!("the request body is not valid: {e}")))?;
+    if let Some(m) = req.model.as_deref().filter(|m| !m.is_empty()) {
+        if !st.known_model(m) {
+            return Err(unknown_model(m));
+        }
+    }
+    let plan = plan::plan(req, context, chrono::Local::now().date_naive())?;
+
+    // Tokenizing a long prompt takes milliseconds; keep it off the async workers anyway.
+    let counted = {
+        let engine = st.0.engine.clone();
+        let request = plan.request.clone();
+        tokio::task::spawn_blocking(move || engine.prompt(&request))
+            .await
+            .map_err(|e| ApiError::engine(format!("prompt check failed: {e}")))?
+    };
+    let prompt_tokens = counted
+        .map_err(|e| match e {
+            // The template refused the messages (raise_exception): the request's fault.
+            JobError::Template(_) => ApiError::bad_request(Some("messages"), e.to_string()),
+            other => ApiError::engine(other.to_string()),
+        })?
+        .len();
+    if prompt_tokens >= context {
+        return Err(ApiError {
+            param: Some("messages".into()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
+                format!(
+                    "the prompt has {prompt_tokens} tokens but the context holds {context}; \
+                     shorten the messages or start the server with a larger --context"
+                ),
+            )
+        });
+    }
+
+    let ticket = match st.0.engine.admission().try_admit(&client) {
+        Ok(t) => t,
+        Err(refusal) => {
+            let message = match refusal {
+                Refusal::QueueFull { .. } => {
+                    "the server is busy: too many requests are waiting; retry later".to_string()
+                }
+                Refusal::ClientLimit { limit, .. } => format!(
+                    "this client already has {limit} requests waiting or running, the most one \
+                     client may have; retry when one has finished"
+                ),
+            };
+            return Err(ApiError {
+                retry_after_s: Some(refusal.retry_after_s()),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "queue_full",
+                    message,
+                )
+            });
+        }
+    };
+    let handle = st.0.engine.submit(plan.request);
+    if let Ok(mut running) = st.0.running.lock() {
+        running.insert(handle.id, handle.cancel.clone());
+    }
+    let job = Running {
+        state: st.clone(),
+        handle,
+        _ticket: ticket,
+        finished: false,
+    };
+    let meta = Meta {
+        id: completion_id(),
+        created: chrono::Utc::now().timestamp(),
+        model: st.0.config.model_id.clone(),
+    };
+    if plan.stream {
+        Ok(stream::stream_reply(job, meta, plan.include_usage).into_response())
+    } else {
+        stream::whole_reply(job, meta).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineEvent, FinishReason};
+
+    #[test]
+    fn reasoning_and_answer_map_to_their_delta_fields() {
+        let r = delta_for(&EngineEvent::Reasoning { text: "hmm".into() }).unwrap();
+        assert_eq!(r, json!({ "reasoning_content": "hmm" }));
+        let a = delta_for(&EngineEvent::Answer { text: "hi".into() }).unwrap();
+        assert_eq!(a, json!({ "content": "hi" }));
+        assert!(delta_for(&EngineEvent::Answer {
+            text: String::new()
+        })
+        .is_none());
+        assert!(delta_for(&EngineEvent::Queued { position: 1 }).is_none());
+    }
+
+    #[test]
+    fn reasoning_goes_beside_the_answer_in_the_message() {
+        let m = assistant_message("42", "Let me add.");
+        assert_eq!(
+            m,
+            json!({"role": "assistant", "content": "42", "reasoning_content": "Let me add."})
+        );
+        assert!(assistant_message("42", "")
+            .get("reasoning_content")
+            .is_none());
+    }
+
+    #[test]
+    fn finish_reasons_follow_openai() {
+        assert_eq!(finish_reason(FinishReason::Stop), "stop");
+        assert_eq!(finish_reason(FinishReason::Length), "length");
+        assert_eq!(finish_reason(FinishReason::ContextFull), "length");
+    }
+
+    #[test]
+    fn parts_stops_and_extras_are_read() {
+        let body = json!({
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+            ],
+            "stop": "END", "seed": 7, "top_k": 20, "min_p": 0.05, "repeat_penalty": 1.1,
+            "max_completion_tokens": 9, "max_tokens": 100,
+            "chat_template_kwargs": {"enable_thinking": true},
+            "stream": true, "stream_options": {"include_usage": true}
+        });
+        let p = parse_request(body.to_string().as_bytes(), 512).unwrap();
+        let r = &p.request;
+        assert_eq!(r.messages[0].role, "system");
+        assert_eq!(r.messages[1].content, "ab");
+        assert_eq!(r.stop, vec!["END".to_string()]);
+        assert_eq!(r.params.seed, Some(7));
+        assert_eq!(r.params.top_k, 20);
+        assert_eq!(r.params.max_tokens, 9, "max_completion_tokens wins");
+        assert!(r.enable_thinking && p.stream && p.include_usage);
+    }
+
+    #[test]
+    fn thinking_is_off_unless_asked_and_bad_values_are_refused() {
+        let ok = json!({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b"]});
+        let p = parse_request(ok.to_string().as_bytes(), 512).unwrap();
+        assert!(!p.request.enable_thinking && !p.stream);
+        assert_eq!(p.request.params.max_tokens, 512);
+        for (bad, param) in [
+            (json!({"messages": []}), Some("messages")),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3}),
+                Some("temperature"),
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0}),
+                Some("top_p"),
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+                Some("max_tokens"),
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": "x"}], "n": 2}),
+                Some("n"),
+            ),
+            (
+                json!({"messages": [{"role": "tool", "content": "x"}]}),
+                Some("messages[0].role"),
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+                Some("messages[0].content"),
+            ),
+        ] {
+            let e = parse_request(bad.to_string().as_bytes(), 512).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(e.param.as_deref(), param, "{bad}");
+        }
+        let e = parse_request(b"{not json", 512).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn engine_errors_keep_their_meaning() {
+        let e = ApiError::from_engine_message(
+            "the conversation is too long: its prompt has 9 tokens and the context holds 8.".into(),
+        );
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "context_length_exceeded")
+        );
+        let e = ApiError::from_engine_message("the model failed: boom".into());
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.body()["error"]["type"], "server_error");
+    }
+}

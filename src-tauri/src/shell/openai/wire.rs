@@ -1,0 +1,273 @@
+//! The OpenAI wire format: the request body as clients send it, the response and stream
+//! chunk objects, and errors in OpenAI's shape `{"error":{"message","type","param","code"}}`.
+//!
+//! Field names follow OpenAI's Chat Completions API, with the extras llama.cpp's server made
+//! common: `top_k`, `min_p`, `repeat_penalty`, `chat_template_kwargs.enable_thinking`, and the
+//! model's reasoning returned apart from the answer as `reasoning_content` (in the message, and
+//! in stream deltas).
+
+use crate::engine::{EngineEvent, FinishReason, GenerationStats};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// An API failure: status and OpenAI-style error fields.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OpenAI's `type`.
+    pub kind: &'static str,
+    /// OpenAI's `code`.
+    pub code: &'static str,
+    /// The field at fault, when one is.
+    pub param: Option<String>,
+    /// For a person.
+    pub message: String,
+    /// Seconds for `Retry-After` (503 only).
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub(super) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: String,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            param: None,
+            message,
+            retry_after_s: None,
+        }
+    }
+
+    /// 400: the request is malformed or a value is out of range.
+    pub fn bad_request(param: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            param: param.map(str::to_string),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                message.into(),
+            )
+        }
+    }
+
+    /// 500: the engine failed.
+    pub fn engine(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "engine_error",
+            message.into(),
+        )
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        json!({ "error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+
+    /// The error an engine event's message stands for.
+    pub(super) fn from_engine_message(message: String) -> Self {
+        // The engine words its errors for people; these prefixes are its two request faults.
+        if message.starts_with("the conversation is too long") {
+            Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
+                message,
+            )
+        } else if message.starts_with("invalid settings") {
+            Self::bad_request(None, message)
+        } else {
+            Self::engine(message)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(self.body())).into_response();
+        if let Some(s) = self.retry_after_s {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+/// 404 for a model name this server does not serve.
+pub(super) fn unknown_model(name: &str) -> ApiError {
+    ApiError {
+        param: Some("model".into()),
+        ..ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("the model `{name}` does not exist here; GET /v1/models lists the one served"),
+        )
+    }
+}
+
+/// Message content: a string, or OpenAI's array of parts (only text parts are supported).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Part {
+    #[serde(rename = "type")]
+    pub(super) kind: String,
+    #[serde(default)]
+    pub(super) text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct InMessage {
+    pub(super) role: String,
+    #[serde(default)]
+    pub(super) content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct StreamOptions {
+    #[serde(default)]
+    pub(super) include_usage: Option<bool>,
+}
+
+/// The request body; fields we do not know are ignored, as OpenAI clients send many.
+#[derive(Debug, Deserialize)]
+pub(super) struct ChatRequest {
+    #[serde(default)]
+    pub(super) model: Option<String>,
+    pub(super) messages: Vec<InMessage>,
+    #[serde(default)]
+    pub(super) stream: Option<bool>,
+    #[serde(default)]
+    pub(super) stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub(super) temperature: Option<f32>,
+    #[serde(default)]
+    pub(super) top_p: Option<f32>,
+    #[serde(default)]
+    pub(super) max_tokens: Option<i64>,
+    #[serde(default)]
+    pub(super) max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub(super) stop: Option<Stop>,
+    #[serde(default)]
+    pub(super) seed: Option<i64>,
+    #[serde(default)]
+    pub(super) n: Option<i64>,
+    #[serde(default)]
+    pub(super) top_k: Option<i64>,
+    #[serde(default)]
+    pub(super) min_p: Option<f32>,
+    #[serde(default)]
+    pub(super) repeat_penalty: Option<f32>,
+    #[serde(default)]
+    pub(super) chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub(super) tools: Option<Vec<Value>>,
+    #[serde(default)]
+    pub(super) logprobs: Option<bool>,
+    #[serde(default)]
+    pub(super) response_format: Option<Value>,
+}
+
+/// The reply's `message`: the answer as `content`, the reasoning (when there was any) as
+/// `reasoning_content`.
+pub fn assistant_message(answer: &str, reasoning: &str) -> Value {
+    let mut message = json!({ "role": "assistant", "content": answer });
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = Value::String(reasoning.to_string());
+    }
+    message
+}
+
+/// One streamed chunk of a reply.
+pub fn chunk(
+    id: &str,
+    created: i64,
+    model: &str,
+    delta: Value,
+    finish: Option<&str>,
+    with_usage: bool,
+) -> Value {
+    let mut c = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+    });
+    if with_usage {
+        c["usage"] = Value::Null;
+    }
+    c
+}
+
+/// The stream delta for an engine event, if it carries text.
+pub fn delta_for(ev: &EngineEvent) -> Option<Value> {
+    match ev {
+        EngineEvent::Reasoning { text } if !text.is_empty() => {
+            Some(json!({ "reasoning_content": text }))
+        }
+        EngineEvent::Answer { text } if !text.is_empty() => Some(json!({ "content": text })),
+        _ => None,
+    }
+}
+
+/// OpenAI's `finish_reason` for an engine result.
+pub fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+        FinishReason::Length | FinishReason::ContextFull => "length",
+    }
+}
+
+/// OpenAI's `usage` object.
+pub fn usage(stats: &GenerationStats) -> Value {
+    json!({
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.generated_tokens,
+        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
+        "prompt_tokens_details": { "cached_tokens": stats.reused_tokens },
+    })
+}
+
+pub(super) fn completion_id() -> String {
+    let tail: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    format!("chatcmpl-{tail}")
+}

@@ -1,0 +1,284 @@
+//! The top-level modules form layers: each may use only the layers below it, so no import
+//! goes upward and no two modules need each other. Read from the source text (`crate::x`
+//! paths, and `super::super::x` from a module's sub-folders), so a new upward import fails here
+//! before anyone has to untangle it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Each top-level module and the ones it may use.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("model", &[]),
+    ("view", &[]),
+    ("text", &["model"]),
+    ("hub", &["model"]),
+    ("engine", &["model", "text"]),
+    ("store", &["engine"]),
+    ("app", &["engine", "store", "hub", "text", "model", "view"]),
+    (
+        "shell",
+        &["app", "engine", "store", "hub", "text", "model", "view"],
+    ),
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level modules a file names: `crate::x`, `crate::{x, y::z}`, and `super::…::x`
+/// climbing out of its own top-level module.
+fn uses(text: &str, depth: usize) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let inner = group.split('}').next().unwrap_or("");
+                for part in inner.split(',') {
+                    found.insert(ident(part.trim()));
+                }
+            } else {
+                found.insert(ident(rest));
+            }
+        }
+        // From src/a/b.rs, `super::super::x` leaves module `a` (depth 2 climbs twice).
+        if depth >= 2 {
+            let climb = "super::".repeat(depth);
+            for (i, _) in code.match_indices(&climb) {
+                found.insert(ident(&code[i + climb.len()..]));
+            }
+        }
+    }
+    found.retain(|m| !m.is_empty());
+    found
+}
+
+#[test]
+fn top_level_modules_only_use_the_layers_below() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let known: BTreeSet<&str> = LAYERS.iter().map(|(m, _)| *m).collect();
+    let mut wrong = Vec::new();
+    for (module, allowed) in LAYERS {
+        let root = src.join(module);
+        let mut files = Vec::new();
+        rust_files(&root, &mut files);
+        assert!(!files.is_empty(), "no files under {}", root.display());
+        for file in files {
+            let rel = file.strip_prefix(&root).unwrap();
+            // src/m/mod.rs and src/m/x.rs are depth 1 (`super` is `m`); src/m/x/y.rs is 2.
+            let depth = rel.components().count()
+                - usize::from(rel.file_name().is_some_and(|n| n == "mod.rs"));
+            let text = std::fs::read_to_string(&file).unwrap();
+            for used in uses(&text, depth) {
+                if used != *module
+                    && known.contains(used.as_str())
+                    && !allowed.contains(&used.as_str())
+                {
+                    wrong.push(format!("{} uses {used}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "imports against the layers (see LAYERS):\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_layers_have_no_cycle() {
+    // A module may only use modules listed before it, so the order is a topological one.
+    for (i, (module, allowed)) in LAYERS.iter().enumerate() {
+        for used in *allowed {
+            let at = LAYERS.iter().position(|(m, _)| m == used).unwrap();
+            assert!(at < i, "{module} uses {used}, which is not below it");
+        }
+    }
+}
+
+#[test]
+fn the_scanner_sees_every_form_of_path() {
+    let text = "use crate::{engine::X, store};\nlet a = crate::hub::f(); // crate::view\n";
+    let found = uses(text, 1);
+    assert_eq!(
+        found.into_iter().collect::<Vec<_>>(),
+        ["engine", "hub", "store"]
+    );
+    assert!(uses("use super::super::hub::x;", 2).contains("hub"));
+    assert!(uses("use super::kernels::x;", 2).is_empty());
+}
+
+#[test]
+fn only_the_shells_read_the_environment() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut readers = Vec::new();
+    for module in ["model", "text", "engine", "store", "view"] {
+        let mut files = Vec::new();
+        rust_files(&src.join(module), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            if text.contains("env::var") || text.contains("env::set_var") {
+                readers.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(
+        readers.is_empty(),
+        "configuration is read once in the shell and passed down; these read the environment:\n{}",
+        readers.join("\n")
+    );
+}
+
+/// Files that still need each other, inside one top-level module. A cycle not listed here
+/// fails [`no_new_cycles_between_files`]; breaking one of these means deleting its line.
+const KNOWN_FILE_CYCLES: &[&[&str]] = &[
+    // The NEON products reuse the interleaved layout's helpers, which dispatch to NEON.
+    &["model::kernels::interleaved", "model::kernels::neon"],
+    // The wizard's state lives in the service, and its steps call the service.
+    &["app::service", "app::wizard"],
+    // The browser UI's router mounts the wizard and the sessions, which use its error type.
+    &["shell::http", "shell::session", "shell::wizard"],
+];
+
+/// Every module file under `src/` as (`a::b` path, text before its tests).
+fn module_files() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files
+        .into_iter()
+        .filter_map(|f| {
+            let rel = f.strip_prefix(&src).unwrap().with_extension("");
+            let mut parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if parts.last().is_some_and(|p| p == "mod") {
+                parts.pop();
+            }
+            if parts.len() == 1 && matches!(parts[0].as_str(), "lib" | "main") {
+                return None;
+            }
+            let text = std::fs::read_to_string(&f).unwrap();
+            // Test modules may reach anywhere.
+            let text = text.split("#[cfg(test)]").next().unwrap_or("").to_string();
+            Some((parts.join("::"), text))
+        })
+        .collect()
+}
+
+/// The modules a file's `crate::` and `super::` paths name (the longest known prefix).
+fn file_edges(module: &str, text: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
+    let own: Vec<&str> = module.split("::").collect();
+    let resolve = |path: Vec<String>| -> Option<String> {
+        (1..=path.len())
+            .rev()
+            .map(|k| path[..k].join("::"))
+            .find(|c| known.contains(c) && c != module)
+    };
+    let words = |s: &str| -> Vec<String> {
+        s.split("::")
+            .map(|w| {
+                w.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .take_while(|w| !w.is_empty())
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        for (i, _) in code.match_indices("crate::") {
+            out.extend(resolve(words(&code[i + 7..])));
+        }
+        let mut rest = code;
+        while let Some(i) = rest.find("super::") {
+            let before = &rest[..i];
+            if before.ends_with("super::")
+                || before.ends_with(|c: char| c.is_alphanumeric() || c == '_')
+            {
+                rest = &rest[i + 7..];
+                continue;
+            }
+            let mut tail = &rest[i..];
+            let mut ups = 0;
+            while let Some(t) = tail.strip_prefix("super::") {
+                ups += 1;
+                tail = t;
+            }
+            // From `a/b.rs` and from `a/b/mod.rs` alike, one `super` is `a`.
+            let keep = own.len().saturating_sub(ups);
+            let mut path: Vec<String> = own[..keep.min(own.len())]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            path.extend(words(tail));
+            out.extend(resolve(path));
+            rest = tail;
+        }
+    }
+    out
+}
+
+#[test]
+fn no_new_cycles_between_files() {
+    let files = module_files();
+    let known: BTreeSet<String> = files.iter().map(|(m, _)| m.clone()).collect();
+    let edges: std::collections::BTreeMap<String, BTreeSet<String>> = files
+        .iter()
+        .map(|(m, t)| (m.clone(), file_edges(m, t, &known)))
+        .collect();
+    // Two files are in one cycle when each reaches the other.
+    let reach = |from: &str| -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![from.to_string()];
+        while let Some(m) = todo.pop() {
+            for n in edges.get(&m).into_iter().flatten() {
+                if seen.insert(n.clone()) {
+                    todo.push(n.clone());
+                }
+            }
+        }
+        seen
+    };
+    let reaches: std::collections::BTreeMap<&String, BTreeSet<String>> =
+        known.iter().map(|m| (m, reach(m))).collect();
+    let mut cycles: BTreeSet<Vec<String>> = BTreeSet::new();
+    for m in &known {
+        let mut cycle: Vec<String> = reaches[m]
+            .iter()
+            .filter(|n| *n != m && reaches[*n].contains(m))
+            .cloned()
+            .collect();
+        if !cycle.is_empty() {
+            cycle.push(m.clone());
+            cycle.sort();
+            cycles.insert(cycle);
+        }
+    }
+    let allowed: BTreeSet<Vec<String>> = KNOWN_FILE_CYCLES
+        .iter()
+        .map(|c| c.iter().map(|s| s.to_string()).collect())
+        .collect();
+    let new: Vec<String> = cycles.difference(&allowed).map(|c| c.join(" ↔ ")).collect();
+    assert!(
+        new.is_empty(),
+        "files that now need each other:\n{}",
+        new.join("\n")
+    );
+}
