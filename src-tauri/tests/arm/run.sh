@@ -14,17 +14,7 @@ cd "$ROOT"
 TARGET=aarch64-unknown-linux-gnu
 started=$(date +%s)
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
-missing=()
-for pkg in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+bash "$ROOT/.ci/apt-need" gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 if ! rustup target list --installed | grep -qx "$TARGET"; then
   rustup target add "$TARGET"
 fi

@@ -8,17 +8,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 cd "$ROOT"
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
-missing=()
-for pkg in libwebkit2gtk-4.1-dev xvfb xauth webkit2gtk-driver imagemagick python3-venv; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+bash "$ROOT/.ci/apt-need" libwebkit2gtk-4.1-dev xvfb xauth webkit2gtk-driver imagemagick python3-venv
 
 if ! command -v tauri-driver >/dev/null 2>&1; then
   cargo install --locked tauri-driver --version '^2'
