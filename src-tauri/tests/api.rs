@@ -774,6 +774,55 @@ async fn login_never_redirects_off_site() {
 }
 
 #[tokio::test]
+async fn the_sign_in_page_is_a_template_with_a_strict_policy() {
+    let key = "smol-Xy7Qp2LmN8vR4tK9wB3zC6dF1gH5jS0a";
+    // Two stand-in UI files, to see what the guard lets through.
+    let ui = Router::new()
+        .route("/app.css", axum::routing::get(|| async { ".login {}" }))
+        .route("/app.js", axum::routing::get(|| async { "// glue" }));
+    let app = Guard::new(lan_cfg(key)).protect(app_router(api(512, 4), Some(ui)));
+    let get = |path: &str| {
+        Request::get(path)
+            .header(header::HOST, "mybox.local:3000")
+            .body(Body::empty())
+            .unwrap()
+    };
+    // A `next` that tries to close the attribute comes back escaped, once.
+    let (s, h, page) = send(&app, get("/login?next=/x%22%3E%3Cb%3Ey%26")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("name=\"next\" value=\"/x&quot;&gt;&lt;b&gt;y&amp;\""),
+        "{page}"
+    );
+    assert!(!page.contains("<b>"));
+    assert!(
+        !page.contains("<style") && !page.contains("style="),
+        "no inline style"
+    );
+    let policy = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    for part in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(policy.contains(part), "{policy}");
+    }
+    // Its stylesheet is open to a visitor without the key; the rest of the UI is not.
+    let (s, h, css) = send(&app, get("/app.css")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(css.contains(".login"));
+    assert!(
+        h.get(header::CONTENT_SECURITY_POLICY).is_none(),
+        "only pages"
+    );
+    assert_eq!(send(&app, get("/app.js")).await.0, StatusCode::UNAUTHORIZED);
+    // A wrong key shows the message, escaped by the same template.
+    let (s, _, page) = send(&app, login("nope", "%2F")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(page.contains("That key is not right."), "{page}");
+}
+
+#[tokio::test]
 async fn wrong_keys_are_rate_limited() {
     let key = "smol-Xy7Qp2LmN8vR4tK9wB3zC6dF1gH5jS0a";
     let app = guarded(api(512, 4), lan_cfg(key));

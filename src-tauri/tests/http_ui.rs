@@ -73,26 +73,30 @@ async fn full_page_shows_the_empty_state_and_loads_only_local_scripts() {
         .to_str()
         .unwrap()
         .starts_with("text/html"));
-    assert!(body.contains("Start a conversation"));
-    assert!(body.contains("No conversations yet"));
-    assert!(body.contains("src=\"/assets/vendor/htmx.min.js\""));
+    // The browser gets the desktop window's own page, which asks for the layout.
+    assert_eq!(body, include_str!("../../ui/index.html"));
+    assert!(body.contains("hx-get=\"/layout\""));
     // Every script is a file from this origin: no inline code, nothing remote.
+    let mut scripts = Vec::new();
     for part in body.split("<script").skip(1) {
-        assert!(
-            part.starts_with(" src=\"/assets/"),
-            "unexpected script: {part:.60}"
-        );
+        let src = part
+            .strip_prefix(" src=\"")
+            .and_then(|p| p.split('"').next())
+            .unwrap_or_else(|| panic!("unexpected script: {part:.60}"));
+        assert!(!src.contains(':') && !src.starts_with("//"), "{src}");
         assert!(part.contains("></script>"));
+        scripts.push(format!("/{src}"));
     }
-    for asset in [
-        "/assets/app.css",
-        "/assets/app.js",
-        "/assets/vendor/htmx.min.js",
-    ] {
+    assert_eq!(scripts, ["/app.js", "/vendor/htmx.min.js"]);
+    for asset in scripts.iter().map(String::as_str).chain(["/app.css"]) {
         let (status, _, body) = call(&app, "GET", asset, None).await;
         assert_eq!(status, StatusCode::OK, "{asset}");
         assert!(!body.is_empty());
     }
+    let (status, _, layout) = call(&app, "GET", "/layout", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(layout.contains("Start a conversation"));
+    assert!(layout.contains("No conversations yet"));
 }
 
 #[tokio::test]

@@ -80,7 +80,8 @@ async fn serve_has_no_wizard_and_a_named_mirror_sees_no_request() {
         listener.requests()
     );
     // No wizard on the browser's pages either, even with no model set up in the settings.
-    let (_, _, page) = support::router::call_as(&app, "GET", "/", None, "127.0.0.1:3000").await;
+    let (_, _, page) =
+        support::router::call_as(&app, "GET", "/layout", None, "127.0.0.1:3000").await;
     assert!(!page.contains("id=\"wizard\""), "{page}");
     // And the machine's settings are not the browser's to change.
     let (status, _, page) = support::router::call_as(

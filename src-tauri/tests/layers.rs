@@ -145,14 +145,7 @@ fn only_the_shells_read_the_environment() {
 
 /// Files that still need each other, inside one top-level module. A cycle not listed here
 /// fails [`no_new_cycles_between_files`]; breaking one of these means deleting its line.
-const KNOWN_FILE_CYCLES: &[&[&str]] = &[
-    // The NEON products reuse the interleaved layout's helpers, which dispatch to NEON.
-    &["model::kernels::interleaved", "model::kernels::neon"],
-    // The wizard's state lives in the service, and its steps call the service.
-    &["app::service", "app::wizard"],
-    // The browser UI's router mounts the wizard and the sessions, which use its error type.
-    &["shell::http", "shell::session", "shell::wizard"],
-];
+const KNOWN_FILE_CYCLES: &[&[&str]] = &[];
 
 /// Every module file under `src/` as (`a::b` path, text before its tests).
 fn module_files() -> Vec<(String, String)> {
@@ -181,7 +174,55 @@ fn module_files() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The modules a file's `crate::` and `super::` paths name (the longest known prefix).
+/// The paths one `use`-style tail names, brace groups expanded: `a::{b, c::{d, e}}` gives
+/// `a::b`, `a::c::d` and `a::c::e`; a plain `a::b::f(` gives `a::b::f`.
+fn named_paths(tail: &str) -> Vec<Vec<String>> {
+    let mut path = Vec::new();
+    let mut rest = tail.trim_start();
+    loop {
+        if let Some(group) = rest.strip_prefix('{') {
+            // Split the group at its top-level commas, up to its closing brace.
+            let (mut depth, mut start, mut items) = (0usize, 0usize, Vec::new());
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        items.push(&group[start..i]);
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        items.push(&group[start..i]);
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            return items
+                .into_iter()
+                .flat_map(named_paths)
+                .map(|tail| path.iter().cloned().chain(tail).collect())
+                .collect();
+        }
+        let word: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if word.is_empty() {
+            break;
+        }
+        rest = &rest[word.len()..];
+        path.push(word);
+        let Some(after) = rest.strip_prefix("::") else {
+            break;
+        };
+        rest = after.trim_start();
+    }
+    vec![path]
+}
+
+/// The modules a file's `crate::` and `super::` paths name (the longest known prefix of
+/// each, brace groups included).
 fn file_edges(module: &str, text: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
     let own: Vec<&str> = module.split("::").collect();
     let resolve = |path: Vec<String>| -> Option<String> {
@@ -190,49 +231,64 @@ fn file_edges(module: &str, text: &str, known: &BTreeSet<String>) -> BTreeSet<St
             .map(|k| path[..k].join("::"))
             .find(|c| known.contains(c) && c != module)
     };
-    let words = |s: &str| -> Vec<String> {
-        s.split("::")
-            .map(|w| {
-                w.chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect::<String>()
-            })
-            .take_while(|w| !w.is_empty())
-            .collect()
-    };
+    // One line of code without comments, so a `use` group spread over lines reads whole.
+    let code: String = text
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut out = BTreeSet::new();
-    for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("");
-        for (i, _) in code.match_indices("crate::") {
-            out.extend(resolve(words(&code[i + 7..])));
+    for (i, _) in code.match_indices("crate::") {
+        let before = &code[..i];
+        if before.ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+            continue; // e.g. `$crate::`
         }
-        let mut rest = code;
-        while let Some(i) = rest.find("super::") {
-            let before = &rest[..i];
-            if before.ends_with("super::")
-                || before.ends_with(|c: char| c.is_alphanumeric() || c == '_')
-            {
-                rest = &rest[i + 7..];
-                continue;
-            }
-            let mut tail = &rest[i..];
-            let mut ups = 0;
-            while let Some(t) = tail.strip_prefix("super::") {
-                ups += 1;
-                tail = t;
-            }
-            // From `a/b.rs` and from `a/b/mod.rs` alike, one `super` is `a`.
-            let keep = own.len().saturating_sub(ups);
-            let mut path: Vec<String> = own[..keep.min(own.len())]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            path.extend(words(tail));
+        for path in named_paths(&code[i + 7..]) {
             out.extend(resolve(path));
-            rest = tail;
         }
     }
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("super::") {
+        let before = &rest[..i];
+        if before.ends_with("super::")
+            || before.ends_with(|c: char| c.is_alphanumeric() || c == '_')
+        {
+            rest = &rest[i + 7..];
+            continue;
+        }
+        let mut tail = &rest[i..];
+        let mut ups = 0;
+        while let Some(t) = tail.strip_prefix("super::") {
+            ups += 1;
+            tail = t;
+        }
+        // From `a/b.rs` and from `a/b/mod.rs` alike, one `super` is `a`.
+        let keep = own.len().saturating_sub(ups);
+        let base: Vec<String> = own[..keep.min(own.len())]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for path in named_paths(tail) {
+            out.extend(resolve(base.iter().cloned().chain(path).collect()));
+        }
+        rest = tail;
+    }
     out
+}
+
+#[test]
+fn edges_follow_brace_groups_and_plain_paths() {
+    let known: BTreeSet<String> = ["m::a", "m::b", "m::c", "n"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let text = "use super::{a,\n  b::{X, Y}};\nfn f() { crate::n::g(); }\n// super::c in a comment";
+    let edges = file_edges("m::own", text, &known);
+    let want: BTreeSet<String> = ["m::a", "m::b", "n"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(edges, want);
 }
 
 #[test]

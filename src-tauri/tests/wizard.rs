@@ -146,7 +146,7 @@ async fn first_run_downloads_verifies_saves_and_loads_the_model() {
     hub.throttle((size as u64 / 2).max(1));
     let (service, app) = app(models.path());
 
-    let (status, page) = call(&app, "GET", "/", None).await;
+    let (status, page) = call(&app, "GET", "/layout", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("id=\"wizard\""), "{page}");
     assert!(page.contains("No model is set up yet"));
@@ -222,7 +222,7 @@ async fn first_run_downloads_verifies_saves_and_loads_the_model() {
     assert_eq!(std::fs::metadata(&want).unwrap().len(), size as u64);
     assert_eq!(PathBuf::from(service.settings().model_path), want);
     assert!(matches!(service.engine_state(), EngineState::Ready { .. }));
-    let (_, page) = call(&app, "GET", "/", None).await;
+    let (_, page) = call(&app, "GET", "/layout", None).await;
     assert!(page.contains("Start a conversation"), "{page}");
     assert!(!page.contains("id=\"wizard\""));
 }
@@ -332,7 +332,7 @@ async fn import_checks_the_file_and_loads_a_good_one() {
         PathBuf::from(service.settings().model_path),
         models.path().join("mine.gguf")
     );
-    let (_, page) = call(&app, "GET", "/", None).await;
+    let (_, page) = call(&app, "GET", "/layout", None).await;
     assert!(page.contains("Start a conversation"));
 }
 
@@ -345,7 +345,7 @@ async fn skipping_opens_the_chat_without_a_model() {
     let (status, chat) = call(&app, "POST", "/wizard/skip", Some("")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(chat.contains("Start a conversation"));
-    let (_, page) = call(&app, "GET", "/", None).await;
+    let (_, page) = call(&app, "GET", "/layout", None).await;
     assert!(page.contains("Start a conversation"));
 }
 

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod repo;
 pub mod service;
 pub mod wizard;
+pub mod wizard_state;
 
 pub use service::{
     ChatService, ConversationView, EngineState, Owner, SendOutcome, ServiceError, StreamEvent,

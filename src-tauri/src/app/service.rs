@@ -260,7 +260,7 @@ struct Inner {
     engine: RwLock<EngineState>,
     events: broadcast::Sender<StreamEvent>,
     quote_delay: Duration,
-    wizard: super::wizard::Wizard,
+    wizard: super::wizard_state::Wizard,
     /// Installed by the shell that owns the model (the desktop); with it, saving another
     /// model file in the settings loads that file.
     loader: RwLock<Option<ModelLoader>>,
@@ -325,7 +325,7 @@ impl ChatService {
                 }),
                 events,
                 quote_delay: Duration::from_millis(60),
-                wizard: super::wizard::Wizard::default(),
+                wizard: super::wizard_state::Wizard::default(),
                 loader: RwLock::new(None),
                 loaded: Mutex::new(None),
                 load_seq: AtomicU64::new(0),
@@ -443,7 +443,7 @@ impl ChatService {
     }
 
     /// The first-run wizard (model download or import).
-    pub fn wizard(&self) -> &super::wizard::Wizard {
+    pub fn wizard(&self) -> &super::wizard_state::Wizard {
         &self.inner.wizard
     }
 

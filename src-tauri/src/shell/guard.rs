@@ -628,7 +628,9 @@ async fn check(State(guard): State<Guard>, req: Request, next: Next) -> Response
     if bearer(headers).is_some() && !good_bearer && cfg.keys.is_set() {
         guard.0.attempts.failed(client);
     }
-    if cfg.key_required() && !good_bearer && !good_cookie && path != "/login" {
+    // The sign-in page and its stylesheet are the only things a visitor without the key sees.
+    let open_to_all = path == "/login" || path == "/app.css";
+    if cfg.key_required() && !good_bearer && !good_cookie && !open_to_all {
         if wants_html(&req) {
             let next = req
                 .uri()
@@ -662,12 +664,28 @@ async fn check(State(guard): State<Guard>, req: Request, next: Next) -> Response
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    let is_html = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_html {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_POLICY),
+        );
+    }
     if let Some(o) = cors_origin.and_then(|o| HeaderValue::from_str(&o).ok()) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
     resp
 }
+
+/// What a page from this server may load and do: only files from this origin, no inline
+/// script or style (the templates have none), no framing, forms that post back here.
+const PAGE_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 fn preflight(origin: &str) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -711,14 +729,6 @@ fn url_encode(s: &str) -> String {
         .collect()
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
 /// Only paths on this server: an absolute path, not protocol-relative (`//host`), with no
 /// backslash (`/\\host` is `//host` to browsers) and nothing but visible ASCII (browsers drop
 /// tabs and newlines from URLs, so `/\t/host` would become `//host` too).
@@ -746,24 +756,9 @@ struct LoginForm {
     next: Option<String>,
 }
 
+/// The sign-in page, with `message` (a wrong key, too many tries) above the form.
 fn login_html(next: &str, message: Option<&str>) -> String {
-    let message = message
-        .map(|m| format!("<p class=\"error\">{}</p>", html_escape(m)))
-        .unwrap_or_default();
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>SmolLM3 Bot: sign in</title><style>body{{font-family:system-ui,sans-serif;\
-         max-width:28rem;margin:4rem auto;padding:0 1rem}}input{{width:100%;padding:.5rem;\
-         margin:.5rem 0;box-sizing:border-box}}.error{{color:#b00020}}</style></head><body>\
-         <h1>SmolLM3 Bot</h1><p>This server needs its key. You will find it in the app's \
-         settings, or where the server was started.</p>{message}\
-         <form method=\"post\" action=\"/login\"><label for=\"key\">Key</label>\
-         <input id=\"key\" name=\"key\" type=\"password\" autocomplete=\"current-password\" \
-         autofocus required><input type=\"hidden\" name=\"next\" value=\"{}\">\
-         <input type=\"submit\" value=\"Sign in\"></form></body></html>",
-        html_escape(next)
-    )
+    crate::view::render("login.html", minijinja::context! { next, message })
 }
 
 async fn login_page(

@@ -12,20 +12,9 @@ use crate::app::service::{ConversationView, EngineState, MessageView};
 use crate::engine::events::FinishReason;
 use crate::store::{InvalidSetting, Settings, Theme};
 
-/// Escapes text for HTML (the view's one escaper), for the few places that build text, not
-/// markup.
-pub fn esc(text: &str) -> String {
-    crate::view::escape(text)
-}
-
 /// Model output as safe HTML: markdown rendered and sanitized by `view::markdown`.
 pub fn markdown(text: &str) -> String {
     crate::view::markdown::render_markdown(text)
-}
-
-/// The document around the app: stylesheet, htmx and the glue script, all from this origin.
-pub fn page(body: &str) -> String {
-    render("page.html", context! { body => safe(body.to_string()) })
 }
 
 /// The whole app: sidebar, chat pane, overlay slot and status bar.

@@ -13,9 +13,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::str::FromStr;
 
-use axum::extract::{Form, FromRequestParts, Path, Query};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Form, Path, Query};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,14 +24,12 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
+pub use super::handler::STREAM_EVENT;
+use super::handler::{layout_html, retarget, Result, Scoped, UiError};
 use super::html;
 use crate::app::service::{ChatService, Owner, SendOutcome, ServiceError, StreamEvent};
-use crate::engine::admission::Refusal;
 use crate::engine::events::EngineEvent;
 use crate::store::{InvalidSetting, Settings, Theme};
-
-/// Name of the SSE event (and of the Tauri event) that carries reply deltas.
-pub const STREAM_EVENT: &str = "chat-stream";
 
 /// Builds the desktop's router over a chat service: the chat UI and the first-run wizard;
 /// every request acts for the service's own owner (the desktop, for a new service).
@@ -64,36 +61,15 @@ fn is_desktop(s: &ChatService) -> bool {
     *s.owner() == Owner::desktop()
 }
 
-/// The chat service acting for the owner of the request, which the layer around the routes
-/// names (see [`router`] and [`browser_router`]).
-pub struct Scoped(pub ChatService);
-
-impl FromRequestParts<ChatService> for Scoped {
-    type Rejection = Response;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &ChatService,
-    ) -> std::result::Result<Self, Self::Rejection> {
-        match parts.extensions.get::<Owner>() {
-            Some(owner) => Ok(Scoped(state.as_owner(owner.clone()))),
-            // Refuse rather than guess whose conversations these are.
-            None => Err(UiError(ServiceError::Storage(
-                "this request belongs to no session".into(),
-            ))
-            .into_response()),
-        }
-    }
-}
-
 fn routes() -> Router<ChatService> {
     Router::new()
         .route("/", get(index))
         .route("/layout", get(layout))
         .route("/empty", get(empty))
-        .route("/assets/app.css", get(css))
-        .route("/assets/app.js", get(js))
-        .route("/assets/vendor/htmx.min.js", get(htmx))
+        // The desktop's files at the paths `ui/index.html` names them by.
+        .route("/app.css", get(css))
+        .route("/app.js", get(js))
+        .route("/vendor/htmx.min.js", get(htmx))
         .route("/conversations", get(list).post(create))
         .route("/conversations/{id}", get(open))
         .route("/conversations/{id}/rename", get(rename_form).post(rename))
@@ -113,70 +89,11 @@ fn routes() -> Router<ChatService> {
         .route("/events", get(events))
 }
 
-/// A failed action, shown to the user as a message in the toast area.
-#[derive(Debug)]
-pub struct UiError(ServiceError);
-
-impl From<ServiceError> for UiError {
-    fn from(e: ServiceError) -> Self {
-        Self(e)
-    }
-}
-
-impl IntoResponse for UiError {
-    fn into_response(self) -> Response {
-        let status = match &self.0 {
-            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServiceError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ServiceError::Busy(Refusal::ClientLimit { .. }) => StatusCode::TOO_MANY_REQUESTS,
-            ServiceError::Busy(Refusal::QueueFull { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
-        };
-        let mut resp = (status, Html(html::error_toast(&self.0.to_string()))).into_response();
-        retarget(&mut resp, "#toast", "innerHTML");
-        if let ServiceError::Busy(r) = &self.0 {
-            if let Ok(v) = HeaderValue::from_str(&r.retry_after_s().to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        resp
-    }
-}
-
-type Result<T, E = UiError> = std::result::Result<T, E>;
-
-/// Tells htmx to put the response somewhere else than the element asked for.
-fn retarget(resp: &mut Response, target: &'static str, swap: &'static str) {
-    resp.headers_mut()
-        .insert("HX-Retarget", HeaderValue::from_static(target));
-    resp.headers_mut()
-        .insert("HX-Reswap", HeaderValue::from_static(swap));
-}
-
 async fn not_found() -> Response {
     UiError(ServiceError::NotFound(
         "There is nothing at this address.".into(),
     ))
     .into_response()
-}
-
-/// The whole app (sidebar, chat pane, status bar) as one `#app` element.
-pub(crate) fn layout_html(s: &ChatService) -> Result<String> {
-    let settings = s.settings();
-    let status = html::status_bar(
-        false,
-        &s.engine_state(),
-        s.busy(),
-        None,
-        None,
-        settings.context_size,
-    );
-    Ok(html::layout(
-        &s.conversations(None)?,
-        &html::empty_chat(),
-        &status,
-        settings.theme,
-    ))
 }
 
 /// The wizard in place of the chat, when the desktop has no usable model.
@@ -187,11 +104,17 @@ fn wizard_for(s: &ChatService) -> Option<String> {
     super::wizard::needed(s).map(|reason| super::wizard::app(s, &reason))
 }
 
-async fn index(Scoped(s): Scoped) -> Result<Html<String>> {
-    if let Some(wizard) = wizard_for(&s) {
-        return Ok(Html(html::page(&wizard)));
-    }
-    Ok(Html(html::page(&layout_html(&s)?)))
+/// The page skeleton, the same file the desktop window opens; it asks for `/layout`, which
+/// holds the wizard or the chat.
+async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../../ui/index.html"),
+    )
+        .into_response()
 }
 
 async fn layout(Scoped(s): Scoped) -> Result<Html<String>> {

@@ -12,6 +12,7 @@ pub mod data_dir;
 #[cfg(feature = "desktop")]
 pub mod desktop;
 pub mod guard;
+pub mod handler;
 pub mod html;
 pub mod http;
 pub mod listener;

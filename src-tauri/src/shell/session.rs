@@ -119,7 +119,7 @@ pub async fn attach(State(service): State<ChatService>, mut req: Request, next: 
         Ok(k) => k,
         Err(e) => {
             tracing::warn!(error = %e, "no session key");
-            return super::http::UiError::from(e).into_response();
+            return super::handler::UiError::from(e).into_response();
         }
     };
     let found = super::guard::cookie(req.headers(), CLIENT_COOKIE)

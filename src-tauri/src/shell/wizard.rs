@@ -23,8 +23,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::handler::{layout_html, Scoped, UiError, STREAM_EVENT};
 use super::html;
-use super::http::STREAM_EVENT;
 use crate::app::service::ChatService;
 use crate::app::wizard::{self, Phase, WizardError};
 use crate::hub::error::human_bytes;
@@ -334,11 +334,9 @@ async fn panel(State(s): State<ChatService>) -> Html<String> {
 }
 
 // The chat it shows is the requester's own (a browser's session, or the desktop).
-async fn skip(
-    super::http::Scoped(s): super::http::Scoped,
-) -> Result<Html<String>, super::http::UiError> {
+async fn skip(Scoped(s): Scoped) -> Result<Html<String>, UiError> {
     s.wizard().dismiss();
-    Ok(Html(super::http::layout_html(&s)?))
+    Ok(Html(layout_html(&s)?))
 }
 
 async fn choose(State(s): State<ChatService>) -> Html<String> {

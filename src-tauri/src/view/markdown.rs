@@ -30,8 +30,7 @@ use comrak::nodes::NodeValue;
 use comrak::options::Plugins;
 use comrak::{format_html_with_plugins, parse_document, Arena, Options};
 
-pub use super::templates::escape as escape_text;
-use super::templates::push_escaped;
+use super::templates::{escape, push_escaped};
 
 /// Renders markdown as sanitized HTML (see the module documentation for what survives).
 pub fn render_markdown(md: &str) -> String {
@@ -57,7 +56,7 @@ pub fn render_markdown(md: &str) -> String {
     let mut html = String::with_capacity(md.len() * 3 / 2 + 64);
     if format_html_with_plugins(root, options, &mut html, &plugins).is_err() {
         // Writing to a String cannot fail; should it ever, show the text rather than nothing.
-        return format!("<p>{}</p>", escape_text(md));
+        return format!("<p>{}</p>", escape(md));
     }
     // The highlighter opened a wrapper before each <pre>; close it after. Only code blocks
     // produce this sequence: text and raw HTML reach this point escaped.
@@ -132,7 +131,7 @@ impl SyntaxHighlighterAdapter for CodeBlocks {
         output.write_str(
             r#"<div class="code-block"><div class="code-head"><span class="code-lang">"#,
         )?;
-        output.write_str(&escape_text(lang))?;
+        output.write_str(&escape(lang))?;
         output.write_str(
             r#"</span><button class="copy" type="button" data-copy="">Copy</button></div><pre>"#,
         )
@@ -158,10 +157,10 @@ mod tests {
     #[test]
     fn escape_text_escapes_markup_and_quotes() {
         assert_eq!(
-            escape_text(r#"<a href="x">Tom & Jerry's</a>"#),
+            escape(r#"<a href="x">Tom & Jerry's</a>"#),
             "&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&#39;s&lt;/a&gt;"
         );
-        assert_eq!(escape_text("plain ünïcode"), "plain ünïcode");
+        assert_eq!(escape("plain ünïcode"), "plain ünïcode");
     }
 
     #[test]

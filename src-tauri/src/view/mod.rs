@@ -4,5 +4,5 @@
 pub mod markdown;
 pub mod templates;
 
-pub use markdown::{escape_text, render_markdown};
+pub use markdown::render_markdown;
 pub use templates::{escape, render, safe};

@@ -46,8 +46,8 @@ macro_rules! templates {
 }
 
 const TEMPLATES: &[(&str, &str)] = templates!(
-    "page.html",
     "layout.html",
+    "login.html",
     "theme_state.html",
     "conversation_list.html",
     "conversation_item.html",

@@ -15,7 +15,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::blocks::{Q8x32, Q8K, QK};
-use super::interleaved::{Q4Kx16, Q6Kx16, Q8_0x16, PREFETCH_BLOCKS};
+use super::layout16::{Q4Kx16, Q6Kx16, Q8_0x16, PREFETCH_BLOCKS};
 use std::arch::x86_64::*;
 
 /// Each dword `r` of `v` (a value that fits 16 bits) copied into both of its words, so that

@@ -235,3 +235,53 @@ fn vnni_peak() {
         }
     }
 }
+
+/// The GGUF-layout products (for a model whose repacked file is missing) by weight rows per
+/// micro-kernel call, against candle's, one activation row on weights larger than the L3
+/// cache: the figures that chose `gguf_layout::GEMV_ROWS`. Best of eight interleaved runs.
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore]
+fn gguf_layout_rows_per_call() {
+    use super::blocks::Format as GgufFormat;
+    use super::gguf_layout::gemv_rows_of;
+    use super::gguf_layout::tests::{bytes, weights};
+    use candle_core::quantized::k_quants::GgmlType;
+    use rand::{Rng, SeedableRng};
+
+    let Ok(kernels) = Kernels::new(Isa::Avx512) else {
+        return;
+    };
+    fn time<T: GgmlType>(kernels: Kernels, format: GgufFormat, k: usize, n: usize) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let w = weights::<T>(n, k, &mut rng);
+        let x: Vec<f32> = (0..k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut out = vec![0f32; n];
+        let mut best = [f64::MAX; 4];
+        for _ in 0..8 {
+            for (v, b) in best.iter_mut().enumerate() {
+                let t = std::time::Instant::now();
+                match v {
+                    0 => k_quants::matmul::<T>((1, k, n), &x, &w, &mut out).unwrap(),
+                    v => {
+                        let rows = 1 << (v - 1);
+                        gemv_rows_of(kernels, format, (k, n), &x, bytes(&w), &mut out, rows)
+                    }
+                }
+                *b = b.min(t.elapsed().as_secs_f64());
+            }
+        }
+        let gb = std::mem::size_of_val(&w[..]) as f64 / 1e9;
+        let f = |t: f64| format!("{:.2} ms {:.1} GB/s", t * 1e3, gb / t);
+        println!(
+            "{format:?} k={k} n={n}: candle {} | rows 1 {} | 2 {} | 4 {}",
+            f(best[0]),
+            f(best[1]),
+            f(best[2]),
+            f(best[3])
+        );
+    }
+    time::<BlockQ4K>(kernels, GgufFormat::Q4K, 2048, 32768);
+    time::<BlockQ6K>(kernels, GgufFormat::Q6K, 11008, 4096);
+    time::<BlockQ6K>(kernels, GgufFormat::Q6K, 2048, 32768);
+}

@@ -102,7 +102,7 @@ fn gemv(
     gemv_rows_of(kernels, format, (k, n), lhs, w, dst, micro)
 }
 
-fn gemv_rows_of(
+pub(super) fn gemv_rows_of(
     kernels: Kernels,
     format: Format,
     (k, n): (usize, usize),
@@ -363,20 +363,24 @@ impl Tile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, GgmlType};
     use rand::{Rng, SeedableRng};
 
     /// Random weights quantized with candle, as raw GGUF bytes.
-    fn weights<T: GgmlType>(n: usize, k: usize, rng: &mut rand::rngs::StdRng) -> Vec<T> {
+    pub(in crate::model::kernels) fn weights<T: GgmlType>(
+        n: usize,
+        k: usize,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Vec<T> {
         let vals: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let mut blocks = vec![T::zeros(); n * k / QK];
         T::from_float(&vals, &mut blocks);
         blocks
     }
 
-    fn bytes<T>(blocks: &[T]) -> &[u8] {
+    pub(in crate::model::kernels) fn bytes<T>(blocks: &[T]) -> &[u8] {
         // SAFETY: candle's k-quant blocks are plain old data.
         unsafe {
             std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))
@@ -454,46 +458,6 @@ mod tests {
         for (i, &shape) in SHAPES.iter().enumerate() {
             check::<BlockQ6K>(Format::Q6K, shape, 60 + i as u64);
         }
-    }
-
-    /// Decode-shaped products, ours (by rows per micro-kernel) against candle's, on weights
-    /// larger than the L3 cache: `cargo test --release --lib kernels::tests::gemv_speed --
-    /// --ignored --nocapture`. Best of several interleaved runs.
-    #[test]
-    #[ignore]
-    fn gemv_speed() {
-        fn time<T: GgmlType>(format: Format, k: usize, n: usize) {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-            let w = weights::<T>(n, k, &mut rng);
-            let x: Vec<f32> = (0..k).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let mut out = vec![0f32; n];
-            let kernels = avx512().expect("AVX-512");
-            let mut best = [f64::MAX; 4];
-            for _ in 0..8 {
-                for (v, b) in best.iter_mut().enumerate() {
-                    let t = std::time::Instant::now();
-                    match v {
-                        0 => k_quants::matmul::<T>((1, k, n), &x, &w, &mut out).unwrap(),
-                        1 => gemv_rows_of(kernels, format, (k, n), &x, bytes(&w), &mut out, 1),
-                        2 => gemv_rows_of(kernels, format, (k, n), &x, bytes(&w), &mut out, 2),
-                        _ => gemv_rows_of(kernels, format, (k, n), &x, bytes(&w), &mut out, 4),
-                    }
-                    *b = b.min(t.elapsed().as_secs_f64());
-                }
-            }
-            let gb = std::mem::size_of_val(&w[..]) as f64 / 1e9;
-            let f = |t: f64| format!("{:.2} ms {:.1} GB/s", t * 1e3, gb / t);
-            println!(
-                "{format:?} k={k} n={n}: candle {} | rows 1 {} | 2 {} | 4 {}",
-                f(best[0]),
-                f(best[1]),
-                f(best[2]),
-                f(best[3])
-            );
-        }
-        time::<BlockQ4K>(Format::Q4K, 2048, 32768);
-        time::<BlockQ6K>(Format::Q6K, 11008, 4096);
-        time::<BlockQ6K>(Format::Q6K, 2048, 32768);
     }
 
     #[test]

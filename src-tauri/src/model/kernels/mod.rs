@@ -18,6 +18,7 @@
 //! chosen the same way; [`Kernels::variants`] lists them all, for the tests.
 
 pub mod interleaved;
+mod layout16;
 
 mod blocks;
 mod scalar;

@@ -31,7 +31,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::blocks::{Q8x32, Q8K, QK};
-use super::interleaved::{Q4Kx16, Q6Kx16, Q8_0x16};
+use super::layout16::{Q4Kx16, Q6Kx16, Q8_0x16};
 use core::arch::asm;
 use half::f16;
 use std::arch::aarch64::*;
@@ -779,7 +779,7 @@ pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::interleaved::ROWS;
+    use super::super::layout16::ROWS;
     use super::super::{scalar, Level};
     use super::*;
     use rand::{Rng, SeedableRng};

@@ -6,7 +6,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::blocks::{Q8x32, Q8K, QK, QK8_0};
-use super::interleaved::{Q4Kx16, Q6Kx16, Q8_0x16, ROWS};
+use super::layout16::{Q4Kx16, Q6Kx16, Q8_0x16, ROWS};
 
 /// One block of 256 values to Q8_K, as llama.cpp's scalar `quantize_row_q8_K` (and candle's
 /// on x86) does: the scale from the first value of largest magnitude, `-127 / max`, values
