@@ -334,6 +334,11 @@
   document.addEventListener("click", (e) => {
     const t = e.target instanceof Element ? e.target : null;
     if (!t) return;
+    const value = t.closest(".js-copy-value");
+    if (value) {
+      copyText(value.dataset.value || "", value);
+      return;
+    }
     const fenced = t.closest("[data-copy]");
     if (fenced) {
       const block = fenced.closest(".code-block");

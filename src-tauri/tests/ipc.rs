@@ -19,7 +19,7 @@ fn setup() -> (App<MockRuntime>, WebviewWindow<MockRuntime>, ChatService) {
     let app = configure(mock_builder())
         .build(tauri::generate_context!(test = true))
         .expect("app builds");
-    install(app.handle(), service.clone());
+    install(app.handle(), service.clone(), None);
     let window = WebviewWindowBuilder::new(&app, "main", Default::default())
         .build()
         .expect("window");

@@ -12,6 +12,9 @@ use crate::engine::events::GenerationStats;
 pub use crate::store::{Conversation, Message, MessageStatus, Role};
 use crate::store::{ConversationId, MessageId, NewConversation, Settings, Store, StoreError};
 
+/// The name of the secret the desktop's server key is made from.
+const SERVER_SECRET: &str = "server-key";
+
 /// What can go wrong in the repository.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -64,6 +67,16 @@ impl Repo {
     /// The key that signs browser session ids, kept across restarts.
     pub fn session_secret(&self) -> Result<[u8; 32]> {
         Ok(self.store.secret("browser-sessions")?)
+    }
+
+    /// The secret the desktop's server key is made from, kept across restarts.
+    pub fn server_secret(&self) -> Result<[u8; 32]> {
+        Ok(self.store.secret(SERVER_SECRET)?)
+    }
+
+    /// A fresh server secret in place of the old one.
+    pub fn rotate_server_secret(&self) -> Result<[u8; 32]> {
+        Ok(self.store.rotate_secret(SERVER_SECRET)?)
     }
 
     /// Whether `owner` has any conversation.

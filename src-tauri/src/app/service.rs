@@ -274,6 +274,24 @@ struct Inner {
     switching: Mutex<()>,
     /// The key that signs browser session ids, read once.
     session_secret: std::sync::OnceLock<[u8; 32]>,
+    /// What the server inside the app is doing, for the desktop's status bar.
+    serving: RwLock<Option<Serving>>,
+}
+
+/// The server inside the desktop app, as its status bar shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serving {
+    /// It runs.
+    On {
+        /// The address on this computer (`http://127.0.0.1:3000`).
+        url: String,
+        /// Browsers connected to it now (open event streams).
+        browsers: usize,
+    },
+    /// It was asked to run and could not: why, for a person to act on.
+    Failed(String),
+    /// It is off (the app has one, so the status bar offers to switch it on).
+    Off,
 }
 
 /// The chat service. Cheap to clone; clones share everything, including the owner they act
@@ -332,6 +350,7 @@ impl ChatService {
                 model_override: RwLock::new(ModelOverride::default()),
                 switching: Mutex::new(()),
                 session_secret: std::sync::OnceLock::new(),
+                serving: RwLock::new(None),
             }),
             owner: Owner::desktop(),
         }
@@ -345,6 +364,44 @@ impl ChatService {
         }
         let k = self.state().repo.session_secret()?;
         Ok(*self.inner.session_secret.get_or_init(|| k))
+    }
+
+    /// Records what the server inside the app is doing (none: it is off).
+    pub fn set_serving(&self, serving: Option<Serving>) {
+        *self
+            .inner
+            .serving
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = serving;
+    }
+
+    /// What the server inside the app is doing, for the desktop's owner only: a browser's
+    /// pages do not show the machine's server.
+    pub fn serving(&self) -> Option<Serving> {
+        if self.owner != Owner::desktop() {
+            return None;
+        }
+        self.inner
+            .serving
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The secret the desktop's server key is made from (see `shell::local_server`).
+    pub fn server_secret(&self) -> Result<[u8; 32]> {
+        Ok(self.state().repo.server_secret()?)
+    }
+
+    /// Replaces the server's secret, so the key made from it changes.
+    pub fn rotate_server_secret(&self) -> Result<[u8; 32]> {
+        Ok(self.state().repo.rotate_server_secret()?)
+    }
+
+    /// The engine replies run on, when a model is loaded: for a server inside the app, whose
+    /// API speaks to the engine directly.
+    pub fn engine(&self) -> Option<crate::engine::Engine> {
+        self.current_generator().engine()
     }
 
     /// Whether `owner` has any conversation in the database.

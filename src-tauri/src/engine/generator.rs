@@ -83,6 +83,12 @@ pub trait Generator: Send + Sync {
     /// Stops for good before being replaced: cancels the reply in progress and any queued
     /// ones (they end with `Done`, cancelled) and frees the model. Blocks until done.
     fn shutdown(&self) {}
+
+    /// The engine behind this generator, for callers that speak to it directly (the API of a
+    /// server started inside the app); none for the stand-ins without a model.
+    fn engine(&self) -> Option<super::Engine> {
+        None
+    }
 }
 
 /// The generator in place while no model is loaded: every job fails with a clear message.

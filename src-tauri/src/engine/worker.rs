@@ -78,6 +78,11 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// Whether `other` is this same engine (a clone of it), not another one.
+    pub fn same(&self, other: &Engine) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Starts the worker thread on a loaded model.
     pub fn start(loaded: LoadedModel, opts: EngineOptions) -> Result<Self, JobError> {
         let model_name = loaded
@@ -336,5 +341,9 @@ impl Generator for Engine {
 
     fn shutdown(&self) {
         Engine::shutdown(self);
+    }
+
+    fn engine(&self) -> Option<Engine> {
+        Some(self.clone())
     }
 }

@@ -3,6 +3,7 @@
 //! port opened) and reply deltas arrive as Tauri events with the payload the SSE path sends.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -16,6 +17,7 @@ use tower::ServiceExt;
 
 pub use super::data_dir::{database_path, DATA_DIR_ENV};
 use super::http::{self, STREAM_EVENT};
+use super::local_server::LocalServer;
 use crate::app::service::{ChatService, EngineState, ModelOverride};
 
 /// An HTTP request as the page's glue script sends it.
@@ -54,6 +56,13 @@ impl Bridge {
     pub fn new(service: ChatService) -> Self {
         Self {
             router: http::router(service),
+        }
+    }
+
+    /// A bridge over the router of `service` with the dialog of the app's `server`.
+    pub fn with_server(service: ChatService, server: LocalServer) -> Self {
+        Self {
+            router: http::router_with_server(service, server),
         }
     }
 
@@ -178,9 +187,21 @@ fn navigation_lock<R: Runtime>() -> tauri::plugin::TauriPlugin<R> {
 }
 
 /// Puts the chat service behind the `hx` command and forwards its reply stream as
-/// `chat-stream` events to every window.
-pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
-    app.manage(Bridge::new(service.clone()));
+/// `chat-stream` events to every window. The app's built-in server starts when the saved
+/// settings have it on.
+/// `lan_ip` is the address the server binds when other devices are allowed (none: every
+/// interface).
+pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService, lan_ip: Option<IpAddr>) {
+    let server = super::serve::in_app_server(service.clone(), lan_ip);
+    app.manage(Bridge::with_server(service.clone(), server.clone()));
+    app.manage(server.clone());
+    tauri::async_runtime::spawn(async move {
+        let status = server.apply().await;
+        if let Some(problem) = status.problem {
+            // The dialog shows it too, when opened.
+            tracing::warn!("the app's server did not start: {problem}");
+        }
+    });
     super::wizard::forward_to_window(app, &service);
     let mut rx = service.subscribe();
     let app = app.clone();
@@ -205,6 +226,24 @@ pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
 }
 
 pub use crate::app::service::ModelLoader;
+
+/// The environment variable naming the one address the app's server binds when other
+/// devices are allowed (a machine with several networks; the end-to-end test's second
+/// loopback address); unset, it binds every interface.
+pub const SERVER_LAN_ADDRESS_ENV: &str = "SMOLLM3_SERVER_LAN_ADDRESS";
+
+/// The address in [`SERVER_LAN_ADDRESS_ENV`], read once at start; a value that is not an IP
+/// address is reported and ignored.
+pub fn server_lan_address_from_env() -> Option<IpAddr> {
+    let value = std::env::var(SERVER_LAN_ADDRESS_ENV).ok()?;
+    match value.trim().parse() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            tracing::warn!("{SERVER_LAN_ADDRESS_ENV}={value:?} is not an IP address; ignored");
+            None
+        }
+    }
+}
 
 /// The model files named by `MODEL_PATH` and `TOKENIZER_PATH`, read once at start.
 pub fn model_override_from_env() -> ModelOverride {
@@ -255,7 +294,7 @@ pub fn run(log: super::logging::LogGuard) -> anyhow::Result<()> {
                 Ok(service) => {
                     tracing::info!(data = %file.display(), "chat data");
                     service.set_model_override(model_override_from_env());
-                    install(app.handle(), service.clone());
+                    install(app.handle(), service.clone(), server_lan_address_from_env());
                     load_model_in_background(service, crate::app::service::load_engine);
                 }
                 // Most often another copy of the app holds the data folder; the window says so

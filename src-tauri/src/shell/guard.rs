@@ -98,6 +98,12 @@ pub fn generate_key() -> String {
     format!("smol-{body}")
 }
 
+/// The key made from a stored 32-byte secret (the desktop's server keeps its key this way, so
+/// it survives restarts and rotates with the secret): 64 hex digits, 256 bits.
+pub fn key_from_secret(secret: &[u8; 32]) -> String {
+    format!("smol-{}", crate::hub::local::hex(secret))
+}
+
 /// Constant-time string equality (the time taken does not reveal where the strings differ).
 pub fn keys_equal(a: &str, b: &str) -> bool {
     // Lengths are not secret (keys are generated at a fixed length); contents are.

@@ -87,6 +87,7 @@ pub fn layout_html(s: &ChatService) -> Result<String> {
         None,
         None,
         settings.context_size,
+        s.serving().as_ref(),
     );
     Ok(html::layout(
         &s.conversations(None)?,

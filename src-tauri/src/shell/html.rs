@@ -7,8 +7,9 @@ use minijinja::value::Value;
 
 use crate::view::{render, safe};
 
+use super::local_server::{ServerStatus, ServerWish};
 use crate::app::repo::{Conversation, Message, MessageStatus, Role};
-use crate::app::service::{ConversationView, EngineState, MessageView};
+use crate::app::service::{ConversationView, EngineState, MessageView, Serving};
 use crate::engine::events::FinishReason;
 use crate::store::{InvalidSetting, Settings, Theme};
 
@@ -272,6 +273,7 @@ pub fn status_bar(
     conversation: Option<i64>,
     used: Option<usize>,
     context: usize,
+    serving: Option<&Serving>,
 ) -> String {
     let (class, model) = match engine {
         EngineState::NoModel { .. } => ("off", "No model".to_string()),
@@ -300,6 +302,50 @@ pub fn status_bar(
             used => used.unwrap_or(0),
             context,
             state => if busy { "Generating" } else { "Idle" },
+            serving => serving.map(|s| match s {
+                Serving::On { url, browsers } => context! { url, browsers },
+                Serving::Failed(problem) => context! { problem },
+                Serving::Off => context! { off => true },
+            }),
+        },
+    )
+}
+
+/// The "Browser & API access" dialog of the desktop app: the switch, the port, other devices,
+/// and while it runs the addresses (with copy buttons), the key and a QR code of the sign-in
+/// address for a phone (`qr`: an image URL). `error` is a form value that was refused.
+pub fn server_panel(
+    wish: ServerWish,
+    status: &ServerStatus,
+    error: Option<&str>,
+    qr: Option<&str>,
+) -> String {
+    let running = status.running.as_ref().map(|r| {
+        let lan_urls = r.lan_urls();
+        context! {
+            url => r.url(),
+            api_url => format!("{}/v1", r.url()),
+            lan => r.lan,
+            lan_urls,
+            key => r.key,
+        }
+    });
+    let free_port = match &status.problem {
+        Some(super::local_server::ServerProblem::PortInUse { free, .. }) => *free,
+        _ => None,
+    };
+    render(
+        "server_panel.html",
+        context! {
+            enabled => wish.enabled,
+            port => wish.port,
+            lan => wish.lan,
+            running,
+            browsers => status.browsers,
+            problem => status.problem.as_ref().map(|p| p.to_string()),
+            free_port,
+            error,
+            qr,
         },
     )
 }
@@ -492,6 +538,7 @@ pub fn settings_panel(
             invalid => !errors.is_empty(),
             fields => safe(fields.concat()),
             theme => safe(theme_state(s.theme, true)),
+            machine,
         },
     )
 }

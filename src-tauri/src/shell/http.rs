@@ -27,6 +27,7 @@ use tokio::sync::broadcast::error::RecvError;
 pub use super::handler::STREAM_EVENT;
 use super::handler::{layout_html, retarget, Result, Scoped, UiError};
 use super::html;
+use super::local_server::LocalServer;
 use crate::app::service::{ChatService, Owner, SendOutcome, ServiceError, StreamEvent};
 use crate::engine::events::EngineEvent;
 use crate::store::{InvalidSetting, Settings, Theme};
@@ -39,6 +40,18 @@ pub fn router(service: ChatService) -> Router {
         .merge(super::wizard::routes())
         .fallback(not_found)
         .with_state(service)
+        .layer(Extension(owner))
+}
+
+/// The desktop's router with the "Browser & API access" dialog over the app's `server`.
+pub fn router_with_server(service: ChatService, server: LocalServer) -> Router {
+    let owner = service.owner().clone();
+    routes()
+        .merge(super::wizard::routes())
+        .merge(super::server_panel::routes())
+        .fallback(not_found)
+        .with_state(service)
+        .layer(Extension(server))
         .layer(Extension(owner))
 }
 
@@ -184,6 +197,7 @@ fn chat_with_sidebar(s: &ChatService, id: i64, extra: &str) -> Result<String> {
         Some(id),
         s.context_used(id),
         settings.context_size,
+        s.serving().as_ref(),
     );
     let list = html::conversation_list_oob(&s.conversations(None)?);
     Ok([html::chat(&view, extra), list, status].concat())
@@ -518,6 +532,7 @@ async fn status(Scoped(s): Scoped, Query(q): Query<StatusQuery>) -> Html<String>
         q.c,
         used,
         s.settings().context_size,
+        s.serving().as_ref(),
     ))
 }
 

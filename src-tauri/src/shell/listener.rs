@@ -41,24 +41,28 @@ pub struct ConnectionLimits {
     pub body_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// After shutdown, how long a response in progress (a streamed reply, the `/events`
+    /// stream) may go on before its connection is closed anyway.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ConnectionLimits {
     /// Ten seconds for headers (and idle keep-alive), thirty for a stalled body, 128
     /// connections: room for a household of browsers (each keeps a few), well under the
-    /// smallest common descriptor limit.
+    /// smallest common descriptor limit; five seconds for streams to end after shutdown.
     fn default() -> Self {
         Self {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 128,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open connections end
-/// their responses (the caller bounds how long to wait for them). Each request carries the
-/// client's address as [`ConnectInfo`].
+/// their responses for up to `limits.shutdown_grace` and closes the rest; returns when every
+/// connection is closed. Each request carries the client's address as [`ConnectInfo`].
 pub async fn serve<F>(
     listener: TcpListener,
     router: Router,
@@ -101,7 +105,7 @@ where
             },
         ));
         let mut closing = closing_rx.clone();
-        let header_timeout = limits.header_timeout;
+        let (header_timeout, grace) = (limits.header_timeout, limits.shutdown_grace);
         tokio::spawn(async move {
             let _slot = slot;
             let conn = http1::Builder::new()
@@ -117,7 +121,8 @@ where
                 }
                 _ = async { drop(closing.wait_for(|c| *c).await) } => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    // An endless response (an SSE stream) would hold the connection for ever.
+                    let _ = tokio::time::timeout(grace, conn).await;
                 }
             }
         });

@@ -8,6 +8,7 @@
 
 use super::guard::{self, Guard, GuardConfig, KeyStore};
 use super::listener::ConnectionLimits;
+use super::local_server::LocalServer;
 use super::openai::{self, ApiConfig, ApiState};
 use crate::app::repo::{Repo, RepoError};
 use crate::app::service::ChatService;
@@ -184,6 +185,21 @@ pub fn browser_ui(engine: &Engine, service: ChatService) -> Router {
     super::http::browser_router(service)
 }
 
+/// The server inside the desktop app, over the app's own chat service: the browser UI (each
+/// browser its own conversations) and the API on whichever engine the app has loaded.
+/// `lan_ip` is the address bound when other devices are allowed (none: every interface).
+pub fn in_app_server(service: ChatService, lan_ip: Option<IpAddr>) -> LocalServer {
+    let lan_ip = lan_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    LocalServer::with_lan_address(service.clone(), lan_ip, move || {
+        in_app_router(service.clone())
+    })
+}
+
+/// What the server inside the app serves (before its guard).
+pub fn in_app_router(service: ChatService) -> Router {
+    openai::live_api_router(service.clone()).merge(super::http::browser_router(service))
+}
+
 /// Everything the server answers: the API, the browser UI when there is one, and a JSON 404.
 pub fn app_router(api: ApiState, ui: Option<Router>) -> Router {
     let router = openai::api_router(api);
@@ -290,6 +306,7 @@ async fn run(
         header_timeout: args.header_timeout,
         body_timeout: args.body_timeout,
         max_connections: args.max_connections.max(1),
+        shutdown_grace: SHUTDOWN_GRACE,
     };
     let server = super::listener::serve(listener, router, limits, {
         let mut rx = stop_rx.clone();

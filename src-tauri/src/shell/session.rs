@@ -17,6 +17,7 @@
 //! This is separation between the browsers of people who may already use the server, not a
 //! login: in LAN mode the guard's key cookie is still required in front of it.
 
+use crate::hub::local::hex;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
@@ -43,10 +44,6 @@ const TOKEN_HEX: usize = 2 * (NONCE_BYTES + TAG_BYTES);
 /// How long a browser keeps its session: its conversations should survive a restart of the
 /// browser, as the desktop's survive a restart of the app.
 const MAX_AGE_S: u64 = 365 * 24 * 3600;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn tag(key: &[u8; 32], nonce_hex: &str) -> Hmac<Sha256> {
     // A key of any length is accepted by HMAC; 32 bytes cannot fail.

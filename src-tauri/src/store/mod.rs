@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 pub use conversations::{Conversation, NewConversation};
 pub use messages::Message;
 pub use reply::{ReplyWriter, FLUSH_INTERVAL};
-pub use settings::{InvalidSetting, Settings, Theme, MAX_CONTEXT, MIN_CONTEXT};
+pub use settings::{
+    InvalidSetting, Settings, Theme, DEFAULT_SERVER_PORT, MAX_CONTEXT, MIN_CONTEXT, MIN_SERVER_PORT,
+};
 
 /// Name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "smollm3-bot.sqlite3";

@@ -72,7 +72,20 @@ pub struct Settings {
     /// A mirror of the Hugging Face hub for model downloads (empty: the hub, or `HF_ENDPOINT`).
     /// The Hugging Face token is never sent to it.
     pub hub_mirror: String,
+    /// Whether the desktop app serves the browser UI and the API (off until switched on).
+    pub server_enabled: bool,
+    /// The port the desktop app's server listens on.
+    pub server_port: u16,
+    /// Whether other devices may reach the desktop app's server (every request then needs
+    /// the key).
+    pub server_lan: bool,
 }
+
+/// The port the built-in server takes unless told otherwise.
+pub const DEFAULT_SERVER_PORT: u16 = 3000;
+
+/// The lowest port the settings accept: lower ones need an administrator on most systems.
+pub const MIN_SERVER_PORT: u16 = 1024;
 
 impl Default for Settings {
     /// SmolLM3's recommended sampling (temperature 0.6, top-p 0.95, top-k 20); reasoning off
@@ -92,6 +105,9 @@ impl Default for Settings {
             model_path: String::new(),
             tokenizer_path: String::new(),
             hub_mirror: String::new(),
+            server_enabled: false,
+            server_port: DEFAULT_SERVER_PORT,
+            server_lan: false,
         }
     }
 }
@@ -155,6 +171,11 @@ impl Settings {
             valid_mirror(&self.hub_mirror),
             "hub_mirror",
             "must be an http:// or https:// address, or empty for the hub",
+        );
+        check(
+            self.server_port >= MIN_SERVER_PORT,
+            "server_port",
+            "must be between 1024 and 65535",
         );
         if bad.is_empty() {
             Ok(())
@@ -257,6 +278,16 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Replaces the secret `name` with a fresh one and returns it (whatever the old one
+    /// signed or opened stops working).
+    pub fn rotate_secret(&self, name: &str) -> Result<[u8; 32]> {
+        self.conn()
+            .execute("DELETE FROM secrets WHERE name = ?1", [name])?;
+        self.secret(name)
+    }
+}
+
 /// Stored keys over the defaults, one key at a time.
 fn read_settings(conn: &rusqlite::Connection) -> Result<Settings> {
     let stored: Vec<(String, String)> = {
@@ -313,6 +344,15 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_secret_is_new_and_kept() {
+        let (_dir, store) = temp_store();
+        let old = store.secret("k").unwrap();
+        let new = store.rotate_secret("k").unwrap();
+        assert_ne!(old, new);
+        assert_eq!(store.secret("k").unwrap(), new);
+    }
+
+    #[test]
     fn fresh_database_gives_defaults() {
         let (_dir, store) = temp_store();
         let s = store.load_settings().unwrap();
@@ -343,6 +383,9 @@ mod tests {
             model_path: "/models/SmolLM3-Q4_K_M.gguf".into(),
             tokenizer_path: "/models/tokenizer.json".into(),
             hub_mirror: "https://hf-mirror.example".into(),
+            server_enabled: true,
+            server_port: 8123,
+            server_lan: true,
         };
         Store::open(&path).unwrap().save_settings(&custom).unwrap();
         assert_eq!(Store::open(&path).unwrap().load_settings().unwrap(), custom);
@@ -392,8 +435,15 @@ mod tests {
         s.sampling.temperature = 5.0;
         s.sampling.top_p = 0.0;
         s.context_size = 10;
+        s.server_port = 80;
         let fields: Vec<&str> = s.validate().unwrap_err().iter().map(|e| e.field).collect();
-        for f in ["temperature", "top_p", "context_size", "max_tokens"] {
+        for f in [
+            "temperature",
+            "top_p",
+            "context_size",
+            "max_tokens",
+            "server_port",
+        ] {
             assert!(fields.contains(&f), "{f} in {fields:?}");
         }
     }

@@ -69,6 +69,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "input.html",
     "unavailable.html",
     "settings.html",
+    "server_panel.html",
     "no_match.html",
     "conversation_list_oob.html",
     "chat_slot_oob.html",

@@ -8,7 +8,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 cd "$ROOT"
 
-bash "$ROOT/.ci/apt-need" libwebkit2gtk-4.1-dev xvfb xauth webkit2gtk-driver imagemagick python3-venv
+bash "$ROOT/.ci/apt-need" libwebkit2gtk-4.1-dev xvfb xauth webkit2gtk-driver imagemagick python3-venv \
+  chromium chromium-driver
 
 if ! command -v tauri-driver >/dev/null 2>&1; then
   cargo install --locked tauri-driver --version '^2'
@@ -18,8 +19,8 @@ VENV="$ROOT/target/e2e-venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import selenium' 2>/dev/null; then
-  "$VENV/bin/pip" install -q 'selenium>=4.20,<5'
+if ! "$VENV/bin/python" -c 'import selenium, openai' 2>/dev/null; then
+  "$VENV/bin/pip" install -q 'selenium>=4.20,<5' 'openai>=1.30,<3'
 fi
 
 cargo build -p smollm3-bot --bin smollm3-bot --example mock_hub

@@ -3,7 +3,8 @@
 Started by run.sh under Xvfb. Launches tauri-driver (which starts WebKitWebDriver and the app),
 then: skips the first-run wizard, sees the empty state, streams /quote, stops a reply, toggles reasoning, checks that a
 reply containing markup stays inert and that a link in a reply opens in the system browser while the window stays on
-the app, restarts the app and finds the conversation again.
+the app, switches browser access on (headless Chromium chats at the address while the window streams too) and off,
+restarts the app and finds the conversation again and browser access still on.
 Last, a fresh start with no model: the wizard downloads a synthetic model from the mock hub
 (throttled), the progress bar moves, the model loads and a reply streams.
 """
@@ -301,6 +302,138 @@ def settings_panel(d):
     d.find_element(By.CSS_SELECTOR, ".settings-foot .js-close-overlay").click()
 
 
+SERVER_PORT = free_port()
+
+
+def chromium(profile):
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900", f"--user-data-dir={profile}", "--no-first-run"):
+        opts.add_argument(arg)
+    service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    b = webdriver.Chrome(options=opts, service=service)
+    b.set_page_load_timeout(TIMEOUT)
+    b.implicitly_wait(0)
+    return b
+
+
+def refused(port):
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def open_server_dialog(d):
+    d.find_element(By.ID, "open-settings").click()
+    wait(d, lambda d: d.find_element(By.ID, "open-server").is_displayed(), "settings open")
+    d.find_element(By.ID, "open-server").click()
+    wait(d, lambda d: d.find_element(By.ID, "server-panel").is_displayed(), "the server dialog opens")
+
+
+def server_toggle(d):
+    open_server_dialog(d)
+    port = d.find_element(By.ID, "server-port")
+    port.clear()
+    port.send_keys(str(SERVER_PORT))
+    d.find_element(By.ID, "server-enabled").click()
+    url = f"http://127.0.0.1:{SERVER_PORT}"
+    wait(d, lambda d: d.find_element(By.ID, "server-url").text == url, "the address appears")
+    assert d.find_element(By.ID, "server-api-url").text == url + "/v1"
+    shot(d, "20-server-on")
+    d.find_element(By.CSS_SELECTOR, "#server-panel .settings-foot .js-close-overlay").click()
+    wait(d, lambda d: f"Serving on {url}" in d.find_element(By.ID, "statusbar").text, "the status bar says so")
+
+    # A browser opens the address and chats there while the window streams a reply too.
+    profile = tempfile.mkdtemp(prefix="smollm3-bot-e2e-chromium-")
+    b = chromium(profile)
+    try:
+        b.get(url + "/")
+        wait(b, lambda b: b.find_element(By.ID, "empty-state").is_displayed(), "the browser shows the app")
+        assert "No conversations yet" in b.find_element(By.ID, "conversation-list").text, "the window's stay private"
+        wait(d, lambda d: "1 browser" in d.find_element(By.ID, "statusbar").text, "the window counts the browser")
+        # In the window's own conversation, which stays first in its list.
+        d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
+        wait(d, lambda d: replies(d) >= 4, "the window's conversation is open")
+        before = replies(d)
+        send(d, "/quote")
+        wait(d, lambda d: replies(d) == before + 1, "the window's reply appears")
+        box = wait(b, lambda b: b.find_element(By.ID, "prompt"), "the browser's message box")
+        box.click()
+        box.send_keys("/quote from the browser")
+        box.send_keys(Keys.ENTER)
+        wait(b, lambda b: b.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant"), "the browser's reply appears")
+        wait(b, lambda b: not b.find_elements(By.CSS_SELECTOR, "#messages .msg.streaming"), "the browser's reply finishes")
+        text = b.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant .answer")[-1].text
+        assert "from the browser" in text, text
+        wait(d, lambda d: not streaming(d), "the window's reply finishes")
+        b.save_screenshot(os.path.join(SHOTS, "21-browser-of-the-app.png"))
+        shot(d, "22-window-while-serving")
+    finally:
+        b.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+    # Other devices (here a second loopback address, never a real network): the key appears,
+    # with a QR code for a phone; without it a request is refused, with it it works.
+    open_server_dialog(d)
+    d.find_element(By.ID, "server-lan").click()
+    key = wait(d, lambda d: d.find_element(By.ID, "server-key").text, "the key appears")
+    assert key.startswith("smol-"), key
+    assert d.find_element(By.ID, "server-qr").is_displayed(), "a QR code for a phone"
+    other = f"http://127.0.0.2:{SERVER_PORT}"
+    assert other in d.find_element(By.ID, "server-on").text, "the address for other devices"
+    shot(d, "23-server-other-devices")
+    assert http_status(other + "/layout") == 401, "no key, no app"
+    assert http_status(other + "/layout", {"Authorization": f"Bearer {key}"}) == 200, "the key opens it"
+    d.find_element(By.ID, "server-lan").click()
+    wait(d, lambda d: not d.find_elements(By.ID, "server-key"), "back to this computer only")
+
+    # Off: nothing listens any more.
+    d.find_element(By.ID, "server-enabled").click()
+    wait(d, lambda d: not d.find_elements(By.ID, "server-url"), "the address goes")
+    wait(d, lambda d: refused(SERVER_PORT), "the port is closed")
+    # On again, so the restart below finds it on.
+    d.find_element(By.ID, "server-enabled").click()
+    wait(d, lambda d: d.find_elements(By.ID, "server-url"), "on again")
+    d.find_element(By.CSS_SELECTOR, "#server-panel .settings-foot .js-close-overlay").click()
+
+
+def http_status(url, headers=None):
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def api_lists_the_model(d):
+    open_server_dialog(d)
+    port = d.find_element(By.ID, "server-port")
+    port.clear()
+    port.send_keys(str(SERVER_PORT))
+    d.find_element(By.ID, "server-enabled").click()
+    base = wait(d, lambda d: d.find_element(By.ID, "server-api-url").text, "the API address appears")
+    import openai
+    client = openai.OpenAI(base_url=base, api_key="not-needed-on-this-computer")
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["SmolLM3-Q4_K_M"], ids
+    reply = client.chat.completions.create(
+        model=ids[0], messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
+    assert reply.choices[0].message.content is not None, reply
+    shot(d, "24-api-served")
+    d.find_element(By.CSS_SELECTOR, "#server-panel .settings-foot .js-close-overlay").click()
+
+
+def server_kept_after_restart(d):
+    wait(d, lambda d: not refused(SERVER_PORT), "the server is back after the restart")
+    wait(d, lambda d: f"Serving on http://127.0.0.1:{SERVER_PORT}" in d.find_element(By.ID, "statusbar").text,
+         "the status bar says so")
+
+
 def delete_and_undo(d):
     d.find_element(By.ID, "new-chat").click()
     wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 2, "a second conversation")
@@ -354,6 +487,8 @@ def main():
     os.makedirs(SHOTS, exist_ok=True)
     data = tempfile.mkdtemp(prefix="smollm3-bot-e2e-")
     os.environ["SMOLLM3_BOT_DATA_DIR"] = data
+    # "Allow other devices" binds a second loopback address here, never the real network.
+    os.environ["SMOLLM3_SERVER_LAN_ADDRESS"] = "127.0.0.2"
     fake_browser(data)
     driver_bin = shutil.which("tauri-driver") or os.path.expanduser("~/.cargo/bin/tauri-driver")
     proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT), "--native-port", str(NATIVE_PORT)], stdout=sys.stdout, stderr=sys.stderr)
@@ -373,6 +508,7 @@ def main():
             check("settings and theme", settings_panel, d)
             check("delete and undo", delete_and_undo, d)
             title = d.find_element(By.CSS_SELECTOR, ".conv .conv-title").text
+            check("browser access switched on and off", server_toggle, d)
         finally:
             d.quit()
         time.sleep(1)
@@ -380,6 +516,7 @@ def main():
         try:
             skip_wizard(d)
             check("restart keeps the conversation", found_after_restart(title), d)
+            check("restart keeps browser access on", server_kept_after_restart, d)
         finally:
             d.quit()
     finally:
@@ -398,6 +535,7 @@ def main():
         d = start_session()
         try:
             check("wizard downloads and loads a model", wizard_downloads_and_loads, d)
+            check("the openai client uses the app's API", api_lists_the_model, d)
         finally:
             d.quit()
     finally:

@@ -14,6 +14,7 @@ pub use plan::{parse_request, Plan};
 pub use wire::{assistant_message, chunk, delta_for, finish_reason, usage, ApiError};
 
 use super::guard::{error_response, ClientAddr, DEFAULT_MAX_BODY_BYTES};
+use crate::app::service::ChatService;
 use crate::engine::admission::{QueueLimits, Refusal};
 use crate::engine::{CancelToken, Engine, JobError};
 use axum::body::Bytes;
@@ -147,6 +148,55 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/health", get(health).fallback(method_not_allowed))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// The API over whichever engine `service` runs on at the moment of each request: for the
+/// server inside the app, whose model can be changed (or not yet loaded) while it serves.
+/// Without a model every API route answers 503 in the API's error shape.
+pub fn live_api_router(service: ChatService) -> Router {
+    /// The API built for the engine last seen.
+    type Built = Option<(Engine, Router)>;
+    let built: Arc<Mutex<Built>> = Arc::default();
+    let handler = move |req: axum::extract::Request| {
+        let (service, built) = (service.clone(), built.clone());
+        async move {
+            let Some(engine) = service.engine() else {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "model_not_loaded",
+                    "no model is loaded in the app yet; choose one in the app's settings",
+                );
+            };
+            let router = {
+                let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+                match built.as_ref() {
+                    Some((seen, router)) if seen.same(&engine) => router.clone(),
+                    // A new engine: the model was changed in the app.
+                    _ => {
+                        let model_id = service
+                            .model_files()
+                            .0
+                            .map(|p| model_id_for(&p))
+                            .unwrap_or_else(|| {
+                                model_id_for(std::path::Path::new(&engine.status().model))
+                            });
+                        let router =
+                            api_router(ApiState::new(engine.clone(), ApiConfig::new(model_id)));
+                        *built = Some((engine, router.clone()));
+                        router
+                    }
+                }
+            };
+            match tower::ServiceExt::oneshot(router, req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    };
+    Router::new()
+        .route("/v1/{*rest}", any(handler.clone()))
+        .route("/health", any(handler))
 }
 
 /// 404 in the API's error shape; serve it as the fallback of a composed router.
