@@ -34,6 +34,7 @@ fn fast_options() -> DownloadOptions {
             max_backoff: Duration::from_millis(50),
             stall_timeout: Duration::from_millis(300),
             connect_timeout: Duration::from_secs(5),
+            unreachable_after: Duration::from_secs(60),
         },
         space_margin: 0,
         ..DownloadOptions::default()

@@ -480,6 +480,45 @@ async fn a_token_or_a_network_problem_is_named_as_such() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_download_says_it_is_connecting_and_an_unreachable_host_ends_within_15_s() {
+    let models = tempfile::tempdir().unwrap();
+    let (service, app) = app(models.path());
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let mut rx = service.wizard().subscribe();
+    use_mirror(&app, &closed).await;
+    let started = std::time::Instant::now();
+    let form = "entry=q4_k_m".to_string();
+    call(&app, "POST", "/wizard/download", Some(&form)).await;
+    // At once, before any answer: what it is doing.
+    let (_, panel) = call(&app, "GET", "/wizard", None).await;
+    assert!(panel.contains("Connecting to 127.0.0.1…"), "{panel}");
+    // Then each retry with its wait, then the error, all with the default policy.
+    let retry = wait_for(
+        &mut rx,
+        "a retry note",
+        |p| matches!(p, Phase::Downloading { note: Some(n), .. } if n.contains("retrying in")),
+    )
+    .await;
+    let bar = smollm3_bot::shell::wizard::bar(&retry);
+    assert!(
+        bar.contains("Cannot connect; retrying in 1 s (1 of 8)"),
+        "{bar}"
+    );
+    match wait_end(&service, &mut rx).await {
+        Phase::Failed { title, .. } => assert_eq!(title, "No network connection"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "the error came after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_named_before_any_byte_is_written() {
     let scratch = tempfile::tempdir().unwrap();
     let models = tempfile::tempdir().unwrap();
@@ -515,12 +554,14 @@ async fn a_dropped_connection_shows_a_retry_and_the_download_still_finishes() {
     use_mirror(&app, &hub.url()).await;
     let form = "entry=q4_k_m".to_string();
     call(&app, "POST", "/wizard/download", Some(&form)).await;
-    let retry = wait_for(&mut rx, "a retry note", |p| {
-        matches!(p, Phase::Downloading { note: Some(_), .. })
-    })
+    let retry = wait_for(
+        &mut rx,
+        "a retry note",
+        |p| matches!(p, Phase::Downloading { note: Some(n), .. } if n.contains("retrying")),
+    )
     .await;
     let bar = smollm3_bot::shell::wizard::bar(&retry);
-    assert!(bar.contains("trying again (1 of"), "{bar}");
+    assert!(bar.contains("retrying in 1 s (1 of"), "{bar}");
     assert!(matches!(
         wait_end(&service, &mut rx).await,
         Phase::Ready { .. }

@@ -58,6 +58,14 @@ impl Wizard {
         };
         let mirror = service.settings().hub_mirror;
         let config = HubConfig::from_env(Some(mirror.as_str()).filter(|m| !m.trim().is_empty()));
+        // Said from the first instant, until the first byte arrives.
+        let connecting = format!(
+            "Connecting to {}…",
+            reqwest::Url::parse(&config.endpoint)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_else(|| config.endpoint.clone())
+        );
         let downloader = Downloader::new(config, options)?;
         let specs = entry.download_specs(&dir);
         let id = entry.id.to_owned();
@@ -70,7 +78,7 @@ impl Wizard {
                 bytes_per_sec: 0.0,
                 eta_secs: None,
             },
-            note: None,
+            note: Some(connecting),
         });
         let wizard = self.clone();
         let service = service.clone();
@@ -90,8 +98,8 @@ impl Wizard {
                     DownloadEvent::Retrying {
                         attempt,
                         max_retries,
+                        delay_ms,
                         reason,
-                        ..
                     } => {
                         let progress = match w.phase() {
                             Phase::Downloading { progress, .. } => progress,
@@ -107,7 +115,9 @@ impl Wizard {
                             file: name.clone(),
                             progress,
                             note: Some(format!(
-                                "{reason}; trying again ({attempt} of {max_retries})…"
+                                "{}; retrying in {} s ({attempt} of {max_retries})…",
+                                capitalized(&reason),
+                                delay_ms.div_ceil(1000)
                             )),
                         });
                     }
@@ -313,4 +323,13 @@ impl Wizard {
 /// follows. Blocking. The error is for a person.
 pub fn load_model(service: &ChatService, path: &Path) -> Result<(), String> {
     service.switch_model(path, None)
+}
+
+/// `text` with its first letter in capitals, to start a sentence with a lower-level reason.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }

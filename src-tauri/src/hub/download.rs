@@ -44,8 +44,11 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// No byte for this long counts as a dropped connection.
     pub stall_timeout: Duration,
-    /// Time allowed to connect and receive the response headers.
+    /// Time allowed to open a connection.
     pub connect_timeout: Duration,
+    /// How long a host that cannot be reached at all (no connection was ever made) is tried
+    /// before the download ends with an error that says so.
+    pub unreachable_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -55,7 +58,10 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(30),
+            // A person waits for the first sign of life: a host that cannot be reached is said
+            // within fifteen seconds, a slow one still gets ten to answer each try.
+            connect_timeout: Duration::from_secs(10),
+            unreachable_after: Duration::from_secs(15),
         }
     }
 }
@@ -338,14 +344,36 @@ impl Downloader {
 
     /// Asks the hub for a file's size and digest, retrying server and network trouble.
     pub async fn head(&self, remote: &RemoteFile) -> Result<RemoteMeta, HubError> {
+        self.head_reporting(remote, &|_| {}).await
+    }
+
+    /// [`Downloader::head`], telling `on_event` of each retry (`DownloadEvent::Retrying`). A
+    /// host never reached is given up on after [`RetryPolicy::unreachable_after`].
+    async fn head_reporting(
+        &self,
+        remote: &RemoteFile,
+        on_event: &(dyn Fn(DownloadEvent) + Send + Sync),
+    ) -> Result<RemoteMeta, HubError> {
         let policy = &self.options.retry;
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
-            match remote::head(&self.head_client, &self.config, remote).await {
+            let reason = match remote::head(&self.head_client, &self.config, remote).await {
                 Ok(meta) => return Ok(meta),
                 Err(HubError::Http { status, .. })
-                    if remote::is_retryable_status(status) && attempt < policy.max_retries => {}
-                Err(HubError::Network { .. }) if attempt < policy.max_retries => {}
+                    if remote::is_retryable_status(status) && attempt < policy.max_retries =>
+                {
+                    format!("the server answered HTTP {status}")
+                }
+                Err(e @ HubError::Network { .. }) => {
+                    // Another try only if it could still end within the budget.
+                    let next =
+                        started.elapsed() + backoff(policy, attempt + 1) + policy.connect_timeout;
+                    if attempt >= policy.max_retries || next > policy.unreachable_after {
+                        return Err(e);
+                    }
+                    "cannot connect".to_owned()
+                }
                 Err(HubError::Http { url, status, .. }) => {
                     return Err(HubError::Http {
                         url,
@@ -354,9 +382,16 @@ impl Downloader {
                     })
                 }
                 Err(e) => return Err(e),
-            }
+            };
             attempt += 1;
-            tokio::time::sleep(backoff(policy, attempt)).await;
+            let delay = backoff(policy, attempt);
+            on_event(DownloadEvent::Retrying {
+                attempt,
+                max_retries: policy.max_retries,
+                delay_ms: delay.as_millis() as u64,
+                reason,
+            });
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -384,7 +419,7 @@ impl Downloader {
             }
             None => None,
         };
-        let meta = self.head(&spec.remote).await?;
+        let meta = self.head_reporting(&spec.remote, on_event).await?;
         if let (Some(pinned), Some(remote_sha)) = (&pinned_sha, &meta.sha256) {
             if pinned != remote_sha {
                 return Err(HubError::RemoteChanged {

@@ -7,11 +7,14 @@
 //!
 //! With a `ByteLevel` decoder (Llama-3 style vocabularies such as SmolLM3's) it works on raw
 //! bytes: each token is mapped back through the byte-level alphabet and only the bytes not yet
-//! shown are kept, so each token costs O(1). Added tokens (`<think>`, `<|im_end|>`, …) come out
-//! as their text. With any other decoder it decodes a short window of recent tokens and emits
-//! the difference, which is also O(1) per token.
+//! shown are kept, so each token costs O(1). Added tokens that are text (`<think>`, `</think>`)
+//! come out as their text; control tokens (added tokens marked special, such as
+//! `<|reserved_special_token_54|>` or `<|im_start|>`) come out as nothing, as llama.cpp and
+//! transformers render them by default, so a reply never shows, stores or sends their names.
+//! With any other decoder it decodes a short window of recent tokens and emits the
+//! difference, which is also O(1) per token.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use tokenizers::{DecoderWrapper, Tokenizer};
@@ -31,7 +34,13 @@ pub enum DetokError {
 pub struct Detokenizer<'a> {
     tokenizer: &'a Tokenizer,
     mode: Mode,
+    /// Control tokens: nothing of them is shown.
+    control: HashSet<u32>,
 }
+
+/// Added tokens that keep their text although a vocabulary may mark them special: the
+/// reasoning markers, which the think splitter reads.
+const TEXT_MARKERS: [&str; 2] = ["<think>", "</think>"];
 
 enum Mode {
     /// Byte-level vocabulary: bytes of an unfinished UTF-8 sequence wait in `pending`.
@@ -65,11 +74,24 @@ impl<'a> Detokenizer<'a> {
                 read: 0,
             },
         };
-        Self { tokenizer, mode }
+        let control = tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, tok)| tok.special && !TEXT_MARKERS.contains(&tok.content.as_str()))
+            .map(|(id, _)| id)
+            .collect();
+        Self {
+            tokenizer,
+            mode,
+            control,
+        }
     }
 
     /// Adds one token and returns the text it completes (often empty mid-character).
     pub fn push(&mut self, id: u32) -> Result<String, DetokError> {
+        if self.control.contains(&id) {
+            return Ok(String::new());
+        }
         match &mut self.mode {
             Mode::Bytes { added, pending } => {
                 if let Some(content) = added.get(&id) {
@@ -219,7 +241,14 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    const SPECIALS: [&str; 3] = ["<think>", "</think>", "<|im_end|>"];
+    /// The reasoning markers (one marked special, as some vocabularies do: it stays text),
+    /// then control tokens.
+    const SPECIALS: [&str; 4] = [
+        "<think>",
+        "</think>",
+        "<|im_end|>",
+        "<|reserved_special_token_54|>",
+    ];
 
     /// Byte-level BPE: the 256 byte symbols (id = byte value), a few merges, added specials.
     fn tokenizer(decoder: serde_json::Value) -> Tokenizer {
@@ -243,7 +272,7 @@ mod tests {
             .enumerate()
             .map(|(i, s)| {
                 serde_json::json!({"id": vocab.len() + i, "content": s, "single_word": false,
-                    "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": i != 1})
             })
             .collect();
         let json = serde_json::json!({
@@ -323,14 +352,18 @@ mod tests {
     }
 
     #[test]
-    fn special_tokens_come_out_as_their_text() {
-        let tok = byte_level();
-        let ids = ids(&tok, "<think>\nhm</think>\nok<|im_end|>");
-        assert_eq!(ids[0], tok.token_to_id("<think>").unwrap());
-        let (out, _) = pieces(&tok, &ids);
-        assert_eq!(out[0], "<think>");
-        assert_eq!(out[1], "\n");
-        assert_eq!(out.concat(), "<think>\nhm</think>\nok<|im_end|>");
+    fn reasoning_markers_come_out_as_their_text_control_tokens_as_nothing() {
+        for tok in [byte_level(), windowed()] {
+            let ids = ids(
+                &tok,
+                "<think>\nhm</think>\nok<|im_end|><|reserved_special_token_54|>!",
+            );
+            assert_eq!(ids[0], tok.token_to_id("<think>").unwrap());
+            let (out, rest) = pieces(&tok, &ids);
+            assert_eq!(out[0], "<think>");
+            assert_eq!(out[1], "\n");
+            assert_eq!(out.concat() + &rest, "<think>\nhm</think>\nok!");
+        }
     }
 
     #[test]
@@ -339,7 +372,7 @@ mod tests {
             "plain ASCII with\ttabs\r\nand newlines",
             "Grüße, ¡olé! ÿ\u{ad} soft-hyphen and NBSP\u{a0}here",
             "中文 日本語 한국어 🇫🇷 👨‍👩‍👧 e\u{301}",
-            "<think>\n\n</think>\n🙂<|im_end|>",
+            "<think>\n\n</think>\n🙂",
         ];
         for tok in [byte_level(), windowed()] {
             for text in samples {
