@@ -23,6 +23,11 @@ if ! "$VENV/bin/python" -c 'import selenium, openai' 2>/dev/null; then
   "$VENV/bin/pip" install -q 'selenium>=4.20,<5' 'openai>=1.30,<3'
 fi
 
+# `--setup-only`: the packages, tauri-driver and the venv, for the window benchmark.
+if [ "${1:-}" = "--setup-only" ]; then
+  exit 0
+fi
+
 cargo build -p smollm3-bot --bin smollm3-bot --example mock_hub
 
 export APP_BIN="$ROOT/target/debug/smollm3-bot"

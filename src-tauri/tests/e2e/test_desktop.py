@@ -146,6 +146,9 @@ def wizard_downloads_and_loads(d):
     assert second > first or d.find_elements(By.ID, "wizard-start-chat"), (first, second)
     wait(d, lambda d: d.find_element(By.ID, "wizard-start-chat"), "model loaded", seconds=120)
     shot(d, "12-wizard-ready")
+    pct = d.find_element(By.CSS_SELECTOR, "#download-bar .download-pct")
+    assert js(d, "return getComputedStyle(arguments[0]).fontFamily", pct) == js(
+        d, "return getComputedStyle(document.body).fontFamily"), "the percentage uses the app's font"
     click(d, By.ID, "wizard-start-chat", "chat started")
     wait(d, lambda d: d.find_elements(By.ID, "prompt"), "chat shown")
     send(d, "/quote")
