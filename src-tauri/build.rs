@@ -6,7 +6,7 @@ fn main() {
     #[cfg(feature = "desktop")]
     {
         let attributes = tauri_build::Attributes::new()
-            .app_manifest(tauri_build::AppManifest::new().commands(&["hx"]));
+            .app_manifest(tauri_build::AppManifest::new().commands(&["hx", "pick_file"]));
         tauri_build::try_build(attributes).expect("tauri build step failed");
     }
 }

@@ -41,24 +41,41 @@
 
   // ---------------------------------------------------------------- streaming
   // Deltas append text nodes to the one message being written, so each token costs the same
-  // however long the conversation is. Events are applied once per animation frame: however
-  // many arrive in between, the page is measured (is the reader at the bottom?) and laid out
-  // once. The last event brings the finished message's HTML.
+  // however long the conversation is. Events are applied in batches, at most five times a
+  // second: however many arrive in between, the page is measured (is the reader at the
+  // bottom?) and laid out once. The last event brings the finished message's HTML.
   const pending = new Map();
   let frameQueue = [];
   let frameRequested = false;
 
+  // Each update repaints and scrolls the reply, which a software-rendered window pays for out
+  // of the cores the model decodes on; five updates a second still read as a steady stream.
+  const UPDATE_MS = 200;
+  let lastUpdate = 0;
+
   function onStream(p) {
     if (p.type === "download") return onDownload(p);
+    // A file dragged over the window (desktop): the window shows it can be dropped.
+    if (p.type === "drag") return document.documentElement.classList.toggle("drop-target", !!p.over);
+    // A message from the app (HTML it rendered and escaped), such as a dropped file refused.
+    if (p.type === "toast") {
+      const toast = document.getElementById("toast");
+      if (toast) toast.innerHTML = p.html;
+      return;
+    }
     frameQueue.push(p);
     if (!frameRequested) {
       frameRequested = true;
-      requestAnimationFrame(applyFrame);
+      const wait = Math.max(0, lastUpdate + UPDATE_MS - performance.now());
+      const final = p.type === "done" || p.type === "error";
+      if (final || wait === 0) requestAnimationFrame(applyFrame);
+      else setTimeout(() => requestAnimationFrame(applyFrame), wait);
     }
   }
 
   function applyFrame() {
     frameRequested = false;
+    lastUpdate = performance.now();
     const batch = frameQueue;
     frameQueue = [];
     const follow = nearBottom();
@@ -262,6 +279,8 @@
   }
 
   function afterSwap() {
+    // File dialogs and dropping files are the desktop's; a browser never sees those buttons.
+    if (desktop) for (const el of document.querySelectorAll(".desktop-only[hidden]")) el.hidden = false;
     const theme = document.getElementById("theme-state");
     if (theme) document.documentElement.dataset.theme = theme.dataset.theme || "system";
     const pane = document.getElementById("chat-pane");
@@ -370,6 +389,23 @@
     }
   });
 
+  // The system's file dialog (through the app's own command); the chosen path fills the field
+  // the button names, and submits its form when the button says so (importing a model).
+  async function pickFile(button) {
+    let path;
+    try {
+      path = await tauri.core.invoke("pick_file", { kind: button.dataset.pick });
+    } catch (err) {
+      showError("The file dialog could not open: " + err);
+      return;
+    }
+    const field = document.getElementById(button.dataset.pickInto);
+    if (!path || !field) return;
+    field.value = path;
+    field.dispatchEvent(new Event("change", { bubbles: true }));
+    if (button.hasAttribute("data-pick-submit") && field.form) field.form.requestSubmit();
+  }
+
   async function copyText(text, button) {
     try {
       await navigator.clipboard.writeText(text);
@@ -414,6 +450,11 @@
     if (msgCopy) {
       const answer = msgCopy.closest(".msg").querySelector(".answer");
       copyText(answer ? answer.innerText : "", msgCopy);
+      return;
+    }
+    const pick = desktop && t.closest("[data-pick]");
+    if (pick) {
+      pickFile(pick);
       return;
     }
     if (t.closest(".js-close-overlay") || t.classList.contains("overlay-backdrop")) {

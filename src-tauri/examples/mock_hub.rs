@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --example mock_hub -- --file SmolLM3-Q4_K_M.gguf --port 8089 \
 //!     [--repo ggml-org/SmolLM3-3B-GGUF] [--name SmolLM3-Q4_K_M.gguf] [--revision main] \
-//!     [--git] [--throttle BYTES_PER_SEC] [--drop-at BYTE] [--token TOKEN]
+//!     [--git] [--throttle BYTES_PER_SEC] [--drop-at BYTE] [--token TOKEN] [--delay-ms MS]
 //! HF_ENDPOINT=http://127.0.0.1:8089 smollm3-bot models pull
 //! ```
 
@@ -45,6 +45,9 @@ struct Args {
     /// Require `Authorization: Bearer TOKEN`.
     #[arg(long)]
     token: Option<String>,
+    /// Wait this long before answering each request (a slow network).
+    #[arg(long, value_name = "MS")]
+    delay_ms: Option<u64>,
 }
 
 fn main() -> Result<()> {
@@ -68,6 +71,9 @@ fn main() -> Result<()> {
     };
     if let Some(rate) = args.throttle {
         hub.throttle(rate);
+    }
+    if let Some(ms) = args.delay_ms {
+        hub.delay_answers(std::time::Duration::from_millis(ms));
     }
     if let Some(at) = args.drop_at {
         hub.fail_next(mock_hub::Fault::DropAt(at));

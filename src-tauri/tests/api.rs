@@ -165,7 +165,7 @@ async fn health_and_models_describe_the_served_model() {
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors() {
     let app = app();
-    for path in ["/v1/nope", "/nope", "/v1/completions"] {
+    for path in ["/v1/nope", "/nope", "/v1/embeddings"] {
         let (s, _, b) = send(&app, get(path)).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
         error_of(&b);
@@ -398,13 +398,134 @@ async fn malformed_requests_are_bad_requests() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(error_of(&b)["param"], param, "{b}");
     }
+}
+
+/// An API that answers only to its own model names (as in LAN mode).
+fn strict_app() -> Router {
+    let api = api(512, 4);
+    let cfg = ApiConfig {
+        any_model_name: false,
+        ..api.config().clone()
+    };
+    guarded(ApiState::new(api.engine().clone(), cfg), local_cfg())
+}
+
+#[tokio::test]
+async fn the_names_clients_send_are_served() {
+    let app = app();
+    let (s, _, b) = send(&app, get("/v1/models")).await;
+    assert_eq!(s, StatusCode::OK);
+    let ids: Vec<_> = json_of(&b)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, [MODEL_ID, "smollm3"]);
+    let (s, _, b) = send(&app, get("/v1/models/smollm3")).await;
+    assert_eq!(
+        (s, json_of(&b)["id"].clone()),
+        (StatusCode::OK, json!("smollm3"))
+    );
+    // The alias and a client's default name are both served by the one model here.
+    for name in ["smollm3", "SmolLM3", "gpt-4o-mini"] {
+        let (s, _, b) = send(
+            &app,
+            post_json("/v1/chat/completions", &chat(json!({"model": name}))),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{name}: {b}");
+        assert_eq!(
+            json_of(&b)["model"],
+            MODEL_ID,
+            "the reply names what answered"
+        );
+    }
+    // Without `/v1` too, and errors there are JSON as well.
+    let (s, _, b) = send(&app, post_json("/chat/completions", &chat(json!({})))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(json_of(&b)["object"], "chat.completion");
+    let (s, _, b) = send(&app, get("/models")).await;
+    assert_eq!(
+        (s, json_of(&b)["object"].clone()),
+        (StatusCode::OK, json!("list"))
+    );
+    let (s, _, b) = send(&app, get("/chat/completions")).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    error_of(&b);
+
+    // Strict (LAN mode's default): another name is not this model.
+    let strict = strict_app();
     let (s, _, b) = send(
-        &app,
+        &strict,
         post_json("/v1/chat/completions", &chat(json!({"model": "gpt-4o"}))),
     )
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(error_of(&b)["code"], "model_not_found");
+    let (s, _, b) = send(
+        &strict,
+        post_json("/v1/chat/completions", &chat(json!({"model": "smollm3"}))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+#[tokio::test]
+async fn no_field_is_silently_ignored() {
+    let app = app();
+    for (extra, param) in [
+        (json!({"modalities": ["text", "audio"]}), "modalities"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (json!({"top_logprobs": 3}), "top_logprobs"),
+        (json!({"store": true}), "store"),
+        (json!({"service_tier": "flex"}), "service_tier"),
+        (json!({"reasoning_effort": "extreme"}), "reasoning_effort"),
+        (json!({"frequency_penalty": 3}), "frequency_penalty"),
+        (json!({"logit_bias": {"abc": 1}}), "logit_bias"),
+        (json!({"logit_bias": {"5": 300}}), "logit_bias"),
+    ] {
+        let (s, _, b) = send(
+            &app,
+            post_json("/v1/chat/completions", &chat(extra.clone())),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {b}");
+        assert_eq!(error_of(&b)["param"], param, "{extra}: {b}");
+    }
+    // Labels, penalties, a bias and an effort are taken.
+    let (s, _, b) = send(
+        &app,
+        post_json(
+            "/v1/chat/completions",
+            &chat(json!({
+                "user": "u-1", "metadata": {"k": "v"}, "store": false, "service_tier": "auto",
+                "frequency_penalty": 0.5, "presence_penalty": 0.5, "logit_bias": {"5": -100},
+                "reasoning_effort": "none", "tool_choice": "none", "parallel_tool_calls": true
+            })),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+#[tokio::test]
+async fn a_last_assistant_message_is_continued() {
+    let app = app();
+    let base = chat(json!({"max_tokens": 4}));
+    let (_, _, b) = send(&app, post_json("/v1/chat/completions", &base)).await;
+    let (base_prompt, _) = prompt_usage(&b);
+    let mut prefilled = base.clone();
+    prefilled["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "assistant", "content": "S"}));
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &prefilled)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (prompt, _) = prompt_usage(&b);
+    // The reply goes on from "S" inside the same turn: the prompt grows by that one token,
+    // not by a closed turn and a new one (role, end and start markers: 5 tokens at least).
+    assert_eq!(prompt, base_prompt + 1);
 }
 
 #[tokio::test]
@@ -853,4 +974,357 @@ async fn wrong_keys_are_rate_limited() {
     let (s, _, page) = send(&app, login(key, "%2F")).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     assert!(page.contains("Too many wrong keys"), "{page}");
+}
+
+#[tokio::test]
+async fn tokenize_and_detokenize_round_trip_in_llama_cpp_shapes() {
+    let app = app();
+    let text = "Hello world, again";
+    let (s, _, b) = send(&app, post_json("/tokenize", &json!({ "content": text }))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let ids = json_of(&b)["tokens"].clone();
+    assert!(
+        ids.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_u64)),
+        "{b}"
+    );
+    let (s, _, b) = send(&app, post_json("/detokenize", &json!({ "tokens": ids }))).await;
+    assert_eq!(
+        (s, json_of(&b)["content"].clone()),
+        (StatusCode::OK, json!(text)),
+        "{b}"
+    );
+
+    // Pieces add up to the text.
+    let (_, _, b) = send(
+        &app,
+        post_json(
+            "/tokenize",
+            &json!({ "content": text, "with_pieces": true }),
+        ),
+    )
+    .await;
+    let pieces: String = json_of(&b)["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["piece"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(pieces, text);
+
+    // A control token's text is that token, unless read as plain text.
+    let count = |b: &str| json_of(b)["tokens"].as_array().unwrap().len();
+    let (_, _, special) = send(
+        &app,
+        post_json("/tokenize", &json!({ "content": "<|im_start|>" })),
+    )
+    .await;
+    let (_, _, plain) = send(
+        &app,
+        post_json(
+            "/tokenize",
+            &json!({ "content": "<|im_start|>", "parse_special": false }),
+        ),
+    )
+    .await;
+    assert_eq!(count(&special), 1, "{special}");
+    assert!(count(&plain) > 1, "{plain}");
+
+    // Bad input is a JSON 400; the routes are the API's, without `/v1` as llama.cpp has them.
+    let (s, _, b) = send(
+        &app,
+        post_json("/detokenize", &json!({ "tokens": [4_000_000_000u32] })),
+    )
+    .await;
+    assert_eq!(
+        (s, error_of(&b)["param"].clone()),
+        (StatusCode::BAD_REQUEST, json!("tokens"))
+    );
+    let (s, _, b) = send(&app, post_json("/tokenize", &json!({ "text": "x" }))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    error_of(&b);
+    let (s, _, b) = send(&app, get("/tokenize")).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    error_of(&b);
+}
+
+#[test]
+fn the_command_line_tokenizes_like_the_server() {
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smollm3-bot"))
+            .arg("tokenize")
+            .arg("--model")
+            .arg(model_path())
+            .args(["--text", "Hi <|im_end|>"])
+            .args(extra)
+            .output()
+            .expect("the binary runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_of(&String::from_utf8(out.stdout).unwrap())
+    };
+    let ids = run(&[]);
+    let plain = run(&["--plain"]);
+    assert!(ids.as_array().unwrap().len() < plain.as_array().unwrap().len());
+    let pieces = run(&["--pieces"]);
+    let joined: String = pieces
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["piece"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(joined, "Hi <|im_end|>");
+}
+
+#[tokio::test]
+async fn logprobs_come_with_each_token_plain_and_streamed() {
+    let app = app();
+    let body = chat(json!({"logprobs": true, "top_logprobs": 3, "max_tokens": 6}));
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json_of(&b);
+    let entries = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        entries.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap(),
+        "one entry per generated token: {b}"
+    );
+    for e in &entries {
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0, "{e}");
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{e}");
+        assert!(top
+            .windows(2)
+            .all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
+        // Greedy: the token taken is the likeliest.
+        assert_eq!(top[0]["token"], e["token"], "{e}");
+        assert!((top[0]["logprob"].as_f64().unwrap() - lp).abs() < 1e-6);
+        assert_eq!(
+            e["bytes"].as_array().unwrap().len(),
+            e["token"].as_str().unwrap().len()
+        );
+    }
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &streamed)).await;
+    assert_eq!(s, StatusCode::OK);
+    let tokens: Vec<Value> = sse_data(&b)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .flat_map(|d| {
+            json_of(d)["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|e| e["token"].clone())
+        .collect();
+    let plain: Vec<Value> = entries.iter().map(|e| e["token"].clone()).collect();
+    assert_eq!(tokens, plain, "the stream carries the same tokens");
+
+    // Without asking, `logprobs` stays null.
+    let (_, _, b) = send(&app, post_json("/v1/chat/completions", &chat(json!({})))).await;
+    assert!(json_of(&b)["choices"][0]["logprobs"].is_null());
+    for bad in [
+        json!({"logprobs": true, "top_logprobs": 21}),
+        json!({"top_logprobs": 2}),
+    ] {
+        let (s, _, b) = send(&app, post_json("/v1/chat/completions", &chat(bad.clone()))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(error_of(&b)["param"], "top_logprobs", "{bad}");
+    }
+}
+
+fn weather_tool() -> Value {
+    json!({"type": "function", "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    }})
+}
+
+#[tokio::test]
+async fn tools_are_shown_to_the_model_and_calls_and_results_read_back() {
+    let api = api(2048, 4);
+    let engine = api.engine().clone();
+    let app = guarded(api, local_cfg());
+    let conversation = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"}
+    ]);
+    let body = chat(json!({"messages": conversation, "tools": [weather_tool()], "max_tokens": 8}));
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json_of(&b);
+    // A random model makes no call: the reply is text, finished as usual.
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{b}");
+    assert_ne!(v["choices"][0]["finish_reason"], "tool_calls");
+
+    // What the model saw: the tool in the template's own words, its earlier call as it
+    // would have written it, and the result as the next turn.
+    let plan =
+        smollm3_bot::shell::openai::parse_request(body.to_string().as_bytes(), 2048).unwrap();
+    let ids = engine.prompt(&plan.request).unwrap();
+    let prompt = engine.prompter().detokenize(&ids).unwrap();
+    assert!(
+        prompt.contains("<tools>\n{'name': 'get_weather', 'description': 'Weather in a city'"),
+        "{prompt}"
+    );
+    assert!(prompt.contains("<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}\n</tool_call>"), "{prompt}");
+    assert!(
+        prompt.contains("<|im_start|>user\n18 C and sunny<|im_end|>"),
+        "{prompt}"
+    );
+
+    // tool_choice none hides the tools; forcing a call is refused until constrained decoding.
+    let none = chat(json!({"tools": [weather_tool()], "tool_choice": "none"}));
+    let plan =
+        smollm3_bot::shell::openai::parse_request(none.to_string().as_bytes(), 2048).unwrap();
+    let prompt = engine
+        .prompter()
+        .detokenize(&engine.prompt(&plan.request).unwrap())
+        .unwrap();
+    assert!(!prompt.contains("<tools>"), "{prompt}");
+    for (extra, param) in [
+        (
+            json!({"tools": [weather_tool()], "tool_choice": "required"}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+            "tool_choice",
+        ),
+        (json!({"tools": [{"type": "retrieval"}]}), "tools[0]"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}),
+            "tools[0].function",
+        ),
+        (
+            json!({"functions": [{"name": "f", "parameters": 3}]}),
+            "functions[0]",
+        ),
+    ] {
+        let (s, _, b) = send(
+            &app,
+            post_json("/v1/chat/completions", &chat(extra.clone())),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {b}");
+        assert_eq!(error_of(&b)["param"], param, "{extra}: {b}");
+    }
+
+    // Streamed with tools offered, the text arrives as content all the same.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &streamed)).await;
+    assert_eq!(s, StatusCode::OK);
+    let text: String = sse_data(&b)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| {
+            json_of(d)["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        text,
+        v["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn text_completions_continue_a_raw_prompt() {
+    let app = app();
+    let prompt = "Once upon a time";
+    let req = json!({"model": "smollm3", "prompt": prompt, "max_tokens": 5, "temperature": 0});
+    let (s, _, b) = send(&app, post_json("/v1/completions", &req)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json_of(&b);
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
+    let text = v["choices"][0]["text"].as_str().unwrap().to_owned();
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert!(v["choices"][0]["logprobs"].is_null());
+    // No template: the prompt is exactly its tokens.
+    let (_, _, t) = send(&app, post_json("/tokenize", &json!({ "content": prompt }))).await;
+    let ids = json_of(&t)["tokens"].clone();
+    assert_eq!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        ids.as_array().unwrap().len()
+    );
+
+    // The same prompt as token ids, echoed, and without `/v1`.
+    let mut by_ids = req.clone();
+    by_ids["prompt"] = ids.clone();
+    by_ids["echo"] = json!(true);
+    let (s, _, b) = send(&app, post_json("/completions", &by_ids)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        json_of(&b)["choices"][0]["text"],
+        json!(format!("{prompt}{text}"))
+    );
+
+    // Streamed: the same text in pieces, then the end.
+    let mut streamed = req.clone();
+    streamed["stream"] = json!(true);
+    let (s, _, b) = send(&app, post_json("/v1/completions", &streamed)).await;
+    assert_eq!(s, StatusCode::OK);
+    let data = sse_data(&b);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let joined: String = data
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| {
+            json_of(d)["choices"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(joined, text);
+
+    // Legacy logprobs: parallel lists, one entry per generated token.
+    let mut with_lp = req.clone();
+    with_lp["logprobs"] = json!(2);
+    let (_, _, b) = send(&app, post_json("/v1/completions", &with_lp)).await;
+    let v = json_of(&b);
+    let lp = &v["choices"][0]["logprobs"];
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), n, "{b}");
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), n);
+    assert!(lp["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m.as_object().unwrap().len() <= 2));
+    assert_eq!(lp["text_offset"][0], 0);
+
+    for (extra, param) in [
+        (json!({"suffix": "end"}), "suffix"),
+        (json!({"n": 2}), "n"),
+        (json!({"prompt": []}), "prompt"),
+        (json!({"prompt": [4_000_000_000u32]}), "prompt"),
+        (json!({"prompt": ["a", "b"]}), "prompt"),
+        (json!({"logprobs": 9}), "logprobs"),
+        (json!({"modalities": ["text"]}), "modalities"),
+    ] {
+        let mut bad = req.clone();
+        for (k, val) in extra.as_object().unwrap() {
+            bad[k] = val.clone();
+        }
+        let (s, _, b) = send(&app, post_json("/v1/completions", &bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {b}");
+        assert_eq!(error_of(&b)["param"], param, "{extra}: {b}");
+    }
 }

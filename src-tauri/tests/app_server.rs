@@ -45,7 +45,7 @@ fn desktop(db: &Path) -> (ChatService, LocalServer, Router) {
     let service = ChatService::open(db).unwrap();
     let server = LocalServer::with_lan_address(service.clone(), SECOND_LOOPBACK, {
         let service = service.clone();
-        move || in_app_router(service.clone())
+        move |lan| in_app_router(service.clone(), lan)
     });
     let router = router_with_server(service.clone(), server.clone());
     (service, server, router)

@@ -54,6 +54,9 @@ fn request(messages: Vec<ChatMessage>, thinking: bool, max_tokens: usize) -> Gen
         thinking_budget: None,
         stop: Vec::new(),
         assistant_prefix: None,
+        logprobs: None,
+        tools: Vec::new(),
+        raw_prompt: None,
     }
 }
 

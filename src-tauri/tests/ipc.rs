@@ -26,24 +26,50 @@ fn setup() -> (App<MockRuntime>, WebviewWindow<MockRuntime>, ChatService) {
     (app, window, service)
 }
 
+fn invoke(window: &WebviewWindow<MockRuntime>, cmd: &str, args: Value) -> Result<Value, Value> {
+    let request = InvokeRequest {
+        cmd: cmd.into(),
+        callback: CallbackFn(0),
+        error: CallbackFn(1),
+        url: "tauri://localhost".parse().expect("url"),
+        body: InvokeBody::Json(args),
+        headers: Default::default(),
+        invoke_key: INVOKE_KEY.to_string(),
+    };
+    get_ipc_response(window, request).map(|r| r.deserialize::<Value>().expect("json response"))
+}
+
 fn hx(
     window: &WebviewWindow<MockRuntime>,
     method: &str,
     url: &str,
     body: &str,
 ) -> Result<Value, Value> {
-    let request = InvokeRequest {
-        cmd: "hx".into(),
-        callback: CallbackFn(0),
-        error: CallbackFn(1),
-        url: "tauri://localhost".parse().expect("url"),
-        body: InvokeBody::Json(
-            json!({ "request": { "method": method, "url": url, "headers": {}, "body": body } }),
-        ),
-        headers: Default::default(),
-        invoke_key: INVOKE_KEY.to_string(),
-    };
-    get_ipc_response(window, request).map(|r| r.deserialize::<Value>().expect("json response"))
+    invoke(
+        window,
+        "hx",
+        json!({ "request": { "method": method, "url": url, "headers": {}, "body": body } }),
+    )
+}
+
+#[test]
+fn the_page_may_ask_for_a_file_dialog_but_not_call_the_dialog_plugin() {
+    let (_app, window, _) = setup();
+    // The app's own command is granted (and checks what it is asked for)…
+    let err = invoke(&window, "pick_file", json!({ "kind": "passwords" }))
+        .expect_err("an unknown kind of file");
+    assert!(
+        err.as_str().unwrap().contains("unknown kind of file"),
+        "{err}"
+    );
+    // …the plugin's commands are not: the page cannot open or save files through them.
+    for cmd in ["plugin:dialog|open", "plugin:dialog|save"] {
+        let err = invoke(&window, cmd, json!({ "options": {} })).expect_err("not granted");
+        assert!(
+            err.as_str().unwrap().contains("not allowed"),
+            "{cmd}: {err}"
+        );
+    }
 }
 
 #[test]

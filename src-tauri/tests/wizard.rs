@@ -567,3 +567,60 @@ async fn a_dropped_connection_shows_a_retry_and_the_download_still_finishes() {
         Phase::Ready { .. }
     ));
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_found_on_this_computer_are_offered_and_used_in_place() {
+    // A Hugging Face cache as the hub's own tools leave it: the snapshot's file links into
+    // the blobs. (The only test here that sets it; others do not look at found models.)
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--ggml-org--SmolLM3-3B-GGUF");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    synth::write(Preset::Tiny, Quant::Q4KM, 3, &repo.join("blobs/0a1b")).unwrap();
+    let snapshot = repo.join("snapshots/5f6e");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    let found = snapshot.join(FILE);
+    std::os::unix::fs::symlink("../../blobs/0a1b", &found).unwrap();
+    std::env::set_var("HF_HUB_CACHE", cache.path());
+
+    let models = tempfile::tempdir().unwrap();
+    let (service, app) = app(models.path());
+    let (status, page) = call(&app, "GET", "/wizard/choose", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Found on this computer"), "{page}");
+    assert!(
+        page.contains("ggml-org/SmolLM3-3B-GGUF · SmolLM3-Q4_K_M.gguf"),
+        "{page}"
+    );
+    assert!(page.contains("Hugging Face cache"), "{page}");
+
+    // Any other path is refused, even a good model: the page cannot name files to load.
+    let elsewhere = models.path().join("elsewhere.gguf");
+    synth::write(Preset::Tiny, Quant::Q4KM, 4, &elsewhere).unwrap();
+    let form = format!("path={}", enc(&elsewhere.display().to_string()));
+    let (status, body) = call(&app, "POST", "/wizard/use", Some(&form)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body.contains("is not among the models found"), "{body}");
+    assert!(service.settings().model_path.is_empty());
+
+    let mut rx = service.wizard().subscribe();
+    let form = format!("path={}", enc(&found.display().to_string()));
+    let (status, body) = call(&app, "POST", "/wizard/use", Some(&form)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(matches!(
+        wait_end(&service, &mut rx).await,
+        Phase::Ready { .. }
+    ));
+    // Used where it is: the settings name the snapshot, nothing new in the models folder.
+    assert_eq!(PathBuf::from(service.settings().model_path), found);
+    let names: Vec<_> = std::fs::read_dir(models.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["elsewhere.gguf"]);
+    assert!(
+        std::fs::read_dir(&snapshot).unwrap().count() == 1,
+        "nothing written beside it"
+    );
+    std::env::remove_var("HF_HUB_CACHE");
+}

@@ -1190,7 +1190,9 @@ impl ChatService {
                     ended = true;
                     st.repo.fail(message_id, message)
                 }
-                EngineEvent::Started { .. } | EngineEvent::Queued { .. } => Ok(()),
+                EngineEvent::Started { .. }
+                | EngineEvent::Queued { .. }
+                | EngineEvent::Logprob { .. } => Ok(()),
             };
             if let Some(a) = st.active.get_mut(&message_id) {
                 a.queued = match &event {

@@ -269,6 +269,36 @@ impl Wizard {
         Ok(model.path)
     }
 
+    /// Imports a `.gguf` dropped onto the window into the models folder and loads it; a file
+    /// that cannot be used also becomes the wizard's failed phase, so the wizard shows why.
+    pub fn import_dropped(&self, service: &ChatService, path: &Path) -> Result<(), WizardError> {
+        let result = self
+            .models_dir()
+            .and_then(|dir| self.import(service, path, &dir).map(drop));
+        if let Err(e) = &result {
+            self.set(Phase::Failed {
+                entry: None,
+                title: "The dropped file cannot be used".into(),
+                message: e.to_string(),
+            });
+        }
+        result
+    }
+
+    /// Uses a model found on this computer where it lies (no copy: it belongs to the tool
+    /// that downloaded it). Only a file the search offers now is accepted, so the page cannot
+    /// name just any path. Blocking: the search reads each candidate's header.
+    pub fn use_found(&self, service: &ChatService, path: &Path) -> Result<PathBuf, WizardError> {
+        if !found_models().iter().any(|f| f.path == path) {
+            return Err(WizardError::Invalid(format!(
+                "{} is not among the models found on this computer.",
+                path.display()
+            )));
+        }
+        self.use_model(service, path);
+        Ok(path.to_path_buf())
+    }
+
     /// Checks a downloaded file, then saves and loads it; failures become a phase.
     fn finish(&self, service: &ChatService, path: &Path, entry: Option<String>) {
         let file = path
@@ -316,6 +346,15 @@ impl Wizard {
             }),
         });
     }
+}
+
+/// SmolLM3 models other tools keep in the standard places (the Hugging Face cache, LM
+/// Studio, llama.cpp's cache), checked from their headers. Blocking; a fraction of a second.
+pub fn found_models() -> Vec<hub::found::FoundModel> {
+    hub::found::find(
+        &hub::found::standard_places(),
+        &crate::engine::loader::check_header,
+    )
 }
 
 /// Loads the model at `path` with the settings' options and makes it the one replies use,

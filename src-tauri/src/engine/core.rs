@@ -211,6 +211,8 @@ impl EngineCore {
             let _ = splitter.push(text);
         }
         let mut stop = StopMatcher::new(&req.stop);
+        // A raw prompt's reply is plain text: no template asked for reasoning.
+        let plain = req.raw_prompt.is_some();
         let mut history: Vec<u32> = prompt.clone();
         let mut generated: Vec<u32> = Vec::new();
         let mut reasoning_tokens = 0usize;
@@ -221,14 +223,25 @@ impl EngineCore {
             if cancel.load(Ordering::Relaxed) {
                 break FinishReason::Cancelled;
             }
+            // The model's own distribution, before the sampling settings change the logits.
+            let raw = req.logprobs.map(|_| logits.clone());
             let next = sampler.sample(&mut logits, &history);
             ttft.get_or_insert_with(|| t0.elapsed().as_secs_f64());
             if specials.eos.contains(&next) {
                 break FinishReason::Stop;
             }
+            if let (Some(raw), Some(top)) = (raw, req.logprobs) {
+                let (logprob, best) = crate::engine::sampler::log_probs(&raw, next, top);
+                let piece = |id: u32| tokenizer::decode(tok, &[id]).unwrap_or_default();
+                emit(EngineEvent::Logprob {
+                    token: piece(next),
+                    logprob,
+                    top: best.into_iter().map(|(id, lp)| (piece(id), lp)).collect(),
+                });
+            }
             forward_pending.clear();
             forward_pending.push(next);
-            if splitter.in_reasoning() {
+            if !plain && splitter.in_reasoning() {
                 reasoning_tokens += 1;
                 if req.thinking_budget.is_some_and(|b| reasoning_tokens >= b)
                     && Some(next) != specials.end_think
@@ -242,7 +255,14 @@ impl EngineCore {
             let mut stopped = false;
             for &id in &forward_pending {
                 let text = detok.push(id).map_err(|e| JobError::Model(e.to_string()))?;
-                stopped |= route(&mut splitter, &mut stop, &text, emit);
+                stopped |= if plain {
+                    if !stop.done {
+                        emit_delta(Delta::Answer(text), &mut stop, emit);
+                    }
+                    stop.done
+                } else {
+                    route(&mut splitter, &mut stop, &text, emit)
+                };
             }
             generated.extend_from_slice(&forward_pending);
             history.extend_from_slice(&forward_pending);
@@ -263,7 +283,9 @@ impl EngineCore {
             }
         };
         let tail = detok.finish();
-        if !tail.is_empty() {
+        if !tail.is_empty() && plain && !stop.done {
+            emit_delta(Delta::Answer(tail), &mut stop, emit);
+        } else if !tail.is_empty() {
             route(&mut splitter, &mut stop, &tail, emit);
         }
         for d in splitter.finish() {

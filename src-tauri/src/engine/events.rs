@@ -66,6 +66,16 @@ pub enum EngineEvent {
         /// The new text.
         text: String,
     },
+    /// How likely the token just generated was, for a request that asked
+    /// ([`super::GenerateRequest::logprobs`]); sent before the text the token adds.
+    Logprob {
+        /// The token's text (a piece of a character for some byte-level tokens).
+        token: String,
+        /// Its natural-log probability under the model (before sampling settings).
+        logprob: f32,
+        /// The likeliest tokens at that step, most likely first, as (text, logprob).
+        top: Vec<(String, f32)>,
+    },
     /// The job finished; `token_ids` are the generated ids (after the request's assistant
     /// prefix, if any), kept with the message.
     Done {

@@ -55,6 +55,22 @@ impl Prompter {
         Ok(ids)
     }
 
+    /// Text as token ids: with `special`, control-token text (`<|im_start|>`) becomes those
+    /// tokens; without, everything is plain text, as message text is in a prompt.
+    pub fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, JobError> {
+        let ids = if special {
+            tokenizer::encode(&self.tokenizer, text)
+        } else {
+            tokenizer::encode_plain(&self.tokenizer, text)
+        };
+        ids.map_err(|e| JobError::Model(e.to_string()))
+    }
+
+    /// Token ids as text, control tokens written out; an unknown id is an error.
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String, JobError> {
+        tokenizer::decode(&self.tokenizer, ids).map_err(|e| JobError::Model(e.to_string()))
+    }
+
     /// The token ids of the request's assistant prefix (none without one).
     pub(crate) fn prefix_ids(&self, req: &GenerateRequest) -> Result<Vec<u32>, JobError> {
         match req.assistant_prefix.as_deref() {
@@ -69,6 +85,18 @@ impl Prompter {
     /// [`Prompter::prompt`]). Message text is tokenized as plain text: special-token text typed
     /// into a message never becomes a control token (see `text::prompt`).
     pub(crate) fn conversation_ids(&self, req: &GenerateRequest) -> Result<Vec<u32>, JobError> {
+        if let Some(ids) = &req.raw_prompt {
+            let size = self.tokenizer.get_vocab_size(true);
+            if let Some(bad) = ids.iter().find(|&&id| id as usize >= size) {
+                return Err(JobError::Settings(format!(
+                    "token id {bad} is not in the vocabulary ({size} tokens)"
+                )));
+            }
+            if ids.is_empty() {
+                return Err(JobError::Settings("the prompt is empty".into()));
+            }
+            return Ok(ids.clone());
+        }
         let splices: Vec<Option<Vec<u32>>> = req
             .messages
             .iter()
@@ -77,7 +105,13 @@ impl Prompter {
                 _ => None,
             })
             .collect();
-        let opts = RenderOptions::for_date(req.today).with_thinking(req.enable_thinking);
+        let mut opts = RenderOptions::for_date(req.today).with_thinking(req.enable_thinking);
+        if !req.tools.is_empty() {
+            opts.extra.insert(
+                "xml_tools".into(),
+                serde_json::Value::Array(req.tools.clone()),
+            );
+        }
         prompt::conversation_ids(
             &self.template,
             &self.tokenizer,

@@ -32,6 +32,19 @@ pub struct GenerateRequest {
     /// token ids lead the reply's kept ids.
     #[serde(default)]
     pub assistant_prefix: Option<String>,
+    /// Report each generated token's log-probability, with this many of the likeliest
+    /// alternatives (0 to 20), as [`super::EngineEvent::Logprob`] events; `None` reports none.
+    #[serde(default)]
+    pub logprobs: Option<usize>,
+    /// Functions the model may call (`{"name", "description", "parameters"}` each), shown to
+    /// it as the chat template's `xml_tools`; it answers a call with
+    /// `<tool_call>{"name": …, "arguments": …}</tool_call>`.
+    #[serde(default)]
+    pub tools: Vec<serde_json::Value>,
+    /// A prompt given as token ids, used as it is instead of the conversation rendered with
+    /// the template (`/v1/completions`); the reply is all answer text, no reasoning split.
+    #[serde(default)]
+    pub raw_prompt: Option<Vec<u32>>,
 }
 
 impl GenerateRequest {
@@ -47,6 +60,9 @@ impl GenerateRequest {
             thinking_budget: None,
             stop: Vec::new(),
             assistant_prefix: None,
+            logprobs: None,
+            tools: Vec::new(),
+            raw_prompt: None,
         }
     }
 }

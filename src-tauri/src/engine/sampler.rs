@@ -1,7 +1,8 @@
 //! Token sampling: turns the model's logits into the next token id.
 //!
-//! The pipeline is the one llama.cpp and the SmolLM3 model card assume: repeat penalty, then
-//! temperature, top-k, top-p (nucleus) and min-p, then a weighted draw. Temperature 0 is greedy.
+//! The pipeline is the one llama.cpp and the SmolLM3 model card assume: logit bias, then the
+//! repeat, frequency and presence penalties, then temperature, top-k, top-p (nucleus) and
+//! min-p, then a weighted draw. Temperature 0 is greedy.
 //! A vocabulary has 128256 entries, so nothing here sorts the whole of it: top-k uses a linear
 //! selection, and top-p sorts only a growing head of the distribution until it holds enough mass.
 
@@ -29,6 +30,15 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// The most tokens one reply may have.
     pub max_tokens: usize,
+    /// Subtracted from a token's logit once for every time this reply already holds it
+    /// (OpenAI's `frequency_penalty`, −2 to 2; 0 is off).
+    pub frequency_penalty: f32,
+    /// Subtracted once from the logit of every token this reply already holds (OpenAI's
+    /// `presence_penalty`, −2 to 2; 0 is off).
+    pub presence_penalty: f32,
+    /// Added to the logits of these token ids before anything else (OpenAI's `logit_bias`,
+    /// −100 to 100 each; −100 bans a token, 100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +52,9 @@ impl Default for SamplingParams {
             repeat_last_n: 64,
             seed: None,
             max_tokens: 2048,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -96,6 +109,29 @@ impl SamplingParams {
             "between 0.5 and 2; 1 turns it off",
             r.to_string(),
         );
+        for (value, field) in [
+            (self.frequency_penalty, "frequency_penalty"),
+            (self.presence_penalty, "presence_penalty"),
+        ] {
+            check(
+                value.is_finite() && (-2.0..=2.0).contains(&value),
+                field,
+                "between -2 and 2; 0 turns it off",
+                value.to_string(),
+            );
+        }
+        if let Some((id, bias)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(b.is_finite() && (-100.0..=100.0).contains(b)))
+        {
+            check(
+                false,
+                "logit_bias",
+                "between -100 and 100 for each token",
+                format!("{bias} for token {id}"),
+            );
+        }
         check(
             self.max_tokens >= 1,
             "max_tokens",
@@ -130,6 +166,9 @@ pub struct Sampler {
     candidates: Vec<(u32, f32)>,
     /// Distinct recent ids for the repeat penalty.
     seen: Vec<u32>,
+    /// How often each token was picked so far in this reply (for the frequency and presence
+    /// penalties), kept only when one of them is on.
+    counts: std::collections::HashMap<u32, u32>,
 }
 
 /// How many candidates top-p sorts first; most distributions concentrate their mass in far
@@ -148,6 +187,7 @@ impl Sampler {
             rng,
             candidates: Vec::new(),
             seen: Vec::new(),
+            counts: std::collections::HashMap::new(),
         }
     }
 
@@ -159,7 +199,26 @@ impl Sampler {
     /// Picks the next token. `logits` is modified in place (repeat penalty, temperature);
     /// `recent` is the token history, of which the last `repeat_last_n` are penalised.
     pub fn sample(&mut self, logits: &mut [f32], recent: &[u32]) -> u32 {
+        let next = self.pick(logits, recent);
+        if self.params.frequency_penalty != 0.0 || self.params.presence_penalty != 0.0 {
+            *self.counts.entry(next).or_default() += 1;
+        }
+        next
+    }
+
+    fn pick(&mut self, logits: &mut [f32], recent: &[u32]) -> u32 {
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
         self.apply_repeat_penalty(logits, recent);
+        let (frequency, presence) = (self.params.frequency_penalty, self.params.presence_penalty);
+        for (&id, &n) in &self.counts {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l -= frequency * n as f32 + presence;
+            }
+        }
         let p = &self.params;
         if p.temperature <= 0.0 || p.top_k == 1 {
             return argmax(logits);
@@ -223,6 +282,48 @@ impl Sampler {
 /// Orders candidates by weight, largest first; NaN never occurs (filtered before).
 fn by_weight_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The natural-log probability of `chosen` under the softmax of `logits`, and the `top`
+/// likeliest ids with theirs, most likely first.
+pub fn log_probs(logits: &[f32], chosen: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|l| !l.is_nan())
+        .map(|&l| f64::from(l - max).exp())
+        .sum();
+    let lse = max + sum.ln() as f32;
+    let lp = |l: f32| {
+        if l.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            l - lse
+        }
+    };
+    let chosen_lp = logits
+        .get(chosen as usize)
+        .map_or(f32::NEG_INFINITY, |&l| lp(l));
+    let mut best: Vec<(u32, f32)> = Vec::new();
+    if top > 0 {
+        let mut all: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, lp(l)))
+            .collect();
+        let k = top.min(all.len());
+        if k < all.len() {
+            all.select_nth_unstable_by(k - 1, by_weight_desc);
+            all.truncate(k);
+        }
+        all.sort_by(by_weight_desc);
+        best = all;
+    }
+    (chosen_lp, best)
 }
 
 /// The index of the largest logit; ties go to the lowest id, NaN never wins.
@@ -502,6 +603,56 @@ mod tests {
         let c = counts(&p, &logits, 3000);
         assert_eq!((c[0], c[3]), (0, 0), "{c:?}");
         assert!(c[1] > 0 && c[2] > 0, "{c:?}");
+    }
+
+    #[test]
+    fn log_probs_are_a_log_softmax_with_the_likeliest_first() {
+        let logits = [1.0f32, 3.0, 2.0, f32::NAN];
+        let (lp, top) = log_probs(&logits, 2, 2);
+        let z: f32 = [1.0f32, 3.0, 2.0].iter().map(|l| l.exp()).sum();
+        assert!((lp - (2.0f32.exp() / z).ln()).abs() < 1e-5, "{lp}");
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2]);
+        assert!((top[0].1 - (3.0f32.exp() / z).ln()).abs() < 1e-5);
+        assert!(log_probs(&logits, 0, 0).1.is_empty());
+    }
+
+    #[test]
+    fn logit_bias_and_the_openai_penalties_change_the_choice() {
+        let greedy = |params: SamplingParams| Sampler::new(&params);
+        // Bias: a ban and a push.
+        let mut s = greedy(SamplingParams {
+            logit_bias: vec![(0, -100.0), (2, 5.0)],
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&mut [3.0, 2.0, 0.0], &[]), 2);
+        // Frequency: each pick of token 0 costs it 1.5, so the second pick goes to token 1.
+        let mut s = greedy(SamplingParams {
+            frequency_penalty: 1.5,
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&mut [3.0, 2.0], &[]), 0);
+        assert_eq!(s.sample(&mut [3.0, 2.0], &[]), 1);
+        // Presence: a flat 0.5 once present is not enough to pass 1 logit, 2 is.
+        let mut s = greedy(SamplingParams {
+            presence_penalty: 0.5,
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&mut [3.0, 2.0], &[]), 0);
+        assert_eq!(s.sample(&mut [3.0, 2.0], &[]), 0);
+        let mut s = greedy(SamplingParams {
+            presence_penalty: 2.0,
+            ..SamplingParams::greedy()
+        });
+        assert_eq!(s.sample(&mut [3.0, 2.0], &[]), 0);
+        assert_eq!(s.sample(&mut [3.0, 2.0], &[]), 1);
+        // Out of range values are named.
+        let bad = SamplingParams {
+            frequency_penalty: 2.5,
+            logit_bias: vec![(7, 101.0)],
+            ..SamplingParams::default()
+        };
+        let fields: Vec<_> = bad.problems().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["frequency_penalty", "logit_bias"]);
     }
 
     #[test]

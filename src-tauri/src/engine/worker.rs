@@ -24,7 +24,8 @@ struct Job {
 }
 
 enum Work {
-    Generate(Job),
+    // Boxed: a job carries its whole request, a forget only a key.
+    Generate(Box<Job>),
     Forget(String),
 }
 
@@ -134,6 +135,11 @@ impl Engine {
         self.prompter.prompt(req)
     }
 
+    /// The model's tokenizer and template (tokenizing and detokenizing for callers).
+    pub fn prompter(&self) -> &Prompter {
+        &self.prompter
+    }
+
     /// The queue's bound, shared by every source of replies (see [`Admission`]).
     pub fn admission(&self) -> &Admission {
         &self.admission
@@ -166,13 +172,13 @@ impl Engine {
         if ahead > 0 {
             let _ = tx.send(EngineEvent::Queued { position: ahead });
         }
-        s.queue.push_back(Work::Generate(Job {
+        s.queue.push_back(Work::Generate(Box::new(Job {
             id,
             position: ahead,
             req,
             tx,
             cancel: cancel.clone(),
-        }));
+        })));
         cv.notify_one();
         JobHandle {
             id,

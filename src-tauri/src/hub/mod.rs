@@ -9,6 +9,7 @@
 pub mod catalogue;
 pub mod download;
 pub mod error;
+pub mod found;
 pub mod import;
 pub mod local;
 pub mod remote;

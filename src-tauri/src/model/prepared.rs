@@ -328,14 +328,17 @@ fn build(
 }
 
 /// The prepared weights for `g`: mapped from an existing file, or built now, beside the model
-/// (or in the options' folder), else in the user's cache folder. `Ok(None)` when the model
-/// has nothing to interleave or prepared files are switched off. The caller checks that its
-/// model's kernel path uses the layout ([`Kernels::interleaved`]).
+/// (or in the options' folder), else in the user's cache folder. A model reached through a
+/// link (the Hugging Face cache's snapshots are links into its blobs) lies in a folder another
+/// tool manages, so nothing is written beside it. `Ok(None)` when the model has nothing to
+/// interleave or prepared files are switched off. The caller checks that its model's kernel
+/// path uses the layout ([`Kernels::interleaved`]).
 pub fn open_or_build(g: &GgufFile) -> Result<Option<Prepared>, PreparedError> {
-    let paths: Vec<PathBuf> = [Some(beside(g.path())), in_cache(g.path())]
-        .into_iter()
-        .flatten()
-        .collect();
+    let model = g.path();
+    let linked = std::fs::symlink_metadata(model).is_ok_and(|m| m.file_type().is_symlink());
+    let own_folder = super::options::get().prepared_dir.is_some();
+    let first = (own_folder || !linked).then(|| beside(model));
+    let paths: Vec<PathBuf> = [first, in_cache(model)].into_iter().flatten().collect();
     open_or_build_at(g, &paths)
 }
 

@@ -455,7 +455,11 @@ impl Session {
                     }
                     Some(EngineEvent::Done { stats, token_ids }) => break Ok((stats, token_ids)),
                     Some(EngineEvent::Error { message }) => break Err(message),
-                    Some(EngineEvent::Started { .. } | EngineEvent::Queued { .. }) => {}
+                    Some(
+                        EngineEvent::Started { .. }
+                        | EngineEvent::Queued { .. }
+                        | EngineEvent::Logprob { .. },
+                    ) => {}
                     None => break Err("the engine stopped unexpectedly".to_string()),
                 },
                 _ = interrupts.recv(), if !stopping => {

@@ -29,6 +29,8 @@ pub enum Command {
     Generate(model_cmds::GenerateArgs),
     /// Print the prompt a conversation renders to with the chat template.
     Render(text_cmds::RenderArgs),
+    /// Print the token ids (and pieces) a text becomes with a model's tokenizer.
+    Tokenize(text_cmds::TokenizeArgs),
     /// Measure load time, prefill and decode speed, and peak memory.
     Bench(bench::BenchArgs),
     /// Manage models: list, pull, import, verify, rm.
@@ -73,6 +75,7 @@ pub fn main() -> ExitCode {
         Some(Command::Logits(a)) => model_cmds::logits(a),
         Some(Command::Generate(a)) => model_cmds::generate(a),
         Some(Command::Render(a)) => text_cmds::render(a),
+        Some(Command::Tokenize(a)) => text_cmds::tokenize(a),
         Some(Command::Bench(a)) => bench::bench(a),
         Some(Command::Serve(a)) => super::serve::serve(a),
         Some(Command::Chat(a)) => super::chat::run(a),

@@ -141,6 +141,36 @@ pub mod commands {
     ) -> Result<HxResponse, String> {
         bridge.call(request).await.map_err(|e| format!("{e:#}"))
     }
+
+    /// Opens the system's file dialog for a `model` (`.gguf`) or a `tokenizer` (`.json`) and
+    /// returns the chosen path, or `None` when the person closed it. The page only learns the
+    /// path it is given; reading the file is the app's job.
+    #[tauri::command]
+    pub async fn pick_file<R: tauri::Runtime>(
+        window: tauri::Window<R>,
+        kind: String,
+    ) -> Result<Option<String>, String> {
+        use tauri_plugin_dialog::DialogExt;
+        let (title, filter, extension) = match kind.as_str() {
+            "model" => ("Choose a SmolLM3 model", "GGUF model", "gguf"),
+            "tokenizer" => ("Choose a tokenizer", "Tokenizer", "json"),
+            other => return Err(format!("unknown kind of file: {other}")),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        window
+            .dialog()
+            .file()
+            .set_parent(&window)
+            .set_title(title)
+            .add_filter(filter, &[extension])
+            .pick_file(move |file| {
+                let _ = tx.send(file.and_then(|f| f.into_path().ok()));
+            });
+        let path = rx
+            .await
+            .map_err(|_| "the file dialog closed unexpectedly")?;
+        Ok(path.map(|p| p.display().to_string()))
+    }
 }
 
 /// Installs the app's commands and the navigation lock on a Tauri builder; shared by the real
@@ -148,8 +178,68 @@ pub mod commands {
 pub fn configure<R: Runtime>(builder: Builder<R>) -> Builder<R> {
     builder
         .plugin(tauri_plugin_opener::init())
+        .plugin(tauri_plugin_dialog::init())
         .plugin(navigation_lock())
-        .invoke_handler(tauri::generate_handler![commands::hx])
+        .invoke_handler(tauri::generate_handler![commands::hx, commands::pick_file])
+        .on_window_event(|window, event| {
+            if let tauri::WindowEvent::DragDrop(drop) = event {
+                on_drag_drop(window.app_handle(), drop);
+            }
+        })
+}
+
+/// A file dragged onto the window: the page shows where it can be dropped while a `.gguf` is
+/// over the window, and a dropped `.gguf` is imported like one chosen in the wizard, then
+/// loaded. What happens is shown as the wizard's phases (in the wizard) and in the status
+/// bar (in the chat); a file that is not a usable model says why in a toast.
+fn on_drag_drop<R: Runtime>(app: &AppHandle<R>, event: &tauri::DragDropEvent) {
+    use tauri::DragDropEvent;
+    let models = |paths: &[PathBuf]| -> Vec<PathBuf> {
+        paths
+            .iter()
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            })
+            .cloned()
+            .collect()
+    };
+    let hint = |over: bool| {
+        let _ = app.emit(
+            STREAM_EVENT,
+            serde_json::json!({ "type": "drag", "over": over }),
+        );
+    };
+    match event {
+        DragDropEvent::Enter { paths, .. } => hint(!models(paths).is_empty()),
+        DragDropEvent::Leave => hint(false),
+        DragDropEvent::Drop { paths, .. } => {
+            hint(false);
+            let Some(service) = app.try_state::<ChatService>().map(|s| s.inner().clone()) else {
+                return;
+            };
+            let Some(path) = models(paths).into_iter().next() else {
+                let toast =
+                    super::html::error_toast("Only a .gguf model file can be dropped here.");
+                let _ = app.emit(
+                    STREAM_EVENT,
+                    serde_json::json!({ "type": "toast", "html": toast }),
+                );
+                return;
+            };
+            let app = app.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = service.wizard().import_dropped(&service, &path) {
+                    let toast = super::html::error_toast(&e.to_string());
+                    let _ = app.emit(
+                        STREAM_EVENT,
+                        serde_json::json!({ "type": "toast", "html": toast }),
+                    );
+                }
+            });
+        }
+        _ => {}
+    }
 }
 
 /// Whether `url` is one of the app's own pages (its bundled UI, served by Tauri's protocol:
@@ -193,6 +283,7 @@ fn navigation_lock<R: Runtime>() -> tauri::plugin::TauriPlugin<R> {
 /// interface).
 pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService, lan_ip: Option<IpAddr>) {
     let server = super::serve::in_app_server(service.clone(), lan_ip);
+    app.manage(service.clone());
     app.manage(Bridge::with_server(service.clone(), server.clone()));
     app.manage(server.clone());
     tauri::async_runtime::spawn(async move {
@@ -203,23 +294,60 @@ pub fn install<R: Runtime>(app: &AppHandle<R>, service: ChatService, lan_ip: Opt
         }
     });
     super::wizard::forward_to_window(app, &service);
+    forward_replies_to_window(app, service);
+}
+
+/// Sends the desktop's reply events to the window, text gathered for up to
+/// [`batching::WINDOW_BATCH`] (the first text after a quiet spell goes at once).
+fn forward_replies_to_window<R: Runtime>(app: &AppHandle<R>, service: ChatService) {
+    use super::batching::{self, WINDOW_BATCH};
+    use tokio::time::{timeout_at, Instant};
     let mut rx = service.subscribe();
     let app = app.clone();
     tauri::async_runtime::spawn(async move {
+        let send = |pending: &mut Vec<_>| {
+            for ev in pending.drain(..) {
+                if let Err(e) = app.emit(STREAM_EVENT, http::stream_payload(&service, &ev)) {
+                    tracing::warn!(error = %e, "could not send a reply event to the window");
+                }
+            }
+        };
+        let mut pending = Vec::new();
+        let mut last_sent = Instant::now() - WINDOW_BATCH;
+        let mut due: Option<Instant> = None;
         loop {
-            match rx.recv().await {
+            let next = match due {
+                Some(at) => timeout_at(at, rx.recv()).await,
+                None => Ok(rx.recv().await),
+            };
+            match next {
+                // The gathered text has waited long enough.
+                Err(_) => {
+                    send(&mut pending);
+                    last_sent = Instant::now();
+                    due = None;
+                }
                 // Replies of other owners (browsers of a server in this process) stay theirs.
-                Ok(ev) if ev.owner != *service.owner() => {}
-                Ok(ev) => {
-                    if let Err(e) = app.emit(STREAM_EVENT, http::stream_payload(&service, &ev)) {
-                        tracing::warn!(error = %e, "could not send a reply event to the window");
+                Ok(Ok(ev)) if ev.owner != *service.owner() => {}
+                Ok(Ok(ev)) => {
+                    let text = batching::is_text(&ev);
+                    batching::gather(&mut pending, ev);
+                    if !text || last_sent.elapsed() >= WINDOW_BATCH {
+                        send(&mut pending);
+                        last_sent = Instant::now();
+                        due = None;
+                    } else if due.is_none() {
+                        due = Some(last_sent + WINDOW_BATCH);
                     }
                 }
                 // The final event carries the whole message, so skipped deltas heal.
-                Err(RecvError::Lagged(n)) => {
+                Ok(Err(RecvError::Lagged(n))) => {
                     tracing::debug!(skipped = n, "window fell behind the stream")
                 }
-                Err(RecvError::Closed) => break,
+                Ok(Err(RecvError::Closed)) => {
+                    send(&mut pending);
+                    break;
+                }
             }
         }
     });

@@ -511,14 +511,24 @@ pub fn settings_panel(
             field(
                 "Model file (GGUF)",
                 "model_path",
-                text_input("text", "model_path", &s.model_path, ""),
+                input(
+                    "text",
+                    "model_path",
+                    Value::from(s.model_path.as_str()),
+                    context! { pick => "model" },
+                ),
                 errors,
                 "Loads when saved; MODEL_PATH overrides it.",
             ),
             field(
                 "Tokenizer file",
                 "tokenizer_path",
-                text_input("text", "tokenizer_path", &s.tokenizer_path, ""),
+                input(
+                    "text",
+                    "tokenizer_path",
+                    Value::from(s.tokenizer_path.as_str()),
+                    context! { pick => "tokenizer" },
+                ),
                 errors,
                 "Optional; read from the GGUF when empty.",
             ),

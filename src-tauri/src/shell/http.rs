@@ -35,24 +35,25 @@ use crate::store::{InvalidSetting, Settings, Theme};
 /// Builds the desktop's router over a chat service: the chat UI and the first-run wizard;
 /// every request acts for the service's own owner (the desktop, for a new service).
 pub fn router(service: ChatService) -> Router {
-    let owner = service.owner().clone();
-    routes()
-        .merge(super::wizard::routes())
-        .fallback(not_found)
-        .with_state(service)
-        .layer(Extension(owner))
+    desktop_router(service, None)
 }
 
 /// The desktop's router with the "Browser & API access" dialog over the app's `server`.
 pub fn router_with_server(service: ChatService, server: LocalServer) -> Router {
+    desktop_router(service, Some(server))
+}
+
+fn desktop_router(service: ChatService, server: Option<LocalServer>) -> Router {
     let owner = service.owner().clone();
-    routes()
-        .merge(super::wizard::routes())
-        .merge(super::server_panel::routes())
-        .fallback(not_found)
-        .with_state(service)
-        .layer(Extension(server))
-        .layer(Extension(owner))
+    let mut routes = routes().merge(super::wizard::routes());
+    if server.is_some() {
+        routes = routes.merge(super::server_panel::routes());
+    }
+    let mut router = routes.fallback(not_found).with_state(service);
+    if let Some(server) = server {
+        router = router.layer(Extension(server));
+    }
+    router.layer(Extension(owner))
 }
 
 /// The router the built-in server gives browsers: each browser (told apart by a session
@@ -559,6 +560,8 @@ pub fn stream_payload(s: &ChatService, ev: &StreamEvent) -> serde_json::Value {
             v
         }
         EngineEvent::Done { .. } => base("done"),
+        // The app's replies never ask for them; a page would ignore the type.
+        EngineEvent::Logprob { .. } => base("logprob"),
         EngineEvent::Error { message } => {
             let mut v = base("error");
             v["text"] = json!(message);

@@ -114,8 +114,8 @@ struct Inner {
     service: ChatService,
     /// The address bound when other devices are allowed: every interface, except in tests.
     lan_ip: IpAddr,
-    /// Builds the router to serve behind a guard with this configuration.
-    router: Box<dyn Fn() -> Router + Send + Sync>,
+    /// Builds the router to serve behind a guard, given whether other devices may connect.
+    router: Box<dyn Fn(bool) -> Router + Send + Sync>,
     live: tokio::sync::Mutex<Option<Live>>,
     /// A copy of the state for readers that cannot wait (the status bar).
     status: Mutex<ServerStatus>,
@@ -133,8 +133,12 @@ impl std::fmt::Debug for LocalServer {
 }
 
 impl LocalServer {
-    /// A server (off) for `service`'s app that serves what `router` builds.
-    pub fn new(service: ChatService, router: impl Fn() -> Router + Send + Sync + 'static) -> Self {
+    /// A server (off) for `service`'s app that serves what `router` builds (told whether
+    /// other devices may connect).
+    pub fn new(
+        service: ChatService,
+        router: impl Fn(bool) -> Router + Send + Sync + 'static,
+    ) -> Self {
         Self::with_lan_address(service, IpAddr::V4(Ipv4Addr::UNSPECIFIED), router)
     }
 
@@ -143,7 +147,7 @@ impl LocalServer {
     pub fn with_lan_address(
         service: ChatService,
         lan_ip: IpAddr,
-        router: impl Fn() -> Router + Send + Sync + 'static,
+        router: impl Fn(bool) -> Router + Send + Sync + 'static,
     ) -> Self {
         service.set_serving(Some(Serving::Off));
         Self(Arc::new(Inner {
@@ -308,12 +312,13 @@ impl LocalServer {
             keys: keys.clone(),
             ..GuardConfig::local(wish.port)
         });
-        let router = guard
-            .protect((self.0.router)())
-            .layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                count_browsers,
-            ));
+        let router =
+            guard
+                .protect((self.0.router)(wish.lan))
+                .layer(axum::middleware::from_fn_with_state(
+                    self.clone(),
+                    count_browsers,
+                ));
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let limits = ConnectionLimits {
             shutdown_grace: STOP_GRACE,

@@ -5,6 +5,7 @@
 //! `app::ChatService` or straight to the engine's `Generator`, HTML comes from the view's
 //! templates, and none keeps chat state of its own.
 
+pub mod batching;
 pub mod bench;
 pub mod chat;
 pub mod cli;

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Threads for the matrix multiplications.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Serve a request that names another model (a client's default, such as `gpt-4o-mini`)
+    /// with the loaded one: `true` or `false`; default true on 127.0.0.1, false in LAN mode.
+    #[arg(long, value_name = "BOOL")]
+    pub any_model_name: Option<bool>,
     /// Requests that may wait behind the running one before new ones get 503.
     #[arg(long, default_value_t = 4)]
     pub max_queue: usize,
@@ -190,14 +194,15 @@ pub fn browser_ui(engine: &Engine, service: ChatService) -> Router {
 /// `lan_ip` is the address bound when other devices are allowed (none: every interface).
 pub fn in_app_server(service: ChatService, lan_ip: Option<IpAddr>) -> LocalServer {
     let lan_ip = lan_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    LocalServer::with_lan_address(service.clone(), lan_ip, move || {
-        in_app_router(service.clone())
+    LocalServer::with_lan_address(service.clone(), lan_ip, move |lan| {
+        in_app_router(service.clone(), lan)
     })
 }
 
-/// What the server inside the app serves (before its guard).
-pub fn in_app_router(service: ChatService) -> Router {
-    openai::live_api_router(service.clone()).merge(super::http::browser_router(service))
+/// What the server inside the app serves (before its guard); `lan` when other devices may
+/// connect (then a request must name the served model, see [`ApiConfig::any_model_name`]).
+pub fn in_app_router(service: ChatService, lan: bool) -> Router {
+    openai::live_api_router(service.clone(), !lan).merge(super::http::browser_router(service))
 }
 
 /// Everything the server answers: the API, the browser UI when there is one, and a JSON 404.
@@ -231,6 +236,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             model_id: openai::model_id_for(&path),
             max_queue: args.max_queue,
             max_body_bytes: args.max_body,
+            any_model_name: args.any_model_name.unwrap_or(!bind.lan),
         },
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()

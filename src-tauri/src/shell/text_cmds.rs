@@ -1,4 +1,5 @@
-//! `render`: prints the prompt a conversation renders to, for checking chat templates.
+//! `render`: prints the prompt a conversation renders to, for checking chat templates;
+//! `tokenize`: prints the token ids (and pieces) a text becomes with a model's tokenizer.
 
 use anyhow::Context;
 use clap::Args;
@@ -62,6 +63,50 @@ pub fn render(args: RenderArgs) -> anyhow::Result<()> {
         extra,
     };
     print!("{}", template.render(&messages, &opts)?);
+    Ok(())
+}
+
+/// Arguments of `tokenize`.
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    /// The GGUF model whose tokenizer is used (a `tokenizer.json` beside it wins).
+    #[arg(long, value_name = "F.gguf")]
+    pub model: PathBuf,
+    /// The text to tokenize.
+    #[arg(long)]
+    pub text: String,
+    /// Read control-token text (`<|im_start|>`) as plain characters, as message text is.
+    #[arg(long)]
+    pub plain: bool,
+    /// Print each token's text beside its id.
+    #[arg(long)]
+    pub pieces: bool,
+}
+
+/// `tokenize`: one line of JSON, the ids (`[9906, 0]`) or, with `--pieces`,
+/// `[{"id": 9906, "piece": "Hello"}, …]`, the shapes of the server's `/tokenize`.
+pub fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
+    use crate::text::tokenizer;
+    let gguf = crate::model::GgufFile::open(&args.model)?;
+    let beside = crate::engine::loader::tokenizer_path(&args.model, None);
+    let tok = tokenizer::load(&gguf, beside.as_deref())?;
+    let ids = if args.plain {
+        tokenizer::encode_plain(&tok, &args.text)?
+    } else {
+        tokenizer::encode(&tok, &args.text)?
+    };
+    let out: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|&id| {
+            if args.pieces {
+                let piece = tokenizer::decode(&tok, &[id]).unwrap_or_default();
+                serde_json::json!({ "id": id, "piece": piece })
+            } else {
+                serde_json::json!(id)
+            }
+        })
+        .collect();
+    println!("{}", serde_json::Value::Array(out));
     Ok(())
 }
 

@@ -44,6 +44,7 @@ pub fn routes() -> Router<ChatService> {
         .route("/wizard/resume", post(resume))
         .route("/wizard/cancel", post(cancel))
         .route("/wizard/import", post(import))
+        .route("/wizard/use", post(use_found))
         .route("/wizard/skip", post(skip))
         .route("/wizard/events", get(events))
 }
@@ -82,6 +83,17 @@ fn main(phase: &Phase, reason: &str) -> String {
 }
 
 fn choose_html(s: &ChatService, error: Option<&str>, import_path: &str) -> String {
+    let found: Vec<Value> = wizard::found_models()
+        .iter()
+        .map(|f| {
+            context! {
+                label => f.label,
+                tool => f.tool,
+                size => human_bytes(f.size),
+                path => f.path.display().to_string(),
+            }
+        })
+        .collect();
     let dir = s.wizard().models_dir().ok();
     let free = dir.as_deref().and_then(wizard::free_space);
     let entries: Vec<Value> = catalogue()
@@ -113,6 +125,7 @@ fn choose_html(s: &ChatService, error: Option<&str>, import_path: &str) -> Strin
             error,
             folder,
             entries,
+            found,
             mirror => s.settings().hub_mirror,
             path => import_path,
         },
@@ -432,6 +445,24 @@ async fn import(State(s): State<ChatService>, Form(f): Form<ImportForm>) -> Resp
                 Some(&format!("The import stopped: {e}")),
                 &typed,
             )),
+        )
+            .into_response(),
+    }
+}
+
+/// Uses a model found on this computer in place, then shows it loading.
+async fn use_found(State(s): State<ChatService>, Form(f): Form<ImportForm>) -> Response {
+    let path = PathBuf::from(f.path.trim());
+    let service = s.clone();
+    let result = tokio::task::spawn_blocking(move || service.wizard().use_found(&service, &path))
+        .await
+        .map_err(|e| format!("The search stopped: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match result {
+        Ok(_) => Html(progress_panel(&s.wizard().phase())).into_response(),
+        Err(message) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Html(choose_html(&s, Some(&message), "")),
         )
             .into_response(),
     }

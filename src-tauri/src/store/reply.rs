@@ -109,7 +109,9 @@ impl ReplyWriter {
                 self.end(|w| w.store.finish_reply(w.id, stats, token_ids))
             }
             EngineEvent::Error { message } => self.end(|w| w.store.fail_reply(w.id, message)),
-            EngineEvent::Started { .. } | EngineEvent::Queued { .. } => Ok(false),
+            EngineEvent::Started { .. }
+            | EngineEvent::Queued { .. }
+            | EngineEvent::Logprob { .. } => Ok(false),
         }
     }
 

@@ -165,6 +165,19 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, TokenizerError> {
         .map_err(|e| TokenizerError::Build(e.to_string()))
 }
 
+/// Token ids as text, control tokens written out (as llama.cpp's `/detokenize` gives them).
+/// An id outside the vocabulary is an error, not a silent gap.
+pub fn decode(tok: &Tokenizer, ids: &[u32]) -> Result<String, TokenizerError> {
+    let size = tok.get_vocab_size(true);
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= size) {
+        return Err(TokenizerError::Build(format!(
+            "token id {bad} is not in the vocabulary ({size} tokens)"
+        )));
+    }
+    tok.decode(ids, false)
+        .map_err(|e| TokenizerError::Build(e.to_string()))
+}
+
 /// Tokenizes text as plain text: no added token (control or user-defined) is matched, so
 /// `<|im_start|>` typed in a message becomes the ids of its characters, never the control
 /// token. The rest of the pipeline is the tokenizer's own (normalizer, pre-tokenizer, model),

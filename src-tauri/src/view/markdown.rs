@@ -34,6 +34,8 @@ use super::templates::{escape, push_escaped};
 
 /// Renders markdown as sanitized HTML (see the module documentation for what survives).
 pub fn render_markdown(md: &str) -> String {
+    let md = tool_calls_as_code(md);
+    let md = md.as_ref();
     let options = comrak_options();
     let arena = Arena::new();
     let root = parse_document(&arena, md, options);
@@ -62,6 +64,37 @@ pub fn render_markdown(md: &str) -> String {
     // produce this sequence: text and raw HTML reach this point escaped.
     let html = html.replace("</code></pre>", "</code></pre></div>");
     sanitizer().clean(&html).to_string()
+}
+
+/// SmolLM3 writes a tool call as `<tool_call>{json}</tool_call>`; shown as a code block
+/// labelled `tool-call` instead of raw tags. An unclosed one (a reply still streaming) opens
+/// a block that runs to the end, like an unterminated fence.
+fn tool_calls_as_code(md: &str) -> Cow<'_, str> {
+    const OPEN: &str = "<tool_call>";
+    const CLOSE: &str = "</tool_call>";
+    if !md.contains(OPEN) {
+        return Cow::Borrowed(md);
+    }
+    let mut out = String::with_capacity(md.len() + 32);
+    let mut rest = md;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + OPEN.len()..];
+        out.push_str("\n\n```tool-call\n");
+        match after.find(CLOSE) {
+            Some(end) => {
+                out.push_str(after[..end].trim());
+                out.push_str("\n```\n\n");
+                rest = &after[end + CLOSE.len()..];
+            }
+            None => {
+                out.push_str(after.trim_start());
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }
 
 fn comrak_options() -> &'static Options<'static> {
@@ -284,6 +317,24 @@ mod tests {
             "wrapper closes before the next block: {html}"
         );
         assert!(!html.contains("onclick"), "{html}");
+    }
+
+    #[test]
+    fn tool_calls_show_as_labelled_code_blocks() {
+        let html = render_markdown(
+            "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"<b>Paris</b>\"}}\n</tool_call>\nDone.",
+        );
+        assert!(!html.contains("&lt;tool_call&gt;"), "{html}");
+        assert!(
+            html.contains("<span class=\"code-lang\">tool-call</span>"),
+            "{html}"
+        );
+        assert!(html.contains("get_weather"), "{html}");
+        assert!(!html.contains("<b>"), "{html}");
+        assert!(html.contains("<p>Done.</p>"), "{html}");
+        // Still streaming: the open call is a block to the end.
+        let open = render_markdown("<tool_call>{\"name\": \"f\"");
+        assert!(open.contains("code-lang\">tool-call<"), "{open}");
     }
 
     #[test]

@@ -181,6 +181,8 @@ def main():
     print(f"in-app decode, {short_tokens}-token reply        {short_tps:.2f} tok/s")
     print(f"in-app / bench                       {short_tps / engine:.2f}")
     print(f"in-app decode, {long_tokens}-token reply       {long_tps:.2f} tok/s")
+    if long_tokens < LONG:
+        print(f"  (the model ended the reply before {LONG} tokens: the head/tail figures cover less)")
     print(f"  first {WINDOW} tokens reach the page at {head:.2f} tok/s")
     print(f"  last {WINDOW} tokens reach the page at  {tail:.2f} tok/s (tail / head {tail / head if head else 0:.2f})")
     print(f"WebKit web process while streaming   {100 * cpu_short:.0f} % of a core (short), {100 * cpu_long:.0f} % (long)")

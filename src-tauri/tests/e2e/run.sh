@@ -9,6 +9,7 @@ ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 cd "$ROOT"
 
 bash "$ROOT/.ci/apt-need" libwebkit2gtk-4.1-dev xvfb xauth webkit2gtk-driver imagemagick python3-venv \
+  xdotool python3-gi gir1.2-gtk-3.0 \
   chromium chromium-driver
 
 if ! command -v tauri-driver >/dev/null 2>&1; then

@@ -137,6 +137,10 @@ def wizard_downloads_and_loads(d):
     wait(d, lambda d: d.find_element(By.ID, "wizard-begin").is_displayed(), "wizard shown")
     click(d, By.ID, "wizard-begin", "wizard begun")
     click(d, By.CSS_SELECTOR, ".model-choice.recommended button", "model chosen")
+    # The mock hub waits before each answer, like a far server: the bar says what is going on.
+    wait(d, lambda d: "Connecting to 127.0.0.1" in d.find_element(By.ID, "download-bar").text,
+         "says it is connecting", seconds=2)
+    shot(d, "10-wizard-connecting")
     wait(d, lambda d: download_bytes(d) > 0, "bytes arriving")
     first = download_bytes(d)
     shot(d, "10-wizard-progress-1")
@@ -149,9 +153,12 @@ def wizard_downloads_and_loads(d):
     pct = d.find_element(By.CSS_SELECTOR, "#download-bar .download-pct")
     assert js(d, "return getComputedStyle(arguments[0]).fontFamily", pct) == js(
         d, "return getComputedStyle(document.body).fontFamily"), "the percentage uses the app's font"
+    one_type_scale(d, "#wizard")
     click(d, By.ID, "wizard-start-chat", "chat started")
     wait(d, lambda d: d.find_elements(By.ID, "prompt"), "chat shown")
     send(d, "/quote")
+    wait(d, lambda d: replies(d) >= 1, "a reply appears")
+    one_type_scale(d, "#app")
     wait(d, lambda d: replies(d) >= 1 and not streaming(d) and last_reply(d).text.strip(), "reply streamed")
     status = js(d, "return document.getElementById('statusbar').textContent")
     assert "SmolLM3-Q4_K_M.gguf" in status, status
@@ -164,12 +171,154 @@ def start_mock_hub(work):
     subprocess.run([APP_BIN, "synth", "--preset", "tiny", "--out", model], check=True)
     rate = max(1, os.path.getsize(model) // 4)
     hub = subprocess.Popen(
-        [os.environ["MOCK_HUB_BIN"], "--file", model, "--throttle", str(rate)],
+        [os.environ["MOCK_HUB_BIN"], "--file", model, "--throttle", str(rate), "--delay-ms", "1500"],
         stdout=subprocess.PIPE, text=True,
     )
     line = hub.stdout.readline().strip()
     assert line.startswith("listening on "), line
     return hub, line.removeprefix("listening on ")
+
+
+def synth(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    subprocess.run([APP_BIN, "synth", "--preset", "tiny", "--out", path], check=True, stdout=subprocess.DEVNULL)
+
+
+def fake_hf_cache(work):
+    """A Hugging Face cache as `huggingface-cli download` leaves it: the snapshot's file is a
+    link into the blobs. Another repository holds a .gguf that is not SmolLM3."""
+    repo = os.path.join(work, "hf", "hub", "models--ggml-org--SmolLM3-3B-GGUF")
+    synth(os.path.join(repo, "blobs", "0a1b2c3d"))
+    snap = os.path.join(repo, "snapshots", "5f6e7d")
+    os.makedirs(snap)
+    os.symlink("../../blobs/0a1b2c3d", os.path.join(snap, "SmolLM3-Q4_K_M.gguf"))
+    junk = os.path.join(work, "hf", "hub", "models--someone--other-GGUF", "snapshots", "r1")
+    os.makedirs(junk)
+    with open(os.path.join(junk, "other-model.gguf"), "wb") as f:
+        f.write(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
+    return os.path.join(work, "hf"), os.path.join(snap, "SmolLM3-Q4_K_M.gguf")
+
+
+def xdotool(*args):
+    return subprocess.run(["xdotool", *map(str, args)], check=True, capture_output=True, text=True).stdout
+
+
+def x_window(name, seconds=15):
+    """The X window whose title is `name`, waiting for it to appear."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        found = subprocess.run(["xdotool", "search", "--name", name], capture_output=True, text=True).stdout.split()
+        if found:
+            return found[-1]
+        time.sleep(0.2)
+    raise AssertionError(f"no window titled {name!r} appeared")
+
+
+def x_geometry(window):
+    g = dict(line.split("=", 1) for line in xdotool("getwindowgeometry", "--shell", window).split())
+    return int(g["X"]), int(g["Y"]), int(g["WIDTH"]), int(g["HEIGHT"])
+
+
+def screen_shot(name):
+    """The whole X screen (the webdriver sees only the page, not a native dialog)."""
+    path = os.path.join(SHOTS, name + ".png")
+    subprocess.run(["import", "-window", "root", path], check=True)
+    print(f"  screenshot {path}")
+
+
+TYPE_SCALE = {"11px", "12px", "13px", "14px", "15px", "17px", "22px"}
+
+
+def one_type_scale(d, root):
+    """Every text in `root` is in the app's font and on its type scale (code and paths aside)."""
+    fonts, sizes = js(d, """
+        const body = getComputedStyle(document.body).fontFamily;
+        const els = [...document.querySelectorAll(arguments[0] + ' *')]
+            .filter(e => !e.closest('code, pre, .path') && [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim()));
+        return [[...new Set(els.map(e => getComputedStyle(e).fontFamily).filter(f => f !== body))],
+                [...new Set(els.map(e => getComputedStyle(e).fontSize))]];""", root)
+    assert not fonts, f"other fonts in {root}: {fonts}"
+    assert set(sizes) <= TYPE_SCALE, f"sizes off the scale in {root}: {sizes}"
+
+
+def found_models_offered(snapshot, models_dir):
+    def run(d):
+        wait(d, lambda d: d.find_element(By.ID, "wizard-begin").is_displayed(), "wizard shown")
+        click(d, By.ID, "wizard-begin", "wizard begun")
+        found = wait(d, lambda d: d.find_element(By.ID, "found-models"), "models found on this computer")
+        text = found.text
+        assert "ggml-org/SmolLM3-3B-GGUF · SmolLM3-Q4_K_M.gguf" in text, text
+        assert "Hugging Face cache" in text, text
+        assert "other-model.gguf" not in text, "a file that is not SmolLM3 is not offered"
+        one_type_scale(d, "#wizard")
+        shot(d, "14-wizard-found-on-this-computer")
+        click(d, By.CSS_SELECTOR, "#found-models button", "found model used")
+        wait(d, lambda d: d.find_element(By.ID, "wizard-start-chat"), "model loaded", seconds=120)
+        panel = d.find_element(By.ID, "download").text
+        assert snapshot in panel, f"used where it is: {panel}"
+        assert not [f for f in os.listdir(models_dir) if f.endswith(".gguf")] if os.path.isdir(models_dir) else True, \
+            "nothing copied into the models folder"
+        click(d, By.ID, "wizard-start-chat", "chat started")
+        wait(d, lambda d: "SmolLM3-Q4_K_M.gguf" in js(d, "return document.getElementById('statusbar').textContent"),
+             "the status bar names the model")
+    return run
+
+
+def file_dialog_chooses_a_model(path):
+    def run(d):
+        d.find_element(By.ID, "open-settings").click()
+        wait(d, lambda d: d.find_element(By.ID, "settings").is_displayed(), "settings open")
+        button = d.find_element(By.CSS_SELECTOR, "#settings [data-pick=model]")
+        assert button.is_displayed(), "the desktop shows the file dialog button"
+        button.click()
+        dialog = x_window("Choose a SmolLM3 model")
+        time.sleep(1.0)
+        screen_shot("15-file-dialog")
+        # Type the path into the dialog as a person would (a leading "/" opens its location bar).
+        xdotool("windowfocus", "--sync", dialog)
+        xdotool("key", "ctrl+l")
+        xdotool("type", "--delay", "5", path)
+        time.sleep(0.3)
+        xdotool("key", "Return")
+        wait(d, lambda d: d.find_element(By.ID, "set-model_path").get_attribute("value") == path,
+             "the chosen file fills the field")
+        shot(d, "16-settings-file-chosen")
+        d.find_element(By.CSS_SELECTOR, ".settings-foot .js-close-overlay").click()
+    return run
+
+
+DRAG_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "drag_source.py")
+
+
+def drop_imports_a_model(path, models_dir):
+    def run(d):
+        app = x_geometry(x_window("SmolLM3 Bot"))
+        src = subprocess.Popen(["/usr/bin/python3", DRAG_SOURCE, path, "1220", "850"],
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            assert src.stdout.readline().strip() == "ready"
+            sx, sy, sw, sh = x_geometry(x_window("smollm3-drag-source"))
+            tx, ty = app[0] + app[2] // 2, app[1] + app[3] // 2
+            xdotool("mousemove", sx + sw // 2, sy + sh // 2)
+            xdotool("mousedown", "1")
+            # Past the drag threshold, then across to the middle of the app's window.
+            for i in range(1, 21):
+                xdotool("mousemove", sx + sw // 2 + (tx - sx - sw // 2) * i // 20, sy + sh // 2 + (ty - sy - sh // 2) * i // 20)
+                time.sleep(0.05)
+            xdotool("mousemove", tx + 5, ty + 5)
+            wait(d, lambda d: js(d, "return document.documentElement.classList.contains('drop-target')"),
+                 "the window shows where to drop", seconds=10)
+            screen_shot("17-drop-onto-window")
+            xdotool("mouseup", "1")
+            wait(d, lambda d: os.path.exists(os.path.join(models_dir, os.path.basename(path))),
+                 "imported into the models folder")
+            wait(d, lambda d: os.path.basename(path) in js(d, "return document.getElementById('statusbar').textContent"),
+                 "the dropped model is loaded", seconds=120)
+            assert not js(d, "return document.documentElement.classList.contains('drop-target')")
+            shot(d, "18-dropped-model-loaded")
+        finally:
+            src.terminate()
+    return run
 
 
 def empty_state(d):
@@ -525,6 +674,34 @@ def main():
     finally:
         stop(proc)
         shutil.rmtree(data, ignore_errors=True)
+
+    # A fresh start on a computer where another tool left SmolLM3 in the Hugging Face cache:
+    # the wizard offers it and uses it in place; then a model chosen in the system's file
+    # dialog, and one dragged onto the window.
+    work = tempfile.mkdtemp(prefix="smollm3-bot-e2e-found-")
+    hf_home, snapshot = fake_hf_cache(work)
+    models_dir = os.path.join(work, "models")
+    picked = os.path.join(work, "downloads", "picked.gguf")
+    dropped = os.path.join(work, "downloads", "dropped.gguf")
+    synth(picked)
+    synth(dropped)
+    os.environ["SMOLLM3_BOT_DATA_DIR"] = os.path.join(work, "data")
+    os.environ["SMOLLM3_MODELS_DIR"] = models_dir
+    os.environ["HF_HOME"] = hf_home
+    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT), "--native-port", str(NATIVE_PORT)], stdout=sys.stdout, stderr=sys.stderr)
+    try:
+        wait_port(DRIVER_PORT)
+        d = start_session()
+        try:
+            check("the wizard offers a model found on this computer", found_models_offered(snapshot, models_dir), d)
+            check("the file dialog chooses a model file", file_dialog_chooses_a_model(picked), d)
+            check("a .gguf dropped onto the window is imported and loaded", drop_imports_a_model(dropped, models_dir), d)
+        finally:
+            d.quit()
+    finally:
+        stop(proc)
+        del os.environ["HF_HOME"]
+        shutil.rmtree(work, ignore_errors=True)
 
     # A fresh start with no model, downloading from the mock hub.
     work = tempfile.mkdtemp(prefix="smollm3-bot-e2e-wizard-")

@@ -87,6 +87,7 @@ struct State {
     always: Vec<Fault>,
     token: Option<String>,
     bytes_per_sec: Option<u64>,
+    answer_delay: Option<Duration>,
     requests: Vec<Request>,
 }
 
@@ -191,6 +192,11 @@ impl MockHub {
         self.state.lock().unwrap().bytes_per_sec = Some(bytes_per_sec);
     }
 
+    /// Waits this long before answering each request, like a slow network or a far server.
+    pub fn delay_answers(&self, delay: Duration) {
+        self.state.lock().unwrap().answer_delay = Some(delay);
+    }
+
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
@@ -227,6 +233,10 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         return Ok(());
     };
     let method = method.to_owned();
+    let delay = state.lock().unwrap().answer_delay;
+    if let Some(delay) = delay {
+        std::thread::sleep(delay);
+    }
     // As a proxy it is asked for absolute URLs; the hub behind it sees only the path.
     let path = match path.strip_prefix("http://") {
         Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]).to_owned(),

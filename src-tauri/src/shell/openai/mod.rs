@@ -1,13 +1,16 @@
 //! The OpenAI-compatible HTTP API over the engine: `POST /v1/chat/completions` (plain and
-//! streamed), `GET /v1/models`, `GET /health`. This module only translates: [`wire`] holds the
+//! streamed), `GET /v1/models`, `GET /health`, and llama.cpp's `/tokenize` and `/detokenize`. This module only translates: [`wire`] holds the
 //! wire format, [`plan`] turns a request into the engine's, [`stream`] turns the job's events
 //! back into a response. Thinking is off for API requests unless a request asks for it.
 //!
 //! The API keeps no memory of earlier requests: each one carries its whole conversation, and
 //! the engine reuses whatever KV cache shares the longest start with its prompt.
 
+mod completions;
 mod plan;
 mod stream;
+mod tokens;
+mod tool_calls;
 mod wire;
 
 pub use plan::{parse_request, Plan};
@@ -39,18 +42,25 @@ pub struct ApiConfig {
     pub max_queue: usize,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Serve requests that name another model (a client's default, such as `gpt-4o-mini`)
+    /// with the one loaded, instead of 404: on by default on 127.0.0.1, off in LAN mode.
+    pub any_model_name: bool,
 }
 
 impl ApiConfig {
-    /// Defaults for a model id: 4 waiting jobs, the guard's body limit.
+    /// Defaults for a model id: 4 waiting jobs, the guard's body limit, any model name served.
     pub fn new(model_id: impl Into<String>) -> Self {
         Self {
             model_id: model_id.into(),
             max_queue: 4,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            any_model_name: true,
         }
     }
 }
+
+/// The family name every server of this app answers to, whatever its file is called.
+pub const MODEL_ALIAS: &str = "smollm3";
 
 /// The id a model file is listed under: its file name without `.gguf`.
 pub fn model_id_for(path: &std::path::Path) -> String {
@@ -117,8 +127,14 @@ impl ApiState {
     fn known_model(&self, name: &str) -> bool {
         let id = &self.0.config.model_id;
         name.eq_ignore_ascii_case(id)
+            || name.eq_ignore_ascii_case(MODEL_ALIAS)
             || name.eq_ignore_ascii_case(&format!("{id}.gguf"))
             || name.eq_ignore_ascii_case(&self.0.engine.status().model)
+    }
+
+    /// Whether a request naming `name` is served (by the one model this server runs).
+    fn serves(&self, name: &str) -> bool {
+        self.0.config.any_model_name || self.known_model(name)
     }
 
     /// Forgets a job that ended or whose client left.
@@ -129,20 +145,51 @@ impl ApiState {
     }
 }
 
-/// The API's routes: `/v1/chat/completions`, `/v1/models`, `/v1/models/{id}`, `/health`, and
-/// a JSON 404 for any other `/v1/…` path. It has no fallback of its own, so it merges into
-/// any router; wear [`super::guard::Guard::protect`] before serving it over TCP.
+/// Paths of the API outside `/v1`: clients given a base URL without `/v1` (as some setups
+/// ask for) reach the same handlers, and get JSON, never the browser UI's HTML.
+const UNVERSIONED: [&str; 6] = [
+    "/chat/completions",
+    "/completions",
+    "/models",
+    "/models/{id}",
+    "/tokenize",
+    "/detokenize",
+];
+
+/// The API's routes: `/v1/chat/completions`, `/v1/models`, `/v1/models/{id}` (also without
+/// `/v1`), `/health`, and a JSON 404 for any other `/v1/…` path. It has no fallback of its
+/// own, so it merges into any router; wear [`super::guard::Guard::protect`] before serving it
+/// over TCP.
 pub fn api_router(state: ApiState) -> Router {
     let limit = state.0.config.max_body_bytes;
-    Router::new()
+    let mut router = Router::new();
+    for prefix in ["/v1", ""] {
+        router = router
+            .route(
+                &format!("{prefix}/chat/completions"),
+                post(chat_completions).fallback(method_not_allowed),
+            )
+            .route(
+                &format!("{prefix}/completions"),
+                post(completions::completions).fallback(method_not_allowed),
+            )
+            .route(
+                &format!("{prefix}/models"),
+                get(list_models).fallback(method_not_allowed),
+            )
+            .route(
+                &format!("{prefix}/models/{{id}}"),
+                get(get_model).fallback(method_not_allowed),
+            );
+    }
+    router
         .route(
-            "/v1/chat/completions",
-            post(chat_completions).fallback(method_not_allowed),
+            "/tokenize",
+            post(tokens::tokenize).fallback(method_not_allowed),
         )
-        .route("/v1/models", get(list_models).fallback(method_not_allowed))
         .route(
-            "/v1/models/{id}",
-            get(get_model).fallback(method_not_allowed),
+            "/detokenize",
+            post(tokens::detokenize).fallback(method_not_allowed),
         )
         .route("/v1/{*rest}", any(not_found))
         .route("/health", get(health).fallback(method_not_allowed))
@@ -152,8 +199,9 @@ pub fn api_router(state: ApiState) -> Router {
 
 /// The API over whichever engine `service` runs on at the moment of each request: for the
 /// server inside the app, whose model can be changed (or not yet loaded) while it serves.
-/// Without a model every API route answers 503 in the API's error shape.
-pub fn live_api_router(service: ChatService) -> Router {
+/// Without a model every API route answers 503 in the API's error shape. `any_model_name`
+/// as in [`ApiConfig`].
+pub fn live_api_router(service: ChatService, any_model_name: bool) -> Router {
     /// The API built for the engine last seen.
     type Built = Option<(Engine, Router)>;
     let built: Arc<Mutex<Built>> = Arc::default();
@@ -181,8 +229,11 @@ pub fn live_api_router(service: ChatService) -> Router {
                             .unwrap_or_else(|| {
                                 model_id_for(std::path::Path::new(&engine.status().model))
                             });
-                        let router =
-                            api_router(ApiState::new(engine.clone(), ApiConfig::new(model_id)));
+                        let config = ApiConfig {
+                            any_model_name,
+                            ..ApiConfig::new(model_id)
+                        };
+                        let router = api_router(ApiState::new(engine.clone(), config));
                         *built = Some((engine, router.clone()));
                         router
                     }
@@ -194,9 +245,13 @@ pub fn live_api_router(service: ChatService) -> Router {
             }
         }
     };
-    Router::new()
+    let mut router = Router::new()
         .route("/v1/{*rest}", any(handler.clone()))
-        .route("/health", any(handler))
+        .route("/health", any(handler.clone()));
+    for path in UNVERSIONED {
+        router = router.route(path, any(handler.clone()));
+    }
+    router
 }
 
 /// 404 in the API's error shape; serve it as the fallback of a composed router.
@@ -229,9 +284,9 @@ async fn health(State(st): State<ApiState>) -> Json<Value> {
     }))
 }
 
-fn model_object(st: &ApiState) -> Value {
+fn model_object(st: &ApiState, id: &str) -> Value {
     json!({
-        "id": st.0.config.model_id,
+        "id": id,
         "object": "model",
         "created": st.0.created,
         "owned_by": "local",
@@ -240,28 +295,38 @@ fn model_object(st: &ApiState) -> Value {
 }
 
 async fn list_models(State(st): State<ApiState>) -> Json<Value> {
-    Json(json!({ "object": "list", "data": [model_object(&st)] }))
+    let id = &st.0.config.model_id;
+    let mut data = vec![model_object(&st, id)];
+    if !id.eq_ignore_ascii_case(MODEL_ALIAS) {
+        data.push(model_object(&st, MODEL_ALIAS));
+    }
+    Json(json!({ "object": "list", "data": data }))
 }
 
 async fn get_model(State(st): State<ApiState>, Path(id): Path<String>) -> Response {
     if st.known_model(&id) {
-        Json(model_object(&st)).into_response()
+        let shown = if id.eq_ignore_ascii_case(MODEL_ALIAS) {
+            MODEL_ALIAS
+        } else {
+            st.0.config.model_id.as_str()
+        };
+        Json(model_object(&st, shown)).into_response()
     } else {
         unknown_model(&id).into_response()
     }
 }
 
-async fn chat_completions(
-    State(st): State<ApiState>,
-    ClientAddr(addr): ClientAddr,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    // Each address is one client of the queue; clients that cannot be told apart share one.
-    let client = match addr {
+/// The queue's name for a client: its address (clients that cannot be told apart share one).
+fn client_of(addr: Option<std::net::IpAddr>) -> String {
+    match addr {
         Some(ip) => format!("api:{ip}"),
         None => "api".to_string(),
-    };
-    let body = body.map_err(|e| {
+    }
+}
+
+/// The request body, or the error for one too large or unreadable.
+fn body_of(st: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -275,48 +340,63 @@ async fn chat_completions(
         } else {
             ApiError::bad_request(None, e.body_text())
         }
-    })?;
-    let context = st.0.engine.context_size();
-    let req: ChatRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(None, format!("the request body is not valid: {e}")))?;
-    if let Some(m) = req.model.as_deref().filter(|m| !m.is_empty()) {
-        if !st.known_model(m) {
-            return Err(unknown_model(m));
-        }
-    }
-    let plan = plan::plan(req, context, chrono::Local::now().date_naive())?;
+    })
+}
 
-    // Tokenizing a long prompt takes milliseconds; keep it off the async workers anyway.
-    let counted = {
-        let engine = st.0.engine.clone();
-        let request = plan.request.clone();
-        tokio::task::spawn_blocking(move || engine.prompt(&request))
-            .await
-            .map_err(|e| ApiError::engine(format!("prompt check failed: {e}")))?
-    };
-    let prompt_tokens = counted
+/// 404 for a model name this server does not answer to.
+fn check_model(st: &ApiState, model: Option<&str>) -> Result<(), ApiError> {
+    match model.filter(|m| !m.is_empty()) {
+        Some(m) if !st.serves(m) => Err(unknown_model(m)),
+        _ => Ok(()),
+    }
+}
+
+/// The prompt's length in tokens, refused when it leaves no room in the context. The prompt
+/// is rendered off the async workers (a long one takes milliseconds).
+async fn check_prompt(
+    st: &ApiState,
+    request: &crate::engine::GenerateRequest,
+    param: &str,
+) -> Result<usize, ApiError> {
+    let context = st.0.engine.context_size();
+    let engine = st.0.engine.clone();
+    let owned = request.clone();
+    let prompt_tokens = tokio::task::spawn_blocking(move || engine.prompt(&owned))
+        .await
+        .map_err(|e| ApiError::engine(format!("prompt check failed: {e}")))?
         .map_err(|e| match e {
-            // The template refused the messages (raise_exception): the request's fault.
-            JobError::Template(_) => ApiError::bad_request(Some("messages"), e.to_string()),
+            // The template refused the messages (raise_exception), or an id is not in the
+            // vocabulary: the request's fault.
+            JobError::Template(_) | JobError::Settings(_) => {
+                ApiError::bad_request(Some(param), e.to_string())
+            }
             other => ApiError::engine(other.to_string()),
         })?
         .len();
     if prompt_tokens >= context {
         return Err(ApiError {
-            param: Some("messages".into()),
+            param: Some(param.into()),
             ..ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 "context_length_exceeded",
                 format!(
                     "the prompt has {prompt_tokens} tokens but the context holds {context}; \
-                     shorten the messages or start the server with a larger --context"
+                     shorten the {param} or start the server with a larger --context"
                 ),
             )
         });
     }
+    Ok(prompt_tokens)
+}
 
-    let ticket = match st.0.engine.admission().try_admit(&client) {
+/// Admits a job for `client` (or answers 503 with `Retry-After`) and queues it.
+fn start(
+    st: &ApiState,
+    client: &str,
+    request: crate::engine::GenerateRequest,
+) -> Result<Running, ApiError> {
+    let ticket = match st.0.engine.admission().try_admit(client) {
         Ok(t) => t,
         Err(refusal) => {
             let message = match refusal {
@@ -339,21 +419,38 @@ async fn chat_completions(
             });
         }
     };
-    let handle = st.0.engine.submit(plan.request);
+    let handle = st.0.engine.submit(request);
     if let Ok(mut running) = st.0.running.lock() {
         running.insert(handle.id, handle.cancel.clone());
     }
-    let job = Running {
+    Ok(Running {
         state: st.clone(),
         handle,
         _ticket: ticket,
         finished: false,
-    };
+    })
+}
+
+async fn chat_completions(
+    State(st): State<ApiState>,
+    ClientAddr(addr): ClientAddr,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_of(&st, body)?;
+    let context = st.0.engine.context_size();
+    let req: ChatRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(None, format!("the request body is not valid: {e}")))?;
+    check_model(&st, req.model.as_deref())?;
+    let plan = plan::plan(req, context, chrono::Local::now().date_naive())?;
+    check_prompt(&st, &plan.request, "messages").await?;
     let meta = Meta {
         id: completion_id(),
         created: chrono::Utc::now().timestamp(),
         model: st.0.config.model_id.clone(),
+        logprobs: plan.request.logprobs.is_some(),
+        tools: plan.tools,
     };
+    let job = start(&st, &client_of(addr), plan.request)?;
     if plan.stream {
         Ok(stream::stream_reply(job, meta, plan.include_usage).into_response())
     } else {
@@ -447,7 +544,7 @@ mod tests {
                 Some("n"),
             ),
             (
-                json!({"messages": [{"role": "tool", "content": "x"}]}),
+                json!({"messages": [{"role": "robot", "content": "x"}]}),
                 Some("messages[0].role"),
             ),
             (

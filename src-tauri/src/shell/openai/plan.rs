@@ -2,6 +2,7 @@
 //! [`GenerateRequest`]. The result depends on the request (and the date) alone, so two
 //! identical requests get identical prompts whatever came before them.
 
+use super::tool_calls;
 use super::wire::{ApiError, ChatRequest, Content, InMessage, Stop};
 use crate::engine::{ChatMessage, GenerateRequest, SamplingParams};
 use chrono::NaiveDate;
@@ -9,6 +10,13 @@ use serde_json::Value;
 
 /// Most stop strings one request may give.
 const MAX_STOPS: usize = 16;
+
+/// Most alternatives `top_logprobs` may ask for (OpenAI's limit).
+const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Reasoning tokens allowed at `reasoning_effort: low` and `medium` (`high` has no limit).
+const LOW_EFFORT_BUDGET: usize = 256;
+const MEDIUM_EFFORT_BUDGET: usize = 1024;
 
 /// A validated request, ready for the engine.
 #[derive(Debug, Clone)]
@@ -19,6 +27,8 @@ pub struct Plan {
     pub stream: bool,
     /// Send a final usage chunk when streaming.
     pub include_usage: bool,
+    /// Tools were offered: the reply's `<tool_call>` blocks become `tool_calls`.
+    pub tools: bool,
 }
 
 fn text_of(i: usize, m: InMessage) -> Result<String, ApiError> {
@@ -63,20 +73,51 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
             "messages must hold at least one message",
         ));
     }
+    if let Some(field) = req.unknown.keys().next() {
+        return Err(ApiError::bad_request(
+            Some(field),
+            format!("`{field}` is not a field this server knows; remove it from the request"),
+        ));
+    }
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request(Some("n"), "only n = 1 is supported"));
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+    let tools = tools_of(&req)?;
+    let top_logprobs = match req.top_logprobs {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(k) if k <= MAX_TOP_LOGPROBS as u64 => Some(k as usize),
+            _ => {
+                return Err(ApiError::bad_request(
+                    Some("top_logprobs"),
+                    format!("top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
+                ))
+            }
+        },
+    };
+    let logprobs = match (req.logprobs, top_logprobs) {
+        (Some(true), top) => Some(top.unwrap_or(0)),
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request(
+                Some("top_logprobs"),
+                "top_logprobs needs logprobs: true",
+            ))
+        }
+        _ => None,
+    };
+    if req.store == Some(true) {
         return Err(ApiError::bad_request(
-            Some("tools"),
-            "tool calling is not supported by this server",
+            Some("store"),
+            "this server does not store completions (store must be false or left out)",
         ));
     }
-    if req.logprobs == Some(true) {
-        return Err(ApiError::bad_request(
-            Some("logprobs"),
-            "logprobs are not supported by this server",
-        ));
+    if let Some(tier) = req.service_tier.as_deref() {
+        if !matches!(tier, "auto" | "default") {
+            return Err(ApiError::bad_request(
+                Some("service_tier"),
+                format!("this server has one service tier (`default`); got `{tier}`"),
+            ));
+        }
     }
     if let Some(rf) = &req.response_format {
         if rf.get("type").and_then(Value::as_str).unwrap_or("text") != "text" {
@@ -86,20 +127,42 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
             ));
         }
     }
-    let mut messages = Vec::with_capacity(req.messages.len());
+    let count = req.messages.len();
+    let mut messages = Vec::with_capacity(count);
+    let mut assistant_prefix = None;
     for (i, m) in req.messages.into_iter().enumerate() {
         let role = match m.role.as_str() {
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            // A tool's result (and the legacy `function` role): the template shows it to the
+            // model as the next user turn.
+            "tool" | "function" => "tool",
             other => {
                 return Err(ApiError::bad_request(
                     Some(&format!("messages[{i}].role")),
-                    format!("role `{other}` is not supported (system, developer, user, assistant)"),
+                    format!(
+                    "role `{other}` is not supported (system, developer, user, assistant, tool)"
+                ),
                 ))
             }
         };
-        let text = text_of(i, m)?;
+        // Labels the template does not show: results are shown in the order they come.
+        let _ = (&m.tool_call_id, &m.name);
+        let calls = m.tool_calls.clone().unwrap_or_default();
+        let mut text = text_of(i, m)?;
+        if !calls.is_empty() {
+            // The model sees its own earlier calls as it wrote them.
+            text = tool_calls::render_calls(&text, &calls).map_err(|e| {
+                ApiError::bad_request(Some(&format!("messages[{i}].tool_calls")), e)
+            })?;
+        }
+        if role == "assistant" && i + 1 == count && i > 0 {
+            // A last assistant message is a reply to continue ("prefill"), as llama.cpp's
+            // server does: the model goes on from its text, which is not sent back.
+            assistant_prefix = Some(text).filter(|t| !t.is_empty());
+            continue;
+        }
         messages.push(ChatMessage::new(role, text));
     }
 
@@ -120,6 +183,29 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
     }
     if let Some(r) = req.repeat_penalty {
         params.repeat_penalty = r;
+    }
+    if let Some(f) = req.frequency_penalty {
+        params.frequency_penalty = f;
+    }
+    if let Some(p) = req.presence_penalty {
+        params.presence_penalty = p;
+    }
+    if let Some(bias) = req.logit_bias {
+        for (id, value) in bias {
+            let token = id.parse::<u32>().map_err(|_| {
+                ApiError::bad_request(
+                    Some("logit_bias"),
+                    format!("logit_bias keys are token ids; `{id}` is not one"),
+                )
+            })?;
+            let value = value.as_f64().ok_or_else(|| {
+                ApiError::bad_request(
+                    Some("logit_bias"),
+                    format!("the bias of token {token} must be a number"),
+                )
+            })?;
+            params.logit_bias.push((token, value as f32));
+        }
     }
     params.seed = req.seed.map(|s| s as u64);
     let (max_param, max) = match (req.max_completion_tokens, req.max_tokens) {
@@ -152,12 +238,29 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
             format!("at most {MAX_STOPS} stop strings are supported"),
         ));
     }
+    // `reasoning_effort` maps to SmolLM3's two modes, with a reasoning budget for the lower
+    // efforts; `enable_thinking`, when given, decides on or off.
+    let (effort_thinks, budget) = match req.reasoning_effort.as_deref() {
+        None => (false, None),
+        Some("none" | "minimal") => (false, None),
+        Some("low") => (true, Some(LOW_EFFORT_BUDGET)),
+        Some("medium") => (true, Some(MEDIUM_EFFORT_BUDGET)),
+        Some("high") => (true, None),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                Some("reasoning_effort"),
+                format!(
+                    "reasoning_effort must be none, minimal, low, medium or high (got `{other}`)"
+                ),
+            ))
+        }
+    };
     let thinking = match req
         .chat_template_kwargs
         .as_ref()
         .and_then(|k| k.get("enable_thinking"))
     {
-        None | Some(Value::Null) => false,
+        None | Some(Value::Null) => effort_thinks,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
             return Err(ApiError::bad_request(
@@ -172,17 +275,113 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
-    let _ = req.model;
+    // Labels only (the model's name is checked by the caller).
+    let _ = (
+        &req.model,
+        &req.user,
+        &req.metadata,
+        req.parallel_tool_calls,
+    );
     Ok(Plan {
         request: GenerateRequest {
             params,
             enable_thinking: thinking,
+            thinking_budget: budget.filter(|_| thinking),
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            assistant_prefix,
+            logprobs,
+            tools: tools.clone(),
             ..GenerateRequest::new(None, messages, today)
         },
         stream,
         include_usage,
+        tools: !tools.is_empty(),
     })
+}
+
+/// The functions the request offers the model, as the template's `xml_tools` wants them
+/// (`{"name", "description", "parameters"}`), from `tools` or the legacy `functions`; none
+/// when `tool_choice` (or `function_call`) is `none`. Forcing a call (`required`, or a named
+/// function) needs constrained decoding, which this server does not have yet: refused.
+fn tools_of(req: &ChatRequest) -> Result<Vec<Value>, ApiError> {
+    let mut functions = Vec::new();
+    for (i, tool) in req.tools.iter().flatten().enumerate() {
+        let param = format!("tools[{i}]");
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ApiError::bad_request(
+                Some(&param),
+                format!("{param}.type must be `function` (the only kind of tool there is)"),
+            ));
+        }
+        functions.push(function_of(
+            tool.get("function"),
+            &format!("{param}.function"),
+        )?);
+    }
+    for (i, f) in req.functions.iter().flatten().enumerate() {
+        functions.push(function_of(Some(f), &format!("functions[{i}]"))?);
+    }
+    let choice = [
+        ("tool_choice", &req.tool_choice),
+        ("function_call", &req.function_call),
+    ];
+    for (field, value) in choice {
+        match value {
+            None => {}
+            Some(Value::String(s)) if s == "none" => functions.clear(),
+            Some(Value::String(s)) if s == "auto" => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    Some(field),
+                    format!(
+                        "{field} may be `auto` or `none`: forcing a call (`required`, or a named \
+                         function) needs constrained decoding, which this server does not have yet"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(functions)
+}
+
+/// One function definition, checked: a name of letters, digits, `_` and `-`, and JSON Schema
+/// parameters when given.
+fn function_of(f: Option<&Value>, param: &str) -> Result<Value, ApiError> {
+    let bad = |m: String| ApiError::bad_request(Some(param), m);
+    let f = f
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad(format!("{param} must be an object")))?;
+    let name = f
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "{param}.name must be 1 to 64 letters, digits, `_` or `-`"
+            ))
+        })?;
+    let mut out = serde_json::Map::new();
+    out.insert("name".into(), Value::String(name.to_owned()));
+    if let Some(d) = f.get("description") {
+        out.insert("description".into(), d.clone());
+    }
+    match f.get("parameters") {
+        None => {}
+        Some(p @ Value::Object(_)) => {
+            out.insert("parameters".into(), p.clone());
+        }
+        Some(_) => {
+            return Err(bad(format!(
+                "{param}.parameters must be a JSON Schema object"
+            )))
+        }
+    }
+    Ok(Value::Object(out))
 }
 
 /// Parses and validates a request body, dated today.

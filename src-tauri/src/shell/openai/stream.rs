@@ -1,14 +1,16 @@
 //! A running job's events as an OpenAI response: one JSON object, or server-sent chunks.
 
-use super::wire::{assistant_message, chunk, delta_for, finish_reason, usage, ApiError};
-use super::ApiState;
+use super::wire::{
+    assistant_message, chunk, delta_for, finish_reason, logprob_entry, usage, ApiError,
+};
+use super::{tool_calls, ApiState};
 use crate::engine::admission::Ticket;
 use crate::engine::{EngineEvent, JobHandle};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
@@ -22,7 +24,7 @@ pub(super) struct Running {
 
 impl Running {
     /// The job ended (its last event was read); nothing to cancel any more.
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         self.finished = true;
     }
 }
@@ -43,19 +45,55 @@ pub(super) struct Meta {
     pub(super) id: String,
     pub(super) created: i64,
     pub(super) model: String,
+    /// Whether the request asked for logprobs (`choices[].logprobs` is then an object).
+    pub(super) logprobs: bool,
+    /// Whether tools were offered (the reply's `<tool_call>` blocks become `tool_calls`).
+    pub(super) tools: bool,
+}
+
+/// The finish reason of a reply that made calls: OpenAI's `tool_calls`.
+const TOOL_CALLS: &str = "tool_calls";
+
+/// `choices[].logprobs` for these entries: `null` when none were asked for.
+fn logprobs_field(asked: bool, entries: Vec<Value>) -> Value {
+    if asked {
+        json!({ "content": entries, "refusal": null })
+    } else {
+        Value::Null
+    }
 }
 
 pub(super) async fn whole_reply(mut job: Running, meta: Meta) -> Result<Response, ApiError> {
     let mut answer = String::new();
     let mut reasoning = String::new();
+    let mut logprobs = Vec::new();
     while let Some(ev) = job.handle.events.recv().await {
+        if let Some(entry) = logprob_entry(&ev) {
+            logprobs.push(entry);
+            continue;
+        }
         match ev {
-            EngineEvent::Queued { .. } | EngineEvent::Started { .. } => {}
+            EngineEvent::Queued { .. }
+            | EngineEvent::Started { .. }
+            | EngineEvent::Logprob { .. } => {}
             EngineEvent::Reasoning { text } => reasoning.push_str(&text),
             EngineEvent::Answer { text } => answer.push_str(&text),
             EngineEvent::Done { stats, .. } => {
                 job.finish();
-                let message = assistant_message(&answer, &reasoning);
+                let mut message = assistant_message(&answer, &reasoning);
+                let mut finish = finish_reason(stats.finish_reason);
+                if meta.tools {
+                    let split = tool_calls::split(&answer);
+                    if !split.calls.is_empty() {
+                        message["content"] = if split.content.is_empty() {
+                            Value::Null
+                        } else {
+                            Value::String(split.content)
+                        };
+                        message["tool_calls"] = Value::Array(split.calls);
+                        finish = TOOL_CALLS;
+                    }
+                }
                 let body = json!({
                     "id": meta.id,
                     "object": "chat.completion",
@@ -64,8 +102,8 @@ pub(super) async fn whole_reply(mut job: Running, meta: Meta) -> Result<Response
                     "choices": [{
                         "index": 0,
                         "message": message,
-                        "logprobs": null,
-                        "finish_reason": finish_reason(stats.finish_reason),
+                        "logprobs": logprobs_field(meta.logprobs, logprobs),
+                        "finish_reason": finish,
                     }],
                     "usage": usage(&stats),
                 });
@@ -89,6 +127,10 @@ struct StreamState {
     include_usage: bool,
     pending: VecDeque<String>,
     answer: String,
+    /// Logprob entries of tokens whose text has not been sent yet.
+    logprobs: Vec<Value>,
+    /// Holds back what may be a tool call (when tools were offered).
+    calls: Option<tool_calls::ToolStream>,
     ended: bool,
 }
 
@@ -105,12 +147,15 @@ pub(super) fn stream_reply(
         None,
         include_usage,
     );
+    let calls = meta.tools.then(tool_calls::ToolStream::default);
     let state = StreamState {
         job,
         meta,
         include_usage,
         pending: VecDeque::from([first.to_string()]),
         answer: String::new(),
+        logprobs: Vec::new(),
+        calls,
         ended: false,
     };
     let events = stream::unfold(state, |mut s| async move {
@@ -123,15 +168,62 @@ pub(super) fn stream_reply(
             }
             let ev = s.job.handle.events.recv().await;
             let m = &s.meta;
+            if let Some(entry) = ev.as_ref().and_then(logprob_entry) {
+                s.logprobs.push(entry);
+                continue;
+            }
             match ev {
                 Some(EngineEvent::Done { stats, .. }) => {
                     s.job.finish();
+                    if !s.logprobs.is_empty() {
+                        // Tokens whose text never showed (held for a stop string, say).
+                        let mut c =
+                            chunk(&m.id, m.created, &m.model, json!({}), None, s.include_usage);
+                        c["choices"][0]["logprobs"] =
+                            logprobs_field(true, std::mem::take(&mut s.logprobs));
+                        s.pending.push_back(c.to_string());
+                    }
+                    let mut finish = finish_reason(stats.finish_reason);
+                    if let Some(held) = s.calls.take() {
+                        let (rest, calls) = held.finish();
+                        if !rest.is_empty() {
+                            let c = chunk(
+                                &m.id,
+                                m.created,
+                                &m.model,
+                                json!({ "content": rest }),
+                                None,
+                                s.include_usage,
+                            );
+                            s.pending.push_back(c.to_string());
+                        }
+                        if !calls.is_empty() {
+                            let deltas: Vec<Value> = calls
+                                .into_iter()
+                                .enumerate()
+                                .map(|(index, mut call)| {
+                                    call["index"] = json!(index);
+                                    call
+                                })
+                                .collect();
+                            let c = chunk(
+                                &m.id,
+                                m.created,
+                                &m.model,
+                                json!({ "tool_calls": deltas }),
+                                None,
+                                s.include_usage,
+                            );
+                            s.pending.push_back(c.to_string());
+                            finish = TOOL_CALLS;
+                        }
+                    }
                     let end = chunk(
                         &m.id,
                         m.created,
                         &m.model,
                         json!({}),
-                        Some(finish_reason(stats.finish_reason)),
+                        Some(finish),
                         s.include_usage,
                     );
                     s.pending.push_back(end.to_string());
@@ -156,12 +248,19 @@ pub(super) fn stream_reply(
                     s.pending.push_back("[DONE]".into());
                     s.ended = true;
                 }
-                Some(ev) => {
-                    if let EngineEvent::Answer { text } = &ev {
+                Some(mut ev) => {
+                    if let EngineEvent::Answer { text } = &mut ev {
                         s.answer.push_str(text);
+                        if let Some(held) = s.calls.as_mut() {
+                            *text = held.push(text);
+                        }
                     }
                     if let Some(d) = delta_for(&ev) {
-                        let c = chunk(&m.id, m.created, &m.model, d, None, s.include_usage);
+                        let mut c = chunk(&m.id, m.created, &m.model, d, None, s.include_usage);
+                        if m.logprobs {
+                            c["choices"][0]["logprobs"] =
+                                logprobs_field(true, std::mem::take(&mut s.logprobs));
+                        }
                         s.pending.push_back(c.to_string());
                     }
                 }

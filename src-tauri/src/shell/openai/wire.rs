@@ -147,6 +147,15 @@ pub(super) struct InMessage {
     pub(super) role: String,
     #[serde(default)]
     pub(super) content: Option<Content>,
+    /// An assistant message's calls (OpenAI's shape).
+    #[serde(default)]
+    pub(super) tool_calls: Option<Vec<Value>>,
+    /// Which call a `tool` message answers, and the function's name: labels the template
+    /// does not show (it shows results in order).
+    #[serde(default)]
+    pub(super) tool_call_id: Option<String>,
+    #[serde(default)]
+    pub(super) name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,7 +171,9 @@ pub(super) struct StreamOptions {
     pub(super) include_usage: Option<bool>,
 }
 
-/// The request body; fields we do not know are ignored, as OpenAI clients send many.
+/// The request body. Every field is either used, refused with a 400 that names it, or (for
+/// `user` and `metadata`, which only label a request) accepted without effect; a field this
+/// server does not know is refused by name (see `plan`), never silently dropped.
 #[derive(Debug, Deserialize)]
 pub(super) struct ChatRequest {
     #[serde(default)]
@@ -200,6 +211,36 @@ pub(super) struct ChatRequest {
     pub(super) logprobs: Option<bool>,
     #[serde(default)]
     pub(super) response_format: Option<Value>,
+    #[serde(default)]
+    pub(super) frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub(super) presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub(super) logit_bias: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub(super) reasoning_effort: Option<String>,
+    #[serde(default)]
+    pub(super) top_logprobs: Option<Value>,
+    #[serde(default)]
+    pub(super) tool_choice: Option<Value>,
+    #[serde(default)]
+    pub(super) functions: Option<Vec<Value>>,
+    #[serde(default)]
+    pub(super) function_call: Option<Value>,
+    #[serde(default)]
+    pub(super) parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub(super) store: Option<bool>,
+    #[serde(default)]
+    pub(super) service_tier: Option<String>,
+    /// Labels for the request: accepted, without effect (nothing is kept per user).
+    #[serde(default)]
+    pub(super) user: Option<String>,
+    #[serde(default)]
+    pub(super) metadata: Option<Value>,
+    /// Everything else the client sent, to be refused by name.
+    #[serde(flatten)]
+    pub(super) unknown: serde_json::Map<String, Value>,
 }
 
 /// The reply's `message`: the answer as `content`, the reasoning (when there was any) as
@@ -243,6 +284,22 @@ pub fn delta_for(ev: &EngineEvent) -> Option<Value> {
         EngineEvent::Answer { text } if !text.is_empty() => Some(json!({ "content": text })),
         _ => None,
     }
+}
+
+/// One entry of OpenAI's `logprobs.content` for an engine `Logprob` event.
+pub fn logprob_entry(ev: &EngineEvent) -> Option<Value> {
+    let EngineEvent::Logprob {
+        token,
+        logprob,
+        top,
+    } = ev
+    else {
+        return None;
+    };
+    let entry = |t: &str, lp: f32| json!({ "token": t, "logprob": lp, "bytes": t.as_bytes() });
+    let mut v = entry(token, *logprob);
+    v["top_logprobs"] = top.iter().map(|(t, lp)| entry(t, *lp)).collect();
+    Some(v)
 }
 
 /// OpenAI's `finish_reason` for an engine result.
