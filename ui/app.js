@@ -141,10 +141,13 @@
     const details = el.querySelector("details.reasoning");
     if (p.type === "reasoning" && details) {
       details.hidden = false;
-      if (!answer || answer.textContent.length === 0) details.open = true;
+      if (!el._answered) details.open = true;
       details.querySelector(".reasoning-body").appendChild(document.createTextNode(p.text));
     } else if (p.type === "answer" && answer) {
-      if (details && answer.textContent.length === 0) details.open = false;
+      // The reasoning folds away when the answer begins (a flag: measuring the answer's text
+      // would cost more the longer it grows).
+      if (details && !el._answered) details.open = false;
+      el._answered = true;
       streamInto(el, answer, p.text);
     }
   }
@@ -173,16 +176,27 @@
     scheduleRender(el);
   }
 
+  // The unfinished block is rendered again on every update; past this many characters (one
+  // long paragraph, a model that never leaves a blank line) it is cut at its last line end
+  // outside code, or else left as plain text until it ends, so an update costs the same at
+  // token 10 and at token 2,000 whatever the text looks like.
+  const TAIL_MAX = 1500;
+
   // Where the settled part of `raw` may end: after the last blank line that is not inside a
-  // fenced code block (an even number of ``` fences before it).
+  // fenced code block (an even number of ``` fences before it); for a long last block, after
+  // its last line end outside a code block.
   function settledEnd(raw, from) {
+    // The settled part always ends outside a code block, so only fences after it count.
+    const outsideCode = (at) => ((raw.slice(from, at).match(/^\s*```/gm) || []).length) % 2 === 0;
     let end = from;
     let at = raw.indexOf("\n\n", from);
     while (at !== -1) {
-      // The settled part always ends outside a code block, so only fences after it count.
-      const fences = (raw.slice(from, at).match(/^\s*```/gm) || []).length;
-      if (fences % 2 === 0) end = at + 2;
+      if (outsideCode(at)) end = at + 2;
       at = raw.indexOf("\n\n", at + 2);
+    }
+    if (raw.length - end > TAIL_MAX) {
+      const line = raw.lastIndexOf("\n");
+      if (line >= end && outsideCode(line)) end = line + 1;
     }
     return end;
   }
@@ -204,11 +218,13 @@
       const raw = el._raw;
       const from = el._settledLen;
       const end = settledEnd(raw, from);
+      const renderTail = raw.length - end <= TAIL_MAX;
+      if (end === from && !renderTail) return; // nothing to settle; the text stays plain
       let settled = "";
-      let tail;
+      let tail = "";
       try {
         if (end > from) settled = await renderMarkdown(raw.slice(from, end));
-        tail = await renderMarkdown(raw.slice(end));
+        if (renderTail) tail = await renderMarkdown(raw.slice(end));
       } catch {
         return;
       }
@@ -221,8 +237,9 @@
       if (settled) el._settled.insertAdjacentHTML("beforeend", settled);
       el._settledLen = end;
       el._tail.innerHTML = tail;
-      // What arrived while the app rendered stays plain after it until the next render.
-      el._plain = document.createTextNode(el._raw.slice(raw.length));
+      // What arrived while the app rendered (or all of a tail too long to render) stays plain
+      // after it until the next render.
+      el._plain = document.createTextNode(el._raw.slice(renderTail ? raw.length : end));
       el._tail.appendChild(el._plain);
       if (follow) scrollToBottom();
     }, 250);

@@ -572,7 +572,7 @@ def api_lists_the_model(d):
     import openai
     client = openai.OpenAI(base_url=base, api_key="not-needed-on-this-computer")
     ids = [m.id for m in client.models.list().data]
-    assert ids == ["SmolLM3-Q4_K_M"], ids
+    assert ids == ["SmolLM3-Q4_K_M", "smollm3"], ids
     reply = client.chat.completions.create(
         model=ids[0], messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
     assert reply.choices[0].message.content is not None, reply
@@ -635,6 +635,18 @@ def fake_browser(work):
     os.environ["OPENED_LINKS"] = opened
 
 
+def start_driver(driver_bin):
+    """tauri-driver on its free ports (it starts the app for each session), once it listens."""
+    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT), "--native-port", str(NATIVE_PORT)],
+                            stdout=sys.stdout, stderr=sys.stderr)
+    try:
+        wait_port(DRIVER_PORT)
+    except Exception:
+        stop(proc)
+        raise
+    return proc
+
+
 def main():
     os.makedirs(SHOTS, exist_ok=True)
     data = tempfile.mkdtemp(prefix="smollm3-bot-e2e-")
@@ -643,9 +655,8 @@ def main():
     os.environ["SMOLLM3_SERVER_LAN_ADDRESS"] = "127.0.0.2"
     fake_browser(data)
     driver_bin = shutil.which("tauri-driver") or os.path.expanduser("~/.cargo/bin/tauri-driver")
-    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT), "--native-port", str(NATIVE_PORT)], stdout=sys.stdout, stderr=sys.stderr)
+    proc = start_driver(driver_bin)
     try:
-        wait_port(DRIVER_PORT)
         d = start_session()
         try:
             check("first-run wizard can be skipped", skip_wizard, d)
@@ -688,9 +699,8 @@ def main():
     os.environ["SMOLLM3_BOT_DATA_DIR"] = os.path.join(work, "data")
     os.environ["SMOLLM3_MODELS_DIR"] = models_dir
     os.environ["HF_HOME"] = hf_home
-    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT), "--native-port", str(NATIVE_PORT)], stdout=sys.stdout, stderr=sys.stderr)
+    proc = start_driver(driver_bin)
     try:
-        wait_port(DRIVER_PORT)
         d = start_session()
         try:
             check("the wizard offers a model found on this computer", found_models_offered(snapshot, models_dir), d)
@@ -709,9 +719,8 @@ def main():
     os.environ["SMOLLM3_BOT_DATA_DIR"] = os.path.join(work, "data")
     os.environ["SMOLLM3_MODELS_DIR"] = os.path.join(work, "models")
     os.environ["HF_ENDPOINT"] = url
-    proc = subprocess.Popen([driver_bin, "--port", str(DRIVER_PORT), "--native-port", str(NATIVE_PORT)], stdout=sys.stdout, stderr=sys.stderr)
+    proc = start_driver(driver_bin)
     try:
-        wait_port(DRIVER_PORT)
         d = start_session()
         try:
             check("wizard downloads and loads a model", wizard_downloads_and_loads, d)

@@ -15,7 +15,7 @@ def main() -> int:
     client = OpenAI(base_url=base_url, api_key="not-needed-on-loopback", max_retries=0, timeout=120)
 
     models = [m.id for m in client.models.list()]
-    assert models == [model], models
+    assert models == [model, "smollm3"], models
 
     messages = [{"role": "user", "content": "Say hello."}]
     plain = client.chat.completions.create(
@@ -64,11 +64,37 @@ def main() -> int:
     extra = thinking.choices[0].message.model_extra or {}
     print(f"thinking: reasoning_content present: {'reasoning_content' in extra}")
 
+    # A client's default model name is served by the one model on loopback.
+    other = client.chat.completions.create(model="gpt-4o-mini", messages=messages, max_tokens=2)
+    assert other.model == model, other.model
+
+    # Logprobs, as the client parses them.
+    lp = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = lp.choices[0].logprobs.content
+    assert len(content) == lp.usage.completion_tokens, content
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content), content
+    print(f"logprobs: {len(content)} tokens, e.g. {content[0].token!r} {content[0].logprob:.3f}")
+
+    # Tools are accepted and the reply parses (a random model makes no call).
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    with_tools = client.chat.completions.create(model=model, messages=messages, max_tokens=4, tools=tools)
+    assert with_tools.choices[0].finish_reason in ("stop", "length", "tool_calls"), with_tools
+
+    # Text completion with the client's legacy API.
+    done = client.completions.create(model=model, prompt="Once upon a time", max_tokens=3, temperature=0)
+    assert isinstance(done.choices[0].text, str) and 1 <= done.usage.completion_tokens <= 3, done
+    print(f"completions: {done.choices[0].text!r}")
+
+    # Unknown fields are named, not ignored.
     try:
-        client.chat.completions.create(model="no-such-model", messages=messages, max_tokens=1)
-        raise AssertionError("an unknown model was accepted")
-    except openai.NotFoundError as e:
-        assert e.status_code == 404
+        client.chat.completions.create(model=model, messages=messages, max_tokens=1,
+                                       extra_body={"mirostat": 2})
+        raise AssertionError("an unknown field was accepted")
+    except openai.BadRequestError as e:
+        assert "mirostat" in str(e), e
 
     try:
         client.chat.completions.create(
@@ -77,7 +103,7 @@ def main() -> int:
         raise AssertionError("an over-long prompt was accepted")
     except openai.BadRequestError as e:
         assert "context" in str(e), e
-    print("errors: 404 unknown model, 400 prompt over the context")
+    print("errors: 400 unknown field, 400 prompt over the context")
     print("openai client: all checks passed")
     return 0
 

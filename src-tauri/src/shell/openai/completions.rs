@@ -4,9 +4,9 @@
 //! reply continues it. `suffix` (fill in the middle) and `best_of` above 1 are refused: this
 //! model was not trained for the one, and the other would multiply the work unseen.
 
-use super::wire::{finish_reason, usage, ApiError, Stop};
+use super::wire::{finish_reason, usage, ApiError, SamplingFields, Stop};
 use super::{body_of, check_model, check_prompt, client_of, start, ApiState};
-use crate::engine::{EngineEvent, GenerateRequest, SamplingParams};
+use crate::engine::{EngineEvent, GenerateRequest};
 use crate::shell::guard::ClientAddr;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -34,22 +34,6 @@ struct CompletionRequest {
     #[serde(default)]
     max_tokens: Option<i64>,
     #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    top_k: Option<i64>,
-    #[serde(default)]
-    min_p: Option<f32>,
-    #[serde(default)]
-    repeat_penalty: Option<f32>,
-    #[serde(default)]
-    frequency_penalty: Option<f32>,
-    #[serde(default)]
-    presence_penalty: Option<f32>,
-    #[serde(default)]
-    logit_bias: Option<serde_json::Map<String, Value>>,
-    #[serde(default)]
     n: Option<i64>,
     #[serde(default)]
     best_of: Option<i64>,
@@ -63,11 +47,11 @@ struct CompletionRequest {
     echo: Option<bool>,
     #[serde(default)]
     stop: Option<Stop>,
-    #[serde(default)]
-    seed: Option<i64>,
     /// A label for the request: accepted, without effect.
     #[serde(default)]
     user: Option<String>,
+    #[serde(flatten)]
+    sampling: SamplingFields,
     #[serde(flatten)]
     unknown: serde_json::Map<String, Value>,
 }
@@ -131,42 +115,7 @@ fn plan(
         ));
     }
     let (ids, text) = prompt_ids(st, &req.prompt)?;
-    let mut params = SamplingParams::default();
-    if let Some(t) = req.temperature {
-        params.temperature = t;
-    }
-    if let Some(p) = req.top_p {
-        params.top_p = p;
-    }
-    if let Some(k) = req.top_k {
-        params.top_k = usize::try_from(k).map_err(|_| {
-            ApiError::bad_request(Some("top_k"), format!("top_k must be 0 or more (got {k})"))
-        })?;
-    }
-    if let Some(p) = req.min_p {
-        params.min_p = p;
-    }
-    if let Some(r) = req.repeat_penalty {
-        params.repeat_penalty = r;
-    }
-    params.frequency_penalty = req.frequency_penalty.unwrap_or(0.0);
-    params.presence_penalty = req.presence_penalty.unwrap_or(0.0);
-    for (id, value) in req.logit_bias.iter().flatten() {
-        let token = id.parse::<u32>().map_err(|_| {
-            ApiError::bad_request(
-                Some("logit_bias"),
-                format!("logit_bias keys are token ids; `{id}` is not one"),
-            )
-        })?;
-        let value = value.as_f64().ok_or_else(|| {
-            ApiError::bad_request(
-                Some("logit_bias"),
-                format!("the bias of token {token} must be a number"),
-            )
-        })?;
-        params.logit_bias.push((token, value as f32));
-    }
-    params.seed = req.seed.map(|s| s as u64);
+    let mut params = super::plan::sampling_params(&req.sampling)?;
     params.max_tokens = match req.max_tokens {
         None => DEFAULT_MAX_TOKENS,
         Some(m) if m >= 1 => usize::try_from(m).unwrap_or(usize::MAX),

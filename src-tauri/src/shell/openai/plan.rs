@@ -3,7 +3,7 @@
 //! identical requests get identical prompts whatever came before them.
 
 use super::tool_calls;
-use super::wire::{ApiError, ChatRequest, Content, InMessage, Stop};
+use super::wire::{ApiError, ChatRequest, Content, InMessage, SamplingFields, Stop};
 use crate::engine::{ChatMessage, GenerateRequest, SamplingParams};
 use chrono::NaiveDate;
 use serde_json::Value;
@@ -166,48 +166,7 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
         messages.push(ChatMessage::new(role, text));
     }
 
-    let mut params = SamplingParams::default();
-    if let Some(t) = req.temperature {
-        params.temperature = t;
-    }
-    if let Some(p) = req.top_p {
-        params.top_p = p;
-    }
-    if let Some(k) = req.top_k {
-        params.top_k = usize::try_from(k).map_err(|_| {
-            ApiError::bad_request(Some("top_k"), format!("top_k must be 0 or more (got {k})"))
-        })?;
-    }
-    if let Some(p) = req.min_p {
-        params.min_p = p;
-    }
-    if let Some(r) = req.repeat_penalty {
-        params.repeat_penalty = r;
-    }
-    if let Some(f) = req.frequency_penalty {
-        params.frequency_penalty = f;
-    }
-    if let Some(p) = req.presence_penalty {
-        params.presence_penalty = p;
-    }
-    if let Some(bias) = req.logit_bias {
-        for (id, value) in bias {
-            let token = id.parse::<u32>().map_err(|_| {
-                ApiError::bad_request(
-                    Some("logit_bias"),
-                    format!("logit_bias keys are token ids; `{id}` is not one"),
-                )
-            })?;
-            let value = value.as_f64().ok_or_else(|| {
-                ApiError::bad_request(
-                    Some("logit_bias"),
-                    format!("the bias of token {token} must be a number"),
-                )
-            })?;
-            params.logit_bias.push((token, value as f32));
-        }
-    }
-    params.seed = req.seed.map(|s| s as u64);
+    let mut params = sampling_params(&req.sampling)?;
     let (max_param, max) = match (req.max_completion_tokens, req.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),
@@ -297,6 +256,48 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
         include_usage,
         tools: !tools.is_empty(),
     })
+}
+
+/// Sampling settings from the fields chat and text completions share; the caller sets
+/// `max_tokens` and checks the ranges (`SamplingParams::problems`).
+pub(super) fn sampling_params(f: &SamplingFields) -> Result<SamplingParams, ApiError> {
+    let mut params = SamplingParams::default();
+    if let Some(t) = f.temperature {
+        params.temperature = t;
+    }
+    if let Some(p) = f.top_p {
+        params.top_p = p;
+    }
+    if let Some(k) = f.top_k {
+        params.top_k = usize::try_from(k).map_err(|_| {
+            ApiError::bad_request(Some("top_k"), format!("top_k must be 0 or more (got {k})"))
+        })?;
+    }
+    if let Some(p) = f.min_p {
+        params.min_p = p;
+    }
+    if let Some(r) = f.repeat_penalty {
+        params.repeat_penalty = r;
+    }
+    params.frequency_penalty = f.frequency_penalty.unwrap_or(0.0);
+    params.presence_penalty = f.presence_penalty.unwrap_or(0.0);
+    for (id, value) in f.logit_bias.iter().flatten() {
+        let token = id.parse::<u32>().map_err(|_| {
+            ApiError::bad_request(
+                Some("logit_bias"),
+                format!("logit_bias keys are token ids; `{id}` is not one"),
+            )
+        })?;
+        let value = value.as_f64().ok_or_else(|| {
+            ApiError::bad_request(
+                Some("logit_bias"),
+                format!("the bias of token {token} must be a number"),
+            )
+        })?;
+        params.logit_bias.push((token, value as f32));
+    }
+    params.seed = f.seed.map(|s| s as u64);
+    Ok(params)
 }
 
 /// The functions the request offers the model, as the template's `xml_tools` wants them

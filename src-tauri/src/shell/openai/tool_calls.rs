@@ -5,8 +5,6 @@
 //! A reply whose blocks do not all parse as calls is returned as plain text, tags and all:
 //! the model's mistake is shown to the client, never turned into an error.
 
-use rand::distributions::Alphanumeric;
-use rand::Rng;
 use serde_json::{json, Value};
 
 const OPEN: &str = "<tool_call>";
@@ -75,12 +73,7 @@ fn call_from(block: &str) -> Option<Value> {
 }
 
 fn call_id() -> String {
-    let tail: String = rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect();
-    format!("call_{tail}")
+    super::wire::random_id("call_")
 }
 
 /// The text of an assistant message that made `calls` (OpenAI's `tool_calls`), written back

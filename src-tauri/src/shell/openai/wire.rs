@@ -184,25 +184,13 @@ pub(super) struct ChatRequest {
     #[serde(default)]
     pub(super) stream_options: Option<StreamOptions>,
     #[serde(default)]
-    pub(super) temperature: Option<f32>,
-    #[serde(default)]
-    pub(super) top_p: Option<f32>,
-    #[serde(default)]
     pub(super) max_tokens: Option<i64>,
     #[serde(default)]
     pub(super) max_completion_tokens: Option<i64>,
     #[serde(default)]
     pub(super) stop: Option<Stop>,
     #[serde(default)]
-    pub(super) seed: Option<i64>,
-    #[serde(default)]
     pub(super) n: Option<i64>,
-    #[serde(default)]
-    pub(super) top_k: Option<i64>,
-    #[serde(default)]
-    pub(super) min_p: Option<f32>,
-    #[serde(default)]
-    pub(super) repeat_penalty: Option<f32>,
     #[serde(default)]
     pub(super) chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
@@ -211,12 +199,6 @@ pub(super) struct ChatRequest {
     pub(super) logprobs: Option<bool>,
     #[serde(default)]
     pub(super) response_format: Option<Value>,
-    #[serde(default)]
-    pub(super) frequency_penalty: Option<f32>,
-    #[serde(default)]
-    pub(super) presence_penalty: Option<f32>,
-    #[serde(default)]
-    pub(super) logit_bias: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     pub(super) reasoning_effort: Option<String>,
     #[serde(default)]
@@ -238,9 +220,35 @@ pub(super) struct ChatRequest {
     pub(super) user: Option<String>,
     #[serde(default)]
     pub(super) metadata: Option<Value>,
-    /// Everything else the client sent, to be refused by name.
+    #[serde(flatten)]
+    pub(super) sampling: SamplingFields,
+    /// Everything else the client sent, to be refused by name (after the flattened fields
+    /// above, which take theirs first).
     #[serde(flatten)]
     pub(super) unknown: serde_json::Map<String, Value>,
+}
+
+/// The sampling fields chat and text completions share (see `plan::sampling_params`).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct SamplingFields {
+    #[serde(default)]
+    pub(super) temperature: Option<f32>,
+    #[serde(default)]
+    pub(super) top_p: Option<f32>,
+    #[serde(default)]
+    pub(super) top_k: Option<i64>,
+    #[serde(default)]
+    pub(super) min_p: Option<f32>,
+    #[serde(default)]
+    pub(super) repeat_penalty: Option<f32>,
+    #[serde(default)]
+    pub(super) frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub(super) presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub(super) logit_bias: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub(super) seed: Option<i64>,
 }
 
 /// The reply's `message`: the answer as `content`, the reasoning (when there was any) as
@@ -320,11 +328,16 @@ pub fn usage(stats: &GenerationStats) -> Value {
     })
 }
 
-pub(super) fn completion_id() -> String {
+/// A fresh id for a response or a call: `prefix` and 24 random letters and digits.
+pub(super) fn random_id(prefix: &str) -> String {
     let tail: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(24)
         .map(char::from)
         .collect();
-    format!("chatcmpl-{tail}")
+    format!("{prefix}{tail}")
+}
+
+pub(super) fn completion_id() -> String {
+    random_id("chatcmpl-")
 }
