@@ -382,6 +382,31 @@ def reasoning_toggle(d):
     shot(d, "04-reasoning")
 
 
+def long_reply_streams(d):
+    """A long reply with paragraphs, a list and code: blocks already finished are formatted
+    while the rest streams, and the whole of it is there at the end."""
+    paragraphs = [f"Paragraph {i + 1}: " + " ".join(f"word{i}-{j}" for j in range(30)) for i in range(12)]
+    paragraphs.insert(3, "- one\n- **two**\n- three")
+    paragraphs.insert(7, "```python\n" + "\n".join(f"print({k})" for k in range(8)) + "\n```")
+    n = replies(d)
+    js(d, "const p = document.getElementById('prompt'); p.value = arguments[0]; p.form.requestSubmit();",
+       "/quote " + "\n\n".join(paragraphs))
+    wait(d, lambda d: replies(d) == n + 1, "a new reply")
+    wait(d, lambda d: "Paragraph 6:" in last_reply(d).find_element(By.CSS_SELECTOR, ".answer").text,
+         "half of it streamed", seconds=60)
+    assert streaming(d), "still streaming"
+    assert js(d, "return !!document.querySelector('#messages .msg.streaming .md-settled li strong')"), \
+        "the list, finished, is already formatted while the reply streams"
+    shot(d, "25-long-reply-streaming")
+    wait(d, lambda d: not streaming(d), "the reply finishes", seconds=90)
+    answer = last_reply(d).find_element(By.CSS_SELECTOR, ".answer")
+    assert "Paragraph 12:" in answer.text, answer.text[-200:]
+    assert answer.find_elements(By.CSS_SELECTOR, "pre code"), "the code block is rendered"
+    assert js(d, "const m=document.getElementById('messages');return m.scrollHeight-m.scrollTop-m.clientHeight<80"), \
+        "the window followed the reply to its end"
+    shot(d, "26-long-reply-done")
+
+
 def markup_stays_inert(d):
     n = replies(d)
     send(d, '/quote <script>window.__pwned=1</script> <img src=x onerror="window.__pwned=2"> end')
@@ -666,6 +691,7 @@ def main():
             check("reasoning toggle", reasoning_toggle, d)
             check("markup stays inert", markup_stays_inert, d)
             check("markdown renders", markdown_renders, d)
+            check("a long reply streams formatted", long_reply_streams, d)
             check("links open outside the app", links_open_outside_the_app, d)
             check("usable at 900x600", small_window, d)
             check("settings and theme", settings_panel, d)
