@@ -313,7 +313,10 @@ fn forward_replies_to_window<R: Runtime>(app: &AppHandle<R>, service: ChatServic
             }
         };
         let mut pending = Vec::new();
-        let mut last_sent = Instant::now() - WINDOW_BATCH;
+        // As if the last event went long ago: the first text goes at once.
+        let mut last_sent = Instant::now()
+            .checked_sub(WINDOW_BATCH)
+            .unwrap_or_else(Instant::now);
         let mut due: Option<Instant> = None;
         loop {
             let next = match due {
