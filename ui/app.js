@@ -178,8 +178,8 @@
 
   // The unfinished block is rendered again on every update; past this many characters (one
   // long paragraph, a model that never leaves a blank line) it is cut at its last line end
-  // outside code, or else left as plain text until it ends, so an update costs the same at
-  // token 10 and at token 2,000 whatever the text looks like.
+  // outside code, or at a space in a line that long, or (inside code) left as plain text until
+  // it ends, so an update costs the same at token 10 and at token 2,000 whatever the text.
   const TAIL_MAX = 1500;
 
   // Where the settled part of `raw` may end: after the last blank line that is not inside a
@@ -197,6 +197,13 @@
     if (raw.length - end > TAIL_MAX) {
       const line = raw.lastIndexOf("\n");
       if (line >= end && outsideCode(line)) end = line + 1;
+      else {
+        // One long line: settle up to a space well before its end. Until the reply ends and
+        // is rendered whole, the settled part shows as a paragraph of its own; in exchange the
+        // webview never lays out one ever-growing paragraph again on every update.
+        const space = raw.lastIndexOf(" ", raw.length - 200);
+        if (space > end && outsideCode(space)) end = space + 1;
+      }
     }
     return end;
   }

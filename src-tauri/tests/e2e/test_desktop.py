@@ -614,9 +614,11 @@ def server_kept_after_restart(d):
 def delete_and_undo(d):
     d.find_element(By.ID, "new-chat").click()
     wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 2, "a second conversation")
-    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".conv.active"), "it is open")
-    active = d.find_element(By.CSS_SELECTOR, ".conv.active")
-    js(d, "arguments[0].querySelector('.js-delete').click()", active)
+    # Found and clicked in one step: the list may be swapped in between (it is marked open a
+    # frame after each swap).
+    wait(d, lambda d: js(d, "const a = document.querySelector('.conv.active');"
+                            "if (!a) return false; a.querySelector('.js-delete').click(); return true;"),
+         "the open one is deleted")
     wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == 1, "deleted")
     wait(d, lambda d: d.find_element(By.ID, "empty-state").is_displayed(), "the start screen replaces it")
     assert "Deleted" in d.find_element(By.ID, "toast").text
