@@ -100,6 +100,13 @@ fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
+/// Posts `body` to `path` and asserts a 400 naming `param`.
+async fn assert_refused(app: &Router, path: &str, body: &Value, param: &str) {
+    let (s, _, b) = send(app, post_json(path, body)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {b}");
+    assert_eq!(error_of(&b)["param"], param, "{body}: {b}");
+}
+
 /// Asserts OpenAI's error shape and returns the error object.
 fn error_of(body: &str) -> Value {
     let v = json_of(body);
@@ -485,13 +492,7 @@ async fn no_field_is_silently_ignored() {
         (json!({"logit_bias": {"abc": 1}}), "logit_bias"),
         (json!({"logit_bias": {"5": 300}}), "logit_bias"),
     ] {
-        let (s, _, b) = send(
-            &app,
-            post_json("/v1/chat/completions", &chat(extra.clone())),
-        )
-        .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {b}");
-        assert_eq!(error_of(&b)["param"], param, "{extra}: {b}");
+        assert_refused(&app, "/v1/chat/completions", &chat(extra), param).await;
     }
     // Labels, penalties, a bias and an effort are taken.
     let (s, _, b) = send(
@@ -1214,13 +1215,7 @@ async fn tools_are_shown_to_the_model_and_calls_and_results_read_back() {
             "functions[0]",
         ),
     ] {
-        let (s, _, b) = send(
-            &app,
-            post_json("/v1/chat/completions", &chat(extra.clone())),
-        )
-        .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {b}");
-        assert_eq!(error_of(&b)["param"], param, "{extra}: {b}");
+        assert_refused(&app, "/v1/chat/completions", &chat(extra), param).await;
     }
 
     // Streamed with tools offered, the text arrives as content all the same.

@@ -54,6 +54,20 @@ pub(super) struct Meta {
 /// The finish reason of a reply that made calls: OpenAI's `tool_calls`.
 const TOOL_CALLS: &str = "tool_calls";
 
+impl Meta {
+    /// One streamed chunk of this reply.
+    fn chunk(&self, delta: Value, finish: Option<&str>, with_usage: bool) -> Value {
+        chunk(
+            &self.id,
+            self.created,
+            &self.model,
+            delta,
+            finish,
+            with_usage,
+        )
+    }
+}
+
 /// `choices[].logprobs` for these entries: `null` when none were asked for.
 fn logprobs_field(asked: bool, entries: Vec<Value>) -> Value {
     if asked {
@@ -126,7 +140,6 @@ struct StreamState {
     meta: Meta,
     include_usage: bool,
     pending: VecDeque<String>,
-    answer: String,
     /// Logprob entries of tokens whose text has not been sent yet.
     logprobs: Vec<Value>,
     /// Holds back what may be a tool call (when tools were offered).
@@ -139,10 +152,7 @@ pub(super) fn stream_reply(
     meta: Meta,
     include_usage: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let first = chunk(
-        &meta.id,
-        meta.created,
-        &meta.model,
+    let first = meta.chunk(
         json!({ "role": "assistant", "content": "" }),
         None,
         include_usage,
@@ -153,7 +163,6 @@ pub(super) fn stream_reply(
         meta,
         include_usage,
         pending: VecDeque::from([first.to_string()]),
-        answer: String::new(),
         logprobs: Vec::new(),
         calls,
         ended: false,
@@ -177,8 +186,7 @@ pub(super) fn stream_reply(
                     s.job.finish();
                     if !s.logprobs.is_empty() {
                         // Tokens whose text never showed (held for a stop string, say).
-                        let mut c =
-                            chunk(&m.id, m.created, &m.model, json!({}), None, s.include_usage);
+                        let mut c = m.chunk(json!({}), None, s.include_usage);
                         c["choices"][0]["logprobs"] =
                             logprobs_field(true, std::mem::take(&mut s.logprobs));
                         s.pending.push_back(c.to_string());
@@ -187,14 +195,7 @@ pub(super) fn stream_reply(
                     if let Some(held) = s.calls.take() {
                         let (rest, calls) = held.finish();
                         if !rest.is_empty() {
-                            let c = chunk(
-                                &m.id,
-                                m.created,
-                                &m.model,
-                                json!({ "content": rest }),
-                                None,
-                                s.include_usage,
-                            );
+                            let c = m.chunk(json!({ "content": rest }), None, s.include_usage);
                             s.pending.push_back(c.to_string());
                         }
                         if !calls.is_empty() {
@@ -206,26 +207,12 @@ pub(super) fn stream_reply(
                                     call
                                 })
                                 .collect();
-                            let c = chunk(
-                                &m.id,
-                                m.created,
-                                &m.model,
-                                json!({ "tool_calls": deltas }),
-                                None,
-                                s.include_usage,
-                            );
+                            let c = m.chunk(json!({ "tool_calls": deltas }), None, s.include_usage);
                             s.pending.push_back(c.to_string());
                             finish = TOOL_CALLS;
                         }
                     }
-                    let end = chunk(
-                        &m.id,
-                        m.created,
-                        &m.model,
-                        json!({}),
-                        Some(finish),
-                        s.include_usage,
-                    );
+                    let end = m.chunk(json!({}), Some(finish), s.include_usage);
                     s.pending.push_back(end.to_string());
                     if s.include_usage {
                         let u = json!({
@@ -249,14 +236,12 @@ pub(super) fn stream_reply(
                     s.ended = true;
                 }
                 Some(mut ev) => {
-                    if let EngineEvent::Answer { text } = &mut ev {
-                        s.answer.push_str(text);
-                        if let Some(held) = s.calls.as_mut() {
-                            *text = held.push(text);
-                        }
+                    if let (EngineEvent::Answer { text }, Some(held)) = (&mut ev, s.calls.as_mut())
+                    {
+                        *text = held.push(text);
                     }
                     if let Some(d) = delta_for(&ev) {
-                        let mut c = chunk(&m.id, m.created, &m.model, d, None, s.include_usage);
+                        let mut c = m.chunk(d, None, s.include_usage);
                         if m.logprobs {
                             c["choices"][0]["logprobs"] =
                                 logprobs_field(true, std::mem::take(&mut s.logprobs));
