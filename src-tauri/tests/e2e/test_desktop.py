@@ -9,9 +9,12 @@ Last, a fresh start with no model: the wizard downloads a synthetic model from t
 (throttled), the progress bar moves, the model loads and a reply streams.
 """
 
+import json
 import os
 import shutil
 import socket
+import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -318,6 +321,52 @@ def drop_imports_a_model(path, models_dir):
             shot(d, "18-dropped-model-loaded")
         finally:
             src.terminate()
+    return run
+
+
+# The control tokens a model can generate that are not text (the reasoning markers keep their
+# role and show as the reasoning block; the end-of-turn tokens end the reply).
+CONTROL_TOKENS = ["<|begin_of_text|>", "<|finetune_right_pad_id|>"] + [
+    f"<|reserved_special_token_{n}|>" for n in (5, 6, 7, 8, 9, 10, 13, 14, 15)]
+
+
+def control_tokens_hidden(model, data_dir):
+    """The loaded (tiny, random) model generates control tokens now and then; the reply's stored
+    token ids say when one came, and then neither the window, nor the page's HTML, nor the
+    stored text shows it."""
+    def run(d):
+        out = subprocess.run([APP_BIN, "tokenize", "--model", model, "--text", "".join(CONTROL_TOKENS), "--pieces"],
+                             check=True, capture_output=True, text=True).stdout
+        control = {t["id"]: t["piece"] for t in json.loads(out)}
+        assert sorted(control.values()) == sorted(CONTROL_TOKENS), control
+        db = os.path.join(data_dir, "smollm3-bot.sqlite3")
+        d.find_element(By.ID, "new-chat").click()
+        for attempt in range(12):
+            n = replies(d)
+            send(d, f"Tell me something, take {attempt + 1}")
+            wait(d, lambda d: replies(d) == n + 1, "a reply")
+            wait(d, lambda d: not streaming(d), "the reply finishes", seconds=120)
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                blob, content, reasoning = con.execute(
+                    "SELECT token_ids, content, reasoning FROM messages WHERE role = 'assistant' ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+            finally:
+                con.close()
+            ids = struct.unpack(f"<{len(blob) // 4}I", blob) if blob else ()
+            came = [control[i] for i in ids if i in control]
+            if not came:
+                continue
+            reply = last_reply(d)
+            shown = reply.text + reply.get_attribute("innerHTML")
+            for piece in set(came):
+                assert piece not in shown, f"{piece} shown in the window"
+                assert piece not in content and piece not in reasoning, f"{piece} stored as text"
+            assert "<|" not in reply.find_element(By.CSS_SELECTOR, ".answer").text
+            shot(d, "27-control-token-not-shown")
+            print(f"  (reply {attempt + 1} generated {', '.join(came)}; none shown or stored)")
+            return
+        raise AssertionError("no reply of 12 generated a control token to check")
     return run
 
 
@@ -734,6 +783,8 @@ def main():
             check("the wizard offers a model found on this computer", found_models_offered(snapshot, models_dir), d)
             check("the file dialog chooses a model file", file_dialog_chooses_a_model(picked), d)
             check("a .gguf dropped onto the window is imported and loaded", drop_imports_a_model(dropped, models_dir), d)
+            check("a control token the model generates is not shown",
+                  control_tokens_hidden(dropped, os.path.join(work, "data")), d)
         finally:
             d.quit()
     finally:
