@@ -1187,7 +1187,8 @@ async fn tools_are_shown_to_the_model_and_calls_and_results_read_back() {
         "{prompt}"
     );
 
-    // tool_choice none hides the tools; forcing a call is refused until constrained decoding.
+    // tool_choice none hides the tools; a forced call must name a tool that is offered, and
+    // is not combined with a JSON response format.
     let none = chat(json!({"tools": [weather_tool()], "tool_choice": "none"}));
     let plan =
         smollm3_bot::shell::openai::parse_request(none.to_string().as_bytes(), 2048).unwrap();
@@ -1198,12 +1199,21 @@ async fn tools_are_shown_to_the_model_and_calls_and_results_read_back() {
     assert!(!prompt.contains("<tools>"), "{prompt}");
     for (extra, param) in [
         (
-            json!({"tools": [weather_tool()], "tool_choice": "required"}),
+            json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "get_time"}}}),
             "tool_choice",
         ),
         (
-            json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+            json!({"tools": [weather_tool()], "tool_choice": {"type": "function"}}),
             "tool_choice",
+        ),
+        (
+            json!({"tools": [weather_tool()], "tool_choice": "required", "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (json!({"response_format": {"type": "xml"}}), "response_format"),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 3}}}),
+            "response_format",
         ),
         (json!({"tools": [{"type": "retrieval"}]}), "tools[0]"),
         (

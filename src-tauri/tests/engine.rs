@@ -3,6 +3,7 @@
 
 use candle_core::DType;
 use chrono::NaiveDate;
+use smollm3_bot::engine::constraint::Constraint;
 use smollm3_bot::engine::core::{EngineCore, EngineOptions, GenerateRequest};
 use smollm3_bot::engine::events::{ChatMessage, EngineEvent, FinishReason, GenerationStats};
 use smollm3_bot::engine::loader::LoadedModel;
@@ -57,6 +58,7 @@ fn request(messages: Vec<ChatMessage>, thinking: bool, max_tokens: usize) -> Gen
         logprobs: None,
         tools: Vec::new(),
         raw_prompt: None,
+        constraint: None,
     }
 }
 
@@ -451,6 +453,48 @@ fn thinking_budget_closes_the_reasoning_after_n_tokens() {
                 .any(|e| matches!(e, EngineEvent::Reasoning { .. })),
             "budget {budget}: no reasoning after the answer began"
         );
+    }
+}
+
+/// A JSON Schema constraint through the real engine path, after reasoning: the reasoning
+/// (opened by the prefix, closed by the budget) stays free text, and the answer is JSON valid
+/// against the schema for every seed.
+#[test]
+fn a_constrained_answer_follows_free_reasoning() {
+    let mut core = core();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9},
+                       "k": {"enum": ["x", "y"]}},
+        "required": ["n", "k"],
+        "additionalProperties": false
+    });
+    for seed in 0..5 {
+        let mut req = reasoning_request(120, Some(6));
+        req.params = SamplingParams {
+            max_tokens: 120,
+            seed: Some(seed),
+            temperature: 1.0,
+            ..SamplingParams::default()
+        };
+        req.constraint = Some(Constraint::JsonSchema {
+            schema: schema.clone(),
+        });
+        let events = run(&mut core, &req);
+        let (stats, _) = done(&events);
+        assert_eq!(stats.finish_reason, FinishReason::Stop, "seed {seed}");
+        assert!(
+            !reasoning(&events).is_empty(),
+            "seed {seed}: the reasoning is free"
+        );
+        let text = answer(&events);
+        let v: serde_json::Value = serde_json::from_str(text.trim())
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}: {text:?}"));
+        assert!(
+            v["n"].as_i64().is_some_and(|n| (0..=9).contains(&n)),
+            "{text}"
+        );
+        assert!(matches!(v["k"].as_str(), Some("x" | "y")), "{text}");
     }
 }
 

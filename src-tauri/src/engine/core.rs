@@ -3,6 +3,7 @@
 //! This is the synchronous heart of the engine; [`super::worker`] runs it on the thread that
 //! owns the model.
 
+use super::constraint::Constrainer;
 use super::events::{EngineEvent, FinishReason, GenerationStats};
 use super::generate::PREFILL_CHUNK;
 use super::loader::LoadedModel;
@@ -50,6 +51,8 @@ struct Slot {
 pub struct EngineCore {
     loaded: LoadedModel,
     prompter: Arc<Prompter>,
+    /// Compiles requests' output constraints; shared with the engine's handle.
+    constrainer: Arc<Constrainer>,
     opts: EngineOptions,
     /// Least recently used first.
     slots: Vec<Slot>,
@@ -64,9 +67,15 @@ impl EngineCore {
             .context_size
             .clamp(16, loaded.model.config().context_length);
         opts.max_slots = opts.max_slots.max(1);
+        let constrainer = Arc::new(Constrainer::new(
+            loaded.tokenizer.clone(),
+            loaded.specials.clone(),
+            loaded.model.config().vocab,
+        ));
         Ok(Self {
             loaded,
             prompter,
+            constrainer,
             opts,
             slots: Vec::new(),
         })
@@ -104,6 +113,11 @@ impl EngineCore {
     /// Turns requests into prompt ids; shared with the engine's handle.
     pub fn prompter(&self) -> &Arc<Prompter> {
         &self.prompter
+    }
+
+    /// Compiles output constraints; shared with the engine's handle.
+    pub fn constrainer(&self) -> &Arc<Constrainer> {
+        &self.constrainer
     }
 
     /// The prompt's token ids (see [`Prompter::prompt`]).
@@ -185,6 +199,14 @@ impl EngineCore {
                 context,
             });
         }
+        let mut guide = req
+            .constraint
+            .as_ref()
+            .map(|c| {
+                self.constrainer
+                    .guide(c, req.enable_thinking && req.raw_prompt.is_none())
+            })
+            .transpose()?;
         let reused_guess =
             pick_slot(&self.slots, req.conversation.as_deref(), &prompt).map_or(0, |i| {
                 self.slots[i]
@@ -209,6 +231,11 @@ impl EngineCore {
             // The splitter must know where the prefix leaves the reply (e.g. inside the
             // reasoning); its text is the caller's, so nothing of it is streamed.
             let _ = splitter.push(text);
+            if splitter.in_reasoning() {
+                if let Some(g) = guide.as_mut() {
+                    g.begin_in_reasoning();
+                }
+            }
         }
         let mut stop = StopMatcher::new(&req.stop);
         // A raw prompt's reply is plain text: no template asked for reasoning.
@@ -225,6 +252,9 @@ impl EngineCore {
             }
             // The model's own distribution, before the sampling settings change the logits.
             let raw = req.logprobs.map(|_| logits.clone());
+            if let Some(g) = guide.as_mut() {
+                g.mask(&mut logits)?;
+            }
             let next = sampler.sample(&mut logits, &history);
             ttft.get_or_insert_with(|| t0.elapsed().as_secs_f64());
             if specials.eos.contains(&next) {
@@ -266,6 +296,12 @@ impl EngineCore {
             }
             generated.extend_from_slice(&forward_pending);
             history.extend_from_slice(&forward_pending);
+            if let Some(g) = guide.as_mut() {
+                g.advance(&forward_pending)?;
+                // The constraint is complete and allows nothing more, not even text: the
+                // reply is whole.
+                stopped |= g.is_finished();
+            }
             if stopped {
                 break FinishReason::Stop;
             }

@@ -5,6 +5,7 @@
 //! [`JobHandle`], [`CancelToken`] and the [`Generator`] trait, which [`Engine`] implements.
 
 pub mod admission;
+pub mod constraint;
 pub mod core;
 pub mod events;
 pub mod generate;
@@ -16,6 +17,7 @@ pub mod sampler;
 pub mod worker;
 
 pub use self::core::EngineOptions;
+pub use constraint::Constraint;
 pub use events::{ChatMessage, EngineEvent, FinishReason, GenerationStats};
 pub use generator::{CancelToken, Generator, JobHandle, NoModel, Quote};
 pub use prompter::Prompter;

@@ -45,6 +45,10 @@ pub struct GenerateRequest {
     /// the template (`/v1/completions`); the reply is all answer text, no reasoning split.
     #[serde(default)]
     pub raw_prompt: Option<Vec<u32>>,
+    /// What the reply must be (JSON against a schema, tool calls only), enforced token by
+    /// token; `None` leaves it free.
+    #[serde(default)]
+    pub constraint: Option<super::constraint::Constraint>,
 }
 
 impl GenerateRequest {
@@ -63,6 +67,7 @@ impl GenerateRequest {
             logprobs: None,
             tools: Vec::new(),
             raw_prompt: None,
+            constraint: None,
         }
     }
 }
@@ -84,6 +89,9 @@ pub enum JobError {
     /// The chat template failed.
     #[error("the chat template failed: {0}")]
     Template(String),
+    /// The output constraint (a JSON Schema, forced tool calls) cannot be used.
+    #[error("the output constraint cannot be used: {0}")]
+    Constraint(String),
     /// The model failed.
     #[error("the model failed: {0}")]
     Model(String),

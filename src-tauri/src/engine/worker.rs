@@ -3,6 +3,7 @@
 //! queue jobs for other people pass the engine's [`Admission`] first, which bounds the queue.
 
 use super::admission::{Admission, Refusal, Ticket};
+use super::constraint::{Constrainer, Constraint};
 use super::core::{EngineCore, EngineOptions, GenerateRequest, JobError};
 use super::events::{EngineEvent, FinishReason, GenerationStats};
 use super::generator::{CancelToken, Generator, JobHandle};
@@ -68,6 +69,8 @@ pub struct Engine {
     /// through before [`Engine::submit`].
     admission: Admission,
     prompter: Arc<Prompter>,
+    /// Compiles output constraints (shared with the worker's core).
+    constrainer: Arc<Constrainer>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -96,6 +99,7 @@ impl Engine {
         let core = EngineCore::new(loaded, opts)?;
         let context_size = core.options().context_size;
         let prompter = core.prompter().clone();
+        let constrainer = core.constrainer().clone();
         let shared = Arc::new((Mutex::new(Shared::default()), std::sync::Condvar::new()));
         let worker_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -111,6 +115,7 @@ impl Engine {
             thread: Arc::new(Mutex::new(Some(thread))),
             admission: Admission::default(),
             prompter,
+            constrainer,
         })
     }
 
@@ -133,6 +138,13 @@ impl Engine {
     /// checks a prompt's length before it waits in the queue).
     pub fn prompt(&self, req: &GenerateRequest) -> Result<Vec<u32>, JobError> {
         self.prompter.prompt(req)
+    }
+
+    /// Checks that a request's output constraint compiles (a schema feature the grammar
+    /// engine lacks is the request's fault); callable from any thread. The first call for a
+    /// model builds the vocabulary tables (about a second).
+    pub fn check_constraint(&self, constraint: &Constraint) -> Result<(), JobError> {
+        self.constrainer.check(constraint)
     }
 
     /// The model's tokenizer and template (tokenizing and detokenizing for callers).

@@ -185,6 +185,48 @@ fn push_token_bytes(token: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// What one vocabulary entry stands for in a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenBytes {
+    /// Text: the bytes it adds to the reply (reasoning markers included).
+    Text(Vec<u8>),
+    /// A control token, shown as nothing: its name (`<|im_end|>`).
+    Control(String),
+}
+
+/// Every id below `n_vocab` as what it adds to a reply, by the same rules as [`Detokenizer`]
+/// (ids the tokenizer does not know, such as a model's padding rows, are control tokens named
+/// `<[id]>`). Constrained decoding matches grammars against these bytes.
+pub fn vocabulary_bytes(tokenizer: &Tokenizer, n_vocab: usize) -> Vec<TokenBytes> {
+    let added = tokenizer.get_added_tokens_decoder();
+    let byte_level = matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
+    (0..n_vocab as u32)
+        .map(|id| {
+            if let Some(tok) = added.get(&id) {
+                return if tok.special && !TEXT_MARKERS.contains(&tok.content.as_str()) {
+                    TokenBytes::Control(tok.content.clone())
+                } else {
+                    TokenBytes::Text(tok.content.clone().into_bytes())
+                };
+            }
+            match tokenizer.id_to_token(id) {
+                Some(token) if byte_level => {
+                    let mut bytes = Vec::new();
+                    push_token_bytes(&token, &mut bytes);
+                    TokenBytes::Text(bytes)
+                }
+                Some(_) => TokenBytes::Text(
+                    tokenizer
+                        .decode(&[id], false)
+                        .unwrap_or_default()
+                        .into_bytes(),
+                ),
+                None => TokenBytes::Control(format!("<[{id}]>")),
+            }
+        })
+        .collect()
+}
+
 /// Removes and returns the longest run of complete characters at the front of `pending`.
 /// Invalid bytes become U+FFFD; an unfinished sequence at the end stays.
 fn take_complete(pending: &mut Vec<u8>) -> String {

@@ -4,10 +4,109 @@ Usage: python3 test_openai.py BASE_URL MODEL_ID
 (BASE_URL like http://127.0.0.1:3000/v1). Exits non-zero on the first failure.
 """
 
+import json
 import sys
+from typing import List, Literal
 
 import openai
 from openai import OpenAI
+from pydantic import BaseModel, Field
+
+SEEDS = 100
+
+
+class Place(BaseModel):
+    """A schema whose every value is bounded, so that even a random model finishes it."""
+
+    city: str = Field(max_length=8)
+    rank: int = Field(ge=0, le=99)
+    sunny: bool
+    kind: Literal["town", "city"]
+    tags: List[Literal["a", "b", "c"]] = Field(max_length=3)
+
+
+class WeatherArgs(BaseModel):
+    city: str = Field(max_length=6)
+    days: int = Field(ge=1, le=7)
+
+
+class TimeArgs(BaseModel):
+    zone: Literal["utc", "local"]
+
+
+def check_structured_output(client: OpenAI, model: str) -> None:
+    """json_schema through the client's own `parse` (pydantic validates every reply), for
+    SEEDS seeds on the random model; json_object; a schema the grammar engine cannot use."""
+    parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+    messages = [{"role": "user", "content": "Describe a place as JSON."}]
+    for seed in range(SEEDS):
+        done = parse(model=model, messages=messages, response_format=Place, seed=seed, max_tokens=300)
+        choice = done.choices[0]
+        assert choice.finish_reason == "stop", (seed, choice)
+        assert isinstance(choice.message.parsed, Place), (seed, choice.message)
+    print(f"json_schema: {SEEDS} seeds, every reply parsed and validated, e.g. {choice.message.content!r}")
+
+    obj = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=300, seed=3, response_format={"type": "json_object"}
+    )
+    if obj.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(obj.choices[0].message.content), dict), obj
+    try:
+        client.chat.completions.create(
+            model=model, messages=messages, max_tokens=5,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "object", "properties": {"a": {"type": "string", "format": "no-such-format"}}}}},
+        )
+        raise AssertionError("an unusable schema was accepted")
+    except openai.BadRequestError as e:
+        assert "no-such-format" in str(e), e
+
+
+def check_forced_tool_calls(client: OpenAI, model: str) -> None:
+    """tool_choice `required` always yields a valid call (stream and non-stream); a named
+    function is the one called."""
+    tools = [
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                                          "parameters": WeatherArgs.model_json_schema()}},
+        {"type": "function", "function": {"name": "get_time", "description": "Time",
+                                          "parameters": TimeArgs.model_json_schema()}},
+    ]
+    for t in tools:
+        t["function"]["parameters"]["additionalProperties"] = False
+    schemas = {"get_weather": WeatherArgs, "get_time": TimeArgs}
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    calls = 0
+    for seed in range(30):
+        done = client.chat.completions.create(
+            model=model, messages=messages, tools=tools, tool_choice="required", seed=seed,
+            max_tokens=300, parallel_tool_calls=False,
+        )
+        choice = done.choices[0]
+        assert choice.finish_reason == "tool_calls", (seed, choice)
+        assert len(choice.message.tool_calls) == 1, (seed, choice.message)
+        for call in choice.message.tool_calls:
+            schemas[call.function.name].model_validate_json(call.function.arguments)
+            calls += 1
+    stream = client.chat.completions.create(
+        model=model, messages=messages, tools=tools, tool_choice="required", seed=7,
+        max_tokens=300, stream=True, parallel_tool_calls=False,
+    )
+    streamed, finish = [], None
+    for chunk in stream:
+        for c in chunk.choices:
+            streamed.extend(c.delta.tool_calls or [])
+            finish = c.finish_reason or finish
+    assert finish == "tool_calls" and streamed, (finish, streamed)
+    for call in streamed:
+        schemas[call.function.name].model_validate_json(call.function.arguments)
+    named = client.chat.completions.create(
+        model=model, messages=messages, tools=tools, seed=1, max_tokens=300,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    [call] = named.choices[0].message.tool_calls
+    assert call.function.name == "get_time", call
+    TimeArgs.model_validate_json(call.function.arguments)
+    print(f"tool_choice: {calls} forced calls valid, streamed {len(streamed)}, named {call.function.arguments}")
 
 
 def main() -> int:
@@ -82,6 +181,9 @@ def main() -> int:
               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
     with_tools = client.chat.completions.create(model=model, messages=messages, max_tokens=4, tools=tools)
     assert with_tools.choices[0].finish_reason in ("stop", "length", "tool_calls"), with_tools
+
+    check_structured_output(client, model)
+    check_forced_tool_calls(client, model)
 
     # Text completion with the client's legacy API.
     done = client.completions.create(model=model, prompt="Once upon a time", max_tokens=3, temperature=0)

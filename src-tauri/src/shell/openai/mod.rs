@@ -390,6 +390,25 @@ async fn check_prompt(
     Ok(prompt_tokens)
 }
 
+/// 400 naming `field` when the reply's constraint cannot be compiled (a schema feature the
+/// grammar engine lacks); compiled off the async workers (the first call builds the
+/// vocabulary tables).
+async fn check_constraint(
+    st: &ApiState,
+    constraint: &crate::engine::Constraint,
+    field: &str,
+) -> Result<(), ApiError> {
+    let engine = st.0.engine.clone();
+    let owned = constraint.clone();
+    tokio::task::spawn_blocking(move || engine.check_constraint(&owned))
+        .await
+        .map_err(|e| ApiError::engine(format!("constraint check failed: {e}")))?
+        .map_err(|e| match e {
+            JobError::Constraint(_) => ApiError::bad_request(Some(field), e.to_string()),
+            other => ApiError::engine(other.to_string()),
+        })
+}
+
 /// Admits a job for `client` (or answers 503 with `Retry-After`) and queues it.
 fn start(
     st: &ApiState,
@@ -443,6 +462,9 @@ async fn chat_completions(
     check_model(&st, req.model.as_deref())?;
     let plan = plan::plan(req, context, chrono::Local::now().date_naive())?;
     check_prompt(&st, &plan.request, "messages").await?;
+    if let (Some(constraint), Some(field)) = (&plan.request.constraint, plan.constraint_field) {
+        check_constraint(&st, constraint, field).await?;
+    }
     let meta = Meta {
         id: completion_id(),
         created: chrono::Utc::now().timestamp(),

@@ -4,7 +4,7 @@
 
 use super::tool_calls;
 use super::wire::{ApiError, ChatRequest, Content, InMessage, SamplingFields, Stop};
-use crate::engine::{ChatMessage, GenerateRequest, SamplingParams};
+use crate::engine::{ChatMessage, Constraint, GenerateRequest, SamplingParams};
 use chrono::NaiveDate;
 use serde_json::Value;
 
@@ -29,6 +29,9 @@ pub struct Plan {
     pub include_usage: bool,
     /// Tools were offered: the reply's `<tool_call>` blocks become `tool_calls`.
     pub tools: bool,
+    /// The request field the reply's constraint comes from (`response_format`,
+    /// `tool_choice`), named when the constraint cannot be compiled.
+    pub constraint_field: Option<&'static str>,
 }
 
 fn text_of(i: usize, m: InMessage) -> Result<String, ApiError> {
@@ -82,7 +85,7 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request(Some("n"), "only n = 1 is supported"));
     }
-    let tools = tools_of(&req)?;
+    let (tools, forced_call) = tools_of(&req)?;
     let top_logprobs = match req.top_logprobs {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -119,14 +122,19 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
             ));
         }
     }
-    if let Some(rf) = &req.response_format {
-        if rf.get("type").and_then(Value::as_str).unwrap_or("text") != "text" {
+    let format = response_format_of(req.response_format.as_ref())?;
+    let (constraint, constraint_field) = match (format, forced_call) {
+        (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 Some("response_format"),
-                "only the `text` response format is supported",
-            ));
+                "response_format cannot be combined with a forced tool call (tool_choice \
+                 `required` or a named function): the reply is either JSON or calls",
+            ))
         }
-    }
+        (Some(f), None) => (Some(f), Some("response_format")),
+        (None, Some(c)) => (Some(c), Some("tool_choice")),
+        (None, None) => (None, None),
+    };
     let count = req.messages.len();
     let mut messages = Vec::with_capacity(count);
     let mut assistant_prefix = None;
@@ -235,12 +243,7 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
     // Labels only (the model's name is checked by the caller).
-    let _ = (
-        &req.model,
-        &req.user,
-        &req.metadata,
-        req.parallel_tool_calls,
-    );
+    let _ = (&req.model, &req.user, &req.metadata);
     Ok(Plan {
         request: GenerateRequest {
             params,
@@ -250,11 +253,13 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
             assistant_prefix,
             logprobs,
             tools: tools.clone(),
+            constraint,
             ..GenerateRequest::new(None, messages, today)
         },
         stream,
         include_usage,
         tools: !tools.is_empty(),
+        constraint_field,
     })
 }
 
@@ -302,9 +307,9 @@ pub(super) fn sampling_params(f: &SamplingFields) -> Result<SamplingParams, ApiE
 
 /// The functions the request offers the model, as the template's `xml_tools` wants them
 /// (`{"name", "description", "parameters"}`), from `tools` or the legacy `functions`; none
-/// when `tool_choice` (or `function_call`) is `none`. Forcing a call (`required`, or a named
-/// function) needs constrained decoding, which this server does not have yet: refused.
-fn tools_of(req: &ChatRequest) -> Result<Vec<Value>, ApiError> {
+/// when `tool_choice` (or `function_call`) is `none`. With `required` (or a named function)
+/// also the constraint that holds the reply to calls (of that function).
+fn tools_of(req: &ChatRequest) -> Result<(Vec<Value>, Option<Constraint>), ApiError> {
     let mut functions = Vec::new();
     for (i, tool) in req.tools.iter().flatten().enumerate() {
         let param = format!("tools[{i}]");
@@ -322,27 +327,103 @@ fn tools_of(req: &ChatRequest) -> Result<Vec<Value>, ApiError> {
     for (i, f) in req.functions.iter().flatten().enumerate() {
         functions.push(function_of(Some(f), &format!("functions[{i}]"))?);
     }
+    let parallel = req.parallel_tool_calls.unwrap_or(true);
+    let mut forced = None;
     let choice = [
         ("tool_choice", &req.tool_choice),
         ("function_call", &req.function_call),
     ];
     for (field, value) in choice {
-        match value {
-            None => {}
-            Some(Value::String(s)) if s == "none" => functions.clear(),
-            Some(Value::String(s)) if s == "auto" => {}
+        let named = match value {
+            None => continue,
+            Some(Value::String(s)) if s == "none" => {
+                functions.clear();
+                forced = None;
+                continue;
+            }
+            Some(Value::String(s)) if s == "auto" => continue,
+            Some(Value::String(s)) if s == "required" && field == "tool_choice" => None,
+            // `{"type": "function", "function": {"name"}}`, or the legacy `{"name"}`.
+            Some(Value::Object(o)) => {
+                let name = o
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .or_else(|| o.get("name"))
+                    .and_then(Value::as_str);
+                match name {
+                    Some(n) => Some(n.to_owned()),
+                    None => {
+                        return Err(ApiError::bad_request(
+                            Some(field),
+                            format!("{field} must name a function: {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"),
+                        ))
+                    }
+                }
+            }
             Some(_) => {
                 return Err(ApiError::bad_request(
                     Some(field),
-                    format!(
-                        "{field} may be `auto` or `none`: forcing a call (`required`, or a named \
-                         function) needs constrained decoding, which this server does not have yet"
-                    ),
+                    format!("{field} must be `auto`, `none`, `required` or a named function"),
                 ))
             }
+        };
+        let chosen: Vec<Value> = match &named {
+            None => functions.clone(),
+            Some(n) => functions
+                .iter()
+                .filter(|f| f.get("name").and_then(Value::as_str) == Some(n))
+                .cloned()
+                .collect(),
+        };
+        if chosen.is_empty() {
+            return Err(ApiError::bad_request(
+                Some(field),
+                match named {
+                    Some(n) => format!("{field} names `{n}`, which is not among the tools"),
+                    None => format!("{field} `required` needs at least one tool"),
+                },
+            ));
         }
+        forced = Some(Constraint::ToolCalls {
+            // A named function is called once, as OpenAI does.
+            parallel: parallel && named.is_none(),
+            functions: chosen,
+        });
     }
-    Ok(functions)
+    Ok((functions, forced))
+}
+
+/// The constraint `response_format` asks for: none for `text`, any JSON object for
+/// `json_object`, JSON valid against `json_schema.schema` for `json_schema`.
+fn response_format_of(rf: Option<&Value>) -> Result<Option<Constraint>, ApiError> {
+    let Some(rf) = rf.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let bad = |m: &str| ApiError::bad_request(Some("response_format"), m.to_string());
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Constraint::JsonObject)),
+        Some("json_schema") => {
+            let spec = rf.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
+                bad("response_format.json_schema must be an object with the schema under `schema`")
+            })?;
+            match spec.get("schema") {
+                // OpenAI's `schema` is optional: without one, any JSON object.
+                None | Some(Value::Null) => Ok(Some(Constraint::JsonObject)),
+                Some(schema @ (Value::Object(_) | Value::Bool(true))) => {
+                    Ok(Some(Constraint::JsonSchema {
+                        schema: schema.clone(),
+                    }))
+                }
+                Some(_) => Err(bad(
+                    "response_format.json_schema.schema must be a JSON Schema object",
+                )),
+            }
+        }
+        _ => Err(bad(
+            "response_format.type must be `text`, `json_object` or `json_schema`",
+        )),
+    }
 }
 
 /// One function definition, checked: a name of letters, digits, `_` and `-`, and JSON Schema

@@ -1,0 +1,546 @@
+//! Constrained decoding: a reply held, token by token, to a JSON Schema or to a forced tool
+//! call, by llguidance (the grammar engine llama.cpp and vLLM use).
+//!
+//! A [`Constraint`] says what the reply must be; [`Constrainer`] compiles it against the
+//! model's vocabulary into a [`Guide`], which masks the logits before each draw and follows
+//! the tokens that go into the reply. With reasoning on, the model may think first: the
+//! constraint then starts after `</think>`, so the reasoning stays free text.
+
+use std::sync::{Arc, OnceLock};
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokenizers::Tokenizer;
+
+use super::request::JobError;
+use crate::text::detok::{vocabulary_bytes, TokenBytes};
+use crate::text::tokenizer::{self, SpecialTokens};
+
+/// Whitespace the JSON may hold between two of its tokens: at most one line break and a
+/// short indent, or a space. Bounded so that a model cannot fill its reply with blanks (the
+/// unbounded JSON rule lets a weak model loop on spaces until `max_tokens`).
+const JSON_WHITESPACE: &str = r"(?:[ ]|\n[ \t]{0,16})";
+
+/// What a reply must be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Constraint {
+    /// Any JSON object (OpenAI's `response_format: json_object`).
+    JsonObject,
+    /// JSON valid against a schema (`response_format: json_schema`).
+    JsonSchema {
+        /// The JSON Schema.
+        schema: Value,
+    },
+    /// Calls only: `<tool_call>{"name": …, "arguments": …}</tool_call>` blocks as SmolLM3
+    /// writes them, each naming one of `functions` (`{"name", "parameters"}`) with arguments
+    /// valid against its parameters (`tool_choice: required`, or a named function).
+    ToolCalls {
+        /// The functions a call may name.
+        functions: Vec<Value>,
+        /// Whether more than one call may follow the first.
+        parallel: bool,
+    },
+}
+
+impl Constraint {
+    /// The constraint as an llguidance grammar (its Lark form).
+    fn grammar(&self) -> TopLevelGrammar {
+        // A reply may open with a line break (after `</think>`, the model writes one).
+        let lark = match self {
+            Constraint::JsonObject => json_start(&json!({"type": "object"})),
+            Constraint::JsonSchema { schema } => json_start(schema),
+            Constraint::ToolCalls {
+                functions,
+                parallel,
+            } => {
+                let calls: Vec<Value> = functions.iter().map(call_schema).collect();
+                let body = if calls.len() == 1 {
+                    calls[0].clone()
+                } else {
+                    json!({ "anyOf": calls })
+                };
+                let more = if *parallel { "(NL? call)*" } else { "" };
+                format!(
+                    "start: NL? call {more}\n\
+                     call: \"<tool_call>\" NL? {} NL? \"</tool_call>\"\n\
+                     NL: /[ \\n]{{1,2}}/\n",
+                    json_rule(&body)
+                )
+            }
+        };
+        TopLevelGrammar::from_lark(lark)
+    }
+}
+
+/// A grammar whose start is JSON valid against `schema`.
+fn json_start(schema: &Value) -> String {
+    format!(
+        "start: NL? body\nbody: {}\nNL: /[ \\n]{{1,2}}/\n",
+        json_rule(schema)
+    )
+}
+
+/// A `%json` rule for `schema`, with the bounded whitespace (unless the schema sets its own
+/// llguidance options).
+fn json_rule(schema: &Value) -> String {
+    let mut schema = schema.clone();
+    if let Value::Object(map) = &mut schema {
+        map.entry("x-guidance").or_insert_with(|| {
+            json!({"whitespace_pattern": JSON_WHITESPACE, "item_separator": ",", "key_separator": ":"})
+        });
+    }
+    format!("%json {schema}")
+}
+
+/// The JSON of one call to `function`: its name, and arguments valid against its parameters
+/// (any object when it has none), in the order SmolLM3 writes them.
+fn call_schema(function: &Value) -> Value {
+    let name = function.get("name").cloned().unwrap_or(Value::Null);
+    let arguments = function
+        .get("parameters")
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object"}));
+    json!({
+        "type": "object",
+        "properties": {"name": {"const": name}, "arguments": arguments},
+        "required": ["name", "arguments"],
+        "additionalProperties": false,
+    })
+}
+
+/// llguidance's reason without the grammar listing it appends (our wrapper, not the
+/// caller's schema) or the position in it: its first line, from "failed" on when present.
+fn reason_of(error: &str) -> String {
+    let first = error.lines().next().unwrap_or(error);
+    match first.find("failed") {
+        Some(at) => first[at..].to_string(),
+        None => first.to_string(),
+    }
+}
+
+/// The vocabulary as llguidance sees it: each token's bytes, control tokens marked as such.
+struct Vocabulary {
+    trie: TokTrie,
+    tokenizer: Tokenizer,
+}
+
+impl TokenizerEnv for Vocabulary {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    /// Text as the tokenizer splits it (control-token text stays text); bytes that are not
+    /// UTF-8 are split greedily along the vocabulary.
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
+        match std::str::from_utf8(s) {
+            Ok(text) => tokenizer::encode_plain(&self.tokenizer, text)
+                .unwrap_or_else(|_| self.trie.greedy_tokenize(s)),
+            Err(_) => self.trie.greedy_tokenize(s),
+        }
+    }
+}
+
+/// Compiles constraints for one model; the vocabulary tables are built on first use (about
+/// a second for a 128k vocabulary) and shared by every job after.
+pub struct Constrainer {
+    tokenizer: Tokenizer,
+    specials: SpecialTokens,
+    n_vocab: usize,
+    factory: OnceLock<Result<Arc<ParserFactory>, String>>,
+}
+
+impl std::fmt::Debug for Constrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Constrainer")
+            .field("n_vocab", &self.n_vocab)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Constrainer {
+    /// A compiler for a model with this tokenizer, end tokens and `n_vocab` logits.
+    pub fn new(tokenizer: Tokenizer, specials: SpecialTokens, n_vocab: usize) -> Self {
+        Self {
+            tokenizer,
+            specials,
+            n_vocab,
+            factory: OnceLock::new(),
+        }
+    }
+
+    fn factory(&self) -> Result<Arc<ParserFactory>, JobError> {
+        self.factory
+            .get_or_init(|| self.build_factory().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(JobError::Constraint)
+    }
+
+    fn build_factory(&self) -> anyhow::Result<Arc<ParserFactory>> {
+        let words: Vec<Vec<u8>> = vocabulary_bytes(&self.tokenizer, self.n_vocab)
+            .into_iter()
+            .map(|t| match t {
+                TokenBytes::Text(bytes) => bytes,
+                TokenBytes::Control(name) => {
+                    let mut marked = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+                    marked.extend_from_slice(name.as_bytes());
+                    marked
+                }
+            })
+            .collect();
+        let eos = &self.specials.eos;
+        let first_eos = self.specials.im_end.or(eos.first().copied()).unwrap_or(0);
+        let info = TokRxInfo::new(self.n_vocab as u32, first_eos);
+        let mut trie = TokTrie::from(&info, &words);
+        if eos.len() > 1 {
+            trie = trie.with_eos_tokens(eos);
+        }
+        let env: TokEnv = Arc::new(Vocabulary {
+            trie,
+            tokenizer: self.tokenizer.clone(),
+        });
+        let mut factory = ParserFactory::new_simple(&env)?;
+        factory.quiet();
+        Ok(Arc::new(factory))
+    }
+
+    /// Compiles `constraint`; an error says what in it cannot be used (for the caller to
+    /// show as a bad request).
+    fn matcher(&self, constraint: &Constraint) -> Result<Matcher, JobError> {
+        let factory = self.factory()?;
+        let parser = factory
+            .create_parser(constraint.grammar())
+            .map_err(|e| JobError::Constraint(reason_of(&e.to_string())))?;
+        let matcher = Matcher::new(Ok(parser));
+        match matcher.get_error() {
+            Some(e) => Err(JobError::Constraint(reason_of(&e))),
+            None => Ok(matcher),
+        }
+    }
+
+    /// Checks that `constraint` compiles, without a job.
+    pub fn check(&self, constraint: &Constraint) -> Result<(), JobError> {
+        self.matcher(constraint).map(drop)
+    }
+
+    /// A guide for one reply. With `may_think`, the reply may open with `<think>`: the
+    /// constraint then starts after `</think>`.
+    pub fn guide(&self, constraint: &Constraint, may_think: bool) -> Result<Guide, JobError> {
+        Ok(Guide {
+            matcher: self.matcher(constraint)?,
+            phase: Phase::Start,
+            think: self.specials.think.filter(|_| may_think),
+            end_think: self.specials.end_think,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing generated yet: the constraint's first token, or `<think>`.
+    Start,
+    /// Inside the reasoning: anything goes until `</think>`.
+    Reasoning,
+    /// Every token is the constraint's.
+    Held,
+}
+
+/// One reply's constraint as it goes.
+pub struct Guide {
+    matcher: Matcher,
+    phase: Phase,
+    think: Option<u32>,
+    end_think: Option<u32>,
+}
+
+impl Guide {
+    /// The reply starts inside the reasoning (its assistant prefix opened it): the
+    /// constraint waits for `</think>`.
+    pub fn begin_in_reasoning(&mut self) {
+        self.phase = Phase::Reasoning;
+    }
+
+    /// Sets the logit of every token the constraint does not allow next to −∞.
+    pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), JobError> {
+        if self.phase == Phase::Reasoning {
+            return Ok(());
+        }
+        let allowed = self
+            .matcher
+            .compute_mask()
+            .map_err(|e| JobError::Constraint(e.to_string()))?;
+        let think = self.think.filter(|_| self.phase == Phase::Start);
+        allowed.iter_unset_entries(|id| {
+            if Some(id as u32) != think {
+                if let Some(l) = logits.get_mut(id) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        });
+        // Rows past the vocabulary the grammar knows are never allowed.
+        for l in logits.iter_mut().skip(allowed.len()) {
+            *l = f32::NEG_INFINITY;
+        }
+        Ok(())
+    }
+
+    /// Follows the tokens that went into the reply (sampled, or added by the engine such as
+    /// the close of an over-budget reasoning).
+    pub fn advance(&mut self, ids: &[u32]) -> Result<(), JobError> {
+        for &id in ids {
+            match self.phase {
+                Phase::Start if Some(id) == self.think => self.phase = Phase::Reasoning,
+                Phase::Reasoning => {
+                    if Some(id) == self.end_think {
+                        self.phase = Phase::Held;
+                    }
+                }
+                Phase::Start | Phase::Held => {
+                    self.phase = Phase::Held;
+                    self.matcher
+                        .consume_token(id)
+                        .map_err(|e| JobError::Constraint(e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the constraint is complete and allows nothing more: the reply ends here.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Held && self.matcher.is_stopped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gguf::GgufFile;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::path::Path;
+
+    /// The tokenizer and end tokens of a GGUF file.
+    fn vocabulary(path: &Path) -> (Tokenizer, SpecialTokens) {
+        let g = GgufFile::open(path).expect("fixture GGUF");
+        let tok = tokenizer::from_gguf(&g).expect("tokenizer");
+        let specials = tokenizer::special_tokens(&g, &tok);
+        (tok, specials)
+    }
+
+    fn tiny() -> Constrainer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/reference/tiny-smollm3-f32.gguf");
+        let (tok, specials) = vocabulary(&path);
+        let n = tok.get_vocab_size(true);
+        Constrainer::new(tok, specials, n)
+    }
+
+    /// Draws allowed tokens at random until the guide is finished or the end is allowed
+    /// and drawn; returns the text (`None` when `limit` tokens did not finish it).
+    fn random_reply(c: &Constrainer, g: &mut Guide, seed: u64, limit: usize) -> Option<String> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut ids = Vec::new();
+        for _ in 0..limit {
+            let mut logits: Vec<f32> = (0..c.n_vocab).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            g.mask(&mut logits).expect("mask");
+            let allowed: Vec<usize> = (0..logits.len())
+                .filter(|&i| logits[i].is_finite())
+                .collect();
+            assert!(!allowed.is_empty(), "the mask allows nothing");
+            let next = allowed[rng.gen_range(0..allowed.len())] as u32;
+            if c.specials.eos.contains(&next) {
+                break;
+            }
+            ids.push(next);
+            g.advance(&[next]).expect("an allowed token is accepted");
+            if g.is_finished() {
+                break;
+            }
+        }
+        let text = tokenizer::decode(&c.tokenizer, &ids).expect("decode");
+        (g.is_finished() || g.matcher.is_accepting().unwrap_or(false)).then_some(text)
+    }
+
+    #[test]
+    fn random_tokens_through_the_mask_make_schema_valid_json() {
+        let c = tiny();
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "n": {"type": "integer", "minimum": 0, "maximum": 9},
+                "k": {"enum": ["x", "y"]},
+                "s": {"type": "string", "maxLength": 4}
+            },
+            "required": ["n", "k", "s"],
+            "additionalProperties": false
+        });
+        let constraint = Constraint::JsonSchema { schema };
+        let mut finished = 0;
+        for seed in 0..20 {
+            let mut g = c.guide(&constraint, false).expect("compiles");
+            let Some(text) = random_reply(&c, &mut g, seed, 400) else {
+                continue;
+            };
+            finished += 1;
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+            let n = v["n"].as_i64().expect("n is an integer");
+            assert!((0..=9).contains(&n), "{text}");
+            assert!(matches!(v["k"].as_str(), Some("x" | "y")), "{text}");
+            assert!(
+                v["s"].as_str().is_some_and(|s| s.chars().count() <= 4),
+                "{text}"
+            );
+            assert_eq!(v.as_object().map(|o| o.len()), Some(3), "{text}");
+        }
+        assert!(
+            finished >= 15,
+            "only {finished} of 20 random replies finished"
+        );
+    }
+
+    #[test]
+    fn reasoning_is_free_then_the_constraint_holds() {
+        let c = tiny();
+        let think = c.specials.think.expect("fixture has <think>");
+        let end_think = c.specials.end_think.expect("fixture has </think>");
+        let mut g = c.guide(&Constraint::JsonObject, true).expect("compiles");
+        let mut logits = vec![0.0f32; c.n_vocab];
+        g.mask(&mut logits).expect("mask");
+        assert!(
+            logits[think as usize].is_finite(),
+            "<think> may open the reply"
+        );
+        let letter = tokenizer::encode_plain(&c.tokenizer, "a").expect("encode")[0];
+        assert!(
+            !logits[letter as usize].is_finite(),
+            "text may not start a JSON reply"
+        );
+        g.advance(&[think, letter, letter])
+            .expect("reasoning is free");
+        let mut logits = vec![0.0f32; c.n_vocab];
+        g.mask(&mut logits).expect("mask");
+        assert!(
+            logits.iter().all(|l| l.is_finite()),
+            "nothing is masked while reasoning"
+        );
+        g.advance(&[end_think]).expect("the reasoning ends");
+        let mut logits = vec![0.0f32; c.n_vocab];
+        g.mask(&mut logits).expect("mask");
+        assert!(
+            !logits[letter as usize].is_finite(),
+            "after </think> the JSON begins"
+        );
+        assert!(
+            g.advance(&[letter]).is_err(),
+            "a token the mask forbids is refused"
+        );
+
+        // Without reasoning, <think> is not allowed first.
+        let mut g = c.guide(&Constraint::JsonObject, false).expect("compiles");
+        let mut logits = vec![0.0f32; c.n_vocab];
+        g.mask(&mut logits).expect("mask");
+        assert!(!logits[think as usize].is_finite());
+    }
+
+    #[test]
+    fn forced_calls_name_a_given_function_with_valid_arguments() {
+        let c = tiny();
+        let functions = vec![
+            json!({"name": "get_w", "parameters": {"type": "object",
+                "properties": {"d": {"type": "integer", "minimum": 1, "maximum": 7}},
+                "required": ["d"], "additionalProperties": false}}),
+            json!({"name": "now"}),
+        ];
+        let constraint = Constraint::ToolCalls {
+            functions,
+            parallel: false,
+        };
+        let mut finished = 0;
+        for seed in 0..10 {
+            let mut g = c.guide(&constraint, false).expect("compiles");
+            let Some(text) = random_reply(&c, &mut g, seed, 400) else {
+                continue;
+            };
+            finished += 1;
+            let body = text
+                .trim()
+                .strip_prefix("<tool_call>")
+                .and_then(|t| t.strip_suffix("</tool_call>"))
+                .unwrap_or_else(|| panic!("not one call: {text:?}"));
+            let v: Value = serde_json::from_str(body).expect("the call is JSON");
+            match v["name"].as_str() {
+                Some("get_w") => assert!(v["arguments"]["d"]
+                    .as_i64()
+                    .is_some_and(|d| (1..=7).contains(&d))),
+                Some("now") => assert!(v["arguments"].is_object()),
+                other => panic!("unknown function {other:?} in {text}"),
+            }
+        }
+        assert!(finished >= 7, "only {finished} of 10 random calls finished");
+    }
+
+    #[test]
+    fn an_unusable_schema_is_a_clear_error() {
+        let c = tiny();
+        let bad = Constraint::JsonSchema {
+            schema: json!({"type": "string", "format": "no-such-format"}),
+        };
+        let err = c.check(&bad).expect_err("refused").to_string();
+        assert!(err.contains("no-such-format"), "{err}");
+    }
+
+    /// The mask's cost per token with a full vocabulary, against the decode step it adds to:
+    /// `SMOLLM3_MASK_MODEL=target/bench-models/SmolLM3-3B-synth-Q4_K_M.gguf cargo test --lib
+    /// constraint::tests::mask_speed -- --ignored --nocapture` (llguidance is built optimised
+    /// in every profile).
+    #[test]
+    #[ignore]
+    fn mask_speed() {
+        let path = std::env::var("SMOLLM3_MASK_MODEL").expect("set SMOLLM3_MASK_MODEL");
+        let (tok, specials) = vocabulary(Path::new(&path));
+        let n = tok.get_vocab_size(true);
+        let t0 = std::time::Instant::now();
+        let c = Constrainer::new(tok, specials, n);
+        c.check(&Constraint::JsonObject).expect("compiles");
+        println!(
+            "vocabulary {n}: tables built in {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+        let schema = json!({"type": "object", "properties": {
+            "city": {"type": "string"}, "rank": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}}},
+            "required": ["city", "rank", "tags"], "additionalProperties": false});
+        let text = r#"{"city": "Paris in the spring", "rank": 12345, "tags": ["old", "river", "bridges and cafes"]}"#;
+        let ids = tokenizer::encode_plain(&c.tokenizer, text).expect("encode");
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let mut g = c
+                .guide(
+                    &Constraint::JsonSchema {
+                        schema: schema.clone(),
+                    },
+                    false,
+                )
+                .expect("compiles");
+            let mut logits = vec![0.0f32; n];
+            for &id in &ids {
+                let t = std::time::Instant::now();
+                g.mask(&mut logits).expect("mask");
+                g.advance(&[id]).expect("valid JSON is accepted");
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "mask + advance per token over {} tokens: min {:.3} ms, median {:.3} ms, max {:.3} ms",
+            times.len(),
+            times[0],
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    }
+}
