@@ -1210,7 +1210,10 @@ async fn tools_are_shown_to_the_model_and_calls_and_results_read_back() {
             json!({"tools": [weather_tool()], "tool_choice": "required", "response_format": {"type": "json_object"}}),
             "response_format",
         ),
-        (json!({"response_format": {"type": "xml"}}), "response_format"),
+        (
+            json!({"response_format": {"type": "xml"}}),
+            "response_format",
+        ),
         (
             json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 3}}}),
             "response_format",

@@ -3,12 +3,14 @@
 
 use candle_core::DType;
 use chrono::NaiveDate;
-use smollm3_bot::engine::constraint::Constraint;
+use smollm3_bot::engine::constraint::Constrainer;
 use smollm3_bot::engine::core::{EngineCore, EngineOptions, GenerateRequest};
 use smollm3_bot::engine::events::{ChatMessage, EngineEvent, FinishReason, GenerationStats};
 use smollm3_bot::engine::loader::LoadedModel;
 use smollm3_bot::engine::sampler::SamplingParams;
 use smollm3_bot::engine::worker::Engine;
+use smollm3_bot::engine::Constraint;
+use smollm3_bot::model::gguf::GgufFile;
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use smollm3_bot::model::Logits;
 use std::path::PathBuf;
@@ -592,4 +594,58 @@ async fn shutdown_cancels_running_and_queued_jobs() {
         Some(EngineEvent::Error { .. })
     ));
     assert!(late.events.recv().await.is_none());
+}
+
+/// The mask's cost per token with a full vocabulary, against the decode step it adds to:
+/// `SMOLLM3_MASK_MODEL=target/bench-models/SmolLM3-3B-synth-Q4_K_M.gguf cargo test
+/// --test engine mask_speed -- --ignored --nocapture` (llguidance is built optimised
+/// in every profile).
+#[test]
+#[ignore]
+fn mask_speed() {
+    let path = std::env::var("SMOLLM3_MASK_MODEL").expect("set SMOLLM3_MASK_MODEL");
+    let g = GgufFile::open(&path).expect("the model file");
+    let tok = smollm3_bot::text::tokenizer::from_gguf(&g).expect("tokenizer");
+    let specials = smollm3_bot::text::tokenizer::special_tokens(&g, &tok);
+    let n = tok.get_vocab_size(true);
+    let t0 = std::time::Instant::now();
+    let tok_copy = tok.clone();
+    let c = Constrainer::new(tok, specials, n);
+    c.check(&Constraint::JsonObject).expect("compiles");
+    println!(
+        "vocabulary {n}: tables built in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let schema = serde_json::json!({"type": "object", "properties": {
+        "city": {"type": "string"}, "rank": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["city", "rank", "tags"], "additionalProperties": false});
+    let text = r#"{"city": "Paris in the spring", "rank": 12345, "tags": ["old", "river", "bridges and cafes"]}"#;
+    let ids = smollm3_bot::text::tokenizer::encode_plain(&tok_copy, text).expect("encode");
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let mut g = c
+            .guide(
+                &Constraint::JsonSchema {
+                    schema: schema.clone(),
+                },
+                false,
+            )
+            .expect("compiles");
+        let mut logits = vec![0.0f32; n];
+        for &id in &ids {
+            let t = std::time::Instant::now();
+            g.mask(&mut logits).expect("mask");
+            g.advance(&[id]).expect("valid JSON is accepted");
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "mask + advance per token over {} tokens: min {:.3} ms, median {:.3} ms, max {:.3} ms",
+        times.len(),
+        times[0],
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
 }

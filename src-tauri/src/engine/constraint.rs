@@ -11,11 +11,10 @@ use std::sync::{Arc, OnceLock};
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
-use super::request::JobError;
+use super::request::{Constraint, JobError};
 use crate::text::detok::{vocabulary_bytes, TokenBytes};
 use crate::text::tokenizer::{self, SpecialTokens};
 
@@ -24,56 +23,32 @@ use crate::text::tokenizer::{self, SpecialTokens};
 /// unbounded JSON rule lets a weak model loop on spaces until `max_tokens`).
 const JSON_WHITESPACE: &str = r"(?:[ ]|\n[ \t]{0,16})";
 
-/// What a reply must be.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Constraint {
-    /// Any JSON object (OpenAI's `response_format: json_object`).
-    JsonObject,
-    /// JSON valid against a schema (`response_format: json_schema`).
-    JsonSchema {
-        /// The JSON Schema.
-        schema: Value,
-    },
-    /// Calls only: `<tool_call>{"name": …, "arguments": …}</tool_call>` blocks as SmolLM3
-    /// writes them, each naming one of `functions` (`{"name", "parameters"}`) with arguments
-    /// valid against its parameters (`tool_choice: required`, or a named function).
-    ToolCalls {
-        /// The functions a call may name.
-        functions: Vec<Value>,
-        /// Whether more than one call may follow the first.
-        parallel: bool,
-    },
-}
-
-impl Constraint {
-    /// The constraint as an llguidance grammar (its Lark form).
-    fn grammar(&self) -> TopLevelGrammar {
-        // A reply may open with a line break (after `</think>`, the model writes one).
-        let lark = match self {
-            Constraint::JsonObject => json_start(&json!({"type": "object"})),
-            Constraint::JsonSchema { schema } => json_start(schema),
-            Constraint::ToolCalls {
-                functions,
-                parallel,
-            } => {
-                let calls: Vec<Value> = functions.iter().map(call_schema).collect();
-                let body = if calls.len() == 1 {
-                    calls[0].clone()
-                } else {
-                    json!({ "anyOf": calls })
-                };
-                let more = if *parallel { "(NL? call)*" } else { "" };
-                format!(
-                    "start: NL? call {more}\n\
+/// The constraint as an llguidance grammar (its Lark form).
+fn grammar_of(constraint: &Constraint) -> TopLevelGrammar {
+    // A reply may open with a line break (after `</think>`, the model writes one).
+    let lark = match constraint {
+        Constraint::JsonObject => json_start(&json!({"type": "object"})),
+        Constraint::JsonSchema { schema } => json_start(schema),
+        Constraint::ToolCalls {
+            functions,
+            parallel,
+        } => {
+            let calls: Vec<Value> = functions.iter().map(call_schema).collect();
+            let body = if calls.len() == 1 {
+                calls[0].clone()
+            } else {
+                json!({ "anyOf": calls })
+            };
+            let more = if *parallel { "(NL? call)*" } else { "" };
+            format!(
+                "start: NL? call {more}\n\
                      call: \"<tool_call>\" NL? {} NL? \"</tool_call>\"\n\
                      NL: /[ \\n]{{1,2}}/\n",
-                    json_rule(&body)
-                )
-            }
-        };
-        TopLevelGrammar::from_lark(lark)
-    }
+                json_rule(&body)
+            )
+        }
+    };
+    TopLevelGrammar::from_lark(lark)
 }
 
 /// A grammar whose start is JSON valid against `schema`.
@@ -212,7 +187,7 @@ impl Constrainer {
     fn matcher(&self, constraint: &Constraint) -> Result<Matcher, JobError> {
         let factory = self.factory()?;
         let parser = factory
-            .create_parser(constraint.grammar())
+            .create_parser(grammar_of(constraint))
             .map_err(|e| JobError::Constraint(reason_of(&e.to_string())))?;
         let matcher = Matcher::new(Ok(parser));
         match matcher.get_error() {
@@ -491,56 +466,5 @@ mod tests {
         };
         let err = c.check(&bad).expect_err("refused").to_string();
         assert!(err.contains("no-such-format"), "{err}");
-    }
-
-    /// The mask's cost per token with a full vocabulary, against the decode step it adds to:
-    /// `SMOLLM3_MASK_MODEL=target/bench-models/SmolLM3-3B-synth-Q4_K_M.gguf cargo test --lib
-    /// constraint::tests::mask_speed -- --ignored --nocapture` (llguidance is built optimised
-    /// in every profile).
-    #[test]
-    #[ignore]
-    fn mask_speed() {
-        let path = std::env::var("SMOLLM3_MASK_MODEL").expect("set SMOLLM3_MASK_MODEL");
-        let (tok, specials) = vocabulary(Path::new(&path));
-        let n = tok.get_vocab_size(true);
-        let t0 = std::time::Instant::now();
-        let c = Constrainer::new(tok, specials, n);
-        c.check(&Constraint::JsonObject).expect("compiles");
-        println!(
-            "vocabulary {n}: tables built in {:.2} s",
-            t0.elapsed().as_secs_f64()
-        );
-        let schema = json!({"type": "object", "properties": {
-            "city": {"type": "string"}, "rank": {"type": "integer"},
-            "tags": {"type": "array", "items": {"type": "string"}}},
-            "required": ["city", "rank", "tags"], "additionalProperties": false});
-        let text = r#"{"city": "Paris in the spring", "rank": 12345, "tags": ["old", "river", "bridges and cafes"]}"#;
-        let ids = tokenizer::encode_plain(&c.tokenizer, text).expect("encode");
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let mut g = c
-                .guide(
-                    &Constraint::JsonSchema {
-                        schema: schema.clone(),
-                    },
-                    false,
-                )
-                .expect("compiles");
-            let mut logits = vec![0.0f32; n];
-            for &id in &ids {
-                let t = std::time::Instant::now();
-                g.mask(&mut logits).expect("mask");
-                g.advance(&[id]).expect("valid JSON is accepted");
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        times.sort_by(f64::total_cmp);
-        println!(
-            "mask + advance per token over {} tokens: min {:.3} ms, median {:.3} ms, max {:.3} ms",
-            times.len(),
-            times[0],
-            times[times.len() / 2],
-            times[times.len() - 1]
-        );
     }
 }

@@ -17,10 +17,9 @@ pub mod sampler;
 pub mod worker;
 
 pub use self::core::EngineOptions;
-pub use constraint::Constraint;
 pub use events::{ChatMessage, EngineEvent, FinishReason, GenerationStats};
 pub use generator::{CancelToken, Generator, JobHandle, NoModel, Quote};
 pub use prompter::Prompter;
-pub use request::{GenerateRequest, JobError};
+pub use request::{Constraint, GenerateRequest, JobError};
 pub use sampler::SamplingParams;
 pub use worker::Engine;

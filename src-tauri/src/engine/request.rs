@@ -5,6 +5,7 @@ use super::events::ChatMessage;
 use super::sampler::SamplingParams;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// What a caller asks the engine to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,7 +49,7 @@ pub struct GenerateRequest {
     /// What the reply must be (JSON against a schema, tool calls only), enforced token by
     /// token; `None` leaves it free.
     #[serde(default)]
-    pub constraint: Option<super::constraint::Constraint>,
+    pub constraint: Option<Constraint>,
 }
 
 impl GenerateRequest {
@@ -70,6 +71,28 @@ impl GenerateRequest {
             constraint: None,
         }
     }
+}
+
+/// What a reply must be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Constraint {
+    /// Any JSON object (OpenAI's `response_format: json_object`).
+    JsonObject,
+    /// JSON valid against a schema (`response_format: json_schema`).
+    JsonSchema {
+        /// The JSON Schema.
+        schema: Value,
+    },
+    /// Calls only: `<tool_call>{"name": …, "arguments": …}</tool_call>` blocks as SmolLM3
+    /// writes them, each naming one of `functions` (`{"name", "parameters"}`) with arguments
+    /// valid against its parameters (`tool_choice: required`, or a named function).
+    ToolCalls {
+        /// The functions a call may name.
+        functions: Vec<Value>,
+        /// Whether more than one call may follow the first.
+        parallel: bool,
+    },
 }
 
 /// A job's failure, worded for the person waiting on it.

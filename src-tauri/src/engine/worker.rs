@@ -3,12 +3,13 @@
 //! queue jobs for other people pass the engine's [`Admission`] first, which bounds the queue.
 
 use super::admission::{Admission, Refusal, Ticket};
-use super::constraint::{Constrainer, Constraint};
+use super::constraint::Constrainer;
 use super::core::{EngineCore, EngineOptions, GenerateRequest, JobError};
 use super::events::{EngineEvent, FinishReason, GenerationStats};
 use super::generator::{CancelToken, Generator, JobHandle};
 use super::loader::LoadedModel;
 use super::prompter::Prompter;
+use super::request::Constraint;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
