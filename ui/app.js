@@ -183,11 +183,16 @@
   const TAIL_MAX = 1500;
 
   // Where the settled part of `raw` may end: after the last blank line that is not inside a
-  // fenced code block (an even number of ``` fences before it); for a long last block, after
-  // its last line end outside a code block.
+  // fenced code block (an even number of ``` fences before it) nor inside a tool call still
+  // open (a `<tool_call>` after the last `</tool_call>`); for a long last block, after its
+  // last line end outside both.
   function settledEnd(raw, from) {
     // The settled part always ends outside a code block, so only fences after it count.
-    const outsideCode = (at) => ((raw.slice(from, at).match(/^\s*```/gm) || []).length) % 2 === 0;
+    const outsideCode = (at) => {
+      const part = raw.slice(from, at);
+      return ((part.match(/^\s*```/gm) || []).length) % 2 === 0
+        && part.lastIndexOf("<tool_call>") <= part.lastIndexOf("</tool_call>");
+    };
     let end = from;
     let at = raw.indexOf("\n\n", from);
     while (at !== -1) {

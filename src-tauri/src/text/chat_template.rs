@@ -292,8 +292,8 @@ fn py_float(x: f64) -> String {
 }
 
 /// Python's `repr(str)`: single quotes unless the text has `'` and no `"`; escapes for
-/// backslash, the quote, and characters Python does not print (controls and the invisible
-/// spaces and format characters a template is likely to meet).
+/// backslash, the quote, `\n`, `\r`, `\t`, and every character Python does not print
+/// ([`py_printable`]) as `\xNN`, `\uNNNN` or `\UNNNNNNNN`; all else (accents, CJK, emoji) as is.
 fn py_quote(s: &str, out: &mut String) {
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
@@ -311,17 +311,59 @@ fn py_quote(s: &str, out: &mut String) {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || (0x7f..=0xa0).contains(&(c as u32)) || c == '\u{ad}' => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if matches!(c as u32, 0x1680 | 0x2000..=0x200f | 0x2028..=0x202f | 0x205f..=0x2064 | 0x3000 | 0xfeff) =>
-            {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+            c if !py_printable(c) => {
+                let _ = match c as u32 {
+                    n @ ..=0xff => write!(out, "\\x{n:02x}"),
+                    n @ ..=0xffff => write!(out, "\\u{n:04x}"),
+                    n => write!(out, "\\U{n:08x}"),
+                };
             }
             c => out.push(c),
         }
     }
     out.push(quote);
+}
+
+/// The assigned characters Python's `str.isprintable()` rejects (and so `repr` escapes): the
+/// categories Cc, Cf, Co, Zl, Zp and Zs but the ASCII space, from Unicode 14 (CPython 3.11).
+/// Unassigned code points (Cn), which Python escapes too, are printed: which ones they are
+/// depends on the Python version, and a tool description has none.
+const PY_UNPRINTABLE: &[(u32, u32)] = &[
+    (0x0000, 0x001f),
+    (0x007f, 0x00a0),
+    (0x00ad, 0x00ad),
+    (0x0600, 0x0605),
+    (0x061c, 0x061c),
+    (0x06dd, 0x06dd),
+    (0x070f, 0x070f),
+    (0x0890, 0x0891),
+    (0x08e2, 0x08e2),
+    (0x1680, 0x1680),
+    (0x180e, 0x180e),
+    (0x2000, 0x200f),
+    (0x2028, 0x202f),
+    (0x205f, 0x2064),
+    (0x2066, 0x206f),
+    (0x3000, 0x3000),
+    (0xd800, 0xf8ff),
+    (0xfeff, 0xfeff),
+    (0xfff9, 0xfffb),
+    (0x110bd, 0x110bd),
+    (0x110cd, 0x110cd),
+    (0x13430, 0x13438),
+    (0x1bca0, 0x1bca3),
+    (0x1d173, 0x1d17a),
+    (0xe0001, 0xe0001),
+    (0xe0020, 0xe007f),
+    (0xf0000, 0xffffd),
+    (0x100000, 0x10fffd),
+];
+
+/// Whether Python prints `c` as it is in a `repr` (see [`PY_UNPRINTABLE`]).
+fn py_printable(c: char) -> bool {
+    let c = c as u32;
+    let i = PY_UNPRINTABLE.partition_point(|&(_, hi)| hi < c);
+    PY_UNPRINTABLE.get(i).is_none_or(|&(lo, _)| c < lo)
 }
 
 /// Reads `chat_template` from a `tokenizer_config.json`; `None` when the file has none.
@@ -564,6 +606,35 @@ mod tests {
              \"a'b\", 'c\"d', 'e\\\\f', '\\x01\\x7f\\t', 'ü😀\\xa0', 1]\
              |{'on': True, 'off': False}|None|2.0|[1e+20, 1e-07, -0.5, 0.0001]"
         );
+    }
+
+    #[test]
+    fn strings_escape_what_python_does_not_print() {
+        // Expected strings are CPython 3.11's repr() of the same text.
+        let repr = |s: &str| {
+            let mut out = String::new();
+            py_quote(s, &mut out);
+            out
+        };
+        assert_eq!(
+            repr("tag\u{e0041} pua\u{e000}"),
+            "'tag\\U000e0041 pua\\ue000'"
+        );
+        assert_eq!(
+            repr("\u{61c}\u{180e}\u{2066}\u{fffa}\u{1d173}\u{10fffd}"),
+            "'\\u061c\\u180e\\u2066\\ufffa\\U0001d173\\U0010fffd'"
+        );
+        assert_eq!(
+            repr("👨\u{200d}👩 bom\u{feff} nel\u{85} é日本🌦\u{fe0f}"),
+            "'👨\\u200d👩 bom\\ufeff nel\\x85 é日本🌦\u{fe0f}'"
+        );
+        assert_eq!(repr("It's"), "\"It's\"");
+        assert_eq!(repr("It's \"x\""), "'It\\'s \"x\"'");
+        // Edges of the table.
+        assert!(py_printable(' ') && py_printable('~') && py_printable('\u{a1}'));
+        assert!(!py_printable('\u{1f}') && !py_printable('\u{a0}') && !py_printable('\u{7f}'));
+        assert!(py_printable('\u{2070}') && py_printable('\u{1d17b}') && py_printable('\u{e0100}'));
+        assert!(py_printable('\u{205e}') && !py_printable('\u{205f}'));
     }
 
     #[test]

@@ -16,9 +16,12 @@
 //! The copy button carries no handler; a script outside the fragment handles clicks on
 //! `[data-copy]` (the content security policy forbids inline script).
 //!
+//! SmolLM3's `<tool_call>` blocks are cut out first and shown as blocks of their own (see
+//! `tool_calls`); the text around them is markdown as above.
+//!
 //! Rendering is linear in the input and takes no locks, so it can be called again on a
 //! growing reply while it streams; an unterminated code fence renders as a code block that
-//! runs to the end of the text.
+//! runs to the end of the text, and an unclosed tool call as a block marked incomplete.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -31,11 +34,22 @@ use comrak::options::Plugins;
 use comrak::{format_html_with_plugins, parse_document, Arena, Options};
 
 use super::templates::{escape, push_escaped};
+use super::tool_calls::{self, Piece};
 
 /// Renders markdown as sanitized HTML (see the module documentation for what survives).
 pub fn render_markdown(md: &str) -> String {
-    let md = tool_calls_as_code(md);
-    let md = md.as_ref();
+    let mut html = String::with_capacity(md.len() * 3 / 2 + 64);
+    for piece in tool_calls::split(md) {
+        match piece {
+            Piece::Text(text) => push_markdown(&mut html, text),
+            call => tool_calls::push_html(&mut html, &call),
+        }
+    }
+    sanitizer().clean(&html).to_string()
+}
+
+/// Appends the HTML of markdown `md`, not yet sanitized.
+fn push_markdown(html: &mut String, md: &str) {
     let options = comrak_options();
     let arena = Arena::new();
     let root = parse_document(&arena, md, options);
@@ -55,46 +69,17 @@ pub fn render_markdown(md: &str) -> String {
 
     let mut plugins = Plugins::default();
     plugins.render.codefence_syntax_highlighter = Some(&CodeBlocks);
-    let mut html = String::with_capacity(md.len() * 3 / 2 + 64);
-    if format_html_with_plugins(root, options, &mut html, &plugins).is_err() {
+    let mut out = String::with_capacity(md.len() * 3 / 2 + 64);
+    if format_html_with_plugins(root, options, &mut out, &plugins).is_err() {
         // Writing to a String cannot fail; should it ever, show the text rather than nothing.
-        return format!("<p>{}</p>", escape(md));
+        html.push_str("<p>");
+        push_escaped(html, md);
+        html.push_str("</p>");
+        return;
     }
     // The highlighter opened a wrapper before each <pre>; close it after. Only code blocks
     // produce this sequence: text and raw HTML reach this point escaped.
-    let html = html.replace("</code></pre>", "</code></pre></div>");
-    sanitizer().clean(&html).to_string()
-}
-
-/// SmolLM3 writes a tool call as `<tool_call>{json}</tool_call>`; shown as a code block
-/// labelled `tool-call` instead of raw tags. An unclosed one (a reply still streaming) opens
-/// a block that runs to the end, like an unterminated fence.
-fn tool_calls_as_code(md: &str) -> Cow<'_, str> {
-    const OPEN: &str = "<tool_call>";
-    const CLOSE: &str = "</tool_call>";
-    if !md.contains(OPEN) {
-        return Cow::Borrowed(md);
-    }
-    let mut out = String::with_capacity(md.len() + 32);
-    let mut rest = md;
-    while let Some(start) = rest.find(OPEN) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + OPEN.len()..];
-        out.push_str("\n\n```tool-call\n");
-        match after.find(CLOSE) {
-            Some(end) => {
-                out.push_str(after[..end].trim());
-                out.push_str("\n```\n\n");
-                rest = &after[end + CLOSE.len()..];
-            }
-            None => {
-                out.push_str(after.trim_start());
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    Cow::Owned(out)
+    html.push_str(&out.replace("</code></pre>", "</code></pre></div>"));
 }
 
 fn comrak_options() -> &'static Options<'static> {
@@ -125,8 +110,20 @@ fn sanitizer() -> &'static ammonia::Builder<'static> {
             .add_tag_attributes("input", ["checked", "disabled"])
             .add_tag_attribute_values("input", "type", ["checkbox"])
             .allowed_classes(HashMap::from([
-                ("div", HashSet::from(["code-block", "code-head"])),
-                ("span", HashSet::from(["code-lang"])),
+                (
+                    "div",
+                    HashSet::from([
+                        "code-block",
+                        "code-head",
+                        "tool-call",
+                        "tool-call-head",
+                        "pending",
+                    ]),
+                ),
+                (
+                    "span",
+                    HashSet::from(["code-lang", "tool-call-name", "tool-call-state"]),
+                ),
                 ("button", HashSet::from(["copy"])),
             ]))
             .url_schemes(HashSet::from(["http", "https", "mailto"]))
@@ -320,21 +317,83 @@ mod tests {
     }
 
     #[test]
-    fn tool_calls_show_as_labelled_code_blocks() {
+    fn a_tool_call_renders_as_a_block_between_its_text() {
         let html = render_markdown(
-            "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"<b>Paris</b>\"}}\n</tool_call>\nDone.",
+            "Checking **now**.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\nThen:\n<tool_call>{\"name\": \"get_time\"}</tool_call>\nDone.",
         );
-        assert!(!html.contains("&lt;tool_call&gt;"), "{html}");
         assert!(
-            html.contains("<span class=\"code-lang\">tool-call</span>"),
+            !html.contains("tool_call"),
+            "no tags, raw or escaped: {html}"
+        );
+        let at = |needle: &str| {
+            html.find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} missing: {html}"))
+        };
+        let order = [
+            at("<p>Checking <strong>now</strong>.</p>"),
+            at("<div class=\"tool-call\"><div class=\"tool-call-head\">Tool call: <span class=\"tool-call-name\">get_weather</span></div><pre><code>{\n  \"city\": \"Paris\"\n}</code></pre></div>"),
+            at("<p>Then:</p>"),
+            at("Tool call: <span class=\"tool-call-name\">get_time</span></div><pre><code>{}</code></pre></div>"),
+            at("<p>Done.</p>"),
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}: {html}");
+        assert_eq!(count(&html, "<div"), count(&html, "</div>"), "{html}");
+    }
+
+    #[test]
+    fn html_in_a_tool_call_is_escaped() {
+        let html = render_markdown(
+            "<tool_call>{\"name\": \"<script>alert(1)</script>\", \"arguments\": {\"q\": \"<img src=x onerror=alert(2)>\", \"<b>k</b>\": \"</code></pre></div><iframe>\"}}</tool_call>",
+        );
+        assert!(html.contains("class=\"tool-call\""), "{html}");
+        for bad in ["<script", "<img", "<b>", "<iframe"] {
+            assert!(!html.contains(bad), "{bad}: {html}");
+        }
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;</span>"),
             "{html}"
         );
-        assert!(html.contains("get_weather"), "{html}");
-        assert!(!html.contains("<b>"), "{html}");
-        assert!(html.contains("<p>Done.</p>"), "{html}");
-        // Still streaming: the open call is a block to the end.
-        let open = render_markdown("<tool_call>{\"name\": \"f\"");
-        assert!(open.contains("code-lang\">tool-call<"), "{open}");
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(2)&gt;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;/code&gt;&lt;/pre&gt;&lt;/div&gt;&lt;iframe&gt;"),
+            "{html}"
+        );
+        assert_eq!(count(&html, "<div"), count(&html, "</div>"), "{html}");
+    }
+
+    #[test]
+    fn a_malformed_tool_call_stays_escaped_text() {
+        let html = render_markdown("Try <tool_call>not json</tool_call> again.");
+        assert!(!html.contains("class=\"tool-call"), "{html}");
+        assert!(
+            html.contains("<p>Try &lt;tool_call&gt;not json&lt;/tool_call&gt; again.</p>"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn every_prefix_of_a_reply_with_tool_calls_renders_balanced() {
+        let reply = "Let me look.\n\n<tool_call>\n{\"name\": \"search\", \"arguments\": {\"q\": \"a <b> & c\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>";
+        for end in (0..=reply.len()).filter(|&i| reply.is_char_boundary(i)) {
+            let html = render_markdown(&reply[..end]);
+            assert_eq!(
+                count(&html, "<div"),
+                count(&html, "</div>"),
+                "prefix {end}: {html}"
+            );
+            assert!(!html.contains("<tool_call"), "prefix {end}: {html}");
+            assert!(!html.contains("<b>"), "prefix {end}: {html}");
+        }
+        // Mid-call: a block in progress, named once the name is written.
+        let html = render_markdown(&reply[..reply.find("\"arguments").unwrap()]);
+        assert!(html.contains("<div class=\"tool-call pending\">"), "{html}");
+        assert!(
+            html.contains("Tool call: <span class=\"tool-call-name\">search</span> <span class=\"tool-call-state\">(incomplete)</span>"),
+            "{html}"
+        );
     }
 
     #[test]

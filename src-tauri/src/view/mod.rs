@@ -3,6 +3,7 @@
 
 pub mod markdown;
 pub mod templates;
+mod tool_calls;
 
 pub use markdown::render_markdown;
 pub use templates::{escape, render, safe};
