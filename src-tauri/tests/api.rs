@@ -540,7 +540,9 @@ async fn a_prompt_longer_than_the_context_is_refused_clearly() {
     assert_eq!(e["code"], "context_length_exceeded");
     let m = e["message"].as_str().unwrap();
     assert!(
-        m.contains("context holds 128") && m.contains("--context"),
+        m.starts_with("the prompt is too long")
+            && m.contains("maximum context length is 128 tokens")
+            && m.contains("--context"),
         "{m}"
     );
     // Streaming requests are refused the same way, before any event.
@@ -1318,9 +1320,40 @@ async fn text_completions_continue_a_raw_prompt() {
         .all(|m| m.as_object().unwrap().len() <= 2));
     assert_eq!(lp["text_offset"][0], 0);
 
+    // Two choices, whole and streamed: the same texts under their indexes.
+    let mut two = req.clone();
+    two["n"] = json!(2);
+    two["seed"] = json!(3);
+    two["temperature"] = json!(1.0);
+    let (s, _, b) = send(&app, post_json("/v1/completions", &two)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json_of(&b);
+    let texts: Vec<&str> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            assert_eq!(c["index"], i, "{b}");
+            c["text"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(texts.len(), 2, "{b}");
+    two["stream"] = json!(true);
+    let (_, _, b) = send(&app, post_json("/v1/completions", &two)).await;
+    let mut streamed = [String::new(), String::new()];
+    for d in sse_data(&b).iter().filter(|d| *d != "[DONE]") {
+        let c = &json_of(d)["choices"][0];
+        streamed[c["index"].as_u64().unwrap() as usize].push_str(c["text"].as_str().unwrap());
+    }
+    assert_eq!(
+        [streamed[0].as_str(), streamed[1].as_str()],
+        [texts[0], texts[1]]
+    );
+
     for (extra, param) in [
         (json!({"suffix": "end"}), "suffix"),
-        (json!({"n": 2}), "n"),
+        (json!({"n": 5}), "n"),
         (json!({"prompt": []}), "prompt"),
         (json!({"prompt": [4_000_000_000u32]}), "prompt"),
         (json!({"prompt": ["a", "b"]}), "prompt"),
@@ -1334,5 +1367,71 @@ async fn text_completions_continue_a_raw_prompt() {
         let (s, _, b) = send(&app, post_json("/v1/completions", &bad)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {b}");
         assert_eq!(error_of(&b)["param"], param, "{extra}: {b}");
+    }
+}
+
+#[tokio::test]
+async fn n_choices_are_generated_in_turn_and_share_the_prompt() {
+    let app = app();
+    let body = chat(json!({"n": 3, "seed": 7, "temperature": 1.0, "max_tokens": 8}));
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json_of(&b);
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{b}");
+    let mut generated = 0;
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i, "{b}");
+        assert!(c["finish_reason"].is_string(), "{b}");
+        assert!(c["message"]["content"].is_string(), "{b}");
+        // Choice i is the reply a one-choice request with seed 7 + i gets.
+        let one = chat(json!({"seed": 7 + i, "temperature": 1.0, "max_tokens": 8}));
+        let (_, _, b1) = send(&app, post_json("/v1/chat/completions", &one)).await;
+        let alone = json_of(&b1);
+        assert_eq!(
+            c["message"], alone["choices"][0]["message"],
+            "choice {i} differs from the same seed asked alone"
+        );
+        generated += alone["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    let u = &v["usage"];
+    assert_eq!(u["completion_tokens"].as_u64(), Some(generated), "{u}");
+    let p = u["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(u["total_tokens"].as_u64(), Some(p + generated), "{u}");
+
+    // Streamed: each choice's chunks carry its index, each ends with its finish reason, one
+    // usage chunk and one [DONE] end the stream, and the text is the plain reply's.
+    let body = chat(
+        json!({"n": 2, "seed": 7, "temperature": 1.0, "max_tokens": 8,
+        "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let (s, _, b) = send(&app, post_json("/v1/chat/completions", &body)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let data = sse_data(&b);
+    assert_eq!(data.iter().filter(|d| *d == "[DONE]").count(), 1, "{b}");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| json_of(d)).collect();
+    let mut texts = [String::new(), String::new()];
+    let mut finished = [0, 0];
+    let mut last_index = 0;
+    for c in &chunks[..chunks.len() - 1] {
+        let choice = &c["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        assert!(i >= last_index, "choices stream in turn: {b}");
+        last_index = i;
+        texts[i].push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        finished[i] += usize::from(choice["finish_reason"].is_string());
+    }
+    assert_eq!(finished, [1, 1], "{b}");
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(
+            Some(text.as_str()),
+            choices[i]["message"]["content"].as_str()
+        );
+    }
+    let usage = &chunks.last().unwrap()["usage"];
+    assert!(usage["completion_tokens"].as_u64().unwrap() >= 2, "{usage}");
+
+    for n in [0, 5] {
+        assert_refused(&app, "/v1/chat/completions", &chat(json!({ "n": n })), "n").await;
     }
 }

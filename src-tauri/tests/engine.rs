@@ -9,7 +9,7 @@ use smollm3_bot::engine::events::{ChatMessage, EngineEvent, FinishReason, Genera
 use smollm3_bot::engine::loader::LoadedModel;
 use smollm3_bot::engine::sampler::SamplingParams;
 use smollm3_bot::engine::worker::Engine;
-use smollm3_bot::engine::Constraint;
+use smollm3_bot::engine::{CallsOr, Constraint};
 use smollm3_bot::model::gguf::GgufFile;
 use smollm3_bot::model::synth::{self, Preset, Quant};
 use smollm3_bot::model::Logits;
@@ -500,6 +500,60 @@ fn a_constrained_answer_follows_free_reasoning() {
     }
 }
 
+/// Under `tool_choice: auto` the text is free, but a call the reply opens is held to the
+/// tools' schemas; a prefilled `<tool_call>` opens one (the constraint follows the prefix).
+/// A prefix the format cannot continue is a clear error, not a reply.
+#[test]
+fn a_call_the_reply_opens_is_held_to_its_schema() {
+    let mut core = core();
+    let functions = vec![serde_json::json!({"name": "get_weather", "parameters": {
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Oslo"]}, "days": {"type": "integer", "minimum": 1, "maximum": 3}},
+        "required": ["city", "days"], "additionalProperties": false}})];
+    let auto = Constraint::ToolCalls {
+        functions,
+        parallel: false,
+        instead: Some(CallsOr::Text),
+    };
+    for seed in 0..5 {
+        let mut req = request(vec![ChatMessage::new("user", "Weather?")], false, 250);
+        req.params.seed = Some(seed);
+        req.params.temperature = 1.0;
+        req.assistant_prefix = Some("Let me check.\n<tool_call>\n".into());
+        req.constraint = Some(auto.clone());
+        let events = run(&mut core, &req);
+        let (stats, _) = done(&events);
+        let text = answer(&events);
+        let call = text.split("</tool_call>").next().unwrap();
+        assert_ne!(
+            call, text,
+            "seed {seed}: the call is closed ({stats:?}): {text:?}"
+        );
+        let v: serde_json::Value = serde_json::from_str(call.trim())
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}: {text:?}"));
+        assert_eq!(v["name"], "get_weather", "{text}");
+        assert!(
+            matches!(v["arguments"]["city"].as_str(), Some("Paris" | "Oslo")),
+            "{text}"
+        );
+        assert!(
+            v["arguments"]["days"]
+                .as_i64()
+                .is_some_and(|d| (1..=3).contains(&d)),
+            "{text}"
+        );
+    }
+    let mut req = request(vec![ChatMessage::new("user", "Weather?")], false, 8);
+    req.assistant_prefix = Some("Sure, ".into());
+    req.constraint = Some(Constraint::JsonObject);
+    let events = run(&mut core, &req);
+    let failed = events.iter().any(|e| {
+        matches!(e, EngineEvent::Error { message }
+        if message.contains("the assistant message to continue does not fit"))
+    });
+    assert!(failed, "{events:?}");
+}
+
 /// An assistant prefix continues a reply: the model goes on from it, and the kept ids cover
 /// the prefix too, so the next turn reuses the whole exchange from the cache.
 #[test]
@@ -620,32 +674,50 @@ fn mask_speed() {
         "city": {"type": "string"}, "rank": {"type": "integer"},
         "tags": {"type": "array", "items": {"type": "string"}}},
         "required": ["city", "rank", "tags"], "additionalProperties": false});
-    let text = r#"{"city": "Paris in the spring", "rank": 12345, "tags": ["old", "river", "bridges and cafes"]}"#;
-    let ids = smollm3_bot::text::tokenizer::encode_plain(&tok_copy, text).expect("encode");
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        let mut g = c
-            .guide(
-                &Constraint::JsonSchema {
-                    schema: schema.clone(),
-                },
-                false,
-            )
-            .expect("compiles");
-        let mut logits = vec![0.0f32; n];
-        for &id in &ids {
-            let t = std::time::Instant::now();
-            g.mask(&mut logits).expect("mask");
-            g.advance(&[id]).expect("valid JSON is accepted");
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+    let json_text = r#"{"city": "Paris in the spring", "rank": 12345, "tags": ["old", "river", "bridges and cafes"]}"#;
+    // `tool_choice: auto`: free text, a call, free text again; every token is masked.
+    let weather = serde_json::json!({"name": "get_weather", "parameters": {"type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"], "additionalProperties": false}});
+    let auto_text = "Sure, I will look that up for you now, one moment please.\n<tool_call>\n\
+        {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 2}}\n\
+        </tool_call>\nThe call is made; the answer will follow when the tool replies.";
+    let cases = [
+        (
+            "json_schema",
+            Constraint::JsonSchema { schema },
+            json_text.to_string(),
+        ),
+        (
+            "tool_choice auto",
+            Constraint::ToolCalls {
+                functions: vec![weather],
+                parallel: true,
+                instead: Some(CallsOr::Text),
+            },
+            auto_text.to_string(),
+        ),
+    ];
+    for (name, constraint, text) in cases {
+        let ids = smollm3_bot::text::tokenizer::encode_plain(&tok_copy, &text).expect("encode");
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let mut g = c.guide(&constraint, false).expect("compiles");
+            let mut logits = vec![0.0f32; n];
+            for &id in &ids {
+                let t = std::time::Instant::now();
+                g.mask(&mut logits).expect("mask");
+                g.advance(&[id]).expect("the text fits the constraint");
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
         }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{name}: mask + advance per token over {} tokens: min {:.3} ms, median {:.3} ms, max {:.3} ms",
+            times.len(),
+            times[0],
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
     }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "mask + advance per token over {} tokens: min {:.3} ms, median {:.3} ms, max {:.3} ms",
-        times.len(),
-        times[0],
-        times[times.len() / 2],
-        times[times.len() - 1]
-    );
 }

@@ -14,7 +14,7 @@ use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
-use super::request::{Constraint, JobError};
+use super::request::{CallsOr, Constraint, JobError};
 use crate::text::detok::{vocabulary_bytes, TokenBytes};
 use crate::text::tokenizer::{self, SpecialTokens};
 
@@ -22,6 +22,10 @@ use crate::text::tokenizer::{self, SpecialTokens};
 /// short indent, or a space. Bounded so that a model cannot fill its reply with blanks (the
 /// unbounded JSON rule lets a weak model loop on spaces until `max_tokens`).
 const JSON_WHITESPACE: &str = r"(?:[ ]|\n[ \t]{0,16})";
+
+/// The most calls one reply may make: a weak model held to calls could otherwise call again
+/// and again until `max_tokens`.
+pub const MAX_CALLS: usize = 8;
 
 /// The constraint as an llguidance grammar (its Lark form).
 fn grammar_of(constraint: &Constraint) -> TopLevelGrammar {
@@ -32,23 +36,53 @@ fn grammar_of(constraint: &Constraint) -> TopLevelGrammar {
         Constraint::ToolCalls {
             functions,
             parallel,
-        } => {
-            let calls: Vec<Value> = functions.iter().map(call_schema).collect();
-            let body = if calls.len() == 1 {
-                calls[0].clone()
-            } else {
-                json!({ "anyOf": calls })
-            };
-            let more = if *parallel { "(NL? call)*" } else { "" };
+            instead,
+        } => calls_grammar(functions, *parallel, instead.as_ref()),
+    };
+    TopLevelGrammar::from_lark(lark)
+}
+
+/// Calls of `functions` as SmolLM3 writes them: `<tool_call>`, a line break, the call's
+/// JSON, a line break, `</tool_call>`; or, when the model calls nothing, the answer
+/// `instead` allows.
+///
+/// With text allowed, the text is one of two lexemes: `before_call`, which ends lazily at
+/// the first `<tool_call>` (the opening is part of it, so a token may carry both text and
+/// the opening), or `TEXT`, which never contains the opening and may end the reply. Until
+/// the model writes the opening both stay possible and nothing is masked; from then on the
+/// call's JSON is held to the functions' schemas.
+fn calls_grammar(functions: &[Value], parallel: bool, instead: Option<&CallsOr>) -> String {
+    let calls: Vec<Value> = functions.iter().map(call_schema).collect();
+    let body = if calls.len() == 1 {
+        calls[0].clone()
+    } else {
+        json!({ "anyOf": calls })
+    };
+    let max = if parallel { MAX_CALLS } else { 1 };
+    let more = if max > 1 {
+        format!("(NL? \"<tool_call>\" call_rest){{0,{}}}", max - 1)
+    } else {
+        String::new()
+    };
+    let only_calls = format!("NL? \"<tool_call>\" call_rest {more}");
+    let start = match instead {
+        None => format!("start: {only_calls}"),
+        Some(CallsOr::Text) => format!("start: TEXT | (before_call call_rest){{1,{max}}} TEXT"),
+        Some(CallsOr::Json { schema }) => {
             format!(
-                "start: NL? call {more}\n\
-                     call: \"<tool_call>\" NL? {} NL? \"</tool_call>\"\n\
-                     NL: /[ \\n]{{1,2}}/\n",
-                json_rule(&body)
+                "start: NL? answer | {only_calls}\nanswer: {}",
+                json_rule(schema)
             )
         }
     };
-    TopLevelGrammar::from_lark(lark)
+    format!(
+        "{start}\n\
+         call_rest: NL? {} NL? \"</tool_call>\"\n\
+         before_call[suffix=\"<tool_call>\"]: /(.|\\n)*/\n\
+         TEXT: /(.|\\n)*/ & ~/(.|\\n)*<tool_call>(.|\\n)*/\n\
+         NL: /[ \\n]{{1,2}}/\n",
+        json_rule(&body)
+    )
 }
 
 /// A grammar whose start is JSON valid against `schema`.
@@ -236,6 +270,19 @@ impl Guide {
     /// constraint waits for `</think>`.
     pub fn begin_in_reasoning(&mut self) {
         self.phase = Phase::Reasoning;
+    }
+
+    /// Follows the answer text of the assistant message the reply continues (`ids`, its
+    /// tokens), after a reasoning it `closed` or with none: the constraint holds from the
+    /// reply's true start, the prefix included.
+    pub fn follow_prefix(&mut self, ids: &[u32], closed: bool) -> Result<(), JobError> {
+        if closed || !ids.is_empty() {
+            self.phase = Phase::Held;
+        }
+        self.matcher
+            .consume_tokens(ids)
+            .map(|_| ())
+            .map_err(|e| JobError::Constraint(reason_of(&e.to_string())))
     }
 
     /// Sets the logit of every token the constraint does not allow next to −∞.
@@ -433,6 +480,7 @@ mod tests {
         let constraint = Constraint::ToolCalls {
             functions,
             parallel: false,
+            instead: None,
         };
         let mut finished = 0;
         for seed in 0..10 {
@@ -456,6 +504,151 @@ mod tests {
             }
         }
         assert!(finished >= 7, "only {finished} of 10 random calls finished");
+    }
+
+    fn weather_functions() -> Vec<Value> {
+        vec![json!({"name": "get_w", "parameters": {"type": "object",
+            "properties": {"d": {"type": "integer", "minimum": 1, "maximum": 7}},
+            "required": ["d"], "additionalProperties": false}})]
+    }
+
+    /// Draws allowed tokens at random until the reply holds `until`; returns the text.
+    fn draw_until(c: &Constrainer, g: &mut Guide, seed: u64, until: &str) -> String {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut ids = Vec::new();
+        for _ in 0..400 {
+            let mut logits: Vec<f32> = (0..c.n_vocab).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            g.mask(&mut logits).expect("mask");
+            let allowed: Vec<usize> = (0..logits.len())
+                .filter(|&i| logits[i].is_finite() && !c.specials.eos.contains(&(i as u32)))
+                .collect();
+            let next = allowed[rng.gen_range(0..allowed.len())] as u32;
+            ids.push(next);
+            g.advance(&[next]).expect("an allowed token is accepted");
+            let text = tokenizer::decode(&c.tokenizer, &ids).expect("decode");
+            if text.contains(until) {
+                return text;
+            }
+        }
+        panic!("no {until:?} in 400 tokens")
+    }
+
+    #[test]
+    fn with_text_only_the_calls_the_model_opens_are_held() {
+        let c = tiny();
+        let constraint = Constraint::ToolCalls {
+            functions: weather_functions(),
+            parallel: false,
+            instead: Some(CallsOr::Text),
+        };
+        let plain = |t: &str| tokenizer::encode_plain(&c.tokenizer, t).expect("encode");
+        let letter = plain("a")[0];
+        for seed in 0..5 {
+            let mut g = c.guide(&constraint, false).expect("compiles");
+            // Free text: nothing is masked but the end-of-reply tokens' neighbours.
+            let mut logits = vec![0.0f32; c.n_vocab];
+            g.mask(&mut logits).expect("mask");
+            assert!(
+                logits[letter as usize].is_finite(),
+                "text may start the reply"
+            );
+            // The opening arrives glued to text and to the JSON's first byte in one piece
+            // of text, split wherever the tokenizer splits it.
+            g.advance(&plain("Let me look.<tool_call>\n{"))
+                .expect("text, then the opening, then JSON");
+            let mut logits = vec![0.0f32; c.n_vocab];
+            g.mask(&mut logits).expect("mask");
+            assert!(
+                !logits[letter as usize].is_finite(),
+                "inside the call only JSON"
+            );
+            let rest = draw_until(&c, &mut g, seed, "</tool_call>");
+            let json_text = format!("{{{}", rest.split("</tool_call>").next().unwrap());
+            let v: Value = serde_json::from_str(json_text.trim())
+                .unwrap_or_else(|e| panic!("{e}: {json_text:?}"));
+            assert_eq!(v["name"], "get_w", "{json_text}");
+            let d = v["arguments"]["d"].as_i64().expect("d is an integer");
+            assert!((1..=7).contains(&d), "{json_text}");
+            // After the call the text is free again, but a second call may not open.
+            let mut logits = vec![0.0f32; c.n_vocab];
+            g.mask(&mut logits).expect("mask");
+            assert!(logits[letter as usize].is_finite(), "text after the call");
+            let opening = plain(" <tool_call>");
+            assert!(
+                g.advance(&opening).is_err(),
+                "one call only without parallel calls"
+            );
+        }
+    }
+
+    #[test]
+    fn parallel_calls_are_capped() {
+        let c = tiny();
+        let plain = |t: &str| tokenizer::encode_plain(&c.tokenizer, t).expect("encode");
+        let call = "<tool_call>\n{\"name\": \"get_w\", \"arguments\": {\"d\": 2}}\n</tool_call>";
+        for instead in [None, Some(CallsOr::Text)] {
+            let with_text = instead.is_some();
+            let constraint = Constraint::ToolCalls {
+                functions: weather_functions(),
+                parallel: true,
+                instead,
+            };
+            let mut g = c.guide(&constraint, false).expect("compiles");
+            for n in 0..MAX_CALLS {
+                g.advance(&plain(&format!("\n{call}")))
+                    .unwrap_or_else(|e| panic!("call {n} refused: {e}"));
+            }
+            assert!(
+                g.advance(&plain(&format!("\n{call}"))).is_err(),
+                "call {} refused (with text: {with_text})",
+                MAX_CALLS + 1
+            );
+        }
+    }
+
+    #[test]
+    fn beside_a_json_answer_the_reply_is_that_json_or_calls() {
+        let c = tiny();
+        let constraint = Constraint::ToolCalls {
+            functions: weather_functions(),
+            parallel: false,
+            instead: Some(CallsOr::Json {
+                schema: json!({"type": "object", "properties": {"ok": {"type": "boolean"}},
+                    "required": ["ok"], "additionalProperties": false}),
+            }),
+        };
+        let plain = |t: &str| tokenizer::encode_plain(&c.tokenizer, t).expect("encode");
+        let mut g = c.guide(&constraint, false).expect("compiles");
+        assert!(g.advance(&plain("Sure")).is_err(), "no free text");
+        let mut g = c.guide(&constraint, false).expect("compiles");
+        g.advance(&plain("{\"ok\": true}")).expect("the answer");
+        let mut g = c.guide(&constraint, false).expect("compiles");
+        g.advance(&plain(
+            "<tool_call>\n{\"name\": \"get_w\", \"arguments\": {\"d\": 3}}",
+        ))
+        .expect("a call");
+        let (mut answers, mut calls) = (0, 0);
+        for seed in 0..20 {
+            let mut g = c.guide(&constraint, false).expect("compiles");
+            let Some(text) = random_reply(&c, &mut g, seed, 400) else {
+                continue;
+            };
+            let text = text.trim();
+            if let Some(call) = text.strip_prefix("<tool_call>") {
+                let call = call.strip_suffix("</tool_call>").expect("a closed call");
+                let v: Value = serde_json::from_str(call).expect("the call is JSON");
+                assert_eq!(v["name"], "get_w", "{text}");
+                calls += 1;
+            } else {
+                let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+                assert!(v["ok"].is_boolean(), "{text}");
+                answers += 1;
+            }
+        }
+        assert!(
+            answers + calls >= 14,
+            "{answers} answers and {calls} calls of 20"
+        );
     }
 
     #[test]

@@ -231,9 +231,22 @@ impl EngineCore {
             // The splitter must know where the prefix leaves the reply (e.g. inside the
             // reasoning); its text is the caller's, so nothing of it is streamed.
             let _ = splitter.push(text);
-            if splitter.in_reasoning() {
-                if let Some(g) = guide.as_mut() {
+            if let Some(g) = guide.as_mut() {
+                if splitter.in_reasoning() {
                     g.begin_in_reasoning();
+                } else {
+                    // The prefix's answer is the reply's start: the constraint follows it,
+                    // so a prefilled `<tool_call>` or `{` is continued as the grammar says.
+                    let closed = text.contains("</think>");
+                    let answer = text.rsplit_once("</think>").map_or(text, |(_, a)| a);
+                    let ids = tokenizer::encode_plain(&self.loaded.tokenizer, answer)
+                        .map_err(|e| JobError::Model(e.to_string()))?;
+                    g.follow_prefix(&ids, closed).map_err(|e| {
+                        JobError::Constraint(format!(
+                            "the assistant message to continue does not fit the reply's \
+                             format: {e}"
+                        ))
+                    })?;
                 }
             }
         }

@@ -20,6 +20,6 @@ pub use self::core::EngineOptions;
 pub use events::{ChatMessage, EngineEvent, FinishReason, GenerationStats};
 pub use generator::{CancelToken, Generator, JobHandle, NoModel, Quote};
 pub use prompter::Prompter;
-pub use request::{Constraint, GenerateRequest, JobError};
+pub use request::{CallsOr, Constraint, GenerateRequest, JobError};
 pub use sampler::SamplingParams;
 pub use worker::Engine;

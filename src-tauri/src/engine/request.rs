@@ -84,14 +84,33 @@ pub enum Constraint {
         /// The JSON Schema.
         schema: Value,
     },
-    /// Calls only: `<tool_call>{"name": …, "arguments": …}</tool_call>` blocks as SmolLM3
-    /// writes them, each naming one of `functions` (`{"name", "parameters"}`) with arguments
-    /// valid against its parameters (`tool_choice: required`, or a named function).
+    /// `<tool_call>{"name": …, "arguments": …}</tool_call>` blocks as SmolLM3 writes them,
+    /// each naming one of `functions` (`{"name", "parameters"}`) with arguments valid
+    /// against its parameters. `instead` says what the reply may be when the model calls
+    /// nothing: without it the reply is calls only, at least one (`tool_choice: required`,
+    /// or a named function); otherwise the model chooses (`tool_choice: auto`).
     ToolCalls {
         /// The functions a call may name.
         functions: Vec<Value>,
         /// Whether more than one call may follow the first.
         parallel: bool,
+        /// The answer the model may give instead of calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instead: Option<CallsOr>,
+    },
+}
+
+/// What a reply held to tool calls may be when it makes no call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CallsOr {
+    /// Free text, which may also hold calls among it (the calls are held to their schemas).
+    Text,
+    /// JSON valid against `schema` (`response_format` beside `tool_choice: auto`): the
+    /// reply is either that JSON or calls.
+    Json {
+        /// The JSON Schema of the answer.
+        schema: Value,
     },
 }
 

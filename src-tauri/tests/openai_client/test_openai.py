@@ -109,6 +109,138 @@ def check_forced_tool_calls(client: OpenAI, model: str) -> None:
     print(f"tool_choice: {calls} forced calls valid, streamed {len(streamed)}, named {call.function.arguments}")
 
 
+def check_auto_tools_and_choices(client: OpenAI, model: str) -> None:
+    """tool_choice `auto` (the default): any call the model makes validates; `n` choices
+    arrive with their indexes, whole and streamed."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                                               "parameters": WeatherArgs.model_json_schema()}}]
+    tools[0]["function"]["parameters"]["additionalProperties"] = False
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    calls = 0
+    for seed in range(20):
+        done = client.chat.completions.create(
+            model=model, messages=messages, tools=tools, seed=seed, max_tokens=120
+        )
+        choice = done.choices[0]
+        assert choice.finish_reason in ("stop", "length", "tool_calls"), (seed, choice)
+        for call in choice.message.tool_calls or []:
+            assert call.function.name == "get_weather", call
+            WeatherArgs.model_validate_json(call.function.arguments)
+            calls += 1
+    many = client.chat.completions.create(
+        model=model, messages=messages, n=3, seed=5, max_tokens=12, temperature=1.0
+    )
+    assert [c.index for c in many.choices] == [0, 1, 2], many
+    assert all(isinstance(c.message.content, str) for c in many.choices), many
+    texts = {}
+    stream = client.chat.completions.create(
+        model=model, messages=messages, n=2, seed=5, max_tokens=12, temperature=1.0, stream=True
+    )
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+    assert texts == {0: many.choices[0].message.content, 1: many.choices[1].message.content}, texts
+    print(f"tool_choice auto: 20 replies, {calls} calls, all valid; n=3 choices, n=2 streamed alike")
+
+
+def check_responses(client: OpenAI, model: str) -> None:
+    """The Responses API (POST /v1/responses): text, items, forced calls, the client's own
+    parsers, raw and helper streams, refusals. Raw bodies and events are validated strictly
+    against the client's pydantic types."""
+    if not hasattr(client, "responses"):
+        print("responses: SKIPPED, this openai client predates the Responses API")
+        return
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    # Text; the raw body validates strictly against the client's own model.
+    raw = client.responses.with_raw_response.create(
+        model=model, input="Say hello.", instructions="Be brief.", max_output_tokens=8, temperature=0)
+    strict = Response.model_validate_json(raw.text)
+    r = raw.parse()
+    assert r.object == "response" and r.id.startswith("resp_") and strict.id == r.id, r
+    assert r.status in ("completed", "incomplete"), r
+    if r.status == "incomplete":
+        assert r.incomplete_details.reason == "max_output_tokens", r
+    [msg] = [o for o in r.output if o.type == "message"]
+    assert r.output_text == msg.content[0].text, r
+    u = r.usage
+    assert u.total_tokens == u.input_tokens + u.output_tokens and 1 <= u.output_tokens <= 8, u
+    assert r.instructions == "Be brief." and r.max_output_tokens == 8, r
+    print(f"responses: {r.status}, {u.input_tokens}+{u.output_tokens} tokens, {r.output_text!r}")
+
+    # A forced call, its arguments valid; then the call and its result sent back as items.
+    tools = [{"type": "function", "name": "get_weather", "description": "Weather", "strict": True,
+              "parameters": {**WeatherArgs.model_json_schema(), "additionalProperties": False}}]
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for seed in range(10):
+        raw = client.responses.with_raw_response.create(
+            model=model, input=question, tools=tools, tool_choice="required", parallel_tool_calls=False,
+            max_output_tokens=300, temperature=1.0, extra_body={"seed": seed})
+        Response.model_validate_json(raw.text)
+        called = raw.parse()
+        assert called.status == "completed", called
+        [call] = [o for o in called.output if o.type == "function_call"]
+        assert call.name == "get_weather" and call.call_id.startswith("call_"), call
+        WeatherArgs.model_validate_json(call.arguments)
+    back = question + [o.to_dict() for o in called.output] + [
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18 C and sunny"}]
+    after = client.responses.create(model=model, input=back, tools=tools, max_output_tokens=6)
+    assert after.status in ("completed", "incomplete") and after.usage.input_tokens > called.usage.input_tokens
+    print(f"responses tools: 10 forced calls valid, e.g. {call.arguments}; round trip answered")
+
+    # The client's own parsers: a pydantic text_format, and a pydantic function tool.
+    for seed in range(10):
+        parsed = client.responses.parse(model=model, input="Describe a place as JSON.", text_format=Place,
+                                        max_output_tokens=300, extra_body={"seed": seed})
+        assert parsed.status == "completed", parsed
+        assert isinstance(parsed.output_parsed, Place), parsed
+    fn = client.responses.parse(model=model, input=question, max_output_tokens=300, tool_choice="required",
+                                parallel_tool_calls=False,
+                                tools=[openai.pydantic_function_tool(WeatherArgs, name="get_weather")])
+    [call] = [o for o in fn.output if o.type == "function_call"]
+    assert isinstance(call.parsed_arguments, WeatherArgs), call
+    print(f"responses.parse: 10 Place replies validated, e.g. {parsed.output_text!r}; {call.parsed_arguments!r}")
+
+    # A raw event stream, in order, ending with the whole response.
+    events = list(client.responses.create(model=model, input="Say hello.", instructions="Be brief.", max_output_tokens=8,
+                                          temperature=0, stream=True))
+    for e in events:  # every event validates strictly against the client's own types
+        TypeAdapter(ResponseStreamEvent).validate_python(e.to_dict())
+    seqs = [e.sequence_number for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"], events[:2]
+    end = events[-1]
+    assert end.type in ("response.completed", "response.incomplete"), end
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == end.response.output_text == r.output_text, (text, r.output_text)
+    # The stream helper: structured output and a forced call, each to get_final_response().
+    with client.responses.stream(model=model, input="Describe a place as JSON.", text_format=Place,
+                                 max_output_tokens=300, extra_body={"seed": 1}) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert kinds[-1] == "response.completed" and isinstance(final.output_parsed, Place), (kinds, final)
+    with client.responses.stream(model=model, input=question, tools=tools, tool_choice="required",
+                                 parallel_tool_calls=False, max_output_tokens=300) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert "response.function_call_arguments.done" in kinds, kinds
+    [call] = [o for o in final.output if o.type == "function_call"]
+    WeatherArgs.model_validate_json(call.arguments)
+    print(f"responses stream: {len(events)} events; helper streams ended with {final.status} responses")
+
+    # What needs stored state or hosted tools is refused by name.
+    for kwargs, name in [({"previous_response_id": "resp_1"}, "previous_response_id"),
+                         ({"store": True}, "store"),
+                         ({"tools": [{"type": "web_search"}]}, "web_search")]:
+        try:
+            client.responses.create(model=model, input="Hi", max_output_tokens=2, **kwargs)
+            raise AssertionError(f"{name} was accepted")
+        except openai.BadRequestError as e:
+            assert name in str(e), e
+    print("responses errors: 400 for previous_response_id, store, web_search")
+
+
 def main() -> int:
     base_url, model = sys.argv[1], sys.argv[2]
     client = OpenAI(base_url=base_url, api_key="not-needed-on-loopback", max_retries=0, timeout=120)
@@ -184,6 +316,8 @@ def main() -> int:
 
     check_structured_output(client, model)
     check_forced_tool_calls(client, model)
+    check_auto_tools_and_choices(client, model)
+    check_responses(client, model)
 
     # Text completion with the client's legacy API.
     done = client.completions.create(model=model, prompt="Once upon a time", max_tokens=3, temperature=0)

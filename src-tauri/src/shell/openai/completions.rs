@@ -1,12 +1,15 @@
 //! `POST /v1/completions`: OpenAI's legacy text completion, used by code-completion plugins
 //! and scripts that build their own prompts. The prompt is taken as it is (a string, tokenized
 //! with control-token text read as those tokens, or token ids), with no chat template; the
-//! reply continues it. `suffix` (fill in the middle) and `best_of` above 1 are refused: this
-//! model was not trained for the one, and the other would multiply the work unseen.
+//! reply continues it. `n` choices are generated one after the other, as for chat. `suffix`
+//! (fill in the middle) and `best_of` above 1 are refused: this model was not trained for the
+//! one, and the other would multiply the work unseen.
 
+use super::plan::MAX_CHOICES;
+use super::stream::{total_usage, Choices, Running};
 use super::wire::{finish_reason, usage, ApiError, SamplingFields, Stop};
-use super::{body_of, check_model, check_prompt, client_of, start, ApiState};
-use crate::engine::{EngineEvent, GenerateRequest};
+use super::{body_of, check_model, check_prompt, client_of, ApiState};
+use crate::engine::{EngineEvent, GenerateRequest, GenerationStats};
 use crate::shell::guard::ClientAddr;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -105,8 +108,14 @@ fn plan(
             "suffix (fill in the middle) is not supported: SmolLM3 was not trained for it",
         ));
     }
-    if req.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::bad_request(Some("n"), "only n = 1 is supported"));
+    if req
+        .n
+        .is_some_and(|n| !(1..=MAX_CHOICES as i64).contains(&n))
+    {
+        return Err(ApiError::bad_request(
+            Some("n"),
+            format!("n must be from 1 to {MAX_CHOICES}; the choices are generated in turn"),
+        ));
     }
     if req.best_of.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request(
@@ -198,7 +207,14 @@ pub(super) async fn completions(
     let (request, echo) = plan(&st, &req)?;
     check_prompt(&st, &request, "prompt").await?;
     let asked_logprobs = request.logprobs.is_some();
-    let mut job = start(&st, &client_of(addr), request)?;
+    let choices = Choices {
+        state: st.clone(),
+        client: client_of(addr),
+        request,
+        n: req.n.map_or(1, |n| n as usize),
+    };
+    // The first job is admitted before anything is sent, so a busy server answers 503.
+    let first = choices.start(0)?;
     let id = format!(
         "cmpl-{}",
         &super::wire::completion_id()["chatcmpl-".len()..]
@@ -208,41 +224,23 @@ pub(super) async fn completions(
     let object = move |choice: Value| json!({ "id": id, "object": "text_completion", "created": created, "model": model, "choices": [choice] });
 
     if !req.stream.unwrap_or(false) {
-        let mut text = echo.unwrap_or_default();
-        let offset = text.len();
-        let mut entries = Vec::new();
-        while let Some(ev) = job.handle.events.recv().await {
-            match ev {
-                EngineEvent::Answer { text: t } | EngineEvent::Reasoning { text: t } => {
-                    text.push_str(&t)
-                }
-                EngineEvent::Logprob {
-                    token,
-                    logprob,
-                    top,
-                } => entries.push((token, logprob, top)),
-                EngineEvent::Done { stats, .. } => {
-                    job.finish();
-                    let mut body = object(json!({
-                        "text": text,
-                        "index": 0,
-                        "logprobs": asked_logprobs.then(|| legacy_logprobs(&entries, offset)),
-                        "finish_reason": finish_reason(stats.finish_reason),
-                    }));
-                    body["usage"] = usage(&stats);
-                    return Ok(Json(body).into_response());
-                }
-                EngineEvent::Error { message } => {
-                    job.finish();
-                    return Err(ApiError::from_engine_message(message));
-                }
-                EngineEvent::Queued { .. } | EngineEvent::Started { .. } => {}
-            }
+        let mut out = Vec::new();
+        let mut total = None;
+        let mut job = Some(first);
+        for index in 0..choices.n {
+            let running = match job.take() {
+                Some(j) => j,
+                None => choices.start(index)?,
+            };
+            let (choice, stats) =
+                whole_choice(running, index, echo.as_deref(), asked_logprobs).await?;
+            out.push(choice);
+            total_usage(&mut total, &stats);
         }
-        job.finish();
-        return Err(ApiError::engine(
-            "the engine stopped before the reply was complete",
-        ));
+        let mut body = object(Value::Null);
+        body["choices"] = Value::Array(out);
+        body["usage"] = usage(&total.unwrap_or_default());
+        return Ok(Json(body).into_response());
     }
 
     let include_usage = req
@@ -250,83 +248,166 @@ pub(super) async fn completions(
         .as_ref()
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
+    // The echoed prompt opens each choice.
+    let opening = move |index: usize| {
+        echo.as_ref()
+            .filter(|e| !e.is_empty())
+            .map(|e| json!({ "text": e, "index": index, "logprobs": null, "finish_reason": null }))
+    };
     let mut pending = VecDeque::new();
-    if let Some(e) = echo.filter(|e| !e.is_empty()) {
-        pending.push_back(
-            object(json!({ "text": e, "index": 0, "logprobs": null, "finish_reason": null }))
-                .to_string(),
-        );
+    if let Some(c) = opening(0) {
+        pending.push_back(object(c).to_string());
     }
-    let state = (job, pending, Vec::new(), false);
-    let events = stream::unfold(
-        state,
-        move |(mut job, mut pending, mut entries, mut ended)| {
-            let object = object.clone();
-            async move {
-                loop {
-                    if let Some(data) = pending.pop_front() {
-                        return Some((
-                            Ok::<_, std::convert::Infallible>(Event::default().data(data)),
-                            (job, pending, entries, ended),
-                        ));
-                    }
-                    if ended {
-                        return None;
-                    }
-                    match job.handle.events.recv().await {
-                        Some(EngineEvent::Answer { text } | EngineEvent::Reasoning { text }) => {
-                            let logprobs = asked_logprobs
-                                .then(|| legacy_logprobs(&std::mem::take(&mut entries), 0));
-                            pending.push_back(
-                            object(json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": null }))
+    let state = StreamState {
+        job: first,
+        choices,
+        index: 0,
+        total: None,
+        pending,
+        entries: Vec::new(),
+        ended: false,
+    };
+    let events = stream::unfold(state, move |mut s| {
+        let object = object.clone();
+        let opening = opening.clone();
+        async move {
+            loop {
+                if let Some(data) = s.pending.pop_front() {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(Event::default().data(data)),
+                        s,
+                    ));
+                }
+                if s.ended {
+                    return None;
+                }
+                let index = s.index;
+                match s.job.handle.events.recv().await {
+                    Some(EngineEvent::Answer { text } | EngineEvent::Reasoning { text }) => {
+                        let logprobs = asked_logprobs
+                            .then(|| legacy_logprobs(&std::mem::take(&mut s.entries), 0));
+                        s.pending.push_back(
+                            object(json!({ "text": text, "index": index, "logprobs": logprobs, "finish_reason": null }))
                                 .to_string(),
                         );
-                        }
-                        Some(EngineEvent::Logprob {
-                            token,
-                            logprob,
-                            top,
-                        }) => entries.push((token, logprob, top)),
-                        Some(EngineEvent::Done { stats, .. }) => {
-                            job.finish();
-                            pending.push_back(
-                                object(json!({ "text": "", "index": 0, "logprobs": null,
+                    }
+                    Some(EngineEvent::Logprob {
+                        token,
+                        logprob,
+                        top,
+                    }) => s.entries.push((token, logprob, top)),
+                    Some(EngineEvent::Done { stats, .. }) => {
+                        s.job.finish();
+                        s.pending.push_back(
+                            object(json!({ "text": "", "index": index, "logprobs": null,
                                 "finish_reason": finish_reason(stats.finish_reason) }))
-                                .to_string(),
-                            );
-                            if include_usage {
-                                let mut u = object(json!(null));
-                                u["choices"] = json!([]);
-                                u["usage"] = usage(&stats);
-                                pending.push_back(u.to_string());
+                            .to_string(),
+                        );
+                        total_usage(&mut s.total, &stats);
+                        if index + 1 < s.choices.n {
+                            match s.choices.start(index + 1) {
+                                Ok(next) => {
+                                    s.job = next;
+                                    s.index = index + 1;
+                                    if let Some(c) = opening(index + 1) {
+                                        s.pending.push_back(object(c).to_string());
+                                    }
+                                }
+                                Err(e) => s.fail(e),
                             }
-                            pending.push_back("[DONE]".into());
-                            ended = true;
+                            continue;
                         }
-                        Some(EngineEvent::Error { message }) => {
-                            job.finish();
-                            pending.push_back(
-                                ApiError::from_engine_message(message).body().to_string(),
-                            );
-                            pending.push_back("[DONE]".into());
-                            ended = true;
+                        if include_usage {
+                            let mut u = object(json!(null));
+                            u["choices"] = json!([]);
+                            u["usage"] = usage(&s.total.clone().unwrap_or_default());
+                            s.pending.push_back(u.to_string());
                         }
-                        Some(EngineEvent::Queued { .. } | EngineEvent::Started { .. }) => {}
-                        None => {
-                            job.finish();
-                            let e = ApiError::engine(
-                                "the engine stopped before the reply was complete",
-                            );
-                            pending.push_back(e.body().to_string());
-                            pending.push_back("[DONE]".into());
-                            ended = true;
-                        }
+                        s.pending.push_back("[DONE]".into());
+                        s.ended = true;
+                    }
+                    Some(EngineEvent::Error { message }) => {
+                        s.job.finish();
+                        s.fail(ApiError::from_engine_message(message));
+                    }
+                    Some(EngineEvent::Queued { .. } | EngineEvent::Started { .. }) => {}
+                    None => {
+                        s.job.finish();
+                        s.fail(ApiError::engine(
+                            "the engine stopped before the reply was complete",
+                        ));
                     }
                 }
             }
-        },
-    );
+        }
+    });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// A streamed completion as it goes.
+struct StreamState {
+    job: Running,
+    choices: Choices,
+    /// The choice being streamed.
+    index: usize,
+    /// The usage of the choices done so far.
+    total: Option<GenerationStats>,
+    pending: VecDeque<String>,
+    /// Logprob entries of tokens whose text has not been sent yet.
+    entries: Vec<Entry>,
+    ended: bool,
+}
+
+impl StreamState {
+    /// An error in OpenAI's shape, then the end of the stream.
+    fn fail(&mut self, e: ApiError) {
+        self.pending.push_back(e.body().to_string());
+        self.pending.push_back("[DONE]".into());
+        self.ended = true;
+    }
+}
+
+/// One choice read to its end: its `choices[]` entry and the job's figures.
+async fn whole_choice(
+    mut job: Running,
+    index: usize,
+    echo: Option<&str>,
+    asked_logprobs: bool,
+) -> Result<(Value, GenerationStats), ApiError> {
+    let mut text = echo.unwrap_or_default().to_string();
+    let offset = text.len();
+    let mut entries = Vec::new();
+    while let Some(ev) = job.handle.events.recv().await {
+        match ev {
+            EngineEvent::Answer { text: t } | EngineEvent::Reasoning { text: t } => {
+                text.push_str(&t)
+            }
+            EngineEvent::Logprob {
+                token,
+                logprob,
+                top,
+            } => entries.push((token, logprob, top)),
+            EngineEvent::Done { stats, .. } => {
+                job.finish();
+                let choice = json!({
+                    "text": text,
+                    "index": index,
+                    "logprobs": asked_logprobs.then(|| legacy_logprobs(&entries, offset)),
+                    "finish_reason": finish_reason(stats.finish_reason),
+                });
+                return Ok((choice, stats));
+            }
+            EngineEvent::Error { message } => {
+                job.finish();
+                return Err(ApiError::from_engine_message(message));
+            }
+            EngineEvent::Queued { .. } | EngineEvent::Started { .. } => {}
+        }
+    }
+    job.finish();
+    Err(ApiError::engine(
+        "the engine stopped before the reply was complete",
+    ))
 }

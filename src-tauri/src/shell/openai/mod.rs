@@ -1,19 +1,23 @@
 //! The OpenAI-compatible HTTP API over the engine: `POST /v1/chat/completions` (plain and
 //! streamed), `GET /v1/models`, `GET /health`, and llama.cpp's `/tokenize` and `/detokenize`. This module only translates: [`wire`] holds the
 //! wire format, [`plan`] turns a request into the engine's, [`stream`] turns the job's events
-//! back into a response. Thinking is off for API requests unless a request asks for it.
+//! back into a response; [`responses`] does both for OpenAI's Responses API
+//! (`POST /v1/responses`) over the same plan. Thinking is off for API requests unless a
+//! request asks for it.
 //!
 //! The API keeps no memory of earlier requests: each one carries its whole conversation, and
 //! the engine reuses whatever KV cache shares the longest start with its prompt.
 
 mod completions;
 mod plan;
+mod responses;
 mod stream;
 mod tokens;
 mod tool_calls;
 mod wire;
 
 pub use plan::{parse_request, Plan};
+pub use responses::parse_request as parse_responses_request;
 pub use wire::{assistant_message, chunk, delta_for, finish_reason, usage, ApiError};
 
 use super::guard::{error_response, ClientAddr, DEFAULT_MAX_BODY_BYTES};
@@ -30,7 +34,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use stream::{Meta, Running};
+use stream::{Choices, Meta, Running};
 use wire::{completion_id, unknown_model, ChatRequest};
 
 /// Settings of the API.
@@ -147,9 +151,10 @@ impl ApiState {
 
 /// Paths of the API outside `/v1`: clients given a base URL without `/v1` (as some setups
 /// ask for) reach the same handlers, and get JSON, never the browser UI's HTML.
-const UNVERSIONED: [&str; 6] = [
+const UNVERSIONED: [&str; 7] = [
     "/chat/completions",
     "/completions",
+    "/responses",
     "/models",
     "/models/{id}",
     "/tokenize",
@@ -172,6 +177,10 @@ pub fn api_router(state: ApiState) -> Router {
             .route(
                 &format!("{prefix}/completions"),
                 post(completions::completions).fallback(method_not_allowed),
+            )
+            .route(
+                &format!("{prefix}/responses"),
+                post(responses::responses).fallback(method_not_allowed),
             )
             .route(
                 &format!("{prefix}/models"),
@@ -380,8 +389,11 @@ async fn check_prompt(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 "context_length_exceeded",
+                // Worded so that clients recognise a full context from the text alone (litellm
+                // looks for "prompt is too long", langchain-openai for the code).
                 format!(
-                    "the prompt has {prompt_tokens} tokens but the context holds {context}; \
+                    "the prompt is too long (context_length_exceeded): it has {prompt_tokens} \
+                     tokens and this model's maximum context length is {context} tokens; \
                      shorten the {param} or start the server with a larger --context"
                 ),
             )
@@ -392,21 +404,38 @@ async fn check_prompt(
 
 /// 400 naming `field` when the reply's constraint cannot be compiled (a schema feature the
 /// grammar engine lacks); compiled off the async workers (the first call builds the
-/// vocabulary tables).
+/// vocabulary tables). Under `tool_choice: auto` a tool whose parameters cannot be compiled
+/// only loses the hold on its arguments (the reply goes unconstrained, as before tools were
+/// held), so a client that never asked for constraints is not refused for one.
 async fn check_constraint(
     st: &ApiState,
-    constraint: &crate::engine::Constraint,
+    constraint: &mut Option<crate::engine::Constraint>,
     field: &str,
 ) -> Result<(), ApiError> {
+    let Some(owned) = constraint.clone() else {
+        return Ok(());
+    };
     let engine = st.0.engine.clone();
-    let owned = constraint.clone();
-    tokio::task::spawn_blocking(move || engine.check_constraint(&owned))
+    let lenient = matches!(
+        owned,
+        crate::engine::Constraint::ToolCalls {
+            instead: Some(crate::engine::CallsOr::Text),
+            ..
+        }
+    );
+    let checked = tokio::task::spawn_blocking(move || engine.check_constraint(&owned))
         .await
-        .map_err(|e| ApiError::engine(format!("constraint check failed: {e}")))?
-        .map_err(|e| match e {
-            JobError::Constraint(_) => ApiError::bad_request(Some(field), e.to_string()),
-            other => ApiError::engine(other.to_string()),
-        })
+        .map_err(|e| ApiError::engine(format!("constraint check failed: {e}")))?;
+    match checked {
+        Ok(()) => Ok(()),
+        Err(JobError::Constraint(reason)) if lenient => {
+            tracing::warn!("tool arguments left unconstrained: {reason}");
+            *constraint = None;
+            Ok(())
+        }
+        Err(e @ JobError::Constraint(_)) => Err(ApiError::bad_request(Some(field), e.to_string())),
+        Err(other) => Err(ApiError::engine(other.to_string())),
+    }
 }
 
 /// Admits a job for `client` (or answers 503 with `Retry-After`) and queues it.
@@ -460,11 +489,10 @@ async fn chat_completions(
     let req: ChatRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(None, format!("the request body is not valid: {e}")))?;
     check_model(&st, req.model.as_deref())?;
-    let plan = plan::plan(req, context, chrono::Local::now().date_naive())?;
+    let mut plan = plan::plan(req, context, chrono::Local::now().date_naive())?;
     check_prompt(&st, &plan.request, "messages").await?;
-    if let (Some(constraint), Some(field)) = (&plan.request.constraint, plan.constraint_field) {
-        check_constraint(&st, constraint, field).await?;
-    }
+    let field = plan.constraint_field.unwrap_or("response_format");
+    check_constraint(&st, &mut plan.request.constraint, field).await?;
     let meta = Meta {
         id: completion_id(),
         created: chrono::Utc::now().timestamp(),
@@ -472,11 +500,18 @@ async fn chat_completions(
         logprobs: plan.request.logprobs.is_some(),
         tools: plan.tools,
     };
-    let job = start(&st, &client_of(addr), plan.request)?;
+    let choices = Choices {
+        state: st.clone(),
+        client: client_of(addr),
+        request: plan.request,
+        n: plan.n,
+    };
+    // The first job is admitted before anything is sent, so a busy server answers 503.
+    let job = choices.start(0)?;
     if plan.stream {
-        Ok(stream::stream_reply(job, meta, plan.include_usage).into_response())
+        Ok(stream::stream_reply(job, choices, meta, plan.include_usage).into_response())
     } else {
-        stream::whole_reply(job, meta).await
+        stream::whole_reply(job, choices, meta).await
     }
 }
 
@@ -562,7 +597,7 @@ mod tests {
                 Some("max_tokens"),
             ),
             (
-                json!({"messages": [{"role": "user", "content": "x"}], "n": 2}),
+                json!({"messages": [{"role": "user", "content": "x"}], "n": 5}),
                 Some("n"),
             ),
             (

@@ -4,9 +4,9 @@
 
 use super::tool_calls;
 use super::wire::{ApiError, ChatRequest, Content, InMessage, SamplingFields, Stop};
-use crate::engine::{ChatMessage, Constraint, GenerateRequest, SamplingParams};
+use crate::engine::{CallsOr, ChatMessage, Constraint, GenerateRequest, SamplingParams};
 use chrono::NaiveDate;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Most stop strings one request may give.
 const MAX_STOPS: usize = 16;
@@ -30,9 +30,15 @@ pub struct Plan {
     /// Tools were offered: the reply's `<tool_call>` blocks become `tool_calls`.
     pub tools: bool,
     /// The request field the reply's constraint comes from (`response_format`,
-    /// `tool_choice`), named when the constraint cannot be compiled.
+    /// `tool_choice`, `tools`), named when the constraint cannot be compiled.
     pub constraint_field: Option<&'static str>,
+    /// How many replies (`choices`) to generate, one after the other.
+    pub n: usize,
 }
+
+/// The most choices (`n`) one request may ask for: each is a whole generation, one after the
+/// other (only the prompt's prefill is shared).
+pub const MAX_CHOICES: usize = 4;
 
 fn text_of(i: usize, m: InMessage) -> Result<String, ApiError> {
     let param = format!("messages[{i}].content");
@@ -82,9 +88,18 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
             format!("`{field}` is not a field this server knows; remove it from the request"),
         ));
     }
-    if req.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::bad_request(Some("n"), "only n = 1 is supported"));
-    }
+    let n = match req.n {
+        None => 1,
+        Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                Some("n"),
+                format!(
+                "n must be from 1 to {MAX_CHOICES} (got {n}); the choices are generated in turn"
+            ),
+            ))
+        }
+    };
     let (tools, forced_call) = tools_of(&req)?;
     let top_logprobs = match req.top_logprobs {
         None | Some(Value::Null) => None,
@@ -124,6 +139,26 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
     }
     let format = response_format_of(req.response_format.as_ref())?;
     let (constraint, constraint_field) = match (format, forced_call) {
+        // Beside `tool_choice: auto`, the reply is the JSON answer or calls.
+        (
+            Some(format),
+            Some(Constraint::ToolCalls {
+                functions,
+                parallel,
+                instead: Some(_),
+            }),
+        ) => {
+            let schema = match format {
+                Constraint::JsonSchema { schema } => schema,
+                _ => json!({"type": "object"}),
+            };
+            let calls = Constraint::ToolCalls {
+                functions,
+                parallel,
+                instead: Some(CallsOr::Json { schema }),
+            };
+            (Some(calls), Some("response_format"))
+        }
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 Some("response_format"),
@@ -132,7 +167,10 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
             ))
         }
         (Some(f), None) => (Some(f), Some("response_format")),
-        (None, Some(c)) => (Some(c), Some("tool_choice")),
+        (None, Some(c @ Constraint::ToolCalls { instead: None, .. })) => {
+            (Some(c), Some("tool_choice"))
+        }
+        (None, Some(c)) => (Some(c), Some("tools")),
         (None, None) => (None, None),
     };
     let count = req.messages.len();
@@ -260,6 +298,7 @@ pub fn plan(req: ChatRequest, context: usize, today: NaiveDate) -> Result<Plan, 
         include_usage,
         tools: !tools.is_empty(),
         constraint_field,
+        n,
     })
 }
 
@@ -308,7 +347,8 @@ pub(super) fn sampling_params(f: &SamplingFields) -> Result<SamplingParams, ApiE
 /// The functions the request offers the model, as the template's `xml_tools` wants them
 /// (`{"name", "description", "parameters"}`), from `tools` or the legacy `functions`; none
 /// when `tool_choice` (or `function_call`) is `none`. With `required` (or a named function)
-/// also the constraint that holds the reply to calls (of that function).
+/// also the constraint that holds the reply to calls (of that function); with `auto` (the
+/// default when tools are offered) the one that holds only the calls the model makes.
 fn tools_of(req: &ChatRequest) -> Result<(Vec<Value>, Option<Constraint>), ApiError> {
     let mut functions = Vec::new();
     for (i, tool) in req.tools.iter().flatten().enumerate() {
@@ -388,6 +428,16 @@ fn tools_of(req: &ChatRequest) -> Result<(Vec<Value>, Option<Constraint>), ApiEr
             // A named function is called once, as OpenAI does.
             parallel: parallel && named.is_none(),
             functions: chosen,
+            instead: None,
+        });
+    }
+    if forced.is_none() && !functions.is_empty() {
+        // `auto`: the model decides whether to call; the calls it makes are held to the
+        // functions' schemas, its text is free.
+        forced = Some(Constraint::ToolCalls {
+            functions: functions.clone(),
+            parallel,
+            instead: Some(CallsOr::Text),
         });
     }
     Ok((functions, forced))

@@ -85,7 +85,7 @@ impl ApiError {
 
     /// The error an engine event's message stands for.
     pub(super) fn from_engine_message(message: String) -> Self {
-        // The engine words its errors for people; these prefixes are its two request faults.
+        // The engine words its errors for people; these phrases are its request faults.
         if message.starts_with("the conversation is too long") {
             Self::new(
                 StatusCode::BAD_REQUEST,
@@ -95,6 +95,9 @@ impl ApiError {
             )
         } else if message.starts_with("invalid settings") {
             Self::bad_request(None, message)
+        } else if message.contains("the assistant message to continue does not fit") {
+            // A prefill the reply's format cannot continue (text before a JSON answer).
+            Self::bad_request(Some("messages"), message)
         } else {
             Self::engine(message)
         }
