@@ -5,8 +5,9 @@
 fn main() {
     #[cfg(feature = "desktop")]
     {
-        let attributes = tauri_build::Attributes::new()
-            .app_manifest(tauri_build::AppManifest::new().commands(&["hx", "pick_file"]));
+        let attributes = tauri_build::Attributes::new().app_manifest(
+            tauri_build::AppManifest::new().commands(&["hx", "pick_file", "save_export"]),
+        );
         tauri_build::try_build(attributes).expect("tauri build step failed");
     }
 }

@@ -435,6 +435,40 @@
     if (button.hasAttribute("data-pick-submit") && field.form) field.form.requestSubmit();
   }
 
+  // Export in the desktop: the app makes the file and asks where to save it (the page has no
+  // downloads there). In a browser the links download as they are.
+  async function saveExport(link) {
+    try {
+      await tauri.core.invoke("save_export", {
+        conversation: Number(link.dataset.conversation),
+        format: link.dataset.export,
+      });
+    } catch (err) {
+      showError("The conversation could not be exported: " + err);
+    }
+    const menu = link.closest("details");
+    if (menu) menu.open = false;
+  }
+
+  // Import: the chosen file's text goes to the app in the import form (the same request in the
+  // desktop and in a browser); the app checks it and adds the conversations.
+  document.addEventListener("change", async (e) => {
+    const input = e.target;
+    if (!(input instanceof HTMLInputElement) || input.id !== "import-file") return;
+    const file = input.files && input.files[0];
+    input.value = "";
+    if (!file) return;
+    const field = document.getElementById("import-text");
+    if (!field || !field.form) return;
+    try {
+      field.value = await file.text();
+    } catch (err) {
+      showError("The file could not be read: " + err);
+      return;
+    }
+    field.form.requestSubmit();
+  });
+
   async function copyText(text, button) {
     try {
       await navigator.clipboard.writeText(text);
@@ -479,6 +513,12 @@
     if (msgCopy) {
       const answer = msgCopy.closest(".msg").querySelector(".answer");
       copyText(answer ? answer.innerText : "", msgCopy);
+      return;
+    }
+    const exportLink = desktop && t.closest("[data-export]");
+    if (exportLink) {
+      e.preventDefault();
+      saveExport(exportLink);
       return;
     }
     const pick = desktop && t.closest("[data-pick]");

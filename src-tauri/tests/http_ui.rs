@@ -563,3 +563,90 @@ async fn deleting_the_open_conversation_clears_the_pane() {
     assert!(body.contains("<main id=\"chat\" class=\"chat-slot\" hx-swap-oob=\"true\">"));
     assert!(body.contains("Start a conversation"));
 }
+
+#[tokio::test]
+async fn a_conversation_exports_as_files_and_imports_back() {
+    let (service, app) = app();
+    let text = "/quote look <script>alert(1)</script> here";
+    let (_, _, body) = call(
+        &app,
+        "POST",
+        "/messages",
+        Some(&format!("text={}", enc(text))),
+    )
+    .await;
+    wait_done(&app, assistant_id(&body)).await;
+    let id = service.conversations(None).unwrap()[0].id.0;
+
+    let (status, headers, md) =
+        call(&app, "GET", &format!("/conversations/{id}/export/md"), None).await;
+    assert_eq!(status, StatusCode::OK, "{md}");
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/markdown"));
+    let disposition = headers["content-disposition"].to_str().unwrap();
+    assert!(
+        disposition.starts_with("attachment; filename=\""),
+        "{disposition}"
+    );
+    assert!(
+        md.contains("## User") && md.contains("## Assistant"),
+        "{md}"
+    );
+    assert!(
+        md.contains("look &lt;script>alert(1)&lt;/script> here"),
+        "{md}"
+    );
+    assert!(!md.contains("<script"), "HTML in a reply stays text: {md}");
+
+    let (status, _, json) = call(
+        &app,
+        "GET",
+        &format!("/conversations/{id}/export/json"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, list) = call(
+        &app,
+        "POST",
+        "/conversations/import",
+        Some(&format!("text={}", enc(&json))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(list.contains("Imported 1 conversation."), "{list}");
+    assert_eq!(list.matches("data-conversation-id=").count(), 2, "{list}");
+    let copy = service.conversations(None).unwrap()[0].id.0;
+    assert_ne!(copy, id);
+    let (_, _, md2) = call(
+        &app,
+        "GET",
+        &format!("/conversations/{copy}/export/md"),
+        None,
+    )
+    .await;
+    assert_eq!(md2, md, "the copy reads as the original");
+
+    let (status, _, refused) = call(
+        &app,
+        "POST",
+        "/conversations/import",
+        Some(&format!("text={}", enc("{\"format\": \"other\"}"))),
+    )
+    .await;
+    assert!(status.is_client_error(), "{status}: {refused}");
+    assert!(refused.contains("Nothing was imported"), "{refused}");
+    assert_eq!(service.conversations(None).unwrap().len(), 2);
+    let (status, _, _) = call(
+        &app,
+        "GET",
+        &format!("/conversations/{id}/export/exe"),
+        None,
+    )
+    .await;
+    assert!(status.is_client_error());
+    let (status, _, _) = call(&app, "GET", "/conversations/999/export/md", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

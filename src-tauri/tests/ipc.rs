@@ -62,6 +62,16 @@ fn the_page_may_ask_for_a_file_dialog_but_not_call_the_dialog_plugin() {
         err.as_str().unwrap().contains("unknown kind of file"),
         "{err}"
     );
+    let err = invoke(
+        &window,
+        "save_export",
+        json!({ "conversation": 1, "format": "exe" }),
+    )
+    .expect_err("an unknown format");
+    assert!(
+        err.as_str().unwrap().contains("unknown export format"),
+        "{err}"
+    );
     // …the plugin's commands are not: the page cannot open or save files through them.
     for cmd in ["plugin:dialog|open", "plugin:dialog|save"] {
         let err = invoke(&window, cmd, json!({ "options": {} })).expect_err("not granted");

@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use crate::engine::events::GenerationStats;
+use crate::store::transfer::ExportedConversation;
 pub use crate::store::{Conversation, Message, MessageStatus, Role};
 use crate::store::{ConversationId, MessageId, NewConversation, Settings, Store, StoreError};
 
@@ -141,6 +142,18 @@ impl Repo {
     pub fn owner_of(&self, id: impl Into<i64>) -> Result<String> {
         let id: i64 = id.into();
         Ok(self.store.conversation(ConversationId(id))?.owner)
+    }
+
+    /// A conversation with all its branches, as an export file holds it.
+    pub fn export(&self, id: impl Into<i64>) -> Result<ExportedConversation> {
+        let id: i64 = id.into();
+        self.conversation(id)?;
+        Ok(self.store.export_conversation(ConversationId(id))?)
+    }
+
+    /// Adds an exported conversation as a new one of `owner`; its id.
+    pub fn import(&mut self, c: &ExportedConversation, owner: &str) -> Result<i64> {
+        Ok(self.store.import_conversation(c, owner)?.0)
     }
 
     /// Renames a conversation.

@@ -811,6 +811,44 @@ impl ChatService {
         })
     }
 
+    /// A conversation of this owner in an export format: `json` (lossless, every branch,
+    /// imports back), `md` (the branch on screen, readable) or `jsonl` (the branch on screen
+    /// as OpenAI-style messages). The file name to offer and the text.
+    pub fn export(&self, id: impl Into<i64>, format: &str) -> Result<(String, String)> {
+        use crate::store::{readable, transfer};
+        let id: i64 = id.into();
+        let exported = {
+            let st = self.state();
+            self.check_owner(&st, id)?;
+            st.repo.export(id)?
+        };
+        let text = match format {
+            "json" => transfer::export_file(vec![exported.clone()]).to_json() + "\n",
+            "md" => readable::to_markdown(&exported),
+            "jsonl" => readable::to_openai_line(&exported) + "\n",
+            other => {
+                return Err(ServiceError::Invalid(format!(
+                    "There is no export format “{other}” (json, md or jsonl)."
+                )))
+            }
+        };
+        Ok((format!("{}.{format}", file_stem(&exported.title)), text))
+    }
+
+    /// Imports the conversations of an export file's `text` as new conversations of this
+    /// owner; their ids. A file that is not an export, or whose messages do not form a tree,
+    /// imports nothing and says why.
+    pub fn import(&self, text: &str) -> Result<Vec<i64>> {
+        let file = crate::store::transfer::ExportFile::parse(text)
+            .map_err(|e| ServiceError::Invalid(format!("Nothing was imported: {e}.")))?;
+        let mut st = self.state();
+        let mut ids = Vec::with_capacity(file.conversations.len());
+        for c in &file.conversations {
+            ids.push(st.repo.import(c, self.owner.as_str())?);
+        }
+        Ok(ids)
+    }
+
     /// Renames a conversation.
     pub fn rename(&self, id: impl Into<i64>, title: &str) -> Result<Conversation> {
         let id: i64 = id.into();
@@ -1238,5 +1276,19 @@ impl ChatService {
             seq,
             event: EngineEvent::Error { message },
         });
+    }
+}
+
+/// A file name from a conversation's title: letters, digits, spaces, `-` and `_` kept, the
+/// rest dropped, at most 60 characters; `conversation` when nothing is left.
+fn file_stem(title: &str) -> String {
+    let kept: String = title
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .take(60)
+        .collect();
+    match kept.trim() {
+        "" => "conversation".into(),
+        t => t.to_string(),
     }
 }

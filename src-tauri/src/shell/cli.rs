@@ -39,6 +39,8 @@ pub enum Command {
     Serve(super::serve::ServeArgs),
     /// Chat with a model in the terminal.
     Chat(super::chat::ChatArgs),
+    /// Conversations: list, export (JSON, Markdown, JSONL), import.
+    Conversations(super::conversations::ConversationsArgs),
 }
 
 /// Entry point shared by the binary.
@@ -79,6 +81,7 @@ pub fn main() -> ExitCode {
         Some(Command::Bench(a)) => bench::bench(a),
         Some(Command::Serve(a)) => super::serve::serve(a),
         Some(Command::Chat(a)) => super::chat::run(a),
+        Some(Command::Conversations(a)) => super::conversations::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -171,6 +171,63 @@ pub mod commands {
             .map_err(|_| "the file dialog closed unexpectedly")?;
         Ok(path.map(|p| p.display().to_string()))
     }
+
+    /// Saves a conversation as a file: the router makes the export (`md`, `json`, `jsonl`),
+    /// the system's save dialog says where, the app writes it. The path written, or `None`
+    /// when the person closed the dialog. The page never gets to write files itself.
+    #[tauri::command]
+    pub async fn save_export<R: tauri::Runtime>(
+        window: tauri::Window<R>,
+        bridge: tauri::State<'_, Bridge>,
+        conversation: i64,
+        format: String,
+    ) -> Result<Option<String>, String> {
+        use tauri_plugin_dialog::DialogExt;
+        if !matches!(format.as_str(), "md" | "json" | "jsonl") {
+            return Err(format!("unknown export format: {format}"));
+        }
+        let response = bridge
+            .call(HxRequest {
+                method: "GET".into(),
+                url: format!("/conversations/{conversation}/export/{format}"),
+                headers: Default::default(),
+                body: String::new(),
+            })
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        if response.status != 200 {
+            return Err(format!("the export failed ({})", response.status));
+        }
+        let name = super::offered_name(&response.headers)
+            .unwrap_or_else(|| format!("conversation.{format}"));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        window
+            .dialog()
+            .file()
+            .set_parent(&window)
+            .set_title("Export the conversation")
+            .set_file_name(&name)
+            .save_file(move |file| {
+                let _ = tx.send(file.and_then(|f| f.into_path().ok()));
+            });
+        let Some(path) = rx
+            .await
+            .map_err(|_| "the file dialog closed unexpectedly")?
+        else {
+            return Ok(None);
+        };
+        std::fs::write(&path, response.body.as_bytes())
+            .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+        Ok(Some(path.display().to_string()))
+    }
+}
+
+/// The file name a `Content-Disposition: attachment; filename="…"` header offers.
+fn offered_name(headers: &HashMap<String, String>) -> Option<String> {
+    let value = headers.get("content-disposition")?;
+    let start = value.find("filename=\"")? + "filename=\"".len();
+    let end = value[start..].find('"')? + start;
+    Some(value[start..end].to_string()).filter(|n| !n.is_empty())
 }
 
 /// Installs the app's commands and the navigation lock on a Tauri builder; shared by the real
@@ -180,7 +237,11 @@ pub fn configure<R: Runtime>(builder: Builder<R>) -> Builder<R> {
         .plugin(tauri_plugin_opener::init())
         .plugin(tauri_plugin_dialog::init())
         .plugin(navigation_lock())
-        .invoke_handler(tauri::generate_handler![commands::hx, commands::pick_file])
+        .invoke_handler(tauri::generate_handler![
+            commands::hx,
+            commands::pick_file,
+            commands::save_export
+        ])
         .on_window_event(|window, event| {
             if let tauri::WindowEvent::DragDrop(drop) = event {
                 on_drag_drop(window.app_handle(), drop);

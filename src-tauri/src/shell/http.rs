@@ -87,6 +87,13 @@ fn routes() -> Router<ChatService> {
         .route("/conversations", get(list).post(create))
         .route("/conversations/{id}", get(open))
         .route("/conversations/{id}/rename", get(rename_form).post(rename))
+        // A whole history may be large; the built-in server's own body limit still applies to
+        // browsers (`--max-body`).
+        .route(
+            "/conversations/import",
+            post(import).layer(axum::extract::DefaultBodyLimit::max(IMPORT_MAX_BYTES)),
+        )
+        .route("/conversations/{id}/export/{format}", get(export))
         .route("/conversations/{id}/delete", post(delete))
         .route("/conversations/{id}/undo", post(undo))
         .route("/conversations/{id}/thinking", post(thinking))
@@ -257,6 +264,67 @@ async fn delete(
         body.push_str(&html::chat_slot_oob(&html::empty_chat()));
     }
     Ok(Html(body))
+}
+
+/// A conversation as a file to save: `md`, `json` or `jsonl`.
+async fn export(Scoped(s): Scoped, Path((id, format)): Path<(i64, String)>) -> Result<Response> {
+    let (name, text) = s.export(id, &format)?;
+    let kind = match format.as_str() {
+        "md" => "text/markdown; charset=utf-8",
+        "jsonl" => "application/x-ndjson; charset=utf-8",
+        _ => "application/json; charset=utf-8",
+    };
+    // The name as UTF-8 (RFC 5987), with a plain fallback for old clients.
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_ ".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, kind.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"),
+            ),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+/// The largest import the window sends (its text, form-encoded).
+const IMPORT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Deserialize)]
+struct ImportForm {
+    text: String,
+}
+
+/// Conversations from an export file's text (the page reads the file the person chose): the
+/// list with the new ones, and a toast saying how many came in.
+async fn import(Scoped(s): Scoped, Form(f): Form<ImportForm>) -> Result<Html<String>> {
+    let ids = s.import(&f.text)?;
+    let said = match ids.len() {
+        1 => "Imported 1 conversation.".to_string(),
+        n => format!("Imported {n} conversations."),
+    };
+    Ok(Html(html::conversation_list(
+        &s.conversations(None)?,
+        Some(&html::notice(&said)),
+    )))
 }
 
 async fn undo(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {

@@ -9,6 +9,7 @@ pub mod batching;
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod conversations;
 pub mod data_dir;
 #[cfg(feature = "desktop")]
 pub mod desktop;

@@ -12,9 +12,11 @@
 mod conversations;
 pub mod lock;
 mod messages;
+pub mod readable;
 mod reply;
 pub mod schema;
 mod settings;
+pub mod transfer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -25,6 +25,7 @@ from selenium.common.exceptions import StaleElementReferenceException, WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.common.options import ArgOptions
+from selenium.webdriver.remote.file_detector import UselessFileDetector
 from selenium.webdriver.support.ui import WebDriverWait
 
 APP_BIN = os.environ["APP_BIN"]
@@ -678,6 +679,47 @@ def delete_and_undo(d):
     shot(d, "08-deleted")
 
 
+def export_and_import(work):
+    """The conversation menu exports through the system's save dialog; the exported JSON,
+    chosen in the sidebar's Import, comes back as a new conversation with its replies."""
+    def run(d):
+        before = len(d.find_elements(By.CSS_SELECTOR, ".conv"))
+        d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
+        wait(d, lambda d: replies(d) >= 1, "a conversation with replies is open")
+        d.find_element(By.CSS_SELECTOR, "#chat-head .export-menu summary").click()
+        shot(d, "28-export-menu")
+        d.find_element(By.CSS_SELECTOR, "#chat-head [data-export=json]").click()
+        dialog = x_window("Export the conversation")
+        time.sleep(1.0)
+        screen_shot("29-export-dialog")
+        target = os.path.join(work, "exported.json")
+        # A full path typed over the offered name saves there, as a person may do.
+        xdotool("windowfocus", "--sync", dialog)
+        xdotool("key", "ctrl+a")
+        xdotool("type", "--delay", "5", target)
+        time.sleep(0.3)
+        xdotool("key", "Return")
+        wait(d, lambda d: os.path.exists(target) and os.path.getsize(target) > 0, "the export is written")
+        with open(target) as f:
+            exported = json.load(f)
+        assert exported["format"] == "smollm3-bot.conversations", exported
+        assert exported["conversations"][0]["messages"], exported
+        # Import: the file goes to the page's file input as a chosen file would.
+        js(d, "document.getElementById('import-file').hidden = false")
+        # The path as typed, not uploaded: the driver and the app share this machine.
+        d.file_detector = UselessFileDetector()
+        d.find_element(By.ID, "import-file").send_keys(target)
+        wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == before + 1, "the import is listed")
+        assert "Imported 1 conversation." in d.find_element(By.ID, "toast").text
+        js(d, "document.getElementById('import-file').hidden = true")
+        d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
+        first = exported["conversations"][0]["messages"][0]["content"].strip()[:40]
+        wait(d, lambda d: replies(d) >= 1 and first in d.find_element(By.ID, "chat").text,
+             "the imported conversation shows its messages")
+        shot(d, "30-imported-conversation")
+    return run
+
+
 def found_after_restart(title):
     def run(d):
         wait(d, lambda d: title in d.find_element(By.ID, "conversation-list").text, "conversation listed after restart")
@@ -749,6 +791,7 @@ def main():
             check("delete and undo", delete_and_undo, d)
             title = d.find_element(By.CSS_SELECTOR, ".conv .conv-title").text
             check("browser access switched on and off", server_toggle, d)
+            check("a conversation exports through the dialog and imports back", export_and_import(data), d)
         finally:
             d.quit()
         time.sleep(1)
