@@ -440,7 +440,7 @@
   async function saveExport(link) {
     try {
       await tauri.core.invoke("save_export", {
-        conversation: Number(link.dataset.conversation),
+        conversation: link.dataset.conversation ? Number(link.dataset.conversation) : null,
         format: link.dataset.export,
       });
     } catch (err) {

@@ -649,4 +649,15 @@ async fn a_conversation_exports_as_files_and_imports_back() {
     assert!(status.is_client_error());
     let (status, _, _) = call(&app, "GET", "/conversations/999/export/md", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // All of them at once: both conversations in one file.
+    let (status, headers, all) = call(&app, "GET", "/conversations/export/json", None).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert!(headers["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("conversations.json"));
+    let v: serde_json::Value = serde_json::from_str(&all).unwrap();
+    assert_eq!(v["conversations"].as_array().unwrap().len(), 2);
+    let (_, _, lines) = call(&app, "GET", "/conversations/export/jsonl", None).await;
+    assert_eq!(lines.lines().count(), 2, "{lines}");
 }

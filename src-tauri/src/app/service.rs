@@ -811,28 +811,52 @@ impl ChatService {
         })
     }
 
-    /// A conversation of this owner in an export format: `json` (lossless, every branch,
-    /// imports back), `md` (the branch on screen, readable) or `jsonl` (the branch on screen
-    /// as OpenAI-style messages). The file name to offer and the text.
-    pub fn export(&self, id: impl Into<i64>, format: &str) -> Result<(String, String)> {
+    /// A conversation of this owner, or with `id` `None` all of them, in an export format:
+    /// `json` (lossless, every branch, imports back), `md` (the branch on screen, readable) or
+    /// `jsonl` (the branch on screen as OpenAI-style messages, a line per conversation). The
+    /// file name to offer and the text.
+    pub fn export(&self, id: Option<i64>, format: &str) -> Result<(String, String)> {
         use crate::store::{readable, transfer};
-        let id: i64 = id.into();
+        if !matches!(format, "json" | "md" | "jsonl") {
+            return Err(ServiceError::Invalid(format!(
+                "There is no export format “{format}” (json, md or jsonl)."
+            )));
+        }
         let exported = {
             let st = self.state();
-            self.check_owner(&st, id)?;
-            st.repo.export(id)?
+            let ids = match id {
+                Some(id) => {
+                    self.check_owner(&st, id)?;
+                    vec![id]
+                }
+                None => st
+                    .repo
+                    .list_conversations(self.owner.as_str(), None)?
+                    .into_iter()
+                    .map(|c| c.id.0)
+                    .collect(),
+            };
+            ids.into_iter()
+                .map(|i| st.repo.export(i))
+                .collect::<std::result::Result<Vec<_>, _>>()?
+        };
+        let stem = match (id, exported.first()) {
+            (Some(_), Some(c)) => file_stem(&c.title),
+            _ => "conversations".into(),
         };
         let text = match format {
-            "json" => transfer::export_file(vec![exported.clone()]).to_json() + "\n",
-            "md" => readable::to_markdown(&exported),
-            "jsonl" => readable::to_openai_line(&exported) + "\n",
-            other => {
-                return Err(ServiceError::Invalid(format!(
-                    "There is no export format “{other}” (json, md or jsonl)."
-                )))
-            }
+            "json" => transfer::export_file(exported).to_json() + "\n",
+            "md" => exported
+                .iter()
+                .map(readable::to_markdown)
+                .collect::<Vec<_>>()
+                .join("\n---\n\n"),
+            _ => exported
+                .iter()
+                .map(|c| readable::to_openai_line(c) + "\n")
+                .collect(),
         };
-        Ok((format!("{}.{format}", file_stem(&exported.title)), text))
+        Ok((format!("{stem}.{format}"), text))
     }
 
     /// Imports the conversations of an export file's `text` as new conversations of this

@@ -172,14 +172,15 @@ pub mod commands {
         Ok(path.map(|p| p.display().to_string()))
     }
 
-    /// Saves a conversation as a file: the router makes the export (`md`, `json`, `jsonl`),
-    /// the system's save dialog says where, the app writes it. The path written, or `None`
-    /// when the person closed the dialog. The page never gets to write files itself.
+    /// Saves a conversation (or, without one, all of them) as a file: the router makes the
+    /// export (`md`, `json`, `jsonl`), the system's save dialog says where, the app writes
+    /// it. The path written, or `None` when the person closed the dialog. The page never gets
+    /// to write files itself.
     #[tauri::command]
     pub async fn save_export<R: tauri::Runtime>(
         window: tauri::Window<R>,
         bridge: tauri::State<'_, Bridge>,
-        conversation: i64,
+        conversation: Option<i64>,
         format: String,
     ) -> Result<Option<String>, String> {
         use tauri_plugin_dialog::DialogExt;
@@ -189,7 +190,10 @@ pub mod commands {
         let response = bridge
             .call(HxRequest {
                 method: "GET".into(),
-                url: format!("/conversations/{conversation}/export/{format}"),
+                url: match conversation {
+                    Some(id) => format!("/conversations/{id}/export/{format}"),
+                    None => format!("/conversations/export/{format}"),
+                },
                 headers: Default::default(),
                 body: String::new(),
             })
@@ -205,7 +209,11 @@ pub mod commands {
             .dialog()
             .file()
             .set_parent(&window)
-            .set_title("Export the conversation")
+            .set_title(if conversation.is_some() {
+                "Export the conversation"
+            } else {
+                "Export all conversations"
+            })
             .set_file_name(&name)
             .save_file(move |file| {
                 let _ = tx.send(file.and_then(|f| f.into_path().ok()));

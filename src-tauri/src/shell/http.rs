@@ -94,6 +94,7 @@ fn routes() -> Router<ChatService> {
             post(import).layer(axum::extract::DefaultBodyLimit::max(IMPORT_MAX_BYTES)),
         )
         .route("/conversations/{id}/export/{format}", get(export))
+        .route("/conversations/export/{format}", get(export_all))
         .route("/conversations/{id}/delete", post(delete))
         .route("/conversations/{id}/undo", post(undo))
         .route("/conversations/{id}/thinking", post(thinking))
@@ -268,8 +269,17 @@ async fn delete(
 
 /// A conversation as a file to save: `md`, `json` or `jsonl`.
 async fn export(Scoped(s): Scoped, Path((id, format)): Path<(i64, String)>) -> Result<Response> {
-    let (name, text) = s.export(id, &format)?;
-    let kind = match format.as_str() {
+    attachment(s.export(Some(id), &format)?, &format)
+}
+
+/// Every conversation of the owner as one file.
+async fn export_all(Scoped(s): Scoped, Path(format): Path<String>) -> Result<Response> {
+    attachment(s.export(None, &format)?, &format)
+}
+
+/// An export as a download named `name`.
+fn attachment((name, text): (String, String), format: &str) -> Result<Response> {
+    let kind = match format {
         "md" => "text/markdown; charset=utf-8",
         "jsonl" => "application/x-ndjson; charset=utf-8",
         _ => "application/json; charset=utf-8",
