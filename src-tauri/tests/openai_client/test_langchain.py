@@ -14,14 +14,15 @@ import inspect
 import sys
 import warnings
 from importlib.metadata import version
-from typing import List, Literal
+from typing import Literal
 
 import openai
 from langchain_core.exceptions import ContextOverflowError
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from pydantic import BaseModel, Field
+
+from schemas import Place, TimeArgs, WeatherArgs
 
 SEEDS = 20
 
@@ -29,21 +30,8 @@ SEEDS = 20
 warnings.filterwarnings("ignore", message="Pydantic serializer warnings")
 
 
-class Place(BaseModel):
-    """A place; every value is bounded, so that even a random model finishes it."""
-
-    city: str = Field(max_length=8)
-    rank: int = Field(ge=0, le=99)
-    sunny: bool
-    kind: Literal["town", "city"]
-    tags: List[Literal["a", "b", "c"]] = Field(max_length=3)
-
-
-class GetWeather(BaseModel):
+class GetWeather(WeatherArgs):
     """The weather in a city for some days."""
-
-    city: str = Field(max_length=6)
-    days: int = Field(ge=1, le=7)
 
 
 @tool
@@ -52,11 +40,7 @@ def get_time(zone: Literal["utc", "local"]) -> str:
     return "12:00" if zone == "utc" else "13:00"
 
 
-class GetTimeArgs(BaseModel):
-    zone: Literal["utc", "local"]
-
-
-ARGS = {"GetWeather": GetWeather, "get_time": GetTimeArgs}
+ARGS = {"GetWeather": GetWeather, "get_time": TimeArgs}
 
 
 def chat(base_url: str, model: str, **kw) -> ChatOpenAI:

@@ -14,9 +14,8 @@ import json
 import os
 import sys
 from importlib.metadata import version
-from typing import List, Literal
 
-from pydantic import BaseModel, Field
+from schemas import Place, TimeArgs, WeatherArgs
 
 # Without this, importing litellm fetches its model price list from the internet.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -25,25 +24,6 @@ import litellm  # noqa: E402
 litellm.suppress_debug_info = True  # no "Provider List" banners around the expected errors
 
 SEEDS = 20
-
-
-class Place(BaseModel):
-    """A schema whose every value is bounded, so that even a random model finishes it."""
-
-    city: str = Field(max_length=8)
-    rank: int = Field(ge=0, le=99)
-    sunny: bool
-    kind: Literal["town", "city"]
-    tags: List[Literal["a", "b", "c"]] = Field(max_length=3)
-
-
-class WeatherArgs(BaseModel):
-    city: str = Field(max_length=6)
-    days: int = Field(ge=1, le=7)
-
-
-class TimeArgs(BaseModel):
-    zone: Literal["utc", "local"]
 
 
 def strict_schema(model) -> dict:

@@ -6,32 +6,13 @@ Usage: python3 test_openai.py BASE_URL MODEL_ID
 
 import json
 import sys
-from typing import List, Literal
 
 import openai
 from openai import OpenAI
-from pydantic import BaseModel, Field
+
+from schemas import Place, TimeArgs, WeatherArgs
 
 SEEDS = 100
-
-
-class Place(BaseModel):
-    """A schema whose every value is bounded, so that even a random model finishes it."""
-
-    city: str = Field(max_length=8)
-    rank: int = Field(ge=0, le=99)
-    sunny: bool
-    kind: Literal["town", "city"]
-    tags: List[Literal["a", "b", "c"]] = Field(max_length=3)
-
-
-class WeatherArgs(BaseModel):
-    city: str = Field(max_length=6)
-    days: int = Field(ge=1, le=7)
-
-
-class TimeArgs(BaseModel):
-    zone: Literal["utc", "local"]
 
 
 def check_structured_output(client: OpenAI, model: str) -> None:
