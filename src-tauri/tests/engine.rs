@@ -38,6 +38,7 @@ fn core() -> EngineCore {
             context_size: 2048,
             kv_dtype: DType::F32,
             max_slots: 2,
+            snapshots: None,
         },
     )
     .unwrap()
@@ -202,6 +203,7 @@ fn context_limit_is_a_clear_error() {
             context_size: 256,
             kv_dtype: DType::F32,
             max_slots: 1,
+            snapshots: None,
         },
     )
     .unwrap();
@@ -260,6 +262,7 @@ async fn worker_streams_queues_and_stops() {
             context_size: 2048,
             kv_dtype: DType::F32,
             max_slots: 2,
+            snapshots: None,
         },
     )
     .unwrap();

@@ -6,7 +6,7 @@
 //! crash left streaming come back `interrupted`. Reply text is written with every delta, so
 //! whatever a view renders from here is never behind the stream events it has seen.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::engine::events::GenerationStats;
 use crate::store::transfer::ExportedConversation;
@@ -41,6 +41,9 @@ impl From<StoreError> for RepoError {
     }
 }
 
+/// The folder of KV snapshots inside the data folder.
+pub const SNAPSHOT_DIR: &str = "kv-snapshots";
+
 /// Result type of the repository.
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 
@@ -63,6 +66,15 @@ impl Repo {
         let store = Store::open(path)?;
         let settings = store.load_settings()?;
         Ok(Self { store, settings })
+    }
+
+    /// The folder for conversations' KV snapshots, beside the database (none for a database
+    /// in memory).
+    pub fn snapshot_dir(&self) -> Option<PathBuf> {
+        let path = self.store.path();
+        (path != Path::new(":memory:"))
+            .then(|| path.parent().map(|d| d.join(SNAPSHOT_DIR)))
+            .flatten()
     }
 
     /// The key that signs browser session ids, kept across restarts.
@@ -309,6 +321,24 @@ mod tests {
         );
         assert_eq!(branch[1].content, "hello");
         assert_eq!(branch[1].status, MessageStatus::Streaming);
+    }
+
+    #[test]
+    fn snapshots_live_beside_the_database_and_a_budget_of_zero_keeps_none() {
+        assert_eq!(Repo::in_memory().snapshot_dir(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let r = Repo::open(dir.path().join(store::DATABASE_FILE)).unwrap();
+        assert_eq!(r.snapshot_dir(), Some(dir.path().join(SNAPSHOT_DIR)));
+        drop(r);
+        let service =
+            crate::app::service::ChatService::open(dir.path().join(store::DATABASE_FILE)).unwrap();
+        let opts = service.snapshot_options().expect("on by default");
+        assert_eq!(opts.dir, dir.path().join(SNAPSHOT_DIR));
+        assert_eq!(opts.budget_bytes, 2048 * 1_000_000);
+        let mut settings = service.settings();
+        settings.snapshot_budget_mb = 0;
+        service.update_settings(settings).unwrap();
+        assert_eq!(service.snapshot_options(), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::repo::{Conversation, Message, MessageStatus, Repo, RepoError, Role};
 use crate::engine::admission::{Refusal, Ticket};
 use crate::engine::{
     CancelToken, ChatMessage, EngineEvent, EngineOptions, GenerateRequest, Generator, NoModel,
-    Quote,
+    Quote, SnapshotOptions,
 };
 use crate::store::{InvalidSetting, Settings, DESKTOP_OWNER};
 
@@ -601,8 +601,21 @@ impl ChatService {
     fn engine_options(&self) -> EngineOptions {
         EngineOptions {
             context_size: self.settings().context_size,
+            snapshots: self.snapshot_options(),
             ..EngineOptions::default()
         }
+    }
+
+    /// Where conversations' KV snapshots go and how much disk they may take (none when the
+    /// settings keep none or the data is in memory).
+    pub fn snapshot_options(&self) -> Option<SnapshotOptions> {
+        let st = self.state();
+        let mb = st.repo.settings().snapshot_budget_mb;
+        let dir = st.repo.snapshot_dir()?;
+        (mb > 0).then(|| SnapshotOptions {
+            dir,
+            budget_bytes: mb * 1_000_000,
+        })
     }
 
     /// Installs the function that loads model files; from then on, saving another model file
@@ -896,6 +909,11 @@ impl ChatService {
         let mut st = self.state();
         let conv = self.owned(&st, id)?;
         st.repo.delete(id)?;
+        // The engine deletes the snapshot too (after a write it may be doing); this covers the
+        // time no model is loaded.
+        if let Some(dir) = st.repo.snapshot_dir() {
+            crate::engine::snapshot::remove_in(&dir, &id.to_string());
+        }
         Ok(conv)
     }
 

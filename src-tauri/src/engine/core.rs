@@ -10,6 +10,7 @@ use super::loader::LoadedModel;
 use super::prompter::Prompter;
 pub use super::request::{GenerateRequest, JobError};
 use super::sampler::Sampler;
+use super::snapshot::{Saved, SnapshotOptions, Snapshots};
 use crate::model::{KvCache, Logits};
 use crate::text::detok::Detokenizer;
 use crate::text::think::{Delta, ThinkSplitter};
@@ -29,6 +30,9 @@ pub struct EngineOptions {
     pub kv_dtype: DType,
     /// Conversations whose caches are kept at once (least recently used is dropped).
     pub max_slots: usize,
+    /// Where conversations' caches are saved after each reply and read back after a restart
+    /// (none: nothing is kept on disk).
+    pub snapshots: Option<SnapshotOptions>,
 }
 
 impl Default for EngineOptions {
@@ -37,6 +41,7 @@ impl Default for EngineOptions {
             context_size: 8192,
             kv_dtype: DType::F16,
             max_slots: 2,
+            snapshots: None,
         }
     }
 }
@@ -45,6 +50,8 @@ struct Slot {
     /// The conversation it belongs to; `None` for the slots of stand-alone requests.
     key: Option<String>,
     cache: KvCache,
+    /// Whether the cache changed since it was last saved to (or read from) disk.
+    unsaved: bool,
 }
 
 /// The model, its template and the per-conversation caches.
@@ -56,6 +63,8 @@ pub struct EngineCore {
     opts: EngineOptions,
     /// Least recently used first.
     slots: Vec<Slot>,
+    /// Conversations' caches on disk.
+    snapshots: Option<Snapshots>,
 }
 
 impl EngineCore {
@@ -72,12 +81,17 @@ impl EngineCore {
             loaded.specials.clone(),
             loaded.model.config().vocab,
         ));
+        let snapshots = opts
+            .snapshots
+            .clone()
+            .map(|o| Snapshots::new(o, loaded.fingerprint));
         Ok(Self {
             loaded,
             prompter,
             constrainer,
             opts,
             slots: Vec::new(),
+            snapshots,
         })
     }
 
@@ -104,10 +118,85 @@ impl EngineCore {
         self.slots.retain(|s| s.key.is_some());
     }
 
-    /// Drops a conversation's cache (after `/clear` or deletion).
+    /// Drops a conversation's cache, in memory and on disk (after `/clear` or deletion).
     pub fn forget(&mut self, conversation: &str) {
         self.slots
             .retain(|s| s.key.as_deref() != Some(conversation));
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.remove(conversation);
+        }
+    }
+
+    /// Whether some conversation's cache changed since it was saved to disk.
+    pub fn has_unsaved(&self) -> bool {
+        self.snapshots.is_some() && self.slots.iter().any(|s| s.unsaved && s.key.is_some())
+    }
+
+    /// Saves the conversations' caches that changed since they were saved, most recent first;
+    /// stops (keeping the rest for later) once `keep_going` says no.
+    pub fn save_snapshots(&mut self, keep_going: &dyn Fn() -> bool) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        for slot in self.slots.iter_mut().rev() {
+            let Some(key) = slot.key.as_deref().filter(|_| slot.unsaved) else {
+                continue;
+            };
+            if !keep_going() {
+                return;
+            }
+            let t0 = Instant::now();
+            match snapshots.save(key, &slot.cache, keep_going) {
+                Ok(Saved::Abandoned) => return,
+                Ok(Saved::Written(bytes)) => tracing::info!(
+                    conversation = key,
+                    tokens = slot.cache.len(),
+                    mb = bytes / 1_000_000,
+                    s = t0.elapsed().as_secs_f64(),
+                    "KV snapshot saved"
+                ),
+                Ok(Saved::TooLarge) => {
+                    tracing::info!(
+                        conversation = key,
+                        "KV snapshot over the disk budget; not saved"
+                    )
+                }
+                Ok(Saved::Empty) => {}
+                Err(e) => tracing::warn!(conversation = key, error = %e, "KV snapshot not saved"),
+            }
+            slot.unsaved = false;
+        }
+    }
+
+    /// Gives a conversation without a cache in memory the one saved on disk, if it is usable
+    /// for `prompt`; an unusable one is logged and left for a prefill.
+    fn restore_snapshot(&mut self, conversation: Option<&str>, prompt: &[u32]) {
+        let (Some(key), Some(snapshots)) = (conversation, &self.snapshots) else {
+            return;
+        };
+        if pick_slot(&self.slots, Some(key), prompt).is_some() {
+            return;
+        }
+        let t0 = Instant::now();
+        let slot = slot_for(
+            &mut self.slots,
+            &self.opts,
+            &self.loaded.model,
+            Some(key),
+            prompt,
+        );
+        match snapshots.load(key, prompt, &mut slot.cache) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                conversation = key,
+                tokens = n,
+                s = t0.elapsed().as_secs_f64(),
+                "KV snapshot read"
+            ),
+            Err(e) => {
+                tracing::warn!(conversation = key, error = %e, "KV snapshot ignored; prefilling")
+            }
+        }
     }
 
     /// Turns requests into prompt ids; shared with the engine's handle.
@@ -143,8 +232,10 @@ impl EngineCore {
                 context,
             });
         }
+        self.restore_snapshot(conversation, prompt);
         let model = &self.loaded.model;
         let slot = slot_for(&mut self.slots, &self.opts, model, conversation, prompt);
+        slot.unsaved = true;
         // At least one token must run to produce logits.
         let reused = slot.cache.common_prefix(prompt).min(prompt.len() - 1);
         slot.cache.truncate(reused);
@@ -207,6 +298,7 @@ impl EngineCore {
                     .guide(c, req.enable_thinking && req.raw_prompt.is_none())
             })
             .transpose()?;
+        self.restore_snapshot(req.conversation.as_deref(), &prompt);
         let reused_guess =
             pick_slot(&self.slots, req.conversation.as_deref(), &prompt).map_or(0, |i| {
                 self.slots[i]
@@ -407,6 +499,7 @@ fn slot_for<'a>(
         slots.push(Slot {
             key: key.map(str::to_string),
             cache,
+            unsaved: false,
         });
     }
     slots.last_mut().expect("just pushed")

@@ -19,6 +19,9 @@ pub struct LoadedModel {
     pub specials: SpecialTokens,
     /// Seconds spent loading.
     pub load_s: f64,
+    /// Identifies the model's bytes (see [`GgufFile::fingerprint`]): what saved KV caches
+    /// are checked against.
+    pub fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -77,12 +80,14 @@ impl LoadedModel {
             );
         }
         let specials = tokenizer::special_tokens(&gguf, &tokenizer);
+        let fingerprint = gguf.fingerprint(gguf.tensors());
         Ok(Self {
             gguf,
             model,
             tokenizer,
             specials,
             load_s: t0.elapsed().as_secs_f64(),
+            fingerprint,
         })
     }
 

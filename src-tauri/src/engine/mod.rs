@@ -14,6 +14,7 @@ pub mod loader;
 pub mod prompter;
 pub mod request;
 pub mod sampler;
+pub mod snapshot;
 pub mod worker;
 
 pub use self::core::EngineOptions;
@@ -22,4 +23,5 @@ pub use generator::{CancelToken, Generator, JobHandle, NoModel, Quote};
 pub use prompter::Prompter;
 pub use request::{CallsOr, Constraint, GenerateRequest, JobError};
 pub use sampler::SamplingParams;
+pub use snapshot::SnapshotOptions;
 pub use worker::Engine;

@@ -291,7 +291,18 @@ fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>
                     break w;
                 }
                 if s.shutdown {
+                    drop(s);
+                    // On close: what the last replies left unsaved goes to disk now.
+                    core.save_snapshots(&|| true);
                     return;
+                }
+                if core.has_unsaved() {
+                    // Idle: save caches to disk now, after the reply was shown as finished,
+                    // and give way at once to the next job that arrives.
+                    drop(s);
+                    core.save_snapshots(&|| lock.lock().expect("engine state").queue.is_empty());
+                    s = lock.lock().expect("engine state");
+                    continue;
                 }
                 s = cv.wait(s).expect("engine state");
             }

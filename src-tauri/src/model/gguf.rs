@@ -551,6 +551,35 @@ impl GgufFile {
         &self.map[info.offset..info.offset + info.size]
     }
 
+    /// Identifies the model's bytes: the file's size and modification time, and for each of
+    /// `tensors` its name, shape, place and the first and last bytes of its data (so that two
+    /// files with the same header, such as synthetic models of different seeds, differ).
+    /// Cheap (a few pages read), so files derived from a model can record it and be checked.
+    pub fn fingerprint<'a>(&self, tensors: impl IntoIterator<Item = &'a TensorInfo>) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((self.file_size() as u64).to_le_bytes());
+        let mtime = std::fs::metadata(self.path())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        h.update(mtime.to_le_bytes());
+        for t in tensors {
+            h.update(t.name.as_bytes());
+            for d in &t.dims {
+                h.update(d.to_le_bytes());
+            }
+            h.update((t.offset as u64).to_le_bytes());
+            let data = self.tensor_data(t);
+            let edge = data.len().min(256);
+            h.update(&data[..edge]);
+            h.update(&data[data.len() - edge..]);
+        }
+        h.finalize().into()
+    }
+
     /// Drops a tensor's pages from this process's memory (they stay in the page cache and
     /// come back from the file if read again): for data that was read once and is not needed.
     pub fn release(&self, info: &TensorInfo) {

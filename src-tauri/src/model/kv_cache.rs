@@ -2,7 +2,8 @@
 //! truncation to any position, so a new chat turn recomputes only what changed.
 
 use super::config::Config;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use half::f16;
 
 /// Keys and values of every layer for a sequence of tokens.
 ///
@@ -90,6 +91,118 @@ impl KvCache {
             .zip(tokens)
             .take_while(|(a, b)| a == b)
             .count()
+    }
+
+    /// The shape of what is stored per layer: `(kv_heads, head_dim)`.
+    pub fn row_shape(&self) -> (usize, usize) {
+        (self.n_kv_head, self.head_dim)
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Layer `il`'s keys then values for the first `n` tokens as little-endian bytes of the
+    /// cache's element type, each laid out `(kv_heads, n, head_dim)`: what
+    /// [`KvCache::restore`] takes back.
+    pub fn layer_bytes(&self, il: usize, n: usize) -> Result<Vec<u8>> {
+        if n > self.len() {
+            candle_core::bail!("only {} tokens are cached, not {n}", self.len());
+        }
+        let mut out = Vec::with_capacity(self.bytes_per_layer(n));
+        let Some((k, v)) = self.layers[il].as_ref() else {
+            return Ok(out);
+        };
+        for t in [k, v] {
+            let t = t.narrow(1, 0, n)?.contiguous()?;
+            let (storage, layout) = t.storage_and_layout();
+            let from = layout.start_offset();
+            let count = self.n_kv_head * n * self.head_dim;
+            match &*storage {
+                Storage::Cpu(CpuStorage::F16(x)) => out.extend(
+                    x[from..from + count]
+                        .iter()
+                        .flat_map(|e| e.to_bits().to_le_bytes()),
+                ),
+                Storage::Cpu(CpuStorage::F32(x)) => {
+                    out.extend(x[from..from + count].iter().flat_map(|e| e.to_le_bytes()))
+                }
+                _ => candle_core::bail!("the cache holds {:?} on the CPU only", self.dtype),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes [`KvCache::layer_bytes`] gives for `n` tokens.
+    pub fn bytes_per_layer(&self, n: usize) -> usize {
+        2 * self.n_kv_head * n * self.head_dim * self.dtype.size_in_bytes()
+    }
+
+    /// Refills the cache with `tokens` from bytes laid out as [`KvCache::layer_bytes`] gives
+    /// them for `stored` tokens (`stored` may exceed `tokens.len()`: the rest is left out).
+    /// `layer(il)` supplies each layer's bytes in turn. On an error the cache is left empty.
+    pub fn restore(
+        &mut self,
+        tokens: &[u32],
+        stored: usize,
+        layer: impl FnMut(usize) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        self.clear();
+        let done = self.fill(tokens, stored, layer);
+        if done.is_err() {
+            self.clear();
+        }
+        done
+    }
+
+    fn fill(
+        &mut self,
+        tokens: &[u32],
+        stored: usize,
+        mut layer: impl FnMut(usize) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        let n = tokens.len();
+        if n > stored {
+            candle_core::bail!("{n} tokens asked of a snapshot holding {stored}");
+        }
+        self.reserve(n)?;
+        let shape = (self.n_kv_head, stored, self.head_dim);
+        let half = self.bytes_per_layer(stored) / 2;
+        for il in 0..self.layers.len() {
+            let bytes = layer(il)?;
+            if bytes.len() != 2 * half {
+                candle_core::bail!(
+                    "layer {il}: {} bytes where {} were expected",
+                    bytes.len(),
+                    2 * half
+                );
+            }
+            let tensor = |b: &[u8]| -> Result<Tensor> {
+                let t = match self.dtype {
+                    DType::F16 => Tensor::from_vec(
+                        b.chunks_exact(2)
+                            .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                            .collect::<Vec<_>>(),
+                        shape,
+                        &Device::Cpu,
+                    )?,
+                    DType::F32 => Tensor::from_vec(
+                        b.chunks_exact(4)
+                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect::<Vec<_>>(),
+                        shape,
+                        &Device::Cpu,
+                    )?,
+                    other => candle_core::bail!("no snapshot format for a {other:?} cache"),
+                };
+                t.narrow(1, 0, n)
+            };
+            let (k, v) = (tensor(&bytes[..half])?, tensor(&bytes[half..])?);
+            self.append(il, &k, &v)?;
+        }
+        self.commit(tokens);
+        Ok(())
     }
 
     /// Makes room for `extra` more tokens; errors when that would exceed `max_len`.

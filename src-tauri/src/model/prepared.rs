@@ -109,33 +109,6 @@ pub fn eligible(g: &GgufFile) -> Vec<&TensorInfo> {
         .collect()
 }
 
-/// Identifies the model's bytes: its size and modification time, and for each eligible
-/// tensor its name, shape, place and the first and last bytes of its data (so that two
-/// files with the same header, such as synthetic models of different seeds, differ).
-fn fingerprint(g: &GgufFile, tensors: &[&TensorInfo]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update((g.file_size() as u64).to_le_bytes());
-    let mtime = std::fs::metadata(g.path())
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    h.update(mtime.to_le_bytes());
-    for t in tensors {
-        h.update(t.name.as_bytes());
-        for d in &t.dims {
-            h.update(d.to_le_bytes());
-        }
-        h.update((t.offset as u64).to_le_bytes());
-        let data = g.tensor_data(t);
-        let edge = data.len().min(256);
-        h.update(&data[..edge]);
-        h.update(&data[data.len() - edge..]);
-    }
-    h.finalize().into()
-}
-
 /// The file for a model: `<prepared_dir>/<name>.x8` if the options name a folder, else
 /// `<model>.x8`.
 fn beside(model: &Path) -> PathBuf {
@@ -355,7 +328,7 @@ pub fn open_or_build_at(
     if tensors.is_empty() {
         return Ok(None);
     }
-    let fp = fingerprint(g, &tensors);
+    let fp = g.fingerprint(tensors.iter().copied());
     let finish = |path: &Path, map: Arc<Mmap>, places: Places, built| Prepared {
         entries: tensors
             .iter()

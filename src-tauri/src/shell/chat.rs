@@ -528,6 +528,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             context_size: a.context,
             kv_dtype: EngineOptions::default().kv_dtype,
             max_slots: 1,
+            snapshots: None,
         },
     )
     .context("cannot start the engine")?;

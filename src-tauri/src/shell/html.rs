@@ -539,6 +539,17 @@ pub fn settings_panel(
                 errors,
                 "Optional; your Hugging Face token is never sent to a mirror.",
             ),
+            field(
+                "Saved chat state on disk (MB)",
+                "snapshot_budget_mb",
+                number(
+                    "snapshot_budget_mb",
+                    s.snapshot_budget_mb.to_string(),
+                    "1",
+                ),
+                errors,
+                "Long conversations reopen without re-reading them after a restart; 0 keeps none. Applies when the model is next loaded.",
+            ),
         ]);
     }
     render(

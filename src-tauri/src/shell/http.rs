@@ -505,7 +505,12 @@ fn parse_field<T: FromStr>(
 }
 
 /// Form fields that name files or servers of the machine: only the desktop's owner sets them.
-const MACHINE_FIELDS: [&str; 3] = ["model_path", "tokenizer_path", "hub_mirror"];
+const MACHINE_FIELDS: [&str; 4] = [
+    "model_path",
+    "tokenizer_path",
+    "hub_mirror",
+    "snapshot_budget_mb",
+];
 
 /// Reads the settings form over the current settings; fields left out keep their value.
 /// `machine`: whether the form may set the machine-level fields ([`MACHINE_FIELDS`]).
@@ -566,6 +571,12 @@ fn settings_from_form(
     if let Some(p) = form.get("hub_mirror") {
         s.hub_mirror = p.trim().to_string();
     }
+    parse_field(
+        form,
+        "snapshot_budget_mb",
+        &mut s.snapshot_budget_mb,
+        &mut bad,
+    );
     (s, bad)
 }
 

@@ -23,6 +23,7 @@ pub mod logging;
 pub mod model_cmds;
 pub mod models;
 pub mod openai;
+pub mod restart_bench;
 pub mod serve;
 pub mod server_panel;
 pub mod session;

@@ -71,6 +71,28 @@ pub struct PullArgs {
     pub sha256: Option<String>,
 }
 
+/// Deletes the conversations' KV snapshots made with the model at `path` (they could never
+/// be used again: a model downloaded anew has another fingerprint).
+fn forget_snapshots_of(path: &Path) {
+    let Ok(gguf) = crate::model::GgufFile::open(path) else {
+        return;
+    };
+    let Some(data) = super::data_dir::database_path(None)
+        .ok()
+        .and_then(|db| db.parent().map(Path::to_path_buf))
+    else {
+        return;
+    };
+    let dir = data.join(crate::app::repo::SNAPSHOT_DIR);
+    let n = crate::engine::snapshot::Snapshots::remove_for_model(
+        &dir,
+        &gguf.fingerprint(gguf.tensors()),
+    );
+    if n > 0 {
+        println!("removed {n} saved conversation state(s) made with it");
+    }
+}
+
 /// Runs a `models` subcommand; errors are printed for people and give a non-zero exit.
 pub fn run(args: ModelsArgs) -> ExitCode {
     match dispatch(args) {
@@ -100,6 +122,7 @@ fn dispatch(args: ModelsArgs) -> Result<ExitCode> {
         }
         ModelsCommand::Verify { name } => verify(&dir, name.as_deref()).map(|_| ExitCode::SUCCESS),
         ModelsCommand::Rm { name } => {
+            forget_snapshots_of(&dir.join(&name));
             hub::remove(&dir, &name)?;
             println!("removed {name}");
             Ok(ExitCode::SUCCESS)

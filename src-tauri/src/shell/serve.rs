@@ -227,6 +227,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             context_size: args.context,
             kv_dtype: EngineOptions::default().kv_dtype,
             max_slots: args.slots.max(1),
+            // The browser UI's conversations reopen from disk as the desktop's do.
+            snapshots: data.as_ref().and_then(|d| d.snapshot_options()),
         },
     )
     .context("cannot start the engine")?;

@@ -79,10 +79,20 @@ pub struct Settings {
     /// Whether other devices may reach the desktop app's server (every request then needs
     /// the key).
     pub server_lan: bool,
+    /// Disk space for conversations' saved model state (KV snapshots), in MB: the least
+    /// recently used go first; 0 keeps none.
+    pub snapshot_budget_mb: u64,
 }
 
 /// The port the built-in server takes unless told otherwise.
 pub const DEFAULT_SERVER_PORT: u16 = 3000;
+
+/// Disk space for KV snapshots unless told otherwise (about seven 4,000-token conversations
+/// of SmolLM3-3B).
+pub const DEFAULT_SNAPSHOT_BUDGET_MB: u64 = 2048;
+
+/// The most the settings accept for KV snapshots (1 TB).
+pub const MAX_SNAPSHOT_BUDGET_MB: u64 = 1_000_000;
 
 /// The lowest port the settings accept: lower ones need an administrator on most systems.
 pub const MIN_SERVER_PORT: u16 = 1024;
@@ -108,6 +118,7 @@ impl Default for Settings {
             server_enabled: false,
             server_port: DEFAULT_SERVER_PORT,
             server_lan: false,
+            snapshot_budget_mb: DEFAULT_SNAPSHOT_BUDGET_MB,
         }
     }
 }
@@ -171,6 +182,11 @@ impl Settings {
             valid_mirror(&self.hub_mirror),
             "hub_mirror",
             "must be an http:// or https:// address, or empty for the hub",
+        );
+        check(
+            self.snapshot_budget_mb <= MAX_SNAPSHOT_BUDGET_MB,
+            "snapshot_budget_mb",
+            "must be at most 1000000 MB (0 keeps none)",
         );
         check(
             self.server_port >= MIN_SERVER_PORT,
@@ -386,6 +402,7 @@ mod tests {
             server_enabled: true,
             server_port: 8123,
             server_lan: true,
+            snapshot_budget_mb: 512,
         };
         Store::open(&path).unwrap().save_settings(&custom).unwrap();
         assert_eq!(Store::open(&path).unwrap().load_settings().unwrap(), custom);
@@ -436,6 +453,7 @@ mod tests {
         s.sampling.top_p = 0.0;
         s.context_size = 10;
         s.server_port = 80;
+        s.snapshot_budget_mb = MAX_SNAPSHOT_BUDGET_MB + 1;
         let fields: Vec<&str> = s.validate().unwrap_err().iter().map(|e| e.field).collect();
         for f in [
             "temperature",
@@ -443,6 +461,7 @@ mod tests {
             "context_size",
             "max_tokens",
             "server_port",
+            "snapshot_budget_mb",
         ] {
             assert!(fields.contains(&f), "{f} in {fields:?}");
         }
