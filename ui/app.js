@@ -403,6 +403,57 @@
       if (t.value.trim() !== "" && t.form) t.form.requestSubmit();
       return;
     }
+    // Shortcuts (listed by /help, `commands::SHORTCUTS`): each clicks or focuses what the
+    // page already has, so a shortcut does exactly what its button does.
+    const mod = (e.ctrlKey || e.metaKey) && !e.altKey;
+    const inField = t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement;
+    const click = (sel) => {
+      const el = document.querySelector(sel);
+      if (el) el.click();
+      return !!el;
+    };
+    const lastReply = () => {
+      const all = document.querySelectorAll("#messages .msg.assistant:not(.streaming)");
+      return all.length ? all[all.length - 1] : null;
+    };
+    const focusComposer = () => {
+      const p = document.getElementById("prompt");
+      if (p) p.focus();
+      return !!p;
+    };
+    let done = false;
+    if (mod && e.shiftKey && e.key.toLowerCase() === "o") {
+      done = click("#new-chat");
+    } else if (mod && !e.shiftKey && e.key.toLowerCase() === "k") {
+      const s = document.getElementById("search");
+      if (s) {
+        s.focus();
+        s.select();
+        done = true;
+      }
+    } else if (mod && !e.shiftKey && e.key === ",") {
+      done = click("#open-settings");
+    } else if (mod && e.shiftKey && e.key.toLowerCase() === "c") {
+      const r = lastReply();
+      const b = r && r.querySelector(".js-copy-message");
+      if (b) {
+        b.click();
+        done = true;
+      }
+    } else if (mod && e.shiftKey && e.key === "Enter") {
+      const r = lastReply();
+      const b = r && r.querySelector('[hx-post$="/regenerate"]');
+      if (b) {
+        b.click();
+        done = true;
+      }
+    } else if ((e.shiftKey && e.key === "Escape") || (e.key === "/" && !mod && !inField)) {
+      done = focusComposer();
+    }
+    if (done) {
+      e.preventDefault();
+      return;
+    }
     if (e.key === "Escape") {
       const overlay = document.getElementById("overlay");
       if (overlay && overlay.firstChild) {
@@ -507,6 +558,15 @@
       const pre = code.closest("pre");
       const src = pre && (pre.querySelector("code") || pre);
       copyText(src ? src.textContent.replace(/Copy$/, "") : "", code);
+      return;
+    }
+    const preset = t.closest(".js-preset");
+    if (preset) {
+      const area = document.getElementById("system-prompt");
+      if (area) {
+        area.value = preset.dataset.preset || "";
+        area.focus();
+      }
       return;
     }
     const msgCopy = t.closest(".js-copy-message");

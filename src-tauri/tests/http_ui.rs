@@ -328,6 +328,10 @@ async fn slash_commands_toggle_reasoning_and_explain_mistakes() {
     )
     .await;
     assert!(help.contains("/no_think") && help.contains("/quote"));
+    assert!(
+        help.contains("Ctrl+Shift+O") && help.contains("Ctrl+K") && help.contains("regenerate"),
+        "the keyboard shortcuts are listed: {help}"
+    );
     let (status, _, bad) = call(
         &app,
         "POST",
@@ -660,4 +664,105 @@ async fn a_conversation_exports_as_files_and_imports_back() {
     assert_eq!(v["conversations"].as_array().unwrap().len(), 2);
     let (_, _, lines) = call(&app, "GET", "/conversations/export/jsonl", None).await;
     assert_eq!(lines.lines().count(), 2, "{lines}");
+}
+
+/// Records the requests it is given and answers each with an empty reply at once.
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<smollm3_bot::engine::GenerateRequest>>>);
+
+impl smollm3_bot::engine::Generator for Capture {
+    fn submit(&self, req: smollm3_bot::engine::GenerateRequest) -> smollm3_bot::engine::JobHandle {
+        use smollm3_bot::engine::{CancelToken, EngineEvent, GenerationStats, JobHandle};
+        self.0.lock().unwrap().push(req);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = tx.send(EngineEvent::Done {
+            stats: GenerationStats::default(),
+            token_ids: Vec::new(),
+        });
+        JobHandle {
+            id: 0,
+            events: rx,
+            cancel: CancelToken::new(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_conversation_has_its_own_system_prompt() {
+    use smollm3_bot::app::service::EngineState;
+    let (service, app) = app();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    service.set_generator(
+        std::sync::Arc::new(Capture(seen.clone())),
+        EngineState::Ready {
+            model: "capture".into(),
+        },
+    );
+    let mut settings = service.settings();
+    settings.system_prompt = "Default for new chats.".into();
+    service.update_settings(settings).unwrap();
+    let c = new_conversation(&app).await;
+
+    let (status, _, form) = call(&app, "GET", &format!("/conversations/{c}/system"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    for preset in ["Concise", "Programmer", "Settings&#39; default"] {
+        assert!(form.contains(preset), "{preset} offered: {form}");
+    }
+    assert!(
+        form.contains(">Default for new chats.</textarea>"),
+        "a new conversation starts with the settings' prompt: {form}"
+    );
+
+    let (status, _, saved) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/system"),
+        Some("system_prompt=Speak+like+a+%3Cb%3Epirate%3C%2Fb%3E."),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(saved.contains("Saved"), "{saved}");
+    assert!(saved.contains("&lt;b&gt;pirate"), "escaped: {saved}");
+    assert!(
+        saved.contains("id=\"chat-head\" hx-swap-oob=\"true\"")
+            && saved.contains("System prompt ✓"),
+        "the head marks it: {saved}"
+    );
+
+    let (status, _, _) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/messages"),
+        Some("text=hello"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for _ in 0..200 {
+        if !seen.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = seen.lock().unwrap()[0].messages[0].clone();
+    assert_eq!(
+        (first.role.as_str(), first.content.as_str()),
+        ("system", "Speak like a <b>pirate</b>.")
+    );
+
+    let long = "x".repeat(8001);
+    let (status, _, refused) = call(
+        &app,
+        "POST",
+        &format!("/conversations/{c}/system"),
+        Some(&format!("system_prompt={long}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(refused.contains("at most 8000 characters"), "{refused}");
+    assert_eq!(
+        service.conversation(c).unwrap().conversation.system_prompt,
+        "Speak like a <b>pirate</b>.",
+        "a refused prompt changes nothing"
+    );
+    let (status, _, _) = call(&app, "GET", "/conversations/999999/system", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

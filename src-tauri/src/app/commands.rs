@@ -45,6 +45,19 @@ pub const HELP: &[(&str, &str)] = &[
     ("/help", "show this list"),
 ];
 
+/// Keyboard shortcuts of the window and the browser page (`ui/app.js`), listed by `/help`;
+/// ⌘ stands for Ctrl on macOS.
+pub const SHORTCUTS: &[(&str, &str)] = &[
+    ("Ctrl+Shift+O", "new chat"),
+    ("Ctrl+K", "search conversations"),
+    ("Ctrl+,", "settings"),
+    ("Shift+Esc or /", "focus the message box"),
+    ("Ctrl+Shift+C", "copy the last reply"),
+    ("Ctrl+Shift+Enter", "regenerate the last reply"),
+    ("Esc", "stop the reply, or close a panel"),
+    ("Enter / Shift+Enter", "send / new line"),
+];
+
 /// Parses `input`: `None` when it is an ordinary message (does not start with `/`, or starts
 /// with `//`, which sends a literal `/`).
 pub fn parse(input: &str) -> Option<Result<SlashCommand, CommandError>> {

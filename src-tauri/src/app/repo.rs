@@ -175,6 +175,13 @@ impl Repo {
         Ok(self.store.rename_conversation(ConversationId(id), title)?)
     }
 
+    /// Changes a conversation's own system prompt.
+    pub fn set_system_prompt(&mut self, id: impl Into<i64>, prompt: &str) -> Result<()> {
+        let id: i64 = id.into();
+        self.conversation(id)?;
+        Ok(self.store.set_system_prompt(ConversationId(id), prompt)?)
+    }
+
     /// Turns reasoning on or off for a conversation.
     pub fn set_thinking(&mut self, id: impl Into<i64>, on: bool) -> Result<()> {
         let id: i64 = id.into();

@@ -32,6 +32,33 @@ use crate::store::{InvalidSetting, Settings, DESKTOP_OWNER};
 /// Title of a conversation before its first message names it.
 pub const NEW_TITLE: &str = "New chat";
 
+/// The longest system prompt a conversation takes, in characters.
+pub const MAX_SYSTEM_PROMPT: usize = 8000;
+
+/// Ready-made system prompts offered beside a conversation's own (name, text).
+pub const SYSTEM_PRESETS: &[(&str, &str)] = &[
+    ("None", ""),
+    (
+        "Concise",
+        "Answer briefly and directly, without preamble. Use lists only when they help.",
+    ),
+    (
+        "Teacher",
+        "Explain step by step for a curious beginner, with one short example, and check \
+         the reasoning before giving the answer.",
+    ),
+    (
+        "Programmer",
+        "You are an expert programmer. Give correct, idiomatic code in fenced blocks with the \
+         language named, and explain only what is not obvious.",
+    ),
+    (
+        "Translator",
+        "Translate the user's text into English, keeping its meaning and tone; if it is \
+         already English, translate it into French. Reply with the translation only.",
+    ),
+];
+
 /// What can go wrong in a user action; every message is meant for a person.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -886,6 +913,26 @@ impl ChatService {
         Ok(ids)
     }
 
+    /// Gives a conversation its own system prompt (empty: none); its next reply uses it.
+    pub fn set_system_prompt(&self, id: impl Into<i64>, prompt: &str) -> Result<Conversation> {
+        let id: i64 = id.into();
+        let prompt = prompt.trim();
+        if prompt.chars().count() > MAX_SYSTEM_PROMPT {
+            return Err(ServiceError::Invalid(format!(
+                "A system prompt can be at most {MAX_SYSTEM_PROMPT} characters."
+            )));
+        }
+        let mut st = self.state();
+        self.check_owner(&st, id)?;
+        st.repo.set_system_prompt(id, prompt)?;
+        Ok(st.repo.conversation(id)?)
+    }
+
+    /// The system prompt the settings give new conversations (their default).
+    pub fn default_system_prompt(&self) -> String {
+        self.settings().system_prompt
+    }
+
     /// Renames a conversation.
     pub fn rename(&self, id: impl Into<i64>, title: &str) -> Result<Conversation> {
         let id: i64 = id.into();
@@ -1025,11 +1072,20 @@ impl ChatService {
                 return notice(&st, text);
             }
             Some(SlashCommand::Help) => {
-                let text = commands::HELP
-                    .iter()
-                    .map(|(c, h)| format!("{c} — {h}"))
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let line = |(c, h): &(&str, &str)| format!("{c} — {h}");
+                let text = format!(
+                    "{}\n\nKeyboard (⌘ instead of Ctrl on a Mac):\n{}",
+                    commands::HELP
+                        .iter()
+                        .map(line)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    commands::SHORTCUTS
+                        .iter()
+                        .map(line)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
                 return notice(&st, text);
             }
             Some(SlashCommand::Quote(_)) | None => match reply_generator {
@@ -1200,8 +1256,10 @@ impl ChatService {
         let conv = st.repo.conversation(conversation_id)?;
         let settings = st.repo.settings().clone();
         let mut messages = Vec::new();
-        if !settings.system_prompt.trim().is_empty() {
-            messages.push(ChatMessage::new("system", settings.system_prompt.trim()));
+        // The conversation's own prompt: the settings' default when it was created, or what
+        // was chosen for it since.
+        if !conv.system_prompt.trim().is_empty() {
+            messages.push(ChatMessage::new("system", conv.system_prompt.trim()));
         }
         // The path up to the message being answered (for a regenerate, the leaf is further down).
         for m in st.repo.path_to(user_id)? {

@@ -37,7 +37,7 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// Instead: time the first token of the next message in a conversation of this many
+    /// Instead (see `restart_bench`): time the first token of the next message in a conversation of this many
     /// tokens after a restart, its KV snapshot read from disk, against prefilling it again.
     #[arg(long, value_name = "TOKENS")]
     pub restart_tokens: Option<usize>,
@@ -65,9 +65,6 @@ pub fn peak_rss_mb() -> f64 {
 
 /// Runs the benchmark.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    if let Some(tokens) = a.restart_tokens {
-        return super::restart_bench::run(&a, tokens);
-    }
     let reps = a.reps.max(1);
     let kv = if a.kv_f32 { DType::F32 } else { DType::F16 };
     let mut loads = Vec::new();

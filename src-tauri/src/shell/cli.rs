@@ -1,6 +1,6 @@
 //! The headless command line (`smollm3-bot <subcommand>`), built with clap.
 
-use super::{bench, model_cmds, text_cmds};
+use super::{bench, model_cmds, restart_bench, text_cmds};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -78,7 +78,10 @@ pub fn main() -> ExitCode {
         Some(Command::Generate(a)) => model_cmds::generate(a),
         Some(Command::Render(a)) => text_cmds::render(a),
         Some(Command::Tokenize(a)) => text_cmds::tokenize(a),
-        Some(Command::Bench(a)) => bench::bench(a),
+        Some(Command::Bench(a)) => match a.restart_tokens {
+            Some(tokens) => restart_bench::run(&a, tokens),
+            None => bench::bench(a),
+        },
         Some(Command::Serve(a)) => super::serve::serve(a),
         Some(Command::Chat(a)) => super::chat::run(a),
         Some(Command::Conversations(a)) => super::conversations::run(a),

@@ -120,6 +120,38 @@ pub fn chat_head(c: &Conversation, oob: bool) -> String {
             oob,
             title => safe(chat_title(c, false)),
             thinking => c.thinking,
+            system_prompt => c.system_prompt.trim(),
+        },
+    )
+}
+
+/// A conversation's own system prompt, with the presets and the settings' default to start
+/// from; `saved` after a save, `error` when one was refused.
+pub fn system_prompt_form(
+    c: &Conversation,
+    default: &str,
+    saved: bool,
+    error: Option<&str>,
+) -> String {
+    let mut presets: Vec<Value> = crate::app::service::SYSTEM_PRESETS
+        .iter()
+        .map(|(name, text)| context! { name, text })
+        .collect();
+    if !default.trim().is_empty() {
+        presets.insert(
+            1,
+            context! { name => "Settings' default", text => default.trim() },
+        );
+    }
+    render(
+        "system_prompt_form.html",
+        context! {
+            id => c.id.0,
+            prompt => &c.system_prompt,
+            presets,
+            saved,
+            error,
+            max => crate::app::service::MAX_SYSTEM_PROMPT,
         },
     )
 }
@@ -416,7 +448,7 @@ pub fn settings_panel(
                 context! {},
             ),
             errors,
-            "Sent before every conversation.",
+            "The default for new conversations; each conversation can have its own (System prompt, above the chat).",
         ),
         field(
             "Temperature",

@@ -98,6 +98,10 @@ fn routes() -> Router<ChatService> {
         .route("/conversations/{id}/delete", post(delete))
         .route("/conversations/{id}/undo", post(undo))
         .route("/conversations/{id}/thinking", post(thinking))
+        .route(
+            "/conversations/{id}/system",
+            get(system_prompt_form).post(set_system_prompt),
+        )
         .route("/conversations/{id}/messages", post(send_in))
         .route("/conversations/{id}/stop", post(stop))
         .route("/messages", post(send_new))
@@ -224,6 +228,55 @@ async fn open(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
 async fn rename_form(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
     let view = s.conversation(id)?;
     Ok(Html(html::rename_form(&view.conversation)))
+}
+
+async fn system_prompt_form(Scoped(s): Scoped, Path(id): Path<i64>) -> Result<Html<String>> {
+    let view = s.conversation(id)?;
+    Ok(Html(html::system_prompt_form(
+        &view.conversation,
+        &s.default_system_prompt(),
+        false,
+        None,
+    )))
+}
+
+#[derive(Deserialize)]
+struct SystemPromptForm {
+    #[serde(default)]
+    system_prompt: String,
+}
+
+/// Saves a conversation's system prompt; the head swaps in where it is open (its button marks
+/// that there is one).
+async fn set_system_prompt(
+    Scoped(s): Scoped,
+    Path(id): Path<i64>,
+    Form(f): Form<SystemPromptForm>,
+) -> Result<Response> {
+    let default = s.default_system_prompt();
+    match s.set_system_prompt(id, &f.system_prompt) {
+        Ok(c) => Ok(Html(format!(
+            "{}{}",
+            html::system_prompt_form(&c, &default, true, None),
+            html::chat_head(&c, true)
+        ))
+        .into_response()),
+        Err(ServiceError::Invalid(message)) => {
+            let mut c = s.conversation(id)?.conversation;
+            c.system_prompt = f.system_prompt;
+            Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Html(html::system_prompt_form(
+                    &c,
+                    &default,
+                    false,
+                    Some(&message),
+                )),
+            )
+                .into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]

@@ -35,13 +35,14 @@ use comrak::{format_html_with_plugins, parse_document, Arena, Options};
 
 use super::templates::{escape, push_escaped};
 use super::tool_calls::{self, Piece};
+use super::{highlight, math};
 
 /// Renders markdown as sanitized HTML (see the module documentation for what survives).
 pub fn render_markdown(md: &str) -> String {
     let mut html = String::with_capacity(md.len() * 3 / 2 + 64);
     for piece in tool_calls::split(md) {
         match piece {
-            Piece::Text(text) => push_markdown(&mut html, text),
+            Piece::Text(text) => push_markdown(&mut html, &math::normalize_delimiters(text)),
             call => tool_calls::push_html(&mut html, &call),
         }
     }
@@ -77,6 +78,7 @@ fn push_markdown(html: &mut String, md: &str) {
         html.push_str("</p>");
         return;
     }
+    let out = math::formulas_to_mathml(&out);
     // The highlighter opened a wrapper before each <pre>; close it after. Only code blocks
     // produce this sequence: text and raw HTML reach this point escaped.
     html.push_str(&out.replace("</code></pre>", "</code></pre></div>"));
@@ -90,6 +92,8 @@ fn comrak_options() -> &'static Options<'static> {
         o.extension.table = true;
         o.extension.autolink = true;
         o.extension.tasklist = true;
+        // `$…$` and `$$…$$` (see `math`).
+        o.extension.math_dollars = true;
         // Raw HTML from the model is shown as text, never interpreted.
         o.render.r#unsafe = false;
         o.render.escape = true;
@@ -105,6 +109,8 @@ fn sanitizer() -> &'static ammonia::Builder<'static> {
         let mut b = ammonia::Builder::default();
         b.rm_tags(["img"])
             .add_tags(["button", "input"])
+            .add_tags(math::TAGS)
+            .add_generic_attributes(math::ATTRIBUTES)
             .add_tag_attributes("button", ["data-copy"])
             .add_tag_attribute_values("button", "type", ["button"])
             .add_tag_attributes("input", ["checked", "disabled"])
@@ -122,7 +128,10 @@ fn sanitizer() -> &'static ammonia::Builder<'static> {
                 ),
                 (
                     "span",
-                    HashSet::from(["code-lang", "tool-call-name", "tool-call-state"]),
+                    ["code-lang", "tool-call-name", "tool-call-state"]
+                        .into_iter()
+                        .chain(highlight::CLASSES)
+                        .collect(),
                 ),
                 ("button", HashSet::from(["copy"])),
             ]))
@@ -140,12 +149,12 @@ impl SyntaxHighlighterAdapter for CodeBlocks {
     fn write_highlighted(
         &self,
         output: &mut dyn fmt::Write,
-        _lang: Option<&str>,
+        lang: Option<&str>,
         code: &str,
     ) -> fmt::Result {
-        let mut escaped = String::with_capacity(code.len() + 16);
-        push_escaped(&mut escaped, code);
-        output.write_str(&escaped)
+        let mut html = String::with_capacity(code.len() * 2 + 16);
+        highlight::push_code(&mut html, lang, code);
+        output.write_str(&html)
     }
 
     fn write_pre_tag(
@@ -306,8 +315,12 @@ mod tests {
             "{html}"
         );
         assert!(
-            html.contains("println!(\"&lt;hi&gt; &amp; bye\");"),
+            html.contains("&lt;hi&gt; &amp; bye"),
             "code escaped once: {html}"
+        );
+        assert!(
+            html.contains(r#"<span class="hl-keyword">fn</span>"#),
+            "highlighted: {html}"
         );
         assert!(
             html.contains("</code></pre></div>\n<p>Done.</p>"),
@@ -416,7 +429,14 @@ mod tests {
             html.contains(r#"<span class="code-lang">python</span>"#),
             "{html}"
         );
-        assert!(html.contains("    print(i &lt;"), "{html}");
+        assert!(
+            html.contains("(i <span class=\"hl-keyword\">&lt;</span>"),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<span class="hl-keyword">for</span>"#),
+            "highlighted while open: {html}"
+        );
         assert_eq!(
             count(&html, "<div"),
             count(&html, "</div>"),
@@ -426,8 +446,25 @@ mod tests {
     }
 
     #[test]
+    fn latex_renders_as_sanitized_mathml_outside_code() {
+        let html = render_markdown(
+            "Euler: $e^{i\\pi}+1=0$, also \\(a^2\\) and\n\n$$\\sum_{k=1}^n k$$\n\n\
+             `$not math$` costs $5 and $10.\n\n$\\text{<img src=x onerror=alert(1)>}$",
+        );
+        assert_eq!(count(&html, "<math"), 4, "{html}");
+        assert!(html.contains(r#"<math display="block">"#), "{html}");
+        assert!(html.contains("<code>$not math$</code>"), "{html}");
+        assert!(
+            html.contains("costs $5 and $10."),
+            "prices stay text: {html}"
+        );
+        assert!(!html.contains("<img"), "{html}");
+        assert!(!html.contains("style="), "no inline styles: {html}");
+    }
+
+    #[test]
     fn every_prefix_of_a_streaming_reply_renders_balanced() {
-        let reply = "# Title\n\nSome **bold** text and a [link](https://example.com).\n\n```js\nconsole.log('<x>');\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n";
+        let reply = "# Title\n\nSome **bold** text and a [link](https://example.com).\n\n```js\nconsole.log('<x>');\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nSo $x^2 < y$ and \\[\\frac{a}{b}\\] end.\n";
         for end in (0..=reply.len()).filter(|&i| reply.is_char_boundary(i)) {
             let html = render_markdown(&reply[..end]);
             assert_eq!(
@@ -436,6 +473,11 @@ mod tests {
                 "prefix {end}: {html}"
             );
             assert!(!html.contains("<script"), "prefix {end}: {html}");
+            assert_eq!(
+                count(&html, "<math"),
+                count(&html, "</math>"),
+                "prefix {end}: {html}"
+            );
         }
     }
 }

@@ -52,6 +52,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "conversation_list.html",
     "conversation_item.html",
     "rename_form.html",
+    "system_prompt_form.html",
     "undo_toast.html",
     "composer.html",
     "empty_chat.html",

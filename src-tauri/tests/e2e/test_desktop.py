@@ -481,6 +481,84 @@ def markdown_renders(d):
     assert answer.find_element(By.TAG_NAME, "code").text == "inline code"
 
 
+def math_and_code_render(d):
+    """LaTeX shows as MathML and a rust block as highlighted spans, while the reply streams and
+    at its end; HTML hidden in either stays text."""
+    text = ("Euler: $e^{i\\pi}+1=0$ and \\(a^2+b^2\\).\n\n"
+            "```rust\nfn main() {\n    let s = \"<img src=x onerror=window.__pwned=3>\";\n"
+            "    println!(\"{}\", s);\n}\n```\n\n"
+            "$\\text{<script>window.__pwned=4</script>}$ and "
+            + " ".join(f"tail{i}" for i in range(60)))
+    n = replies(d)
+    js(d, "const p = document.getElementById('prompt'); p.value = arguments[0]; p.form.requestSubmit();",
+       "/quote " + text)
+    wait(d, lambda d: replies(d) == n + 1, "a new reply")
+    wait(d, lambda d: js(d, "return !!document.querySelector('#messages .msg.streaming .answer .hl-keyword')"),
+         "the code is highlighted while the reply streams")
+    wait(d, lambda d: not streaming(d), "the reply finishes", seconds=60)
+    answer = last_reply(d).find_element(By.CSS_SELECTOR, ".answer")
+    maths = answer.find_elements(By.TAG_NAME, "math")
+    assert len(maths) == 3, f"three formulas: {answer.get_attribute('innerHTML')[:600]}"
+    assert answer.find_elements(By.CSS_SELECTOR, "math msup"), "e^{i pi} is a superscript"
+    keywords = [e.text for e in answer.find_elements(By.CSS_SELECTOR, "pre code .hl-keyword")]
+    assert "fn" in keywords and "let" in keywords, keywords
+    assert answer.find_elements(By.CSS_SELECTOR, "pre code .hl-string"), "strings highlighted"
+    assert not answer.find_elements(By.CSS_SELECTOR, "img, script"), "HTML in code or math stays text"
+    assert "onerror" in answer.find_element(By.CSS_SELECTOR, "pre code").text
+    assert js(d, "return window.__pwned === undefined"), "nothing ran"
+    shot(d, "31-math-and-code")
+
+
+def keyboard_shortcuts(d):
+    """The shortcuts /help lists, typed as a person types them (from the message box)."""
+    prompt = lambda: d.find_element(By.ID, "prompt")
+    active = lambda: js(d, "return document.activeElement ? document.activeElement.id : ''")
+    prompt().send_keys(Keys.CONTROL, "k")
+    wait(d, lambda d: active() == "search", "Ctrl+K focuses the search")
+    d.find_element(By.ID, "search").send_keys(Keys.SHIFT, Keys.ESCAPE)
+    wait(d, lambda d: active() == "prompt", "Shift+Esc focuses the message box")
+    prompt().send_keys(Keys.CONTROL, ",")
+    wait(d, lambda d: d.find_elements(By.ID, "settings"), "Ctrl+, opens the settings")
+    d.find_element(By.ID, "save-settings").send_keys(Keys.ESCAPE)
+    wait(d, lambda d: not d.find_elements(By.ID, "settings"), "Esc closes them")
+    copy = lambda: last_reply(d).find_element(By.CSS_SELECTOR, ".js-copy-message")
+    prompt().send_keys(Keys.CONTROL, Keys.SHIFT, "c")
+    wait(d, lambda d: copy().text == "Copied", "Ctrl+Shift+C copies the last reply")
+    n = replies(d)
+    prompt().send_keys(Keys.CONTROL, Keys.SHIFT, Keys.ENTER)
+    wait(d, lambda d: streaming(d), "Ctrl+Shift+Enter regenerates the last reply")
+    wait(d, lambda d: not streaming(d), "the new version finishes", seconds=60)
+    assert replies(d) == n, "the reply was replaced by its new version, not added"
+    convs = len(d.find_elements(By.CSS_SELECTOR, ".conv"))
+    prompt().send_keys(Keys.CONTROL, Keys.SHIFT, "o")
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == convs + 1, "Ctrl+Shift+O starts a new chat")
+    wait(d, lambda d: d.find_element(By.ID, "empty-state").is_displayed(), "an empty chat")
+    shot(d, "32-shortcut-new-chat")
+    # Leave the sidebar as the later checks expect it: the new chat deleted, the last one open.
+    wait(d, lambda d: js(d, "const a = document.querySelector('.conv.active');"
+                            "if (!a) return false; a.querySelector('.js-delete').click(); return true;"),
+         "the new chat is deleted")
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == convs, "deleted")
+    d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
+    wait(d, lambda d: replies(d) >= 1, "the previous conversation is open again")
+
+
+def system_prompt_per_conversation(d):
+    """The chat head's System prompt: a preset fills the box, Save keeps it for this
+    conversation and the head marks it."""
+    d.find_element(By.ID, "open-system-prompt").click()
+    wait(d, lambda d: d.find_elements(By.ID, "system-prompt-form"), "the dialog opens")
+    [b for b in d.find_elements(By.CSS_SELECTOR, ".js-preset") if b.text == "Concise"][0].click()
+    value = d.find_element(By.ID, "system-prompt").get_attribute("value")
+    assert value.startswith("Answer briefly"), value
+    shot(d, "33-system-prompt")
+    d.find_element(By.ID, "save-system-prompt").click()
+    wait(d, lambda d: "Saved" in d.find_element(By.ID, "system-prompt-form").text, "saved")
+    wait(d, lambda d: "✓" in d.find_element(By.ID, "open-system-prompt").text, "the head marks it")
+    d.find_element(By.CSS_SELECTOR, "#system-prompt-form .js-close-overlay").click()
+    wait(d, lambda d: not d.find_elements(By.ID, "system-prompt-form"), "closed")
+
+
 def links_open_outside_the_app(d):
     # A link in a reply is followed in the system's browser (here a stand-in `xdg-open` that
     # writes down what it was given); the window keeps the app's page.
@@ -784,6 +862,9 @@ def main():
             check("reasoning toggle", reasoning_toggle, d)
             check("markup stays inert", markup_stays_inert, d)
             check("markdown renders", markdown_renders, d)
+            check("math and code render", math_and_code_render, d)
+            check("keyboard shortcuts work", keyboard_shortcuts, d)
+            check("a conversation's own system prompt", system_prompt_per_conversation, d)
             check("a long reply streams formatted", long_reply_streams, d)
             check("links open outside the app", links_open_outside_the_app, d)
             check("usable at 900x600", small_window, d)
