@@ -68,13 +68,21 @@ impl Repo {
         Ok(Self { store, settings })
     }
 
-    /// The folder for conversations' KV snapshots, beside the database (none for a database
-    /// in memory).
+    /// The folder for conversations' KV snapshots: beside the database, except that with the
+    /// default database they go to the local data folder (on Windows the database's folder
+    /// roams with the user's account; gigabytes of snapshots must not). None for a database in
+    /// memory.
     pub fn snapshot_dir(&self) -> Option<PathBuf> {
         let path = self.store.path();
-        (path != Path::new(":memory:"))
-            .then(|| path.parent().map(|d| d.join(SNAPSHOT_DIR)))
-            .flatten()
+        if path == Path::new(":memory:") {
+            return None;
+        }
+        if Store::default_path().is_ok_and(|d| d == path) {
+            return Store::default_local_dir()
+                .ok()
+                .map(|d| d.join(SNAPSHOT_DIR));
+        }
+        path.parent().map(|d| d.join(SNAPSHOT_DIR))
     }
 
     /// The key that signs browser session ids, kept across restarts.
@@ -346,6 +354,31 @@ mod tests {
         settings.snapshot_budget_mb = 0;
         service.update_settings(settings).unwrap();
         assert_eq!(service.snapshot_options(), None);
+    }
+
+    #[test]
+    fn settings_follow_a_models_folder_that_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (
+            dir.path().join("Roaming/models"),
+            dir.path().join("Local/models"),
+        );
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::write(to.join("m.gguf"), b"GGUF").unwrap();
+        let service = crate::app::service::ChatService::in_memory();
+        let mut s = service.settings();
+        s.model_path = from.join("m.gguf").to_string_lossy().into_owned();
+        s.tokenizer_path = "/elsewhere/tokenizer.json".into();
+        service.update_settings(s).unwrap();
+        assert!(service.follow_moved_files(&[(from.clone(), to.clone())]));
+        let s = service.settings();
+        assert_eq!(Path::new(&s.model_path), to.join("m.gguf"));
+        assert_eq!(
+            s.tokenizer_path, "/elsewhere/tokenizer.json",
+            "not under a moved folder"
+        );
+        // Nothing left to follow: no change.
+        assert!(!service.follow_moved_files(&[(from, to)]));
     }
 
     #[test]

@@ -928,6 +928,37 @@ impl ChatService {
         Ok(st.repo.conversation(id)?)
     }
 
+    /// Points the settings' model and tokenizer files at their new place when their folder
+    /// moved (`(from, to)` pairs): only a path under `from` whose file is gone while the same
+    /// file exists under `to`. Returns whether anything changed.
+    pub fn follow_moved_files(&self, moves: &[(PathBuf, PathBuf)]) -> bool {
+        let rebased = |path: &str| -> Option<String> {
+            let p = Path::new(path.trim());
+            if path.trim().is_empty() || p.exists() {
+                return None;
+            }
+            moves.iter().find_map(|(from, to)| {
+                let candidate = to.join(p.strip_prefix(from).ok()?);
+                candidate
+                    .exists()
+                    .then(|| candidate.to_string_lossy().into_owned())
+            })
+        };
+        let mut s = self.settings();
+        let model = rebased(&s.model_path);
+        let tokenizer = rebased(&s.tokenizer_path);
+        if model.is_none() && tokenizer.is_none() {
+            return false;
+        }
+        if let Some(m) = model {
+            s.model_path = m;
+        }
+        if let Some(t) = tokenizer {
+            s.tokenizer_path = t;
+        }
+        self.update_settings(s).is_ok()
+    }
+
     /// The system prompt the settings give new conversations (their default).
     pub fn default_system_prompt(&self) -> String {
         self.settings().system_prompt

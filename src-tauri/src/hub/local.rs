@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 pub const MODELS_DIR_ENV: &str = "SMOLLM3_MODELS_DIR";
 
 /// The models folder: `explicit` (`--dir`, a setting), else `SMOLLM3_MODELS_DIR`, else the
-/// platform data folder (`~/.local/share/smollm3-bot/models` on Linux).
+/// platform's local data folder (`~/.local/share/smollm3-bot/models` on Linux, not the roaming
+/// profile on Windows: a model is gigabytes).
 pub fn models_dir(explicit: Option<&Path>) -> Result<PathBuf, HubError> {
     if let Some(dir) = explicit {
         return Ok(dir.to_path_buf());
@@ -24,7 +25,7 @@ pub fn models_dir(explicit: Option<&Path>) -> Result<PathBuf, HubError> {
         return Ok(PathBuf::from(dir));
     }
     let dirs = directories::ProjectDirs::from("", "", "smollm3-bot").ok_or(HubError::NoDataDir)?;
-    Ok(dirs.data_dir().join("models"))
+    Ok(dirs.data_local_dir().join("models"))
 }
 
 /// The files that belong to one model name.

@@ -54,11 +54,14 @@ pub fn main() -> ExitCode {
     let _ = crate::model::options::set(model_options());
     // Before any thread starts: candle's pool reads its size from the environment once.
     set_threads(threads_for(&cli.command));
+    // Folders an earlier version kept elsewhere move before anything opens them (once).
+    let moves = super::data_dir::move_once(&super::data_dir::relocations());
     // The long-running desktop app and server also log to a file; the guard lives until exit.
     let log = match cli.command {
         None | Some(Command::Serve(_)) => super::logging::init_with_file(),
         Some(_) => super::logging::init_stderr(),
     };
+    super::data_dir::log_moves(&moves);
     let result = match cli.command {
         // Model management has its own exit codes (130 when a download is paused).
         Some(Command::Models(args)) => return super::models::run(args),

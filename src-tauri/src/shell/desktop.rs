@@ -493,6 +493,7 @@ pub fn run(log: super::logging::LogGuard) -> anyhow::Result<()> {
             match crate::app::repo::Repo::open(&file).map(ChatService::new) {
                 Ok(service) => {
                     tracing::info!(data = %file.display(), "chat data");
+                    service.follow_moved_files(&super::data_dir::moved_pairs());
                     service.set_model_override(model_override_from_env());
                     install(app.handle(), service.clone(), server_lan_address_from_env());
                     load_model_in_background(service, crate::app::service::load_engine);

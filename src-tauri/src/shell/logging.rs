@@ -26,9 +26,9 @@ pub struct LogGuard {
     _file: Option<WorkerGuard>,
 }
 
-/// The log folder: `SMOLLM3_LOG_DIR` when set, else `~/Library/Logs/smollm3-bot` on macOS and
-/// a `logs` folder in the platform's local data folder elsewhere
-/// (`~/.local/share/smollm3-bot/logs` on Linux).
+/// The log folder: `SMOLLM3_LOG_DIR` when set, else `~/Library/Logs/smollm3-bot` on macOS, the
+/// state folder on Linux (`~/.local/state/smollm3-bot/logs`), and a `logs` folder in the local
+/// data folder on Windows.
 pub fn log_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os(LOG_DIR_ENV).filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(dir));
@@ -38,7 +38,11 @@ pub fn log_dir() -> Option<PathBuf> {
         return Some(home.join("Library/Logs/smollm3-bot"));
     }
     let dirs = directories::ProjectDirs::from("", "", "smollm3-bot")?;
-    Some(dirs.data_local_dir().join("logs"))
+    Some(
+        dirs.state_dir()
+            .unwrap_or_else(|| dirs.data_local_dir())
+            .join("logs"),
+    )
 }
 
 fn filter(default: &str) -> EnvFilter {

@@ -167,7 +167,11 @@ pub fn open_browser_data(
         }
     };
     match Repo::open(&path) {
-        Ok(repo) => Ok(Some(ChatService::new(repo))),
+        Ok(repo) => {
+            let service = ChatService::new(repo);
+            service.follow_moved_files(&super::data_dir::moved_pairs());
+            Ok(Some(service))
+        }
         Err(RepoError::Store(e @ StoreError::Locked { .. })) => Err(e.into()),
         Err(e) => {
             tracing::warn!("browser UI disabled: cannot open {}: {e}", path.display());

@@ -279,6 +279,14 @@ impl Store {
         Ok(dirs.data_dir().join(DATABASE_FILE))
     }
 
+    /// The platform's local (never roaming) data folder for "smollm3-bot", for large files kept
+    /// with the default database (the same folder except on Windows).
+    pub fn default_local_dir() -> Result<PathBuf> {
+        let dirs =
+            directories::ProjectDirs::from("", "", "smollm3-bot").ok_or(StoreError::NoDataDir)?;
+        Ok(dirs.data_local_dir().to_path_buf())
+    }
+
     /// Opens (creating if needed) the database at `path`, brings its schema up to date, and
     /// marks replies a crash left streaming as interrupted.
     ///
