@@ -66,25 +66,18 @@ fn messages(extra: usize) -> Vec<ChatMessage> {
 }
 
 fn request(key: &str, messages: Vec<ChatMessage>) -> GenerateRequest {
-    GenerateRequest {
-        conversation: Some(key.into()),
+    let mut req = GenerateRequest::new(
+        Some(key.into()),
         messages,
-        params: SamplingParams {
-            max_tokens: 12,
-            temperature: 0.0,
-            seed: Some(1),
-            ..SamplingParams::default()
-        },
-        enable_thinking: false,
-        today: NaiveDate::from_ymd_opt(2026, 12, 6).unwrap(),
-        thinking_budget: None,
-        stop: Vec::new(),
-        assistant_prefix: None,
-        logprobs: None,
-        tools: Vec::new(),
-        raw_prompt: None,
-        constraint: None,
-    }
+        NaiveDate::from_ymd_opt(2026, 12, 6).unwrap(),
+    );
+    req.params = SamplingParams {
+        max_tokens: 12,
+        temperature: 0.0,
+        seed: Some(1),
+        ..SamplingParams::default()
+    };
+    req
 }
 
 /// Runs a job; returns (prompt tokens reused, generated ids).

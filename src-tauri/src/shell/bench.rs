@@ -44,10 +44,20 @@ pub struct BenchArgs {
 }
 
 /// min, median, max.
-fn summary(mut v: Vec<f64>) -> serde_json::Value {
+pub(super) fn summary(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(|a, b| a.total_cmp(b));
     let median = if v.is_empty() { 0.0 } else { v[v.len() / 2] };
     json!({"min": v.first().copied().unwrap_or(0.0), "median": median, "max": v.last().copied().unwrap_or(0.0), "runs": v})
+}
+
+/// A [`summary`] as "min / median / max" with two decimals.
+pub(super) fn min_median_max(v: &serde_json::Value) -> String {
+    format!(
+        "{:.2} / {:.2} / {:.2}",
+        v["min"].as_f64().unwrap_or(0.0),
+        v["median"].as_f64().unwrap_or(0.0),
+        v["max"].as_f64().unwrap_or(0.0)
+    )
 }
 
 /// Peak resident memory of this process in MB (Linux; 0 elsewhere).
@@ -140,15 +150,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        let f = |k: &str| {
-            let v = &report[k];
-            format!(
-                "{:.2} / {:.2} / {:.2}",
-                v["min"].as_f64().unwrap_or(0.0),
-                v["median"].as_f64().unwrap_or(0.0),
-                v["max"].as_f64().unwrap_or(0.0)
-            )
-        };
+        let f = |k: &str| min_median_max(&report[k]);
         println!(
             "model      {} ({:.0} MB)",
             a.model.display(),

@@ -3,7 +3,7 @@
 //! timed with the conversation's KV snapshot read from disk, against prefilling the whole
 //! conversation again as an app without snapshots must.
 
-use super::bench::BenchArgs;
+use super::bench::{min_median_max, summary, BenchArgs};
 use crate::engine::core::{EngineCore, EngineOptions, GenerateRequest};
 use crate::engine::events::{ChatMessage, EngineEvent};
 use crate::engine::loader::LoadedModel;
@@ -91,11 +91,6 @@ fn drop_from_page_cache(path: &Path) -> bool {
     {
         false
     }
-}
-
-fn summary(mut v: Vec<f64>) -> serde_json::Value {
-    v.sort_by(|a, b| a.total_cmp(b));
-    json!({"min": v[0], "median": v[v.len() / 2], "max": v[v.len() - 1], "runs": v})
 }
 
 /// Runs the restart benchmark.
@@ -227,15 +222,7 @@ pub fn run(a: &BenchArgs, tokens: usize) -> anyhow::Result<()> {
         return Ok(());
     }
     let f = |k: &str| report[k].as_f64().unwrap_or(0.0);
-    let s = |k: &str| {
-        let v = &report[k];
-        format!(
-            "{:.2} / {:.2} / {:.2}",
-            v["min"].as_f64().unwrap_or(0.0),
-            v["median"].as_f64().unwrap_or(0.0),
-            v["max"].as_f64().unwrap_or(0.0)
-        )
-    };
+    let s = |k: &str| min_median_max(&report[k]);
     println!("model              {}", a.model.display());
     println!(
         "kernels            {}",
