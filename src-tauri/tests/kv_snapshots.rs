@@ -343,6 +343,25 @@ fn the_engine_saves_after_a_reply_and_a_new_engine_reads_it() {
     assert!(snapshot_files(dir.path(), "kv").is_empty());
 }
 
+/// Closing the engine right after a reply (the app quitting) still leaves the snapshot.
+#[test]
+fn closing_the_engine_saves_what_is_unsaved() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = LoadedModel::open(&model_path(7), None).unwrap();
+    let engine = Engine::start(loaded, options(Some(dir.path()), DType::F16, 1 << 30)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut job = engine.submit(request("c1", messages(0)));
+        while job.events.recv().await.is_some() {}
+    });
+    engine.shutdown();
+    assert_eq!(snapshot_files(dir.path(), "kv").len(), 1);
+    assert!(snapshot_files(dir.path(), "tmp").is_empty());
+}
+
 const CHILD_ENV: &str = "SMOLLM3_TEST_SNAPSHOT_WRITER";
 /// The model file the child uses: the parent's own, so the fingerprints agree.
 const CHILD_MODEL_ENV: &str = "SMOLLM3_TEST_SNAPSHOT_MODEL";

@@ -959,6 +959,13 @@ impl ChatService {
         self.update_settings(s).is_ok()
     }
 
+    /// Stops the engine as the app exits: a reply still streaming is cancelled (what it wrote
+    /// is kept; the next start marks it interrupted if it was not saved as stopped) and the
+    /// conversations' caches not yet on disk are saved as KV snapshots. Blocks until done.
+    pub fn close(&self) {
+        self.current_generator().shutdown();
+    }
+
     /// The system prompt the settings give new conversations (their default).
     pub fn default_system_prompt(&self) -> String {
         self.settings().system_prompt

@@ -496,6 +496,7 @@ pub fn run(log: super::logging::LogGuard) -> anyhow::Result<()> {
                     service.follow_moved_files(&super::data_dir::moved_pairs());
                     service.set_model_override(model_override_from_env());
                     install(app.handle(), service.clone(), server_lan_address_from_env());
+                    app.manage(ClosedOnExit(service.clone()));
                     load_model_in_background(service, crate::app::service::load_engine);
                 }
                 // Most often another copy of the app holds the data folder; the window says so
@@ -509,13 +510,19 @@ pub fn run(log: super::logging::LogGuard) -> anyhow::Result<()> {
         })
         .build(tauri::generate_context!())
         .context("the desktop window failed")?;
-    app.run(move |_, event| {
+    app.run(move |handle, event| {
         if let tauri::RunEvent::Exit = event {
+            if let Some(service) = handle.try_state::<ClosedOnExit>() {
+                service.0.close();
+            }
             drop(log.take());
         }
     });
     Ok(())
 }
+
+/// The chat service, closed when the app exits (the engine saves what its caches hold).
+struct ClosedOnExit(ChatService);
 
 #[cfg(test)]
 mod tests {
