@@ -113,11 +113,6 @@ impl Snapshots {
         Self { opts, fingerprint }
     }
 
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.opts.dir
-    }
-
     /// The file of a conversation.
     pub fn path(&self, key: &str) -> PathBuf {
         file_in(&self.opts.dir, key)
