@@ -102,6 +102,13 @@
       if (bar) bar.outerHTML = p.bar;
       return;
     }
+    // The models screen shows the same download, check and load: it is drawn again (by the
+    // app) when the phase changes.
+    const models = document.getElementById("models-panel");
+    if (models && window.htmx) {
+      window.htmx.ajax("GET", "/models", { target: "#overlay", swap: "innerHTML" });
+      return;
+    }
     const wizard = document.getElementById("wizard");
     if (!wizard || p.phase === "cancelled") return;
     wizard.innerHTML = p.html;

@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --example mock_hub -- --file SmolLM3-Q4_K_M.gguf --port 8089 \
 //!     [--repo ggml-org/SmolLM3-3B-GGUF] [--name SmolLM3-Q4_K_M.gguf] [--revision main] \
-//!     [--git] [--throttle BYTES_PER_SEC] [--drop-at BYTE] [--token TOKEN] [--delay-ms MS]
+//!     [--git] [--throttle BYTES_PER_SEC] [--drop-at BYTE] [--token TOKEN] [--delay-ms MS] \
+//!     [--also OTHER.gguf]...
 //! HF_ENDPOINT=http://127.0.0.1:8089 smollm3-bot models pull
 //! ```
 
@@ -48,6 +49,9 @@ struct Args {
     /// Wait this long before answering each request (a slow network).
     #[arg(long, value_name = "MS")]
     delay_ms: Option<u64>,
+    /// More files served beside it in the same repository, under their own names.
+    #[arg(long, value_name = "FILE")]
+    also: Vec<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -69,6 +73,22 @@ fn main() -> Result<()> {
     } else {
         hub.add_lfs_file(&args.repo, &args.revision, &name, bytes)
     };
+    // Said after the address, which the first line of output gives.
+    let mut also = Vec::new();
+    for other in &args.also {
+        let bytes =
+            std::fs::read(other).with_context(|| format!("cannot read {}", other.display()))?;
+        let name = other
+            .file_name()
+            .context("the file has no name")?
+            .to_string_lossy()
+            .into_owned();
+        let digest = hub.add_lfs_file(&args.repo, &args.revision, &name, bytes);
+        also.push(format!(
+            "also {}/resolve/{}/{name} (sha256 {digest})",
+            args.repo, args.revision
+        ));
+    }
     if let Some(rate) = args.throttle {
         hub.throttle(rate);
     }
@@ -86,6 +106,9 @@ fn main() -> Result<()> {
         "serving {}/resolve/{}/{name} (sha256 {digest})",
         args.repo, args.revision
     );
+    for line in also {
+        println!("{line}");
+    }
     loop {
         std::thread::park();
     }

@@ -302,3 +302,19 @@ fn metadata_counts_are_bounded_by_the_file() {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// The models screen names a file's quantization from its header, and from its tensors when
+/// the header does not say.
+#[test]
+fn quantization_is_named_from_the_header_or_the_tensors() {
+    let d = tempfile::tempdir().unwrap();
+    let p = tiny(d.path());
+    assert_eq!(GgufFile::open(&p).unwrap().quantization(), "Q4_K_M");
+    let q8 = d.path().join("q8.gguf");
+    synth::write(Preset::Tiny, Quant::Q8_0, 3, &q8).unwrap();
+    assert_eq!(GgufFile::open(&q8).unwrap().quantization(), "Q8_0");
+    // A number llama.cpp does not define: the type with most bytes (Q8_0 for every matrix).
+    let odd = d.path().join("odd.gguf");
+    with_meta(&q8, &odd, "general.file_type", Value::U32(999));
+    assert_eq!(GgufFile::open(&odd).unwrap().quantization(), "mostly Q8_0");
+}

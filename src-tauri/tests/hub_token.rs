@@ -73,6 +73,23 @@ async fn serve_has_no_wizard_and_a_named_mirror_sees_no_request() {
     let (status, _, _) =
         support::router::call_as(&app, "GET", "/wizard/choose", None, "127.0.0.1:3000").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // The models screen is the desktop's too: `/models` here is the OpenAI-style list, and
+    // the screen's actions are not routes at all.
+    for (uri, form) in [
+        ("/models/download", attack.as_str()),
+        ("/models/import", "path=%2Fetc%2Fpasswd"),
+        ("/models/use", "path=%2Fetc%2Fpasswd"),
+        ("/models/delete", "name=tiny.gguf&confirm=yes"),
+    ] {
+        let (status, _, body) =
+            support::router::call_as(&app, "POST", uri, Some(form), "127.0.0.1:3000").await;
+        assert!(status.is_client_error(), "{uri}: {status} {body}");
+        assert!(!body.contains("models-panel"), "{uri}: {body}");
+    }
+    let (_, _, body) =
+        support::router::call_as(&app, "GET", "/models", None, "127.0.0.1:3000").await;
+    assert!(!body.contains("models-panel"), "{body}");
+    assert!(path.is_file());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         listener.requests().is_empty(),

@@ -624,3 +624,174 @@ async fn models_found_on_this_computer_are_offered_and_used_in_place() {
     );
     std::env::remove_var("HF_HUB_CACHE");
 }
+
+/// The installed model names the models screen lists, in order, with the one in use marked.
+fn listed(page: &str) -> Vec<String> {
+    page.split("class=\"model-choice installed")
+        .skip(1)
+        .map(|row| {
+            let name = row
+                .split("data-name=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default();
+            let used = row.starts_with(" in-use");
+            format!("{name}{}", if used { " (in use)" } else { "" })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_models_screen_lists_switches_and_deletes_after_asking() {
+    let scratch = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let (service, app) = app(models.path());
+    let q4 = scratch.path().join("SmolLM3-Q4_K_M.gguf");
+    synth::write(Preset::Tiny, Quant::Q4KM, 2, &q4).unwrap();
+    let q8 = models.path().join("SmolLM3-Q8_0.gguf");
+    synth::write(Preset::Tiny, Quant::Q8_0, 3, &q8).unwrap();
+    let mut rx = service.wizard().subscribe();
+    let form = format!("path={}", enc(&q4.display().to_string()));
+    let (status, body) = call(&app, "POST", "/models/import", Some(&form)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("Loading the model"), "{body}");
+    assert!(matches!(
+        wait_end(&service, &mut rx).await,
+        Phase::Ready { .. }
+    ));
+    let in_folder_q4 = models.path().join("SmolLM3-Q4_K_M.gguf");
+
+    let (status, page) = call(&app, "GET", "/models", None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        listed(&page),
+        ["SmolLM3-Q4_K_M.gguf (in use)", "SmolLM3-Q8_0.gguf"],
+        "{page}"
+    );
+    assert!(
+        page.contains("Q4_K_M ·") && page.contains("Q8_0 ·"),
+        "{page}"
+    );
+    assert!(page.contains(&in_folder_q4.display().to_string()), "{page}");
+    // Only what is not installed is offered for download.
+    assert!(page.contains("data-entry=\"f16\""), "{page}");
+    assert!(!page.contains("data-entry=\"q8_0\"") && !page.contains("data-entry=\"q4_k_m\""));
+
+    // The model in use is not deleted, even when asked directly.
+    let (_, page) = call(
+        &app,
+        "POST",
+        "/models/delete",
+        Some("name=SmolLM3-Q4_K_M.gguf&confirm=yes"),
+    )
+    .await;
+    assert!(page.contains("is the model in use"), "{page}");
+    assert!(in_folder_q4.is_file());
+    // Nor a name that leaves the folder.
+    let (_, page) = call(
+        &app,
+        "POST",
+        "/models/delete",
+        Some("name=..%2Fescape.gguf&confirm=yes"),
+    )
+    .await;
+    assert!(page.contains("no model named"), "{page}");
+
+    // Switching: saved in the settings and loaded; the screen follows.
+    let form = format!("path={}", enc(&q8.display().to_string()));
+    let (_, page) = call(&app, "POST", "/models/use", Some(&form)).await;
+    assert!(!page.contains("models-error"), "{page}");
+    assert!(matches!(
+        wait_end(&service, &mut rx).await,
+        Phase::Ready { .. }
+    ));
+    assert_eq!(PathBuf::from(service.settings().model_path), q8);
+    assert!(matches!(service.engine_state(), EngineState::Ready { .. }));
+    let (_, page) = call(&app, "GET", "/models", None).await;
+    assert_eq!(
+        listed(&page),
+        ["SmolLM3-Q4_K_M.gguf", "SmolLM3-Q8_0.gguf (in use)"],
+        "{page}"
+    );
+    // A path that is not a model on this computer is not used.
+    let (_, page) = call(&app, "POST", "/models/use", Some("path=%2Fetc%2Fpasswd")).await;
+    assert!(page.contains("is not among the models"), "{page}");
+    assert_eq!(PathBuf::from(service.settings().model_path), q8);
+
+    // Deleting asks first; only the confirmation removes the file and what goes with it.
+    let (_, page) = call(
+        &app,
+        "POST",
+        "/models/delete",
+        Some("name=SmolLM3-Q4_K_M.gguf"),
+    )
+    .await;
+    assert!(page.contains("js-confirm-delete"), "{page}");
+    assert!(in_folder_q4.exists());
+    let (_, page) = call(
+        &app,
+        "POST",
+        "/models/delete",
+        Some("name=SmolLM3-Q4_K_M.gguf&confirm=yes"),
+    )
+    .await;
+    assert!(!page.contains("models-error"), "{page}");
+    assert!(
+        !in_folder_q4.exists() && q4.exists(),
+        "the link goes, the user's file stays"
+    );
+    assert_eq!(listed(&page), ["SmolLM3-Q8_0.gguf (in use)"], "{page}");
+    assert!(
+        page.contains("data-entry=\"q4_k_m\""),
+        "offered again: {page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_models_screen_downloads_another_entry_and_uses_it() {
+    let scratch = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let (model, tokenizer) = model_bytes(scratch.path());
+    let hub = MockHub::start();
+    hub.add_lfs_file(REPO, "main", "SmolLM3-Q8_0.gguf", model.clone());
+    hub.add_git_file(
+        "HuggingFaceTB/SmolLM3-3B",
+        "main",
+        "tokenizer.json",
+        tokenizer,
+    );
+    hub.throttle((model.len() as u64 / 2).max(1));
+    let (service, app) = app(models.path());
+    let first = models.path().join(FILE);
+    std::fs::write(&first, &model).unwrap();
+    let mut rx = service.wizard().subscribe();
+    let form = format!("path={}", enc(&first.display().to_string()));
+    call(&app, "POST", "/models/use", Some(&form)).await;
+    assert!(matches!(
+        wait_end(&service, &mut rx).await,
+        Phase::Ready { .. }
+    ));
+    use_mirror(&app, &hub.url()).await;
+
+    let (status, page) = call(&app, "POST", "/models/download", Some("entry=q8_0")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Downloading SmolLM3-Q8_0.gguf"), "{page}");
+    assert!(page.contains("id=\"download-bar\"") && page.contains("id=\"models-pause\""));
+    // One download at a time.
+    let (_, again) = call(&app, "POST", "/models/download", Some("entry=f16")).await;
+    assert!(again.contains("already running"), "{again}");
+    assert!(matches!(
+        wait_end(&service, &mut rx).await,
+        Phase::Ready { .. }
+    ));
+    let got = models.path().join("SmolLM3-Q8_0.gguf");
+    assert_eq!(std::fs::read(&got).unwrap(), model);
+    assert_eq!(PathBuf::from(service.settings().model_path), got);
+    let (_, page) = call(&app, "GET", "/models", None).await;
+    assert_eq!(
+        listed(&page),
+        ["SmolLM3-Q4_K_M.gguf", "SmolLM3-Q8_0.gguf (in use)"],
+        "{page}"
+    );
+    assert!(!page.contains("id=\"download\""), "no task left: {page}");
+}

@@ -73,16 +73,7 @@ impl Repo {
     /// roams with the user's account; gigabytes of snapshots must not). None for a database in
     /// memory.
     pub fn snapshot_dir(&self) -> Option<PathBuf> {
-        let path = self.store.path();
-        if path == Path::new(":memory:") {
-            return None;
-        }
-        if Store::default_path().is_ok_and(|d| d == path) {
-            return Store::default_local_dir()
-                .ok()
-                .map(|d| d.join(SNAPSHOT_DIR));
-        }
-        path.parent().map(|d| d.join(SNAPSHOT_DIR))
+        snapshot_dir_for(self.store.path())
     }
 
     /// The key that signs browser session ids, kept across restarts.
@@ -308,6 +299,21 @@ impl Repo {
         self.store.select_branch(MessageId(id))?;
         Ok(())
     }
+}
+
+/// Where the KV snapshots of the database at `db` go: the local data folder for the default
+/// database (never the roaming profile: they are hundreds of MB), else beside the database;
+/// none for an in-memory one.
+pub fn snapshot_dir_for(db: &Path) -> Option<PathBuf> {
+    if db == Path::new(":memory:") {
+        return None;
+    }
+    if Store::default_path().is_ok_and(|d| d == db) {
+        return Store::default_local_dir()
+            .ok()
+            .map(|d| d.join(SNAPSHOT_DIR));
+    }
+    db.parent().map(|d| d.join(SNAPSHOT_DIR))
 }
 
 #[cfg(test)]

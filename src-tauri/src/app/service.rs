@@ -633,6 +633,12 @@ impl ChatService {
         }
     }
 
+    /// The folder of conversations' KV snapshots (none for data in memory), whatever the
+    /// budget: removing a model removes its snapshots even when no new ones are kept.
+    pub fn snapshot_dir(&self) -> Option<PathBuf> {
+        self.state().repo.snapshot_dir()
+    }
+
     /// Where conversations' KV snapshots go and how much disk they may take (none when the
     /// settings keep none or the data is in memory).
     pub fn snapshot_options(&self) -> Option<SnapshotOptions> {

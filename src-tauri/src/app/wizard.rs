@@ -172,6 +172,13 @@ impl Wizard {
         Ok(())
     }
 
+    /// Clears a failure shown on the models screen (the wizard's own panel offers its buttons).
+    pub fn dismiss_failure(&self) {
+        if matches!(self.phase(), Phase::Failed { .. }) {
+            self.set(Phase::Idle);
+        }
+    }
+
     /// Pauses the running download (the partial file is kept).
     pub fn pause(&self) {
         if let Some(c) = &self.job().control {
@@ -318,7 +325,7 @@ impl Wizard {
     }
 
     /// Saves `path` as the model in the settings and loads it in the background.
-    fn use_model(&self, service: &ChatService, path: &Path) {
+    pub(crate) fn use_model(&self, service: &ChatService, path: &Path) {
         let mut settings = service.settings();
         settings.model_path = path.display().to_string();
         settings.tokenizer_path.clear();

@@ -253,6 +253,15 @@ impl Snapshots {
             .count()
     }
 
+    /// Deletes every snapshot in `dir` made with the model file at `model` (before the file is
+    /// removed: a model downloaded anew has another fingerprint, so they could never be used).
+    pub fn remove_for_model_file(dir: &Path, model: &Path) -> usize {
+        match crate::model::GgufFile::open(model) {
+            Ok(gguf) => Self::remove_for_model(dir, &gguf.fingerprint(gguf.tensors())),
+            Err(_) => 0,
+        }
+    }
+
     /// Deletes a conversation's snapshot, if any.
     pub fn remove(&self, key: &str) {
         remove_in(&self.opts.dir, key);

@@ -551,6 +551,48 @@ impl GgufFile {
         &self.map[info.offset..info.offset + info.size]
     }
 
+    /// The quantization a person knows the file by (`Q4_K_M`, `Q8_0`, `F16`…): the header's
+    /// `general.file_type` as llama.cpp numbers it, else the type holding most of the bytes.
+    pub fn quantization(&self) -> String {
+        let named = self
+            .get("general.file_type")
+            .and_then(Value::as_u64)
+            .and_then(|t| {
+                Some(match t {
+                    0 => "F32",
+                    1 => "F16",
+                    2 => "Q4_0",
+                    3 => "Q4_1",
+                    7 => "Q8_0",
+                    8 => "Q5_0",
+                    9 => "Q5_1",
+                    10 => "Q2_K",
+                    11 => "Q3_K_S",
+                    12 => "Q3_K_M",
+                    13 => "Q3_K_L",
+                    14 => "Q4_K_S",
+                    15 => "Q4_K_M",
+                    16 => "Q5_K_S",
+                    17 => "Q5_K_M",
+                    18 => "Q6_K",
+                    32 => "BF16",
+                    _ => return None,
+                })
+            });
+        if let Some(name) = named {
+            return name.to_owned();
+        }
+        let mut bytes: HashMap<GgmlType, usize> = HashMap::new();
+        for t in &self.tensors {
+            *bytes.entry(t.ty).or_default() += t.size;
+        }
+        bytes
+            .into_iter()
+            .max_by_key(|&(_, n)| n)
+            .map(|(ty, _)| format!("mostly {ty}"))
+            .unwrap_or_else(|| "unknown".into())
+    }
+
     /// Identifies the model's bytes: the file's size and modification time, and for each of
     /// `tensors` its name, shape, place and the first and last bytes of its data (so that two
     /// files with the same header, such as synthetic models of different seeds, differ).

@@ -334,6 +334,9 @@ pub fn status_bar(
             used => used.unwrap_or(0),
             context,
             state => if busy { "Generating" } else { "Idle" },
+            // Only the desktop app's bar shows the server switch; its model name opens the
+            // models screen, which is the desktop's too.
+            desktop => serving.is_some(),
             serving => serving.map(|s| match s {
                 Serving::On { url, browsers } => context! { url, browsers },
                 Serving::Failed(problem) => context! { problem },

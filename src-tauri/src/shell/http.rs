@@ -45,7 +45,9 @@ pub fn router_with_server(service: ChatService, server: LocalServer) -> Router {
 
 fn desktop_router(service: ChatService, server: Option<LocalServer>) -> Router {
     let owner = service.owner().clone();
-    let mut routes = routes().merge(super::wizard::routes());
+    let mut routes = routes()
+        .merge(super::wizard::routes())
+        .merge(super::models_panel::routes());
     if server.is_some() {
         routes = routes.merge(super::server_panel::routes());
     }

@@ -22,6 +22,7 @@ pub mod local_server;
 pub mod logging;
 pub mod model_cmds;
 pub mod models;
+pub mod models_panel;
 pub mod openai;
 pub mod restart_bench;
 pub mod serve;

@@ -74,20 +74,13 @@ pub struct PullArgs {
 /// Deletes the conversations' KV snapshots made with the model at `path` (they could never
 /// be used again: a model downloaded anew has another fingerprint).
 fn forget_snapshots_of(path: &Path) {
-    let Ok(gguf) = crate::model::GgufFile::open(path) else {
-        return;
-    };
-    let Some(data) = super::data_dir::database_path(None)
+    let Some(dir) = super::data_dir::database_path(None)
         .ok()
-        .and_then(|db| db.parent().map(Path::to_path_buf))
+        .and_then(|db| crate::app::repo::snapshot_dir_for(&db))
     else {
         return;
     };
-    let dir = data.join(crate::app::repo::SNAPSHOT_DIR);
-    let n = crate::engine::snapshot::Snapshots::remove_for_model(
-        &dir,
-        &gguf.fingerprint(gguf.tensors()),
-    );
+    let n = crate::engine::snapshot::Snapshots::remove_for_model_file(&dir, path);
     if n > 0 {
         println!("removed {n} saved conversation state(s) made with it");
     }

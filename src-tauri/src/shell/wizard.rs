@@ -196,7 +196,7 @@ pub fn bar(phase: &Phase) -> String {
 }
 
 /// Phase names the page compares to know when the panel (not only the bar) must change.
-fn phase_name(phase: &Phase) -> &'static str {
+pub fn phase_name(phase: &Phase) -> &'static str {
     match phase {
         Phase::Idle => "idle",
         Phase::Downloading { .. } => "downloading",

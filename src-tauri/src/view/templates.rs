@@ -71,6 +71,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "unavailable.html",
     "settings.html",
     "server_panel.html",
+    "models_panel.html",
     "no_match.html",
     "conversation_list_oob.html",
     "chat_slot_oob.html",

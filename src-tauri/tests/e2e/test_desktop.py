@@ -84,6 +84,11 @@ def js(driver, code, *args):
     return driver.execute_script(code, *args)
 
 
+def statusbar_text(driver):
+    """The status bar's text; empty while a swap has the page without one (the wizard)."""
+    return js(driver, "const s = document.getElementById('statusbar'); return s ? s.textContent : ''")
+
+
 def send(driver, text):
     box = wait(driver, lambda d: d.find_element(By.ID, "prompt"), "message box")
     box.click()
@@ -164,18 +169,57 @@ def wizard_downloads_and_loads(d):
     wait(d, lambda d: replies(d) >= 1, "a reply appears")
     one_type_scale(d, "#app")
     wait(d, lambda d: replies(d) >= 1 and not streaming(d) and last_reply(d).text.strip(), "reply streamed")
-    status = js(d, "return document.getElementById('statusbar').textContent")
+    status = statusbar_text(d)
     assert "SmolLM3-Q4_K_M.gguf" in status, status
     shot(d, "13-wizard-chat")
+
+
+def models_screen(models_dir):
+    """Settings → Models…: the model in use is listed; another catalogue entry downloads from
+    the mock hub with its bar and becomes the one in use; the first is deleted after asking."""
+    def run(d):
+        d.find_element(By.ID, "open-settings").click()
+        click(d, By.ID, "open-models", "the models screen opens")
+        wait(d, lambda d: d.find_element(By.ID, "models-panel").is_displayed(), "the models screen shows")
+        first = '.model-choice.installed[data-name="SmolLM3-Q4_K_M.gguf"]'
+        row = d.find_element(By.CSS_SELECTOR, first)
+        assert "In use" in row.text and "Q4_K_M" in row.text, row.text
+        shot(d, "34-models-screen")
+        click(d, By.CSS_SELECTOR, '[data-entry="q8_0"] button', "another model chosen")
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#models-panel #download-bar")
+             or d.find_elements(By.CSS_SELECTOR, '.in-use[data-name="SmolLM3-Q8_0.gguf"]'),
+             "the download shows its progress")
+        shot(d, "35-models-downloading")
+        # Loaded, not only saved in the settings: the screen shows no task any more.
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, '.in-use[data-name="SmolLM3-Q8_0.gguf"]')
+             and not d.find_elements(By.CSS_SELECTOR, "#models-panel #download"),
+             "the downloaded model is in use", seconds=120)
+        assert "Q8_0" in d.find_element(By.CSS_SELECTOR, '.in-use[data-name="SmolLM3-Q8_0.gguf"]').text
+        click(d, By.CSS_SELECTOR, first + " .js-delete-model", "delete asked")
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, first + " .js-confirm-delete"), "asked to confirm")
+        assert os.path.exists(os.path.join(models_dir, "SmolLM3-Q4_K_M.gguf")), "nothing deleted before the answer"
+        shot(d, "36-models-confirm-delete")
+        click(d, By.CSS_SELECTOR, first + " .js-confirm-delete", "delete confirmed")
+        wait(d, lambda d: not d.find_elements(By.CSS_SELECTOR, first), "the deleted model leaves the list")
+        assert not os.path.exists(os.path.join(models_dir, "SmolLM3-Q4_K_M.gguf"))
+        assert os.path.exists(os.path.join(models_dir, "SmolLM3-Q8_0.gguf"))
+        d.find_element(By.CSS_SELECTOR, "#models-panel .settings-foot .js-close-overlay").click()
+        wait(d, lambda d: "SmolLM3-Q8_0.gguf" in d.find_element(By.ID, "statusbar").text,
+             "the status bar names the model in use")
+    return run
 
 
 def start_mock_hub(work):
     """A synthetic model served like the hub, slow enough to watch the bar move."""
     model = os.path.join(work, "SmolLM3-Q4_K_M.gguf")
     subprocess.run([APP_BIN, "synth", "--preset", "tiny", "--out", model], check=True)
+    # Another quantization in the catalogue, for the models screen.
+    other = os.path.join(work, "SmolLM3-Q8_0.gguf")
+    subprocess.run([APP_BIN, "synth", "--preset", "tiny", "--quant", "q8_0", "--out", other], check=True)
     rate = max(1, os.path.getsize(model) // 4)
     hub = subprocess.Popen(
-        [os.environ["MOCK_HUB_BIN"], "--file", model, "--throttle", str(rate), "--delay-ms", "1500"],
+        [os.environ["MOCK_HUB_BIN"], "--file", model, "--also", other, "--throttle", str(rate),
+         "--delay-ms", "1500"],
         stdout=subprocess.PIPE, text=True,
     )
     line = hub.stdout.readline().strip()
@@ -263,7 +307,7 @@ def found_models_offered(snapshot, models_dir):
         assert not [f for f in os.listdir(models_dir) if f.endswith(".gguf")] if os.path.isdir(models_dir) else True, \
             "nothing copied into the models folder"
         click(d, By.ID, "wizard-start-chat", "chat started")
-        wait(d, lambda d: "SmolLM3-Q4_K_M.gguf" in js(d, "return document.getElementById('statusbar').textContent"),
+        wait(d, lambda d: "SmolLM3-Q4_K_M.gguf" in statusbar_text(d),
              "the status bar names the model")
     return run
 
@@ -316,7 +360,7 @@ def drop_imports_a_model(path, models_dir):
             xdotool("mouseup", "1")
             wait(d, lambda d: os.path.exists(os.path.join(models_dir, os.path.basename(path))),
                  "imported into the models folder")
-            wait(d, lambda d: os.path.basename(path) in js(d, "return document.getElementById('statusbar').textContent"),
+            wait(d, lambda d: os.path.basename(path) in statusbar_text(d),
                  "the dropped model is loaded", seconds=120)
             assert not js(d, "return document.documentElement.classList.contains('drop-target')")
             shot(d, "18-dropped-model-loaded")
@@ -928,6 +972,8 @@ def main():
         try:
             check("wizard downloads and loads a model", wizard_downloads_and_loads, d)
             check("the openai client uses the app's API", api_lists_the_model, d)
+            check("the models screen downloads another model and deletes one",
+                  models_screen(os.path.join(work, "models")), d)
         finally:
             d.quit()
     finally:
