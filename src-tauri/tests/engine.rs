@@ -39,6 +39,7 @@ fn core() -> EngineCore {
             kv_dtype: DType::F32,
             max_slots: 2,
             snapshots: None,
+            ..EngineOptions::default()
         },
     )
     .unwrap()
@@ -204,6 +205,7 @@ fn context_limit_is_a_clear_error() {
             kv_dtype: DType::F32,
             max_slots: 1,
             snapshots: None,
+            ..EngineOptions::default()
         },
     )
     .unwrap();
@@ -263,6 +265,8 @@ async fn worker_streams_queues_and_stops() {
             kv_dtype: DType::F32,
             max_slots: 2,
             snapshots: None,
+            // One reply at a time, so the second waits in the queue (batching: tests/batching.rs).
+            max_batch: 1,
         },
     )
     .unwrap();

@@ -416,6 +416,8 @@ fn engine_app(tag: &str) -> (ChatService, Router, Engine) {
         loaded,
         EngineOptions {
             context_size: 8192,
+            // One reply at a time, so a second one waits and shows its place in the queue.
+            max_batch: 1,
             ..EngineOptions::default()
         },
     )

@@ -733,8 +733,18 @@ fn cli_survives_twenty_random_kills() {
     let dir = tempfile::tempdir().unwrap();
     let final_path = dir.path().join(FILE);
     let mut rng = StdRng::seed_from_u64(7);
+    let part = dir.path().join(format!("{FILE}.part"));
     for round in 0..20 {
         let mut child = cli(&hub, dir.path()).spawn().unwrap();
+        // Every other round is killed once bytes arrive (a loaded machine may take longer
+        // than any fixed delay to start the program), the others at any moment.
+        if round % 2 == 1 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let arrived = || std::fs::metadata(&part).is_ok_and(|m| m.len() > 0);
+            while !arrived() && !final_path.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..150)));
         let _ = child.kill();
         child.wait().unwrap();

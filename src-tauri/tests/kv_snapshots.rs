@@ -39,6 +39,7 @@ fn options(dir: Option<&Path>, kv_dtype: DType, budget_bytes: u64) -> EngineOpti
             dir: d.to_path_buf(),
             budget_bytes,
         }),
+        ..EngineOptions::default()
     }
 }
 

@@ -626,9 +626,11 @@ impl ChatService {
 
     /// What the settings ask of the next engine started.
     fn engine_options(&self) -> EngineOptions {
+        let settings = self.settings();
         EngineOptions {
-            context_size: self.settings().context_size,
+            context_size: settings.context_size,
             snapshots: self.snapshot_options(),
+            max_batch: settings.batch_size,
             ..EngineOptions::default()
         }
     }

@@ -2,8 +2,8 @@
 //! desktop, each browser session of the built-in server, each API client), so that no source
 //! can make the others wait without end.
 //!
-//! A job is admitted when fewer than `1 + max_waiting` jobs are in (one runs, the others wait)
-//! and its client has fewer than `per_client` in. The [`Ticket`] it gets is held while the job
+//! A job is admitted when fewer than `running + max_waiting` jobs are in (`running` are
+//! computed together, the others wait) and its client has fewer than `per_client` in. The [`Ticket`] it gets is held while the job
 //! is queued or running; dropping it frees the place. Refusals say which bound was hit and
 //! guess when a place frees (the moving average of a job's duration), for `Retry-After`.
 
@@ -14,7 +14,9 @@ use std::time::Instant;
 /// The bounds of the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
-    /// Jobs that may wait behind the running one.
+    /// Jobs computed at once (the engine's batch size).
+    pub running: usize,
+    /// Jobs that may wait behind the running ones.
     pub max_waiting: usize,
     /// Jobs one client may have in at once, running and waiting together.
     pub per_client: usize,
@@ -23,6 +25,7 @@ pub struct QueueLimits {
 impl Default for QueueLimits {
     fn default() -> Self {
         Self {
+            running: 1,
             max_waiting: 4,
             per_client: 4,
         }
@@ -129,9 +132,10 @@ impl Admission {
                 retry_after_s,
             });
         }
-        if s.active > s.limits.max_waiting {
+        let running = s.limits.running.max(1);
+        if s.active >= running + s.limits.max_waiting {
             return Err(Refusal::QueueFull {
-                waiting: s.active.saturating_sub(1),
+                waiting: s.active.saturating_sub(running),
                 retry_after_s,
             });
         }
@@ -167,6 +171,7 @@ mod tests {
     #[test]
     fn one_running_plus_the_waiting_ones_are_admitted() {
         let gate = Admission::new(QueueLimits {
+            running: 1,
             max_waiting: 2,
             per_client: 10,
         });
@@ -185,8 +190,28 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_runs_beside_the_waiting_ones() {
+        let gate = Admission::new(QueueLimits {
+            running: 4,
+            max_waiting: 2,
+            per_client: 10,
+        });
+        let tickets: Vec<Ticket> = (0..6)
+            .map(|i| gate.try_admit(&format!("c{i}")).unwrap())
+            .collect();
+        let busy = gate.try_admit("late").unwrap_err();
+        assert!(
+            matches!(busy, Refusal::QueueFull { waiting: 2, .. }),
+            "{busy:?}"
+        );
+        drop(tickets);
+        assert!(gate.try_admit("late").is_ok());
+    }
+
+    #[test]
     fn one_client_gets_its_share_and_no_more() {
         let gate = Admission::new(QueueLimits {
+            running: 1,
             max_waiting: 10,
             per_client: 2,
         });

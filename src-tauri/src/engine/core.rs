@@ -4,18 +4,16 @@
 //! owns the model.
 
 use super::constraint::Constrainer;
-use super::events::{EngineEvent, FinishReason, GenerationStats};
+use super::events::EngineEvent;
 use super::generate::PREFILL_CHUNK;
 use super::loader::LoadedModel;
 use super::prompter::Prompter;
 pub use super::request::{GenerateRequest, JobError};
-use super::sampler::Sampler;
+use super::sequence::{Progress, Sequence, Slot};
 use super::snapshot::{Saved, SnapshotOptions, Snapshots};
-use crate::model::{KvCache, Logits};
-use crate::text::detok::Detokenizer;
-use crate::text::think::{Delta, ThinkSplitter};
-use crate::text::tokenizer;
+use crate::model::Logits;
 use candle_core::DType;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +31,9 @@ pub struct EngineOptions {
     /// Where conversations' caches are saved after each reply and read back after a restart
     /// (none: nothing is kept on disk).
     pub snapshots: Option<SnapshotOptions>,
+    /// Replies computed together, one forward pass per step for all of them (continuous
+    /// batching); more wait in the queue.
+    pub max_batch: usize,
 }
 
 impl Default for EngineOptions {
@@ -42,21 +43,15 @@ impl Default for EngineOptions {
             kv_dtype: DType::F16,
             max_slots: 2,
             snapshots: None,
+            max_batch: 4,
         }
     }
 }
 
-struct Slot {
-    /// The conversation it belongs to; `None` for the slots of stand-alone requests.
-    key: Option<String>,
-    cache: KvCache,
-    /// Whether the cache changed since it was last saved to (or read from) disk.
-    unsaved: bool,
-}
-
 /// The model, its template and the per-conversation caches.
 pub struct EngineCore {
-    loaded: LoadedModel,
+    /// Shared with the sequences that run (they borrow its tokenizer while the core changes).
+    loaded: Arc<LoadedModel>,
     prompter: Arc<Prompter>,
     /// Compiles requests' output constraints; shared with the engine's handle.
     constrainer: Arc<Constrainer>,
@@ -65,6 +60,12 @@ pub struct EngineCore {
     slots: Vec<Slot>,
     /// Conversations' caches on disk.
     snapshots: Option<Snapshots>,
+    /// Replies running per conversation (their caches are out of `slots` meanwhile).
+    running: HashMap<String, usize>,
+    /// Conversations forgotten while a reply of theirs ran: its cache is dropped at its end.
+    forgotten: HashSet<String>,
+    /// Conversations whose reply ended since [`EngineCore::take_ended`] was last asked.
+    ended: Vec<String>,
 }
 
 impl EngineCore {
@@ -76,6 +77,7 @@ impl EngineCore {
             .context_size
             .clamp(16, loaded.model.config().context_length);
         opts.max_slots = opts.max_slots.max(1);
+        opts.max_batch = opts.max_batch.clamp(1, 64);
         let constrainer = Arc::new(Constrainer::new(
             loaded.tokenizer.clone(),
             loaded.specials.clone(),
@@ -86,12 +88,15 @@ impl EngineCore {
             .clone()
             .map(|o| Snapshots::new(o, loaded.fingerprint));
         Ok(Self {
-            loaded,
+            loaded: Arc::new(loaded),
             prompter,
             constrainer,
             opts,
             slots: Vec::new(),
             snapshots,
+            running: HashMap::new(),
+            forgotten: HashSet::new(),
+            ended: Vec::new(),
         })
     }
 
@@ -120,6 +125,9 @@ impl EngineCore {
 
     /// Drops a conversation's cache, in memory and on disk (after `/clear` or deletion).
     pub fn forget(&mut self, conversation: &str) {
+        if self.running.contains_key(conversation) {
+            self.forgotten.insert(conversation.to_string());
+        }
         self.slots
             .retain(|s| s.key.as_deref() != Some(conversation));
         if let Some(snapshots) = &self.snapshots {
@@ -258,30 +266,71 @@ impl EngineCore {
     }
 
     /// Runs one job to the end, reporting through `emit` (never `Started` twice; always ends
-    /// with `Done` or `Error`).
+    /// with `Done` or `Error`). The worker runs several at once through [`EngineCore::begin`],
+    /// [`Model::forward_batch`](crate::model::Model::forward_batch) and [`EngineCore::end`].
     pub fn run(
         &mut self,
         req: &GenerateRequest,
         cancel: &AtomicBool,
         emit: &mut dyn FnMut(EngineEvent),
     ) {
-        if let Err(e) = self.try_run(req, cancel, emit) {
+        let loaded = self.shared_model();
+        let mut seq = match self.begin(&loaded, req.clone(), emit) {
+            Ok(seq) => seq,
+            Err(e) => {
+                emit(EngineEvent::Error {
+                    message: e.to_string(),
+                });
+                return;
+            }
+        };
+        let result = loop {
+            let input = seq.next_input(PREFILL_CHUNK);
+            let logits = loaded
+                .model
+                .forward(&input, seq.cache_mut(), Logits::Last)
+                .and_then(|t| t.to_vec1())
+                .map_err(|e| JobError::Model(e.to_string()));
+            match logits
+                .and_then(|l| seq.absorb(l, input.len(), cancel.load(Ordering::Relaxed), emit))
+            {
+                Ok(Progress::Running) => {}
+                Ok(Progress::Finished(_)) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.end(seq);
+        if let Err(e) = result {
             emit(EngineEvent::Error {
                 message: e.to_string(),
             });
         }
     }
 
-    fn try_run(
+    /// The conversations whose reply ended since the last call (their cached token counts
+    /// changed).
+    pub fn take_ended(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.ended)
+    }
+
+    /// The loaded model, to borrow for sequences while the core's caches change.
+    pub fn shared_model(&self) -> Arc<LoadedModel> {
+        self.loaded.clone()
+    }
+
+    /// Starts a job: checks it, builds its prompt, gives it its conversation's cache (read from
+    /// its snapshot when none is in memory) and sends `Started`. Its cache is the sequence's
+    /// until [`EngineCore::end`] gives it back.
+    pub fn begin<'m>(
         &mut self,
-        req: &GenerateRequest,
-        cancel: &AtomicBool,
+        loaded: &'m LoadedModel,
+        req: GenerateRequest,
         emit: &mut dyn FnMut(EngineEvent),
-    ) -> Result<(), JobError> {
+    ) -> Result<Sequence<'m>, JobError> {
         req.params.validate().map_err(JobError::Settings)?;
         let t0 = Instant::now();
-        let prefix = self.prompter.prefix_ids(req)?;
-        let mut prompt = self.prompter.conversation_ids(req)?;
+        let prefix = self.prompter.prefix_ids(&req)?;
+        let mut prompt = self.prompter.conversation_ids(&req)?;
         prompt.extend_from_slice(&prefix);
         let context = self.opts.context_size;
         if prompt.len() >= context {
@@ -290,7 +339,7 @@ impl EngineCore {
                 context,
             });
         }
-        let mut guide = req
+        let guide = req
             .constraint
             .as_ref()
             .map(|c| {
@@ -298,167 +347,81 @@ impl EngineCore {
                     .guide(c, req.enable_thinking && req.raw_prompt.is_none())
             })
             .transpose()?;
-        self.restore_snapshot(req.conversation.as_deref(), &prompt);
-        let reused_guess =
-            pick_slot(&self.slots, req.conversation.as_deref(), &prompt).map_or(0, |i| {
-                self.slots[i]
-                    .cache
-                    .common_prefix(&prompt)
-                    .min(prompt.len() - 1)
-            });
+        let key = req.conversation.clone();
+        self.restore_snapshot(key.as_deref(), &prompt);
+        slot_for(
+            &mut self.slots,
+            &self.opts,
+            &loaded.model,
+            key.as_deref(),
+            &prompt,
+        );
+        let mut slot = self.slots.pop().expect("slot_for leaves the slot last");
+        slot.unsaved = true;
+        // At least one token must run to produce logits.
+        let reused = slot.cache.common_prefix(&prompt).min(prompt.len() - 1);
+        slot.cache.truncate(reused);
+        if let Some(k) = &key {
+            *self.running.entry(k.clone()).or_default() += 1;
+        }
         emit(EngineEvent::Started {
             prompt_tokens: prompt.len(),
-            reused_tokens: reused_guess,
-        });
-        let (mut logits, reused) = self.prefill(req.conversation.as_deref(), &prompt, cancel)?;
-        let prefill_s = t0.elapsed().as_secs_f64();
-        let specials = self.loaded.specials.clone();
-        let tok = &self.loaded.tokenizer;
-        let model = &self.loaded.model;
-        let slot = self.slots.last_mut().expect("prefill made the slot");
-        let mut sampler = Sampler::new(&req.params);
-        let mut detok = Detokenizer::new(tok);
-        let mut splitter = ThinkSplitter::new();
-        if let Some(text) = req.assistant_prefix.as_deref() {
-            // The splitter must know where the prefix leaves the reply (e.g. inside the
-            // reasoning); its text is the caller's, so nothing of it is streamed.
-            let _ = splitter.push(text);
-            if let Some(g) = guide.as_mut() {
-                if splitter.in_reasoning() {
-                    g.begin_in_reasoning();
-                } else {
-                    // The prefix's answer is the reply's start: the constraint follows it,
-                    // so a prefilled `<tool_call>` or `{` is continued as the grammar says.
-                    let closed = text.contains("</think>");
-                    let answer = text.rsplit_once("</think>").map_or(text, |(_, a)| a);
-                    let ids = tokenizer::encode_plain(&self.loaded.tokenizer, answer)
-                        .map_err(|e| JobError::Model(e.to_string()))?;
-                    g.follow_prefix(&ids, closed).map_err(|e| {
-                        JobError::Constraint(format!(
-                            "the assistant message to continue does not fit the reply's \
-                             format: {e}"
-                        ))
-                    })?;
-                }
-            }
-        }
-        let mut stop = StopMatcher::new(&req.stop);
-        // A raw prompt's reply is plain text: no template asked for reasoning.
-        let plain = req.raw_prompt.is_some();
-        let mut history: Vec<u32> = prompt.clone();
-        let mut generated: Vec<u32> = Vec::new();
-        let mut reasoning_tokens = 0usize;
-        let mut ttft = None;
-        let t_decode = Instant::now();
-        let mut forward_pending: Vec<u32> = Vec::new();
-        let finish = loop {
-            if cancel.load(Ordering::Relaxed) {
-                break FinishReason::Cancelled;
-            }
-            // The model's own distribution, before the sampling settings change the logits.
-            let raw = req.logprobs.map(|_| logits.clone());
-            if let Some(g) = guide.as_mut() {
-                g.mask(&mut logits)?;
-            }
-            let next = sampler.sample(&mut logits, &history);
-            ttft.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-            if specials.eos.contains(&next) {
-                break FinishReason::Stop;
-            }
-            if let (Some(raw), Some(top)) = (raw, req.logprobs) {
-                let (logprob, best) = crate::engine::sampler::log_probs(&raw, next, top);
-                let piece = |id: u32| tokenizer::decode(tok, &[id]).unwrap_or_default();
-                emit(EngineEvent::Logprob {
-                    token: piece(next),
-                    logprob,
-                    top: best.into_iter().map(|(id, lp)| (piece(id), lp)).collect(),
-                });
-            }
-            forward_pending.clear();
-            forward_pending.push(next);
-            if !plain && splitter.in_reasoning() {
-                reasoning_tokens += 1;
-                if req.thinking_budget.is_some_and(|b| reasoning_tokens >= b)
-                    && Some(next) != specials.end_think
-                {
-                    // Over budget: close the reasoning ourselves and let the model answer.
-                    if let Ok(close) = tokenizer::encode(tok, "\n</think>\n") {
-                        forward_pending.extend(close);
-                    }
-                }
-            }
-            let mut stopped = false;
-            for &id in &forward_pending {
-                let text = detok.push(id).map_err(|e| JobError::Model(e.to_string()))?;
-                stopped |= if plain {
-                    if !stop.done {
-                        emit_delta(Delta::Answer(text), &mut stop, emit);
-                    }
-                    stop.done
-                } else {
-                    route(&mut splitter, &mut stop, &text, emit)
-                };
-            }
-            generated.extend_from_slice(&forward_pending);
-            history.extend_from_slice(&forward_pending);
-            if let Some(g) = guide.as_mut() {
-                g.advance(&forward_pending)?;
-                // The constraint is complete and allows nothing more, not even text: the
-                // reply is whole.
-                stopped |= g.is_finished();
-            }
-            if stopped {
-                break FinishReason::Stop;
-            }
-            if slot.cache.len() + forward_pending.len() >= slot.cache.max_len() {
-                break FinishReason::ContextFull;
-            }
-            // Even the last token goes through the model, so the cache covers the whole reply
-            // and the next turn can reuse all of it.
-            logits = model
-                .forward(&forward_pending, &mut slot.cache, Logits::Last)
-                .and_then(|t| t.to_vec1())
-                .map_err(|e| JobError::Model(e.to_string()))?;
-            if generated.len() >= req.params.max_tokens {
-                break FinishReason::Length;
-            }
-        };
-        let tail = detok.finish();
-        if !tail.is_empty() && plain && !stop.done {
-            emit_delta(Delta::Answer(tail), &mut stop, emit);
-        } else if !tail.is_empty() {
-            route(&mut splitter, &mut stop, &tail, emit);
-        }
-        for d in splitter.finish() {
-            emit_delta(d, &mut stop, emit);
-        }
-        if let Some(rest) = stop.flush() {
-            emit(EngineEvent::Answer { text: rest });
-        }
-        let decode_s = t_decode.elapsed().as_secs_f64();
-        let computed = prompt.len() - reused;
-        let stats = GenerationStats {
-            prompt_tokens: prompt.len(),
             reused_tokens: reused,
-            generated_tokens: generated.len(),
-            ttft_s: ttft.unwrap_or(prefill_s),
-            prefill_tps: if prefill_s > 0.0 {
-                computed as f64 / prefill_s
-            } else {
-                0.0
-            },
-            decode_tps: if decode_s > 0.0 && generated.len() > 1 {
-                (generated.len() - 1) as f64 / decode_s
-            } else {
-                0.0
-            },
-            finish_reason: finish,
+        });
+        let seq = Sequence::new(loaded, req, slot, prompt, prefix, reused, guide, t0);
+        if seq.is_err() {
+            self.release(key.as_deref());
+        }
+        seq
+    }
+
+    /// Takes back a finished sequence's cache as its conversation's (the most recently used);
+    /// a conversation forgotten meanwhile keeps nothing.
+    pub fn end(&mut self, seq: Sequence<'_>) {
+        let slot = seq.slot;
+        let key = slot.key.clone();
+        if self.release(key.as_deref()) {
+            return;
+        }
+        if key.is_some() {
+            // A second reply of the same conversation that ran beside this one had its own.
+            self.slots.retain(|s| s.key != key);
+        }
+        if self.slots.len() >= self.opts.max_slots {
+            self.slots.remove(0);
+        }
+        self.slots.push(slot);
+    }
+
+    /// Drops a sequence whose cache cannot be trusted (a panic while it ran), forgetting its
+    /// conversation's cache.
+    pub fn abandon(&mut self, seq: Sequence<'_>) {
+        let key = seq.slot.key.clone();
+        self.release(key.as_deref());
+        match key {
+            Some(k) => self.forget(&k),
+            None => self.forget_unnamed(),
+        }
+    }
+
+    /// Counts a sequence of `key` as ended; true when the conversation was forgotten while it
+    /// ran (its cache must not come back).
+    fn release(&mut self, key: Option<&str>) -> bool {
+        let Some(key) = key else { return false };
+        self.ended.push(key.to_string());
+        let others = match self.running.get_mut(key) {
+            Some(n) => {
+                *n -= 1;
+                *n > 0
+            }
+            None => false,
         };
-        // The kept ids are the whole assistant turn, so a later prompt can splice them in.
-        let mut token_ids = prefix;
-        token_ids.extend(generated);
-        emit(EngineEvent::Done { stats, token_ids });
-        Ok(())
+        if others {
+            self.forgotten.contains(key)
+        } else {
+            self.running.remove(key);
+            self.forgotten.remove(key)
+        }
     }
 }
 
@@ -503,117 +466,4 @@ fn slot_for<'a>(
         });
     }
     slots.last_mut().expect("just pushed")
-}
-
-/// Sends text through the think splitter and the stop matcher; true once a stop string matched.
-fn route(
-    splitter: &mut ThinkSplitter,
-    stop: &mut StopMatcher,
-    text: &str,
-    emit: &mut dyn FnMut(EngineEvent),
-) -> bool {
-    if stop.done {
-        return true;
-    }
-    for d in splitter.push(text) {
-        emit_delta(d, stop, emit);
-    }
-    stop.done
-}
-
-fn emit_delta(d: Delta, stop: &mut StopMatcher, emit: &mut dyn FnMut(EngineEvent)) {
-    match d {
-        Delta::Reasoning(text) if !text.is_empty() => emit(EngineEvent::Reasoning { text }),
-        Delta::Answer(text) => {
-            if let Some(text) = stop.push(&text) {
-                emit(EngineEvent::Answer { text });
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Holds back answer text that could be the start of a stop string.
-struct StopMatcher {
-    stops: Vec<String>,
-    held: String,
-    done: bool,
-}
-
-impl StopMatcher {
-    fn new(stops: &[String]) -> Self {
-        Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            held: String::new(),
-            done: false,
-        }
-    }
-
-    /// Text safe to show now, if any.
-    fn push(&mut self, text: &str) -> Option<String> {
-        if self.done {
-            return None;
-        }
-        if self.stops.is_empty() {
-            return (!text.is_empty()).then(|| text.to_string());
-        }
-        self.held.push_str(text);
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
-            self.done = true;
-            let out: String = self.held[..at].to_string();
-            self.held.clear();
-            return (!out.is_empty()).then_some(out);
-        }
-        // Keep the longest suffix that is a prefix of some stop string.
-        let keep = self
-            .stops
-            .iter()
-            .flat_map(|s| {
-                (1..s.len())
-                    .rev()
-                    .filter(|&n| s.is_char_boundary(n))
-                    .map(move |n| &s[..n])
-            })
-            .filter(|p| self.held.ends_with(p))
-            .map(str::len)
-            .max()
-            .unwrap_or(0);
-        let cut = self.held.len() - keep;
-        let out: String = self.held.drain(..cut).collect();
-        (!out.is_empty()).then_some(out)
-    }
-
-    fn flush(&mut self) -> Option<String> {
-        let out = std::mem::take(&mut self.held);
-        (!self.done && !out.is_empty()).then_some(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StopMatcher;
-
-    #[test]
-    fn stop_strings_hold_back_partial_matches() {
-        let mut m = StopMatcher::new(&["STOP".to_string()]);
-        assert_eq!(m.push("hello S").as_deref(), Some("hello "));
-        assert_eq!(m.push("T").as_deref(), None);
-        assert_eq!(m.push("x").as_deref(), Some("STx"));
-        assert_eq!(m.push(" then STO").as_deref(), Some(" then "));
-        assert_eq!(m.push("P and more").as_deref(), None);
-        assert!(m.done);
-        assert_eq!(m.flush(), None);
-    }
-
-    #[test]
-    fn no_stop_strings_pass_text_through() {
-        let mut m = StopMatcher::new(&[]);
-        assert_eq!(m.push("abc").as_deref(), Some("abc"));
-        assert_eq!(m.flush(), None);
-    }
 }

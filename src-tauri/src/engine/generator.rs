@@ -31,10 +31,6 @@ impl CancelToken {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
-
-    pub(crate) fn flag(&self) -> &AtomicBool {
-        &self.0
-    }
 }
 
 /// A submitted job: its event stream and its stop switch.

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod prompter;
 pub mod request;
 pub mod sampler;
+pub mod sequence;
 pub mod snapshot;
 pub mod worker;
 

@@ -2,14 +2,17 @@
 //! streams its events to an async receiver, so callers never block on the model. Callers that
 //! queue jobs for other people pass the engine's [`Admission`] first, which bounds the queue.
 
-use super::admission::{Admission, Refusal, Ticket};
+use super::admission::{Admission, QueueLimits, Refusal, Ticket};
 use super::constraint::Constrainer;
 use super::core::{EngineCore, EngineOptions, GenerateRequest, JobError};
 use super::events::{EngineEvent, FinishReason, GenerationStats};
+use super::generate::PREFILL_CHUNK;
 use super::generator::{CancelToken, Generator, JobHandle};
 use super::loader::LoadedModel;
 use super::prompter::Prompter;
 use super::request::Constraint;
+use super::sequence::{Progress, Sequence};
+use crate::model::BatchItem;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,9 +37,12 @@ enum Work {
 #[derive(Default)]
 struct Shared {
     queue: VecDeque<Work>,
-    busy: bool,
-    /// The stop switch of the job the worker is running.
-    running: Option<CancelToken>,
+    /// Replies being computed (at most the batch size).
+    active: usize,
+    /// The batch size: replies computed together.
+    max_batch: usize,
+    /// The stop switches of the jobs the worker is running.
+    running: Vec<CancelToken>,
     shutdown: bool,
     /// Tokens cached per named conversation after its last job.
     cached: HashMap<String, usize>,
@@ -99,9 +105,16 @@ impl Engine {
         let load_s = loaded.load_s;
         let core = EngineCore::new(loaded, opts)?;
         let context_size = core.options().context_size;
+        let max_batch = core.options().max_batch;
         let prompter = core.prompter().clone();
         let constrainer = core.constrainer().clone();
-        let shared = Arc::new((Mutex::new(Shared::default()), std::sync::Condvar::new()));
+        let shared = Arc::new((
+            Mutex::new(Shared {
+                max_batch: core.options().max_batch,
+                ..Shared::default()
+            }),
+            std::sync::Condvar::new(),
+        ));
         let worker_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("smollm3-engine".into())
@@ -114,7 +127,11 @@ impl Engine {
             context_size,
             load_s,
             thread: Arc::new(Mutex::new(Some(thread))),
-            admission: Admission::default(),
+            // As many run at once as the batch holds; the rest wait within the bound.
+            admission: Admission::new(QueueLimits {
+                running: max_batch,
+                ..QueueLimits::default()
+            }),
             prompter,
             constrainer,
         })
@@ -176,12 +193,15 @@ impl Engine {
                 cancel,
             };
         }
-        let ahead = s
+        // It waits when it will not fit in the batch with those already waiting; else it
+        // joins at the next step.
+        let waiting = s
             .queue
             .iter()
             .filter(|w| matches!(w, Work::Generate(_)))
-            .count()
-            + usize::from(s.busy);
+            .count();
+        let free = s.max_batch.saturating_sub(s.active);
+        let ahead = (waiting + 1).saturating_sub(free);
         if ahead > 0 {
             let _ = tx.send(EngineEvent::Queued { position: ahead });
         }
@@ -226,7 +246,7 @@ impl Engine {
         EngineStatus {
             model: self.model_name.to_string(),
             context_size: self.context_size,
-            busy: s.busy,
+            busy: s.active > 0,
             queued: s
                 .queue
                 .iter()
@@ -249,7 +269,7 @@ impl Engine {
             let (lock, cv) = &*self.shared;
             let mut s = lock.lock().expect("engine state");
             s.shutdown = true;
-            if let Some(running) = &s.running {
+            for running in &s.running {
                 running.cancel();
             }
             for w in &s.queue {
@@ -265,30 +285,56 @@ impl Engine {
     }
 }
 
+/// Prompt tokens a newcomer runs per step while other replies decode: few enough that those
+/// keep streaming while it prefills (a step then costs about this many tokens of prefill).
+const CHUNK_BESIDE_DECODING: usize = 32;
+
+/// A job whose reply is being computed.
+struct Active<'m> {
+    seq: Sequence<'m>,
+    tx: UnboundedSender<EngineEvent>,
+    cancel: CancelToken,
+    span: tracing::Span,
+}
+
+/// The sink of a job's events: a receiver gone stops the job (nobody reads the reply any
+/// more, so the engine is freed for others).
+fn sink<'a>(
+    tx: &'a UnboundedSender<EngineEvent>,
+    cancel: &'a CancelToken,
+) -> impl FnMut(EngineEvent) + 'a {
+    move |e| {
+        if tx.send(e).is_err() {
+            cancel.cancel();
+        }
+    }
+}
+
+/// The worker loop: takes jobs while there is room in the batch, then advances every running
+/// reply by one forward pass together (continuous batching: the weights are read once per
+/// step for all of them), and ends those that finished. Idle, it saves caches to disk.
 fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>) {
     let (lock, cv) = &*shared;
+    let loaded = core.shared_model();
+    let max_batch = core.options().max_batch;
+    let mut active: Vec<Active<'_>> = Vec::new();
     loop {
-        let work = {
+        let mut starting = Vec::new();
+        {
             let mut s = lock.lock().expect("engine state");
             loop {
-                if let Some(w) = s.queue.pop_front() {
-                    s.busy = matches!(w, Work::Generate(_));
-                    s.running = match &w {
-                        Work::Generate(job) => Some(job.cancel.clone()),
-                        Work::Forget(_) => None,
-                    };
-                    // Tell the jobs still waiting where they stand now.
-                    let mut pos = 1;
-                    for w in s.queue.iter_mut() {
-                        if let Work::Generate(j) = w {
-                            if j.position != pos {
-                                j.position = pos;
-                                let _ = j.tx.send(EngineEvent::Queued { position: pos });
-                            }
-                            pos += 1;
+                while active.len() + starting.len() < max_batch {
+                    match s.queue.pop_front() {
+                        Some(Work::Forget(key)) => {
+                            core.forget(&key);
+                            s.cached.remove(&key);
                         }
+                        Some(Work::Generate(job)) => starting.push(job),
+                        None => break,
                     }
-                    break w;
+                }
+                if !active.is_empty() || !starting.is_empty() {
+                    break;
                 }
                 if s.shutdown {
                     drop(s);
@@ -306,54 +352,200 @@ fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>
                 }
                 s = cv.wait(s).expect("engine state");
             }
-        };
-        match work {
-            Work::Forget(key) => {
-                core.forget(&key);
-                lock.lock().expect("engine state").cached.remove(&key);
+            // Tell the jobs still waiting where they stand now.
+            let mut pos = 1;
+            for w in s.queue.iter_mut() {
+                if let Work::Generate(j) = w {
+                    if j.position != pos {
+                        j.position = pos;
+                        let _ = j.tx.send(EngineEvent::Queued { position: pos });
+                    }
+                    pos += 1;
+                }
             }
-            Work::Generate(job) => {
-                if job.cancel.is_cancelled() {
-                    let stats = GenerationStats {
-                        finish_reason: FinishReason::Cancelled,
-                        ..Default::default()
-                    };
-                    let _ = job.tx.send(EngineEvent::Done {
-                        stats,
-                        token_ids: Vec::new(),
+            s.active = active.len() + starting.len();
+            s.running = active
+                .iter()
+                .map(|a| a.cancel.clone())
+                .chain(starting.iter().map(|j| j.cancel.clone()))
+                .collect();
+        }
+        for job in starting {
+            let job = *job;
+            if job.cancel.is_cancelled() {
+                let stats = GenerationStats {
+                    finish_reason: FinishReason::Cancelled,
+                    ..Default::default()
+                };
+                let _ = job.tx.send(EngineEvent::Done {
+                    stats,
+                    token_ids: Vec::new(),
+                });
+                continue;
+            }
+            let key = job.req.conversation.as_deref().unwrap_or("-");
+            let span = tracing::info_span!("job", id = job.id, conversation = %key);
+            let begun = {
+                let _g = span.enter();
+                let mut emit = sink(&job.tx, &job.cancel);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    core.begin(&loaded, job.req, &mut emit)
+                }))
+            };
+            match begun {
+                Ok(Ok(seq)) => active.push(Active {
+                    seq,
+                    tx: job.tx,
+                    cancel: job.cancel,
+                    span,
+                }),
+                Ok(Err(e)) => {
+                    let _ = job.tx.send(EngineEvent::Error {
+                        message: e.to_string(),
                     });
+                }
+                Err(_) => {
+                    tracing::error!("starting a reply panicked");
+                    let _ = job.tx.send(EngineEvent::Error {
+                        message: "the engine hit an internal error".into(),
+                    });
+                }
+            }
+        }
+        let closing = if active.is_empty() {
+            Vec::new()
+        } else {
+            step(&mut core, &loaded.model, &mut active)
+        };
+        let mut s = lock.lock().expect("engine state");
+        s.active = active.len();
+        s.running = active.iter().map(|a| a.cancel.clone()).collect();
+        for key in core.take_ended() {
+            let tokens = core.cached_tokens(&key);
+            s.cached.insert(key, tokens);
+        }
+        // Only now do the ended replies' streams close: whoever waited for the end sees the
+        // engine's state after it.
+        drop(s);
+        drop(closing);
+    }
+}
+
+/// One forward pass for every running reply, then each takes its logits; finished replies
+/// give their caches back. A panic abandons every reply of the step (their caches are reset).
+/// Returns the ended replies' event senders, to drop once the engine's state is updated.
+fn step(
+    core: &mut EngineCore,
+    model: &crate::model::Model,
+    active: &mut Vec<Active<'_>>,
+) -> Vec<UnboundedSender<EngineEvent>> {
+    let mut closing = Vec::new();
+    let decoding = active.iter().any(|a| a.seq.decoding());
+    let chunk = if decoding {
+        CHUNK_BESIDE_DECODING
+    } else {
+        PREFILL_CHUNK
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut ended = vec![false; active.len()];
+        // A stop asked since the last step ends the reply before it runs again.
+        for (a, end) in active.iter_mut().zip(ended.iter_mut()) {
+            if a.cancel.is_cancelled() {
+                let _g = a.span.enter();
+                a.seq.cancel(&mut sink(&a.tx, &a.cancel));
+                *end = true;
+            }
+        }
+        let inputs: Vec<Vec<u32>> = active
+            .iter()
+            .zip(&ended)
+            .map(|(a, &end)| {
+                if end {
+                    Vec::new()
                 } else {
-                    let tx = job.tx.clone();
-                    let key = job.req.conversation.as_deref().unwrap_or("-");
-                    let span = tracing::info_span!("job", id = job.id, conversation = %key);
-                    let _g = span.enter();
-                    // A panic in the model must not take the app down with it.
-                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        core.run(&job.req, job.cancel.flag(), &mut |e| {
-                            // Nobody reads the reply any more: free the engine for others.
-                            if tx.send(e).is_err() {
-                                job.cancel.cancel();
-                            }
-                        })
-                    }));
-                    if run.is_err() {
-                        tracing::error!("generation panicked");
-                        match &job.req.conversation {
-                            Some(key) => core.forget(key),
-                            None => core.forget_unnamed(),
-                        }
-                        let _ = job.tx.send(EngineEvent::Error { message: "the engine hit an internal error; the conversation's cache was reset".into() });
+                    a.seq.next_input(chunk)
+                }
+            })
+            .collect();
+        let logits = {
+            let mut batch: Vec<BatchItem<'_>> = active
+                .iter_mut()
+                .zip(&inputs)
+                .filter(|(_, t)| !t.is_empty())
+                .map(|(a, t)| BatchItem {
+                    tokens: t,
+                    cache: a.seq.cache_mut(),
+                })
+                .collect();
+            if batch.is_empty() {
+                Ok(Vec::new())
+            } else {
+                model.forward_batch(&mut batch).and_then(|ls| {
+                    ls.into_iter()
+                        .map(|l| l.to_vec1::<f32>())
+                        .collect::<candle_core::Result<Vec<_>>>()
+                })
+            }
+        };
+        let mut logits = match logits {
+            Ok(l) => l.into_iter(),
+            Err(e) => {
+                // The model failed for the whole step: every reply in it ends with the error.
+                for ((a, end), t) in active.iter_mut().zip(ended.iter_mut()).zip(&inputs) {
+                    if !t.is_empty() {
+                        let _ = a.tx.send(EngineEvent::Error {
+                            message: e.to_string(),
+                        });
+                        *end = true;
                     }
                 }
-                let mut s = lock.lock().expect("engine state");
-                if let Some(key) = &job.req.conversation {
-                    s.cached.insert(key.clone(), core.cached_tokens(key));
+                return ended;
+            }
+        };
+        for ((a, end), t) in active.iter_mut().zip(ended.iter_mut()).zip(&inputs) {
+            if t.is_empty() {
+                continue;
+            }
+            let l = logits.next().expect("one row of logits per sequence");
+            let _g = a.span.enter();
+            let cancelled = a.cancel.is_cancelled();
+            let mut emit = sink(&a.tx, &a.cancel);
+            match a.seq.absorb(l, t.len(), cancelled, &mut emit) {
+                Ok(Progress::Running) => {}
+                Ok(Progress::Finished(_)) => *end = true,
+                Err(e) => {
+                    emit(EngineEvent::Error {
+                        message: e.to_string(),
+                    });
+                    *end = true;
                 }
-                s.busy = false;
-                s.running = None;
+            }
+        }
+        ended
+    }));
+    match outcome {
+        Ok(ended) => {
+            for i in (0..ended.len()).rev() {
+                if ended[i] {
+                    let a = active.remove(i);
+                    core.end(a.seq);
+                    closing.push(a.tx);
+                }
+            }
+        }
+        Err(_) => {
+            tracing::error!("generation panicked");
+            for a in active.drain(..) {
+                let _ = a.tx.send(EngineEvent::Error {
+                    message: "the engine hit an internal error; the conversation's cache was reset"
+                        .into(),
+                });
+                core.abandon(a.seq);
+                closing.push(a.tx);
             }
         }
     }
+    closing
 }
 
 impl Generator for Engine {

@@ -18,4 +18,4 @@ pub mod weights;
 pub use config::Config;
 pub use gguf::{GgufError, GgufFile};
 pub use kv_cache::KvCache;
-pub use smollm3::{Logits, Model};
+pub use smollm3::{BatchItem, Logits, Model};

@@ -104,6 +104,14 @@ pub enum Logits {
     All,
 }
 
+/// One sequence's part of a batched step ([`Model::forward_batch`]).
+pub struct BatchItem<'a> {
+    /// The tokens to run after what the cache holds.
+    pub tokens: &'a [u32],
+    /// The sequence's own cache; the tokens are appended to it.
+    pub cache: &'a mut KvCache,
+}
+
 /// A loaded SmolLM3 model. Weights stay in the memory-mapped file.
 #[derive(Debug)]
 pub struct Model {
@@ -285,6 +293,108 @@ impl Model {
             Logits::Last => logits.squeeze(0),
             Logits::All => Ok(logits),
         }
+    }
+
+    /// One step for several sequences at once, each with its own cache: every sequence's
+    /// `tokens` (one for a decoding reply, a chunk for a prompt) go through the weights as rows
+    /// of one product, so the weights are read once per step for all of them; attention runs
+    /// per sequence over its own cache. Returns each sequence's logits `(vocab,)` for its last
+    /// position. One sequence is exactly [`Model::forward`].
+    pub fn forward_batch(&self, batch: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
+        if let [one] = batch {
+            return Ok(vec![self.forward(one.tokens, one.cache, Logits::Last)?]);
+        }
+        if batch.is_empty() || batch.iter().any(|b| b.tokens.is_empty()) {
+            candle_core::bail!("forward_batch needs tokens for every sequence");
+        }
+        let cfg = &self.cfg;
+        let mut ropes = Vec::with_capacity(batch.len());
+        for b in batch.iter_mut() {
+            b.cache.reserve(b.tokens.len())?;
+            ropes.push(Rope::new(cfg, b.cache.len(), b.tokens.len())?);
+        }
+        let all: Vec<u32> = batch
+            .iter()
+            .flat_map(|b| b.tokens.iter().copied())
+            .collect();
+        let eps = cfg.rms_eps as f32;
+        let first_norm = self.layers.first().map_or(&self.out_norm, |l| &l.attn_norm);
+        let (mut x, mut h) = norm::add_rms_norm(
+            self.kernels,
+            &self.embd.rows_f32(&all)?,
+            None,
+            first_norm,
+            eps,
+        )?;
+        for (il, layer) in self.layers.iter().enumerate() {
+            let attn = layer
+                .wo
+                .matmul(&self.attention_batch(il, layer, &h, batch, &ropes)?)?;
+            (x, h) = norm::add_rms_norm(self.kernels, &x, Some(&attn), &layer.ffn_norm, eps)?;
+            let next_norm = self
+                .layers
+                .get(il + 1)
+                .map_or(&self.out_norm, |l| &l.attn_norm);
+            (x, h) = norm::add_rms_norm(
+                self.kernels,
+                &x,
+                Some(&layer.mlp.forward(&h)?),
+                next_norm,
+                eps,
+            )?;
+        }
+        drop(x);
+        // Each sequence's last row, through the output projection together.
+        let mut last = Vec::with_capacity(batch.len());
+        let mut end = 0;
+        for b in batch.iter_mut() {
+            end += b.tokens.len();
+            last.push(h.narrow(0, end - 1, 1)?);
+            b.cache.commit(b.tokens);
+        }
+        if all.len() > batch.len() {
+            heap::release();
+        }
+        let logits = self.lm_head.matmul(&Tensor::cat(&last, 0)?)?;
+        (0..batch.len()).map(|i| logits.get(i)).collect()
+    }
+
+    /// [`Model::attention`] for a batch: the projections over every row at once, then RoPE,
+    /// the cache and attention per sequence.
+    fn attention_batch(
+        &self,
+        il: usize,
+        layer: &Layer,
+        h: &Tensor,
+        batch: &mut [BatchItem<'_>],
+        ropes: &[Rope],
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_kv_head);
+        let [q, k, v]: [Tensor; 3] = QWeight::matmul_many(&[&layer.wq, &layer.wk, &layer.wv], h)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("three products expected".into()))?;
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let mut outs = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for (b, rope) in batch.iter_mut().zip(ropes) {
+            let seq = b.tokens.len();
+            let heads = |t: &Tensor, n: usize| {
+                t.narrow(0, start, seq)?
+                    .reshape((seq, n, hd))?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            let (mut qs, mut ks, vs) = (heads(&q, nh)?, heads(&k, nkv)?, heads(&v, nkv)?);
+            if layer.use_rope {
+                qs = rope.apply(&qs, cfg.rope_dim)?;
+                ks = rope.apply(&ks, cfg.rope_dim)?;
+            }
+            let (kc, vc) = b.cache.append(il, &ks, &vs)?;
+            outs.push(attention::attend(self.kernels, &qs, &kc, &vc, scale)?);
+            start += seq;
+        }
+        Tensor::cat(&outs, 0)
     }
 
     /// Grouped-query attention over the cache; `h` is (seq, hidden), the result (seq, heads·head_dim).

@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// tokens after a restart, its KV snapshot read from disk, against prefilling it again.
     #[arg(long, value_name = "TOKENS")]
     pub restart_tokens: Option<usize>,
+    /// Instead (see `concurrent_bench`): decode this many replies at once, for each number
+    /// given (e.g. `1,2,4,8`), printing per-stream and aggregate speed.
+    #[arg(long, value_name = "N,N,…", value_delimiter = ',')]
+    pub concurrent: Vec<usize>,
 }
 
 /// min, median, max.

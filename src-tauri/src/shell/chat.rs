@@ -529,6 +529,8 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             kv_dtype: EngineOptions::default().kv_dtype,
             max_slots: 1,
             snapshots: None,
+            // One person at a terminal: one reply at a time.
+            max_batch: 1,
         },
     )
     .context("cannot start the engine")?;

@@ -1,6 +1,6 @@
 //! The headless command line (`smollm3-bot <subcommand>`), built with clap.
 
-use super::{bench, model_cmds, restart_bench, text_cmds};
+use super::{bench, concurrent_bench, model_cmds, restart_bench, text_cmds};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -83,6 +83,7 @@ pub fn main() -> ExitCode {
         Some(Command::Tokenize(a)) => text_cmds::tokenize(a),
         Some(Command::Bench(a)) => match a.restart_tokens {
             Some(tokens) => restart_bench::run(&a, tokens),
+            None if !a.concurrent.is_empty() => concurrent_bench::run(&a, &a.concurrent),
             None => bench::bench(a),
         },
         Some(Command::Serve(a)) => super::serve::serve(a),

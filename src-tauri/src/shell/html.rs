@@ -585,6 +585,13 @@ pub fn settings_panel(
                 errors,
                 "Long conversations reopen without re-reading them after a restart; 0 keeps none. Applies when the model is next loaded.",
             ),
+            field(
+                "Replies written at once",
+                "batch_size",
+                number("batch_size", s.batch_size.to_string(), "1"),
+                errors,
+                "For several conversations, browsers or API clients at the same time: each is a little slower, all together much faster. Applies when the model is next loaded.",
+            ),
         ]);
     }
     render(

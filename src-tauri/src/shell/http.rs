@@ -560,11 +560,12 @@ fn parse_field<T: FromStr>(
 }
 
 /// Form fields that name files or servers of the machine: only the desktop's owner sets them.
-const MACHINE_FIELDS: [&str; 4] = [
+const MACHINE_FIELDS: [&str; 5] = [
     "model_path",
     "tokenizer_path",
     "hub_mirror",
     "snapshot_budget_mb",
+    "batch_size",
 ];
 
 /// Reads the settings form over the current settings; fields left out keep their value.
@@ -632,6 +633,7 @@ fn settings_from_form(
         &mut s.snapshot_budget_mb,
         &mut bad,
     );
+    parse_field(form, "batch_size", &mut s.batch_size, &mut bad);
     (s, bad)
 }
 

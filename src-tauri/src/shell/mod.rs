@@ -9,6 +9,7 @@ pub mod batching;
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod concurrent_bench;
 pub mod conversations;
 pub mod data_dir;
 #[cfg(feature = "desktop")]

@@ -108,6 +108,7 @@ pub fn run(a: &BenchArgs, tokens: usize) -> anyhow::Result<()> {
             dir: dir.clone(),
             budget_bytes: u64::MAX,
         }),
+        ..EngineOptions::default()
     };
     let start = |snapshots: bool| -> anyhow::Result<(EngineCore, f64)> {
         let t0 = Instant::now();

@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Conversations whose KV caches are kept at once.
     #[arg(long, default_value_t = 2)]
     pub slots: usize,
+    /// Replies computed together (continuous batching: one pass over the weights per step
+    /// for all of them); more requests wait in the queue.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = guard::DEFAULT_MAX_BODY_BYTES)]
     pub max_body: usize,
@@ -233,6 +237,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_slots: args.slots.max(1),
             // The browser UI's conversations reopen from disk as the desktop's do.
             snapshots: data.as_ref().and_then(|d| d.snapshot_options()),
+            max_batch: args.batch,
         },
     )
     .context("cannot start the engine")?;

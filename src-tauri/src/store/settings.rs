@@ -82,6 +82,9 @@ pub struct Settings {
     /// Disk space for conversations' saved model state (KV snapshots), in MB: the least
     /// recently used go first; 0 keeps none.
     pub snapshot_budget_mb: u64,
+    /// Replies the model writes at once (for several conversations, browsers or API clients);
+    /// more wait their turn.
+    pub batch_size: usize,
 }
 
 /// The port the built-in server takes unless told otherwise.
@@ -93,6 +96,12 @@ pub const DEFAULT_SNAPSHOT_BUDGET_MB: u64 = 2048;
 
 /// The most the settings accept for KV snapshots (1 TB).
 pub const MAX_SNAPSHOT_BUDGET_MB: u64 = 1_000_000;
+
+/// Replies written at once unless told otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 4;
+
+/// The most replies the settings let the model write at once.
+pub const MAX_BATCH_SIZE: usize = 16;
 
 /// The lowest port the settings accept: lower ones need an administrator on most systems.
 pub const MIN_SERVER_PORT: u16 = 1024;
@@ -119,6 +128,7 @@ impl Default for Settings {
             server_port: DEFAULT_SERVER_PORT,
             server_lan: false,
             snapshot_budget_mb: DEFAULT_SNAPSHOT_BUDGET_MB,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 }
@@ -187,6 +197,11 @@ impl Settings {
             self.snapshot_budget_mb <= MAX_SNAPSHOT_BUDGET_MB,
             "snapshot_budget_mb",
             "must be at most 1000000 MB (0 keeps none)",
+        );
+        check(
+            (1..=MAX_BATCH_SIZE).contains(&self.batch_size),
+            "batch_size",
+            "must be from 1 to 16",
         );
         check(
             self.server_port >= MIN_SERVER_PORT,
@@ -403,6 +418,7 @@ mod tests {
             server_port: 8123,
             server_lan: true,
             snapshot_budget_mb: 512,
+            batch_size: 2,
         };
         Store::open(&path).unwrap().save_settings(&custom).unwrap();
         assert_eq!(Store::open(&path).unwrap().load_settings().unwrap(), custom);
