@@ -286,8 +286,10 @@ impl Engine {
 }
 
 /// Prompt tokens a newcomer runs per step while other replies decode: few enough that those
-/// keep streaming while it prefills (a step then costs about this many tokens of prefill).
-const CHUNK_BESIDE_DECODING: usize = 32;
+/// keep streaming while a long prompt goes in (a step then costs about this many tokens of
+/// prefill, ≈ 2 s on two cores with SmolLM3-3B), enough that a short message gets its first
+/// token within about its own prefill time plus one step (figures in doc/benchmarks.md).
+const CHUNK_BESIDE_DECODING: usize = 64;
 
 /// A job whose reply is being computed.
 struct Active<'m> {
