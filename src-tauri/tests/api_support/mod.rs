@@ -42,6 +42,9 @@ pub fn api(context: usize, max_queue: usize) -> ApiState {
         EngineOptions {
             context_size: context,
             max_slots: 2,
+            // One reply at a time, so the queue's places are counted as the tests expect
+            // (replies batched through the API: tests/load.rs and tests/batching.rs).
+            max_batch: 1,
             ..EngineOptions::default()
         },
     )
