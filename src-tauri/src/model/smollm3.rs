@@ -250,35 +250,9 @@ impl Model {
         let (seq, pos) = (tokens.len(), cache.len());
         cache.reserve(seq)?;
         let rope = Rope::new(cfg, pos, seq)?;
-        let eps = cfg.rms_eps as f32;
-        let first_norm = self.layers.first().map_or(&self.out_norm, |l| &l.attn_norm);
-        // `h` is always the normalized `x` that the next block reads: each residual addition
-        // comes with the norm after it.
-        let (mut x, mut h) = norm::add_rms_norm(
-            self.kernels,
-            &self.embd.rows_f32(tokens)?,
-            None,
-            first_norm,
-            eps,
-        )?;
-        for (il, layer) in self.layers.iter().enumerate() {
-            let attn = layer
-                .wo
-                .matmul(&self.attention(il, layer, &h, cache, &rope)?)?;
-            (x, h) = norm::add_rms_norm(self.kernels, &x, Some(&attn), &layer.ffn_norm, eps)?;
-            let next_norm = self
-                .layers
-                .get(il + 1)
-                .map_or(&self.out_norm, |l| &l.attn_norm);
-            (x, h) = norm::add_rms_norm(
-                self.kernels,
-                &x,
-                Some(&layer.mlp.forward(&h)?),
-                next_norm,
-                eps,
-            )?;
-        }
-        drop(x);
+        let h = self.decoder(tokens, |il, layer, h| {
+            self.attention(il, layer, h, cache, &rope)
+        })?;
         cache.commit(tokens);
         if seq > 1 {
             // The chunk's activations are free now; an idle app should not keep them.
@@ -293,6 +267,43 @@ impl Model {
             Logits::Last => logits.squeeze(0),
             Logits::All => Ok(logits),
         }
+    }
+
+    /// Embeds `tokens` and runs every layer over them, `attention` giving each layer's
+    /// attention output `(tokens, heads·head_dim)` for its normalized input; returns the final
+    /// normalized hidden states `(tokens, hidden)`.
+    fn decoder(
+        &self,
+        tokens: &[u32],
+        mut attention: impl FnMut(usize, &Layer, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_eps as f32;
+        let first_norm = self.layers.first().map_or(&self.out_norm, |l| &l.attn_norm);
+        // `h` is always the normalized `x` that the next block reads: each residual addition
+        // comes with the norm after it.
+        let (mut x, mut h) = norm::add_rms_norm(
+            self.kernels,
+            &self.embd.rows_f32(tokens)?,
+            None,
+            first_norm,
+            eps,
+        )?;
+        for (il, layer) in self.layers.iter().enumerate() {
+            let attn = layer.wo.matmul(&attention(il, layer, &h)?)?;
+            (x, h) = norm::add_rms_norm(self.kernels, &x, Some(&attn), &layer.ffn_norm, eps)?;
+            let next_norm = self
+                .layers
+                .get(il + 1)
+                .map_or(&self.out_norm, |l| &l.attn_norm);
+            (x, h) = norm::add_rms_norm(
+                self.kernels,
+                &x,
+                Some(&layer.mlp.forward(&h)?),
+                next_norm,
+                eps,
+            )?;
+        }
+        Ok(h)
     }
 
     /// One step for several sequences at once, each with its own cache: every sequence's
@@ -317,33 +328,9 @@ impl Model {
             .iter()
             .flat_map(|b| b.tokens.iter().copied())
             .collect();
-        let eps = cfg.rms_eps as f32;
-        let first_norm = self.layers.first().map_or(&self.out_norm, |l| &l.attn_norm);
-        let (mut x, mut h) = norm::add_rms_norm(
-            self.kernels,
-            &self.embd.rows_f32(&all)?,
-            None,
-            first_norm,
-            eps,
-        )?;
-        for (il, layer) in self.layers.iter().enumerate() {
-            let attn = layer
-                .wo
-                .matmul(&self.attention_batch(il, layer, &h, batch, &ropes)?)?;
-            (x, h) = norm::add_rms_norm(self.kernels, &x, Some(&attn), &layer.ffn_norm, eps)?;
-            let next_norm = self
-                .layers
-                .get(il + 1)
-                .map_or(&self.out_norm, |l| &l.attn_norm);
-            (x, h) = norm::add_rms_norm(
-                self.kernels,
-                &x,
-                Some(&layer.mlp.forward(&h)?),
-                next_norm,
-                eps,
-            )?;
-        }
-        drop(x);
+        let h = self.decoder(&all, |il, layer, h| {
+            self.attention_batch(il, layer, h, batch, &ropes)
+        })?;
         // Each sequence's last row, through the output projection together.
         let mut last = Vec::with_capacity(batch.len());
         let mut end = 0;

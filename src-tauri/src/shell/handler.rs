@@ -15,6 +15,16 @@ use crate::engine::admission::Refusal;
 /// Name of the SSE event (and of the Tauri event) that carries reply deltas.
 pub const STREAM_EVENT: &str = "chat-stream";
 
+/// Refuses (as "nothing here") a request that does not act for the desktop app's owner: the
+/// machine's files and server are not a browser's to change.
+pub fn desktop_only(s: &ChatService) -> Result<()> {
+    if *s.owner() == Owner::desktop() {
+        Ok(())
+    } else {
+        Err(ServiceError::NotFound("There is nothing at this address.".into()).into())
+    }
+}
+
 /// The chat service acting for the owner of the request, which the layer around the routes
 /// names (see [`router`] and [`browser_router`]).
 pub struct Scoped(pub ChatService);

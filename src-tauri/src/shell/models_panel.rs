@@ -5,7 +5,7 @@
 //! events; this screen shows them in the dialog instead of the wizard's page. Only the
 //! desktop's owner reaches these routes: files on the machine are not for a browser.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use axum::extract::Form;
 use axum::response::Html;
@@ -15,9 +15,9 @@ use minijinja::context;
 use minijinja::value::Value;
 use serde::Deserialize;
 
-use super::handler::{Result, Scoped};
+use super::handler::{desktop_only, Result, Scoped};
 use crate::app::model_library;
-use crate::app::service::{ChatService, Owner, ServiceError};
+use crate::app::service::{ChatService, ServiceError};
 use crate::app::wizard::{self, Phase, WizardError};
 use crate::hub::error::human_bytes;
 use crate::hub::{self, catalogue};
@@ -35,14 +35,6 @@ pub fn routes() -> Router<ChatService> {
         .route("/models/resume", post(resume))
         .route("/models/cancel", post(cancel))
         .route("/models/dismiss", post(dismiss))
-}
-
-fn desktop_only(s: &ChatService) -> Result<()> {
-    if *s.owner() == Owner::desktop() {
-        Ok(())
-    } else {
-        Err(ServiceError::NotFound("There is nothing at this address.".into()).into())
-    }
 }
 
 /// What the screen shows besides the lists: an error, and a model whose deletion is asked.
@@ -91,42 +83,10 @@ fn render_panel(s: &ChatService, shown: Shown<'_>) -> String {
             context! { name => p.name, done, entry }
         })
         .collect();
-    let paths: Vec<&PathBuf> = installed.iter().map(|m| &m.path).collect();
-    let found: Vec<Value> = wizard::found_models()
-        .into_iter()
-        .filter(|f| !paths.contains(&&f.path))
-        .map(|f| {
-            context! {
-                label => f.label,
-                tool => f.tool,
-                size => human_bytes(f.size),
-                path => f.path.display().to_string(),
-            }
-        })
-        .collect();
-    let entries: Vec<Value> = catalogue()
-        .iter()
-        .filter(|e| !installed_names.contains(&e.model.remote().local_name()))
-        .map(|e| {
-            context! {
-                description => e.description,
-                file => e.model.file,
-                size => human_bytes(e.approx_size),
-                ram => human_bytes(e.ram_needed),
-                fits => free.is_none_or(|f| f > e.approx_size),
-                id => e.id,
-            }
-        })
-        .collect();
-    let folder = match (&dir, free) {
-        (Some(d), Some(f)) => format!(
-            "Models are kept in {} ({} free).",
-            d.display(),
-            human_bytes(f)
-        ),
-        (Some(d), None) => format!("Models are kept in {}.", d.display()),
-        (None, _) => String::new(),
-    };
+    let paths: Vec<&Path> = installed.iter().map(|m| m.path.as_path()).collect();
+    let found = super::wizard::found_entries(&paths);
+    let entries = super::wizard::catalogue_entries(free, &installed_names);
+    let folder = super::wizard::folder_line(dir.as_deref(), free);
     let installed: Vec<Value> = installed
         .iter()
         .map(|m| {

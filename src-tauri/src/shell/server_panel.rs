@@ -10,10 +10,10 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine as _;
 
-use super::handler::{Result, Scoped};
+use super::handler::{desktop_only, Result, Scoped};
 use super::html;
 use super::local_server::{LocalServer, ServerStatus};
-use crate::app::service::{ChatService, Owner, ServiceError};
+use crate::app::service::ChatService;
 use crate::store::MIN_SERVER_PORT;
 
 /// The dialog's routes, for the desktop's router (with the server as an extension).
@@ -21,14 +21,6 @@ pub fn routes() -> Router<ChatService> {
     Router::new()
         .route("/server", get(panel).post(change))
         .route("/server/key", post(rotate_key))
-}
-
-fn desktop_only(s: &ChatService) -> Result<()> {
-    if *s.owner() == Owner::desktop() {
-        Ok(())
-    } else {
-        Err(ServiceError::NotFound("There is nothing at this address.".into()).into())
-    }
 }
 
 async fn panel(

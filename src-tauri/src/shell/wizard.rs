@@ -10,7 +10,7 @@
 //! each carrying server-rendered HTML for the progress bar and the panel around it.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use axum::extract::{Form, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -83,8 +83,26 @@ fn main(phase: &Phase, reason: &str) -> String {
 }
 
 fn choose_html(s: &ChatService, error: Option<&str>, import_path: &str) -> String {
-    let found: Vec<Value> = wizard::found_models()
+    let dir = s.wizard().models_dir().ok();
+    let free = dir.as_deref().and_then(wizard::free_space);
+    render(
+        "wizard_choose.html",
+        context! {
+            error,
+            folder => folder_line(dir.as_deref(), free),
+            entries => catalogue_entries(free, &[]),
+            found => found_entries(&[]),
+            mirror => s.settings().hub_mirror,
+            path => import_path,
+        },
+    )
+}
+
+/// SmolLM3 models other tools keep on this computer, for a template, leaving out `except`.
+pub(super) fn found_entries(except: &[&Path]) -> Vec<Value> {
+    wizard::found_models()
         .iter()
+        .filter(|f| !except.contains(&f.path.as_path()))
         .map(|f| {
             context! {
                 label => f.label,
@@ -93,11 +111,15 @@ fn choose_html(s: &ChatService, error: Option<&str>, import_path: &str) -> Strin
                 path => f.path.display().to_string(),
             }
         })
-        .collect();
-    let dir = s.wizard().models_dir().ok();
-    let free = dir.as_deref().and_then(wizard::free_space);
-    let entries: Vec<Value> = catalogue()
+        .collect()
+}
+
+/// The catalogue for a template, leaving out the files named in `except`; `free` is the
+/// models folder's free space, when known.
+pub(super) fn catalogue_entries(free: Option<u64>, except: &[&str]) -> Vec<Value> {
+    catalogue()
         .iter()
+        .filter(|e| !except.contains(&e.model.remote().local_name()))
         .map(|e| {
             context! {
                 default => e.default,
@@ -109,8 +131,12 @@ fn choose_html(s: &ChatService, error: Option<&str>, import_path: &str) -> Strin
                 id => e.id,
             }
         })
-        .collect();
-    let folder = match (&dir, free) {
+        .collect()
+}
+
+/// Where models are kept and how much room is left, in a sentence.
+pub(super) fn folder_line(dir: Option<&Path>, free: Option<u64>) -> String {
+    match (dir, free) {
         (Some(d), Some(f)) => format!(
             "Models are kept in {} ({} free).",
             d.display(),
@@ -118,18 +144,7 @@ fn choose_html(s: &ChatService, error: Option<&str>, import_path: &str) -> Strin
         ),
         (Some(d), None) => format!("Models are kept in {}.", d.display()),
         (None, _) => "No models folder is known for this system: set SMOLLM3_MODELS_DIR.".into(),
-    };
-    render(
-        "wizard_choose.html",
-        context! {
-            error,
-            folder,
-            entries,
-            found,
-            mirror => s.settings().hub_mirror,
-            path => import_path,
-        },
-    )
+    }
 }
 
 fn pct(done: u64, total: Option<u64>) -> Option<f64> {
