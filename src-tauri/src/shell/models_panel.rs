@@ -118,68 +118,45 @@ fn render_panel(s: &ChatService, shown: Shown<'_>) -> String {
 
 /// The download, check or load under way (or the last one's failure), with its buttons.
 fn task(phase: &Phase) -> Option<Value> {
+    let (title, body) = super::wizard::task_text(phase)?;
     let button = |action: &str, label: &str, primary: bool| context! { action, label, primary };
-    let bar = || safe(super::wizard::bar(phase));
-    let (title, body, error, buttons, with_bar) = match phase {
-        Phase::Downloading { file, .. } => (
-            format!("Downloading {file}"),
-            None,
-            None,
+    let (buttons, error) = match phase {
+        Phase::Downloading { .. } => (
             vec![
                 button("pause", "Pause", false),
                 button("cancel", "Cancel", false),
             ],
-            true,
+            None,
         ),
         Phase::Paused { .. } => (
-            "Download paused".into(),
-            Some("The part already downloaded is kept.".to_owned()),
-            None,
             vec![
                 button("resume", "Resume", true),
                 button("cancel", "Cancel", false),
             ],
-            true,
-        ),
-        Phase::Verifying { file } => (
-            format!("Checking {file}"),
-            Some("Making sure the file is complete and is a SmolLM3 model.".to_owned()),
             None,
-            Vec::new(),
-            true,
         ),
-        Phase::Loading { path } => (
-            "Loading the model".into(),
-            Some(path.display().to_string()),
-            None,
-            Vec::new(),
-            false,
-        ),
-        Phase::Failed {
-            entry,
-            title,
-            message,
-        } => (
-            title.clone(),
-            None,
-            Some(message.clone()),
+        Phase::Failed { entry, message, .. } => (
             entry
                 .is_some()
                 .then(|| button("resume", "Retry", true))
                 .into_iter()
                 .chain([button("dismiss", "Dismiss", false)])
                 .collect(),
-            false,
+            Some(message.clone()),
         ),
-        Phase::Idle | Phase::Cancelled | Phase::Ready { .. } => return None,
+        _ => (Vec::new(), None),
     };
+    let with_bar = matches!(
+        phase,
+        Phase::Downloading { .. } | Phase::Paused { .. } | Phase::Verifying { .. }
+    );
     Some(context! {
         phase => super::wizard::phase_name(phase),
         title,
         body,
         error,
         buttons,
-        bar => with_bar.then(bar),
+        bar => with_bar.then(|| safe(super::wizard::bar(phase))),
     })
 }
 

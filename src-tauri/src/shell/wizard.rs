@@ -224,6 +224,25 @@ pub fn phase_name(phase: &Phase) -> &'static str {
     }
 }
 
+/// The title of a download, check or load under way, or of its failure, and the sentence under
+/// it: what the wizard's panel and the models screen both say.
+pub(super) fn task_text(phase: &Phase) -> Option<(String, Option<String>)> {
+    Some(match phase {
+        Phase::Downloading { file, .. } => (format!("Downloading {file}"), None),
+        Phase::Paused { .. } => (
+            "Download paused".into(),
+            Some("The part already downloaded is kept.".into()),
+        ),
+        Phase::Verifying { file } => (
+            format!("Checking {file}"),
+            Some("Making sure the file is complete and is a SmolLM3 model.".into()),
+        ),
+        Phase::Loading { path } => ("Loading the model".into(), Some(path.display().to_string())),
+        Phase::Failed { title, .. } => (title.clone(), None),
+        Phase::Idle | Phase::Cancelled | Phase::Ready { .. } => return None,
+    })
+}
+
 /// A download panel's parts: title, body text and its class, error, buttons.
 type Panel<'a> = (
     String,
@@ -238,39 +257,31 @@ pub fn progress_panel(phase: &Phase) -> String {
     let get = |label: &str, primary: bool| {
         context! { label, url => "/wizard/choose", primary, get => true }
     };
-    let muted = |text: String| (Some(text), "muted");
     let none = (None, "");
+    let text = || task_text(phase).unwrap_or_default();
+    let muted_text = || {
+        let (title, body) = text();
+        (title, (body, "muted"))
+    };
     let (title, (body, body_class), error, buttons): Panel<'_> = match phase {
-        Phase::Downloading { file, .. } => (
-            format!("Downloading {file}"),
-            none,
-            None,
-            vec![
-                post("Pause", "/wizard/pause", false),
-                post("Cancel", "/wizard/cancel", false),
-            ],
-        ),
-        Phase::Paused { .. } => (
-            "Download paused".into(),
-            muted("The part already downloaded is kept.".into()),
-            None,
-            vec![
-                post("Resume", "/wizard/resume", true),
-                post("Cancel", "/wizard/cancel", false),
-            ],
-        ),
-        Phase::Verifying { file } => (
-            format!("Checking {file}"),
-            muted("Making sure the file is complete and is a SmolLM3 model.".into()),
-            None,
-            Vec::new(),
-        ),
-        Phase::Loading { path } => (
-            "Loading the model".into(),
-            muted(path.display().to_string()),
-            None,
-            Vec::new(),
-        ),
+        Phase::Downloading { .. } | Phase::Paused { .. } => {
+            let (title, body) = muted_text();
+            let first = if matches!(phase, Phase::Paused { .. }) {
+                post("Resume", "/wizard/resume", true)
+            } else {
+                post("Pause", "/wizard/pause", false)
+            };
+            (
+                title,
+                body,
+                None,
+                vec![first, post("Cancel", "/wizard/cancel", false)],
+            )
+        }
+        Phase::Verifying { .. } | Phase::Loading { .. } => {
+            let (title, body) = muted_text();
+            (title, body, None, Vec::new())
+        }
         Phase::Ready { path } => (
             "The model is ready".into(),
             (
@@ -285,12 +296,8 @@ pub fn progress_panel(phase: &Phase) -> String {
                 id => "wizard-start-chat",
             }],
         ),
-        Phase::Failed {
-            entry,
-            title,
-            message,
-        } => (
-            title.clone(),
+        Phase::Failed { entry, message, .. } => (
+            text().0,
             none,
             Some(message.as_str()),
             entry
