@@ -131,11 +131,6 @@ impl<'m> Sequence<'m> {
         self.fed == self.prompt.len()
     }
 
-    /// Prompt tokens still to run.
-    pub fn prompt_left(&self) -> usize {
-        self.prompt.len() - self.fed
-    }
-
     /// The tokens to run next: up to `chunk` of the prompt, or the chosen token(s).
     pub fn next_input(&self, chunk: usize) -> Vec<u32> {
         if self.decoding() {
