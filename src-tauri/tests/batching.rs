@@ -155,7 +155,7 @@ mod engine {
     use std::sync::OnceLock;
     use std::time::Instant;
 
-    fn model_path() -> PathBuf {
+    pub(super) fn model_path() -> PathBuf {
         static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
         let dir = DIR.get_or_init(|| {
             let d = tempfile::tempdir().unwrap();
@@ -165,18 +165,19 @@ mod engine {
         dir.path().join("m.gguf")
     }
 
-    fn options(max_batch: usize, context_size: usize) -> EngineOptions {
+    pub(super) fn options(max_batch: usize, context_size: usize) -> EngineOptions {
         EngineOptions {
             context_size,
             kv_dtype: DType::F32,
             max_slots: 8,
             snapshots: None,
             max_batch,
+            kv_budget_bytes: 0,
         }
     }
 
     /// A greedy request of conversation `i`, its own question and length.
-    fn request(i: usize, max_tokens: usize) -> GenerateRequest {
+    pub(super) fn request(i: usize, max_tokens: usize) -> GenerateRequest {
         let mut req = GenerateRequest::new(
             Some(format!("c{i}")),
             vec![ChatMessage::new(
@@ -199,7 +200,7 @@ mod engine {
     }
 
     /// What a request gives alone: its finish reason and token ids.
-    fn alone(req: &GenerateRequest, context_size: usize) -> (FinishReason, Vec<u32>) {
+    pub(super) fn alone(req: &GenerateRequest, context_size: usize) -> (FinishReason, Vec<u32>) {
         let loaded = LoadedModel::open(&model_path(), None).unwrap();
         let mut core = EngineCore::new(loaded, options(1, context_size)).unwrap();
         let mut events = Vec::new();
@@ -211,14 +212,14 @@ mod engine {
     }
 
     /// One reply read to its end: its events and when it started and ended.
-    struct Reply {
-        events: Vec<EngineEvent>,
+    pub(super) struct Reply {
+        pub(super) events: Vec<EngineEvent>,
         started: Instant,
         done: Instant,
     }
 
     impl Reply {
-        fn end(&self) -> (FinishReason, Vec<u32>) {
+        pub(super) fn end(&self) -> (FinishReason, Vec<u32>) {
             match self.events.last() {
                 Some(EngineEvent::Done { stats, token_ids }) => {
                     (stats.finish_reason, token_ids.clone())
@@ -235,7 +236,7 @@ mod engine {
 
     /// Submits every request at once and reads all replies; `cancel_after` stops reply `i`
     /// after its first answer text.
-    async fn together(
+    pub(super) async fn together(
         engine: &Engine,
         reqs: Vec<GenerateRequest>,
         cancel_after: Option<usize>,
@@ -371,6 +372,110 @@ mod engine {
         assert!(replies[3]
             .events
             .contains(&EngineEvent::Queued { position: 2 }));
+        for (i, (req, reply)) in reqs.iter().zip(&replies).enumerate() {
+            assert_eq!(reply.end(), alone(req, context), "reply {i}");
+        }
+        engine.shutdown();
+    }
+}
+
+mod shared_starts {
+    use super::engine::{alone, model_path, options, request, together, Reply};
+    use smollm3_bot::engine::events::{ChatMessage, EngineEvent};
+    use smollm3_bot::engine::loader::LoadedModel;
+    use smollm3_bot::engine::Engine;
+
+    /// Conversation `i`'s request with a long system prompt every conversation shares.
+    fn with_system_prompt(i: usize) -> smollm3_bot::engine::core::GenerateRequest {
+        let mut req = request(i, 8);
+        req.messages.insert(
+            0,
+            ChatMessage::new(
+                "system",
+                "You are a careful assistant who answers about the sea. ".repeat(12),
+            ),
+        );
+        req
+    }
+
+    fn reused(reply: &Reply) -> usize {
+        match reply.events.last() {
+            Some(EngineEvent::Done { stats, .. }) => stats.reused_tokens,
+            other => panic!("no end: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replies_sharing_a_system_prompt_compute_it_once() {
+        let context = 2048;
+        let engine = Engine::start(
+            LoadedModel::open(&model_path(), None).unwrap(),
+            options(4, context),
+        )
+        .unwrap();
+        let reqs: Vec<_> = (0..3).map(with_system_prompt).collect();
+        let prompts: Vec<Vec<u32>> = reqs.iter().map(|r| engine.prompt(r).unwrap()).collect();
+        let common = prompts[0]
+            .iter()
+            .zip(&prompts[1])
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(common > 100, "the system prompt is shared: {common} tokens");
+        // Submitted together: the first computes the shared start, the others copy it.
+        let replies = together(&engine, reqs.clone(), None).await;
+        assert_eq!(reused(&replies[0]), 0);
+        for (i, reply) in replies.iter().enumerate().skip(1) {
+            assert!(
+                reused(reply) >= common - 1,
+                "reply {i} reused {} of {common} shared tokens",
+                reused(reply)
+            );
+        }
+        for (i, (req, reply)) in reqs.iter().zip(&replies).enumerate() {
+            assert_eq!(reply.end(), alone(req, context), "reply {i}");
+        }
+        // Later, a new conversation with the same system prompt copies it from an idle cache.
+        let later = with_system_prompt(7);
+        let reply = together(&engine, vec![later.clone()], None).await;
+        assert!(reused(&reply[0]) >= common - 1, "{}", reused(&reply[0]));
+        assert_eq!(reply[0].end(), alone(&later, context));
+        engine.shutdown();
+    }
+}
+
+mod memory_budget {
+    use super::engine::{alone, model_path, options, request, together};
+    use candle_core::DType;
+    use smollm3_bot::engine::events::EngineEvent;
+    use smollm3_bot::engine::loader::LoadedModel;
+    use smollm3_bot::engine::Engine;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_beyond_the_memory_budget_waits_its_turn() {
+        let context = 2048;
+        let reqs: Vec<_> = (0..3).map(|i| request(i, 10)).collect();
+        let loaded = LoadedModel::open(&model_path(), None).unwrap();
+        let probe = loaded.model.new_cache(1, DType::F32);
+        let per_token = (probe.bytes_per_layer(1) * probe.n_layers()) as u64;
+        let mut opts = options(4, context);
+        let engine = Engine::start(loaded, opts.clone()).unwrap();
+        let rows: Vec<u64> = reqs
+            .iter()
+            .map(|r| (engine.prompt(r).unwrap().len() + 10) as u64)
+            .collect();
+        engine.shutdown();
+        // Room for the first two replies' caches, not the third's.
+        opts.kv_budget_bytes = (rows[0] + rows[1]) * per_token;
+        let engine = Engine::start(LoadedModel::open(&model_path(), None).unwrap(), opts).unwrap();
+        let replies = together(&engine, reqs.clone(), None).await;
+        let waited = |i: usize| {
+            replies[i]
+                .events
+                .contains(&EngineEvent::Queued { position: 1 })
+        };
+        assert!(!waited(0) && !waited(1));
+        // The batch had room for it: only the memory made it wait.
+        assert!(waited(2), "the third reply waited for memory");
         for (i, (req, reply)) in reqs.iter().zip(&replies).enumerate() {
             assert_eq!(reply.end(), alone(req, context), "reply {i}");
         }

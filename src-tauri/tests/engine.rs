@@ -267,6 +267,7 @@ async fn worker_streams_queues_and_stops() {
             snapshots: None,
             // One reply at a time, so the second waits in the queue (batching: tests/batching.rs).
             max_batch: 1,
+            kv_budget_bytes: 0,
         },
     )
     .unwrap();

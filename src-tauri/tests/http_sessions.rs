@@ -418,6 +418,7 @@ fn engine_app(tag: &str) -> (ChatService, Router, Engine) {
             context_size: 8192,
             // One reply at a time, so a second one waits and shows its place in the queue.
             max_batch: 1,
+            kv_budget_bytes: 0,
             ..EngineOptions::default()
         },
     )

@@ -631,6 +631,7 @@ impl ChatService {
             context_size: settings.context_size,
             snapshots: self.snapshot_options(),
             max_batch: settings.batch_size,
+            kv_budget_bytes: settings.kv_budget_mb * 1_000_000,
             ..EngineOptions::default()
         }
     }

@@ -34,6 +34,10 @@ pub struct EngineOptions {
     /// Replies computed together, one forward pass per step for all of them (continuous
     /// batching); more wait in the queue.
     pub max_batch: usize,
+    /// Memory the caches of the replies computed together may take, in bytes, counted as
+    /// each reply's prompt plus its `max_tokens` (at most the context); a reply that would
+    /// not fit waits in the queue unless nothing runs. 0: no bound.
+    pub kv_budget_bytes: u64,
 }
 
 impl Default for EngineOptions {
@@ -44,6 +48,7 @@ impl Default for EngineOptions {
             max_slots: 2,
             snapshots: None,
             max_batch: 4,
+            kv_budget_bytes: 0,
         }
     }
 }
@@ -359,8 +364,25 @@ impl EngineCore {
         let mut slot = self.slots.pop().expect("slot_for leaves the slot last");
         slot.unsaved = true;
         // At least one token must run to produce logits.
-        let reused = slot.cache.common_prefix(&prompt).min(prompt.len() - 1);
+        let mut reused = slot.cache.common_prefix(&prompt).min(prompt.len() - 1);
         slot.cache.truncate(reused);
+        // Another conversation's cache may hold more of the prompt's start (the same system
+        // prompt and date): those rows are copied, not computed again.
+        let shareable = &prompt[..prompt.len() - 1];
+        if let Some(other) = self
+            .slots
+            .iter()
+            .max_by_key(|s| s.cache.common_prefix(shareable))
+            .filter(|s| s.cache.common_prefix(shareable) > reused)
+        {
+            match slot.cache.share_prefix(&other.cache, shareable) {
+                Ok(held) => reused = held,
+                Err(e) => {
+                    tracing::warn!("could not share a prompt's start: {e}");
+                    slot.cache.truncate(reused);
+                }
+            }
+        }
         if let Some(k) = &key {
             *self.running.entry(k.clone()).or_default() += 1;
         }

@@ -146,6 +146,56 @@ impl<'m> Sequence<'m> {
         &mut self.slot.cache
     }
 
+    /// The cache as it stands.
+    pub fn cache(&self) -> &KvCache {
+        &self.slot.cache
+    }
+
+    /// The prompt tokens whose rows may come from another cache: all but the last, whose
+    /// logits this reply needs from its own run. Empty once the prompt is read.
+    fn shareable(&self) -> &[u32] {
+        if self.decoding() {
+            &[]
+        } else {
+            &self.prompt[..self.prompt.len() - 1]
+        }
+    }
+
+    /// How far beyond what it has read of its prompt `other`'s cache holds that prompt.
+    pub fn ahead_in(&self, other: &KvCache) -> usize {
+        other
+            .common_prefix(self.shareable())
+            .saturating_sub(self.fed)
+    }
+
+    /// How far beyond what it has read of its prompt `other`'s prompt runs along with it: rows
+    /// `other` will compute that this one could take instead.
+    pub fn ahead_in_prompt_of(&self, other: &Sequence<'_>) -> usize {
+        let shareable = self.shareable();
+        let common = other
+            .prompt
+            .iter()
+            .zip(shareable)
+            .take_while(|(a, b)| a == b)
+            .count();
+        common.saturating_sub(self.fed)
+    }
+
+    /// Copies the rows of its prompt that `other` holds beyond what it has read (see
+    /// [`KvCache::share_prefix`]), counting them as reused, not computed.
+    pub fn take_rows_from(&mut self, other: &KvCache) -> candle_core::Result<()> {
+        if self.ahead_in(other) == 0 {
+            return Ok(());
+        }
+        let shareable = self.prompt[..self.prompt.len() - 1].to_vec();
+        let held = self.slot.cache.share_prefix(other, &shareable)?;
+        if held > self.fed {
+            self.reused += held - self.fed;
+            self.fed = held;
+        }
+        Ok(())
+    }
+
     /// Takes the logits of the last of `ran` tokens just run: during the prompt it only counts
     /// them; after it, it samples the next token and streams its text.
     pub fn absorb(

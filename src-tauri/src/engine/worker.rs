@@ -26,6 +26,8 @@ struct Job {
     req: GenerateRequest,
     tx: UnboundedSender<EngineEvent>,
     cancel: CancelToken,
+    /// Cache rows the reply may fill: its prompt plus its `max_tokens`, at most the context.
+    kv_tokens: usize,
 }
 
 enum Work {
@@ -177,6 +179,13 @@ impl Engine {
 
     /// Queues a job; events start with `Queued` when others are ahead of it.
     pub fn submit(&self, req: GenerateRequest) -> JobHandle {
+        // A prompt that cannot be built fails when the job starts; until then it counts as
+        // the whole context.
+        let kv_tokens = self.prompt(&req).map_or(self.context_size, |p| {
+            p.len()
+                .saturating_add(req.params.max_tokens)
+                .min(self.context_size)
+        });
         let (tx, rx) = unbounded_channel();
         let cancel = CancelToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -211,6 +220,7 @@ impl Engine {
             req,
             tx,
             cancel: cancel.clone(),
+            kv_tokens,
         })));
         cv.notify_one();
         JobHandle {
@@ -294,6 +304,8 @@ const CHUNK_BESIDE_DECODING: usize = 64;
 /// A job whose reply is being computed.
 struct Active<'m> {
     seq: Sequence<'m>,
+    /// Its job's [`Job::kv_tokens`], counted against the memory budget while it runs.
+    kv_tokens: usize,
     tx: UnboundedSender<EngineEvent>,
     cancel: CancelToken,
     span: tracing::Span,
@@ -319,13 +331,23 @@ fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>
     let (lock, cv) = &*shared;
     let loaded = core.shared_model();
     let max_batch = core.options().max_batch;
+    let budget = KvBudget::new(&core);
     let mut active: Vec<Active<'_>> = Vec::new();
     loop {
-        let mut starting = Vec::new();
+        let mut starting: Vec<Box<Job>> = Vec::new();
         {
             let mut s = lock.lock().expect("engine state");
             loop {
                 while active.len() + starting.len() < max_batch {
+                    if let Some(Work::Generate(job)) = s.queue.front() {
+                        let running = active.iter().map(|a| a.kv_tokens);
+                        let held: usize = running.chain(starting.iter().map(|j| j.kv_tokens)).sum();
+                        let alone = active.is_empty() && starting.is_empty();
+                        if !alone && !budget.fits(held + job.kv_tokens) {
+                            // It waits (its place shown) until running replies end.
+                            break;
+                        }
+                    }
                     match s.queue.pop_front() {
                         Some(Work::Forget(key)) => {
                             core.forget(&key);
@@ -397,6 +419,7 @@ fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>
             match begun {
                 Ok(Ok(seq)) => active.push(Active {
                     seq,
+                    kv_tokens: job.kv_tokens,
                     tx: job.tx,
                     cancel: job.cancel,
                     span,
@@ -433,6 +456,63 @@ fn worker(mut core: EngineCore, shared: Arc<(Mutex<Shared>, std::sync::Condvar)>
     }
 }
 
+/// The memory bound on the caches of the replies computed together
+/// ([`EngineOptions::kv_budget_bytes`]), in cache rows.
+struct KvBudget {
+    /// Bytes of one token's keys and values over every layer.
+    bytes_per_token: u64,
+    limit_bytes: u64,
+}
+
+impl KvBudget {
+    fn new(core: &EngineCore) -> Self {
+        let opts = core.options();
+        let probe = core.loaded().model.new_cache(1, opts.kv_dtype);
+        Self {
+            bytes_per_token: (probe.bytes_per_layer(1) * probe.n_layers()) as u64,
+            limit_bytes: opts.kv_budget_bytes,
+        }
+    }
+
+    fn fits(&self, tokens: usize) -> bool {
+        self.limit_bytes == 0
+            || (tokens as u64).saturating_mul(self.bytes_per_token) <= self.limit_bytes
+    }
+}
+
+/// Prompts that start alike are computed once: a reply still reading its prompt copies the
+/// rows another running reply's cache already holds of it (the same system prompt, say), and
+/// sits out this step (true in the result) while an earlier reply is still computing more of
+/// the start they share. Only earlier replies are waited for, so the first one reading its
+/// prompt always runs.
+fn share_prompts(active: &mut [Active<'_>], ended: &[bool]) -> Vec<bool> {
+    let mut waiting = vec![false; active.len()];
+    for i in 0..active.len() {
+        if ended[i] || active[i].seq.decoding() {
+            continue;
+        }
+        let (before, rest) = active.split_at_mut(i);
+        let (me, after) = rest.split_first_mut().expect("index in range");
+        let donor = before
+            .iter()
+            .chain(after.iter())
+            .map(|a| a.seq.cache())
+            .max_by_key(|c| me.seq.ahead_in(c))
+            .filter(|c| me.seq.ahead_in(c) > 0);
+        if let Some(cache) = donor {
+            if let Err(e) = me.seq.take_rows_from(cache) {
+                // The rows are computed as usual instead.
+                tracing::warn!("could not share a prompt's start: {e}");
+            }
+        }
+        waiting[i] = before
+            .iter()
+            .zip(ended)
+            .any(|(a, &end)| !end && !a.seq.decoding() && me.seq.ahead_in_prompt_of(&a.seq) > 0);
+    }
+    waiting
+}
+
 /// One forward pass for every running reply, then each takes its logits; finished replies
 /// give their caches back. A panic abandons every reply of the step (their caches are reset).
 /// Returns the ended replies' event senders, to drop once the engine's state is updated.
@@ -458,11 +538,13 @@ fn step(
                 *end = true;
             }
         }
+        let waiting = share_prompts(active, &ended);
         let inputs: Vec<Vec<u32>> = active
             .iter()
             .zip(&ended)
-            .map(|(a, &end)| {
-                if end {
+            .zip(&waiting)
+            .map(|((a, &end), &wait)| {
+                if end || wait {
                     Vec::new()
                 } else {
                     a.seq.next_input(chunk)

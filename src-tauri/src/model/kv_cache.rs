@@ -264,4 +264,32 @@ impl KvCache {
     pub(crate) fn commit(&mut self, tokens: &[u32]) {
         self.tokens.extend_from_slice(tokens);
     }
+
+    /// Makes this cache hold the longest start of `prompt` that it or `other` holds, copying
+    /// `other`'s rows instead of computing them (the same tokens at the same positions have
+    /// the same keys and values), and returns how many tokens of `prompt` it now holds. What
+    /// this cache held beyond that start is dropped; nothing is copied between caches of
+    /// different shapes or element types.
+    pub fn share_prefix(&mut self, other: &KvCache, prompt: &[u32]) -> Result<usize> {
+        let from = self.common_prefix(prompt);
+        let upto = other.common_prefix(prompt).min(self.max_len);
+        if upto <= from
+            || other.row_shape() != self.row_shape()
+            || other.dtype != self.dtype
+            || other.layers.len() != self.layers.len()
+        {
+            return Ok(from);
+        }
+        self.truncate(from);
+        self.reserve(upto - from)?;
+        for (mine, theirs) in self.layers.iter().zip(&other.layers) {
+            let (Some((ck, cv)), Some((ok, ov))) = (mine, theirs) else {
+                candle_core::bail!("a cache holding tokens has every layer");
+            };
+            ck.slice_set(&ok.narrow(1, from, upto - from)?.contiguous()?, 1, from)?;
+            cv.slice_set(&ov.narrow(1, from, upto - from)?.contiguous()?, 1, from)?;
+        }
+        self.tokens.extend_from_slice(&prompt[from..upto]);
+        Ok(upto)
+    }
 }

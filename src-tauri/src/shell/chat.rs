@@ -531,6 +531,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             snapshots: None,
             // One person at a terminal: one reply at a time.
             max_batch: 1,
+            kv_budget_bytes: 0,
         },
     )
     .context("cannot start the engine")?;

@@ -100,6 +100,7 @@ pub fn run(a: &BenchArgs, streams: &[usize]) -> anyhow::Result<()> {
             max_slots: max,
             snapshots: None,
             max_batch: max,
+            kv_budget_bytes: 0,
         },
     )?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -592,6 +592,13 @@ pub fn settings_panel(
                 errors,
                 "For several conversations, browsers or API clients at the same time: each is a little slower, all together much faster. Applies when the model is next loaded.",
             ),
+            field(
+                "Memory for replies being written (MB)",
+                "kv_budget_mb",
+                number("kv_budget_mb", s.kv_budget_mb.to_string(), "1"),
+                errors,
+                "What the replies written at once may hold of the conversations' model state (each counted at its prompt plus its length limit); a reply that would not fit waits its turn. 0 sets no bound. Applies when the model is next loaded.",
+            ),
         ]);
     }
     render(

@@ -560,12 +560,13 @@ fn parse_field<T: FromStr>(
 }
 
 /// Form fields that name files or servers of the machine: only the desktop's owner sets them.
-const MACHINE_FIELDS: [&str; 5] = [
+const MACHINE_FIELDS: [&str; 6] = [
     "model_path",
     "tokenizer_path",
     "hub_mirror",
     "snapshot_budget_mb",
     "batch_size",
+    "kv_budget_mb",
 ];
 
 /// Reads the settings form over the current settings; fields left out keep their value.
@@ -634,6 +635,7 @@ fn settings_from_form(
         &mut bad,
     );
     parse_field(form, "batch_size", &mut s.batch_size, &mut bad);
+    parse_field(form, "kv_budget_mb", &mut s.kv_budget_mb, &mut bad);
     (s, bad)
 }
 

@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// for all of them); more requests wait in the queue.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Memory the caches of the replies computed together may take, in MB; a request that
+    /// would not fit waits in the queue. 0: no bound.
+    #[arg(long, value_name = "MB", default_value_t = crate::store::DEFAULT_KV_BUDGET_MB)]
+    pub kv_budget_mb: u64,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = guard::DEFAULT_MAX_BODY_BYTES)]
     pub max_body: usize,
@@ -238,6 +242,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // The browser UI's conversations reopen from disk as the desktop's do.
             snapshots: data.as_ref().and_then(|d| d.snapshot_options()),
             max_batch: args.batch,
+            kv_budget_bytes: args.kv_budget_mb.saturating_mul(1_000_000),
         },
     )
     .context("cannot start the engine")?;

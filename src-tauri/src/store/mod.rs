@@ -31,7 +31,8 @@ pub use conversations::{Conversation, NewConversation};
 pub use messages::Message;
 pub use reply::{ReplyWriter, FLUSH_INTERVAL};
 pub use settings::{
-    InvalidSetting, Settings, Theme, DEFAULT_SERVER_PORT, MAX_CONTEXT, MIN_CONTEXT, MIN_SERVER_PORT,
+    InvalidSetting, Settings, Theme, DEFAULT_KV_BUDGET_MB, DEFAULT_SERVER_PORT, MAX_CONTEXT,
+    MIN_CONTEXT, MIN_SERVER_PORT,
 };
 
 /// Name of the database file inside the data directory.

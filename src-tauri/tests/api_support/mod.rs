@@ -45,6 +45,7 @@ pub fn api(context: usize, max_queue: usize) -> ApiState {
             // One reply at a time, so the queue's places are counted as the tests expect
             // (replies batched through the API: tests/load.rs and tests/batching.rs).
             max_batch: 1,
+            kv_budget_bytes: 0,
             ..EngineOptions::default()
         },
     )
