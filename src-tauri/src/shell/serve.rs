@@ -97,6 +97,23 @@ pub struct ServeArgs {
     /// which only one process may use at a time).
     #[arg(long, env = super::data_dir::DATA_DIR_ENV)]
     pub data_dir: Option<PathBuf>,
+    /// Answer through an OpenAI-compatible server (llama.cpp's server, vLLM, Ollama…) at this
+    /// address instead of a local model: the browser UI fronts it, with this server's key
+    /// and guard. No model is loaded here.
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+    /// The remote server's model to use (default: the first it lists).
+    #[arg(long, value_name = "ID", requires = "remote")]
+    pub remote_model: Option<String>,
+    /// The key the remote server wants. Prefer the environment variable: command lines are
+    /// visible to other users.
+    #[arg(
+        long,
+        env = "SMOLLM3_REMOTE_KEY",
+        hide_env_values = true,
+        requires = "remote"
+    )]
+    pub remote_key: Option<String>,
 }
 
 /// Where the server will listen and whether that exposes it to the network.
@@ -231,6 +248,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let bind = binding(&args)?;
     // Before the model loads: a data folder in use is reported at once.
     let data = open_browser_data(args.data_dir.as_deref())?;
+    if let Some(url) = args.remote.clone() {
+        return serve_remote(args, bind, data, url);
+    }
     let path = model_path(args.model.clone())?;
     let loaded = LoadedModel::open(&path, args.tokenizer.as_deref())?;
     let engine = Engine::start(
@@ -260,17 +280,91 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run(args, bind, api.clone(), data));
+    let ui = data
+        .clone()
+        .map(|service| browser_ui(api.engine(), service));
+    let served = format!(
+        "model {} · OpenAI API at /v1{}",
+        api.config().model_id,
+        if ui.is_some() {
+            " · browser UI at /"
+        } else {
+            ""
+        }
+    );
+    let router = app_router(api.clone(), ui);
+    let stop = {
+        let api = api.clone();
+        move || api.cancel_all()
+    };
+    let result = runtime.block_on(listen(&args, &bind, router, &served, data.as_ref(), stop));
     api.cancel_all();
     engine.shutdown();
     result
 }
 
-async fn run(
+/// `serve --remote`: the browser UI over an OpenAI-compatible server's model instead of a
+/// local one. The API under `/v1` answers 503 (no local model), as the app's does before a
+/// model is loaded.
+fn serve_remote(
     args: ServeArgs,
     bind: Binding,
-    api: ApiState,
     data: Option<ChatService>,
+    url: String,
+) -> anyhow::Result<()> {
+    use crate::app::service::EngineState;
+    use crate::engine::remote::{self, RemoteGenerator, RemoteOptions, RemoteServer};
+    let Some(service) = data else {
+        bail!("--remote serves the browser UI, which needs a data folder (see --data-dir)");
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let opts = RemoteOptions::default();
+    let model = match args.remote_model.clone() {
+        Some(m) => m,
+        None => {
+            let listed = runtime
+                .block_on(remote::list_models(&url, args.remote_key.as_deref(), &opts))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            listed
+                .into_iter()
+                .next()
+                .with_context(|| format!("{url} lists no model; name one with --remote-model"))?
+        }
+    };
+    let generator = RemoteGenerator::new(
+        RemoteServer {
+            base_url: url,
+            api_key: args.remote_key.clone(),
+            model: model.clone(),
+        },
+        opts,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let label = format!("{model} on {}", generator.server().host());
+    service.set_generator(
+        std::sync::Arc::new(generator),
+        EngineState::Ready {
+            model: label.clone(),
+        },
+    );
+    let router = in_app_router(service.clone(), !bind.lan);
+    let served = format!("{label} · browser UI at /");
+    runtime.block_on(listen(&args, &bind, router, &served, Some(&service), || {}))
+}
+
+/// Listens with the guard in front of `router` until Ctrl-C or SIGTERM; `served` says what
+/// (printed after the address); `stop` runs when the signal comes, before connections close.
+async fn listen(
+    args: &ServeArgs,
+    bind: &Binding,
+    router: Router,
+    served: &str,
+    data: Option<&ChatService>,
+    stop: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let addr = SocketAddr::new(bind.ip, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -292,28 +386,20 @@ async fn run(
         max_body_bytes: args.max_body,
         key_attempts: guard::AttemptLimits::default(),
     });
-    let ui = data
-        .clone()
-        .map(|service| browser_ui(api.engine(), service));
-    let has_ui = ui.is_some();
-    let router = guard.protect(app_router(api.clone(), ui));
+    let router = guard.protect(router);
 
     let shown = if local.ip().is_unspecified() {
         SocketAddr::new(IpAddr::from([127, 0, 0, 1]), local.port())
     } else {
         local
     };
-    if let Some(service) = &data {
+    if let Some(service) = data {
         if let Err(e) = service.advertise(&format!("http://{shown}")) {
             tracing::warn!("cannot record the address in the data folder's lock: {e}");
         }
     }
     println!("listening on http://{shown}");
-    println!(
-        "model {} · OpenAI API at http://{shown}/v1{}",
-        api.config().model_id,
-        if has_ui { " · browser UI at /" } else { "" }
-    );
+    println!("{served}");
     if bind.lan {
         println!(
             "LAN mode: requests need the API key; also reachable as {}",
@@ -339,7 +425,7 @@ async fn run(
     let server = tokio::spawn(server);
     shutdown_signal().await;
     eprintln!("shutting down");
-    api.cancel_all();
+    stop();
     let _ = stop_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(Ok(r)) => r.context("the server failed"),

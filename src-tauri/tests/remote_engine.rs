@@ -1,0 +1,208 @@
+//! The remote engine against a real third-party OpenAI-compatible server: llama-cpp-python's
+//! server on 127.0.0.1 serving the shared tiny fixture. Needs `pip install
+//! 'llama-cpp-python[server]'` (it compiles llama.cpp, minutes), so it is not in the default
+//! run: `cargo test -p smollm3-bot --test remote_engine -- --ignored --nocapture`.
+
+use smollm3_bot::engine::events::{ChatMessage, EngineEvent, FinishReason};
+use smollm3_bot::engine::remote::{list_models, RemoteGenerator, RemoteOptions, RemoteServer};
+use smollm3_bot::engine::{GenerateRequest, Generator, JobHandle};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "test-key-for-the-remote-engine";
+
+fn fixture() -> PathBuf {
+    let dir = std::env::var_os("SMOLLM3_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
+    dir.join("reference/tiny-smollm3-f32.gguf")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// llama-cpp-python's server on a free port, killed when dropped.
+struct LlamaServer {
+    child: Child,
+    base: String,
+}
+
+impl LlamaServer {
+    async fn start() -> Self {
+        let port = free_port();
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let child = Command::new(python)
+            .args(["-m", "llama_cpp.server", "--model"])
+            .arg(fixture())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--api_key",
+                KEY,
+                "--n_ctx",
+                "512",
+                "--chat_format",
+                "chatml",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m llama_cpp.server (pip install 'llama-cpp-python[server]')");
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let t = Instant::now();
+        while list_models(&server.base, Some(KEY), &RemoteOptions::default())
+            .await
+            .is_err()
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(90),
+                "the server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        server
+    }
+
+    fn generator(&self, key: &str, model: &str) -> RemoteGenerator {
+        RemoteGenerator::new(
+            RemoteServer {
+                base_url: format!("{}/v1", self.base),
+                api_key: Some(key.into()),
+                model: model.into(),
+            },
+            RemoteOptions::default(),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request(max_tokens: usize) -> GenerateRequest {
+    let mut req = GenerateRequest::new(
+        Some("remote".into()),
+        vec![ChatMessage::new("user", "Tell me about the sea.")],
+        chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap(),
+    );
+    req.params.max_tokens = max_tokens;
+    req.params.temperature = 0.0;
+    req.params.seed = Some(1);
+    req
+}
+
+/// Reads a reply to its end; `on_text` may stop it or kill the server after the first text.
+async fn read(mut job: JobHandle, mut on_text: impl FnMut(&JobHandle)) -> Vec<EngineEvent> {
+    let mut out = Vec::new();
+    let mut seen_text = false;
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(120), job.events.recv())
+        .await
+        .expect("an event within two minutes")
+    {
+        if !seen_text
+            && matches!(
+                e,
+                EngineEvent::Answer { .. } | EngineEvent::Reasoning { .. }
+            )
+        {
+            seen_text = true;
+            on_text(&job);
+        }
+        out.push(e);
+    }
+    out
+}
+
+fn text_len(events: &[EngineEvent]) -> usize {
+    events
+        .iter()
+        .map(|e| match e {
+            EngineEvent::Answer { text } | EngineEvent::Reasoning { text } => text.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-cpp-python[server]"]
+async fn a_real_openai_compatible_server_streams_stops_and_fails_clearly() {
+    let server = LlamaServer::start().await;
+    let models = list_models(&server.base, Some(KEY), &RemoteOptions::default())
+        .await
+        .unwrap();
+    assert!(!models.is_empty(), "the server lists its model");
+    let model = models[0].clone();
+
+    // A reply streams and ends with its figures (this server sends no `usage` in a stream:
+    // the generated count is then the chunks streamed, the prompt's unknown, 0).
+    let ev = read(server.generator(KEY, &model).submit(request(24)), |_| {}).await;
+    assert!(text_len(&ev) > 0, "{ev:?}");
+    match ev.last() {
+        Some(EngineEvent::Done { stats, .. }) => {
+            assert!(
+                stats.generated_tokens > 0 && stats.ttft_s > 0.0,
+                "{stats:?}"
+            );
+            assert!(matches!(
+                stats.finish_reason,
+                FinishReason::Length | FinishReason::Stop
+            ));
+        }
+        other => panic!("no end: {other:?}"),
+    }
+
+    // Stop after the first text: the reply ends as cancelled, well before its length.
+    let ev = read(server.generator(KEY, &model).submit(request(400)), |job| {
+        job.cancel.cancel()
+    })
+    .await;
+    match ev.last() {
+        Some(EngineEvent::Done { stats, .. }) => {
+            assert_eq!(stats.finish_reason, FinishReason::Cancelled)
+        }
+        other => panic!("no end: {other:?}"),
+    }
+
+    // A wrong key is said plainly.
+    let ev = read(
+        server.generator("wrong-key", &model).submit(request(8)),
+        |_| {},
+    )
+    .await;
+    match ev.last() {
+        Some(EngineEvent::Error { message }) => {
+            assert!(message.contains("refused the API key (401)"), "{message}")
+        }
+        other => panic!("no error: {other:?}"),
+    }
+
+    // The server killed mid-reply: the text so far came, then an error says the connection
+    // ended.
+    let mut server = server;
+    let pid = server.child.id();
+    let ev = read(server.generator(KEY, &model).submit(request(400)), |_| {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    })
+    .await;
+    assert!(text_len(&ev) > 0);
+    match ev.last() {
+        Some(EngineEvent::Error { message }) => assert!(
+            message.contains("mid-reply") || message.contains("lost"),
+            "{message}"
+        ),
+        other => panic!("no error: {other:?}"),
+    }
+    let _ = server.child.wait();
+}
