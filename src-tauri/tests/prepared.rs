@@ -40,29 +40,48 @@ fn load_both(g: &GgufFile, at: &[PathBuf]) -> (Prepared, Vec<Vec<f32>>, Vec<Vec<
 
 fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>]) {
     let mut worst = 0f32;
-    let mut same_top = 0;
+    let mut total = 0f64;
+    let mut count = 0usize;
+    let mut clear_leads_kept = 0;
+    let mut clear_leads = 0;
     for (x, y) in a.iter().zip(b) {
         for (u, v) in x.iter().zip(y) {
             worst = worst.max((u - v).abs());
+            total += f64::from((u - v).abs());
+            count += 1;
         }
-        same_top += usize::from(argmax(x) == argmax(y));
+        // Where the reference's best token leads the runner-up by more than the noise bound
+        // below, the other layout must pick it too.
+        let best = argmax(x);
+        let runner_up = x
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != best)
+            .fold(f32::MIN, |m, (_, &v)| m.max(v));
+        if x[best] - runner_up > 2.0 * MAX_DELTA {
+            clear_leads += 1;
+            clear_leads_kept += usize::from(argmax(y) == best);
+        }
     }
+    let mean = total / count as f64;
     eprintln!(
-        "interleaved vs GGUF layout: max |Δ logit| {worst:e}, top-1 {same_top}/{}",
-        a.len()
+        "interleaved vs GGUF layout: max |Δ logit| {worst:e}, mean {mean:e}, \
+         clear top-1 kept {clear_leads_kept}/{clear_leads}"
     );
-    // Both layouts compute the same integer sums; only the order of float additions differs.
-    // A last-bit difference can move an activation across an 8-bit rounding step in the next
-    // matmul's quantization, and a random-weight model amplifies that (on the tiny reference
-    // model, whose rows are one or two blocks long, the two agree bit for bit). A wrong
-    // kernel moves logits by whole units.
-    assert!(worst <= 0.25, "max |Δ logit| {worst}");
-    assert!(
-        same_top + 1 >= a.len(),
-        "top-1 differs at {} positions",
-        a.len() - same_top
-    );
+    // Both layouts compute the same integer sums; only the order of float additions differs
+    // (each product agrees with candle's within 1e-5, see the kernel tests). A last-bit
+    // difference can move an activation across an 8-bit rounding step in the next matmul's
+    // quantization, and a random-weight model amplifies that through its layers, so a near
+    // tie between two tokens may flip (on the tiny reference model, whose rows are one or two
+    // blocks long, the two agree bit for bit). A wrong kernel moves logits by whole units,
+    // everywhere: the bounds below are a tenth of that.
+    assert!(worst <= MAX_DELTA, "max |Δ logit| {worst}");
+    assert!(mean <= 0.05, "mean |Δ logit| {mean}");
+    assert_eq!(clear_leads_kept, clear_leads, "a clear best token changed");
 }
+
+/// The largest logit difference float-order noise explains on the small synthetic model.
+const MAX_DELTA: f32 = 0.25;
 
 fn skip() -> bool {
     let off = !prepared::enabled();
