@@ -3,7 +3,7 @@
 //! its place in the queue before its first token.
 
 mod support;
-use support::router::enc;
+use support::router::{assistant_id, enc};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,13 +91,6 @@ fn number_after(html: &str, marker: &str) -> i64 {
         .next()
         .and_then(|n| n.parse().ok())
         .expect("a number")
-}
-
-fn assistant_id(html: &str) -> i64 {
-    let at = html
-        .find("class=\"msg assistant")
-        .expect("an assistant message");
-    number_after(&html[at..], "id=\"msg-")
 }
 
 fn user_id(html: &str) -> i64 {

@@ -2,7 +2,7 @@
 //! reply stream, escaping, and human error messages.
 
 mod support;
-use support::router::{call_with_headers as call, enc};
+use support::router::{assistant_id, call_with_headers as call, enc, wait_done};
 
 use std::time::Duration;
 
@@ -17,34 +17,6 @@ use tower::ServiceExt;
 fn app() -> (ChatService, Router) {
     let service = ChatService::in_memory().with_quote_delay(Duration::from_millis(2));
     (service.clone(), router(service))
-}
-
-/// Extracts the first `id="msg-N"` with class `assistant` from a fragment.
-fn assistant_id(html: &str) -> i64 {
-    let at = html
-        .find("class=\"msg assistant")
-        .expect("an assistant message");
-    let rest = &html[at..];
-    let start = rest.find("id=\"msg-").expect("message id") + 8;
-    rest[start..]
-        .split('"')
-        .next()
-        .expect("id")
-        .parse()
-        .expect("numeric id")
-}
-
-/// Polls a message until it is no longer streaming (bounded).
-async fn wait_done(app: &Router, id: i64) -> String {
-    for _ in 0..500 {
-        let (status, _, body) = call(app, "GET", &format!("/messages/{id}"), None).await;
-        assert_eq!(status, StatusCode::OK);
-        if !body.contains("streaming") {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("message {id} never finished");
 }
 
 async fn new_conversation(app: &Router) -> i64 {

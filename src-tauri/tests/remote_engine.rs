@@ -1,7 +1,11 @@
 //! The remote engine against a real third-party OpenAI-compatible server: llama-cpp-python's
 //! server on 127.0.0.1 serving the shared tiny fixture. Needs `pip install
 //! 'llama-cpp-python[server]'` (it compiles llama.cpp, minutes), so it is not in the default
-//! run: `cargo test -p smollm3-bot --test remote_engine -- --ignored --nocapture`.
+//! run: `cargo test -p smollm3-bot --test remote_engine -- --ignored --nocapture` (`.ci/test`
+//! installs it and runs them).
+
+mod support;
+use support::router::{call_with_headers as call, enc};
 
 use smollm3_bot::engine::events::{ChatMessage, EngineEvent, FinishReason};
 use smollm3_bot::engine::remote::{list_models, RemoteGenerator, RemoteOptions, RemoteServer};
@@ -205,4 +209,140 @@ async fn a_real_openai_compatible_server_streams_stops_and_fails_clearly() {
         other => panic!("no error: {other:?}"),
     }
     let _ = server.child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-cpp-python[server]"]
+async fn the_app_saves_a_real_server_and_its_replies_say_who_wrote_them() {
+    use axum::http::StatusCode;
+    let server = LlamaServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.sqlite3");
+    let service = smollm3_bot::app::ChatService::open(&db).unwrap();
+    service.set_keys(smollm3_bot::store::keys::KeyStore::file(
+        dir.path().join("keys.json"),
+    ));
+    let app = smollm3_bot::shell::http::router(service.clone());
+
+    // The Engine dialog lists the server's model with the key, then saves and uses it.
+    let (_, _, listed) = call(
+        &app,
+        "POST",
+        "/engine/models",
+        Some(&format!("base_url={}&key=wrong", enc(&server.base))),
+    )
+    .await;
+    assert!(listed.contains("refused the API key"), "{listed}");
+    let (_, _, listed) = call(
+        &app,
+        "POST",
+        "/engine/models",
+        Some(&format!("base_url={}&key={KEY}", enc(&server.base))),
+    )
+    .await;
+    let start = listed.find("<option value=\"").expect("a model to choose") + 15;
+    let model = listed[start..].split('"').next().unwrap().to_string();
+    let (status, _, panel) = call(
+        &app,
+        "POST",
+        "/engine/servers",
+        Some(&format!(
+            "base_url={}&key={KEY}&model={}&name=llama.cpp",
+            enc(&server.base),
+            enc(&model)
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(panel.contains("engine-notice"), "{panel}");
+
+    // A message: the reply streams from llama.cpp's server into the conversation.
+    let (status, _, body) = call(
+        &app,
+        "POST",
+        "/messages",
+        Some("text=Tell+me+about+the+sea"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let at = body.find("class=\"msg assistant").expect("a reply");
+    let id: i64 = body[at..]
+        .split("id=\"msg-")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .expect("reply id");
+    let t = Instant::now();
+    let done = loop {
+        let (_, _, html) = call(&app, "GET", &format!("/messages/{id}"), None).await;
+        if !html.contains("streaming") {
+            break html;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the reply never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let host = server.base.trim_start_matches("http://");
+    assert!(done.contains(&format!("{model} on {host}")), "{done}");
+    assert!(done.contains("tokens"), "figures under the reply: {done}");
+    let stored = service.message(id).unwrap().message;
+    assert!(!stored.content.is_empty() || !stored.reasoning.is_empty());
+    assert_eq!(
+        stored.answered_by.as_deref(),
+        Some(format!("{model} on {host}").as_str())
+    );
+    let bytes = std::fs::read(&db).unwrap();
+    assert!(!bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()));
+
+    // The server killed mid-reply: the reply keeps its text and is marked cut short.
+    let mut events = service.subscribe();
+    // A new conversation: the first one may already fill this server's 512-token context.
+    let outcome = service.send(None, "Tell me about the sea.").unwrap();
+    let smollm3_bot::app::SendOutcome::Reply { assistant, .. } = outcome else {
+        panic!("no reply started");
+    };
+    let mut server = server;
+    let pid = server.child.id();
+    let t = Instant::now();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await
+            .expect("an event")
+            .expect("the stream");
+        if e.message_id != assistant.id.0 {
+            continue;
+        }
+        match e.event {
+            EngineEvent::Answer { .. } | EngineEvent::Reasoning { .. } => {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                break;
+            }
+            EngineEvent::Done { .. } | EngineEvent::Error { .. } => {
+                panic!("the reply ended before any text: {:?}", e.event)
+            }
+            _ => assert!(t.elapsed() < Duration::from_secs(120)),
+        }
+    }
+    let _ = server.child.wait();
+    let html = loop {
+        let (_, _, html) = call(&app, "GET", &format!("/messages/{}", assistant.id.0), None).await;
+        if !html.contains("streaming") {
+            break html;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "the reply never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cut = service.message(assistant.id.0).unwrap().message;
+    assert_eq!(
+        cut.status,
+        smollm3_bot::app::repo::MessageStatus::Interrupted,
+        "{html}"
+    );
+    assert!(!cut.content.is_empty() || !cut.reasoning.is_empty());
+    assert!(html.contains("Cut short:"), "{html}");
 }

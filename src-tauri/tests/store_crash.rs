@@ -36,7 +36,7 @@ fn crash_child_process() {
     let question = store
         .add_message(conversation, None, Role::User, "count for me")
         .unwrap();
-    let reply = store.begin_reply(conversation, question).unwrap();
+    let reply = store.begin_reply(conversation, question, "").unwrap();
     let mut writer = store.reply_writer(reply);
     let mut out = std::io::stdout().lock();
     writeln!(out, "reply {reply}").unwrap();

@@ -3,6 +3,7 @@
 //! the engine's [`Generator`](crate::engine::Generator); none of them keeps state of its own.
 
 pub mod commands;
+pub mod engines;
 pub mod model_library;
 pub mod repo;
 pub mod service;

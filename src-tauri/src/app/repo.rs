@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::engine::events::GenerationStats;
+pub use crate::store::servers::SavedServer;
 use crate::store::transfer::ExportedConversation;
 pub use crate::store::{Conversation, Message, MessageStatus, Role};
 use crate::store::{ConversationId, MessageId, NewConversation, Settings, Store, StoreError};
@@ -74,6 +75,32 @@ impl Repo {
     /// memory.
     pub fn snapshot_dir(&self) -> Option<PathBuf> {
         snapshot_dir_for(self.store.path())
+    }
+
+    /// The folder of the database file (none for a database in memory).
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        let db = self.store.path();
+        (db != Path::new(":memory:")).then(|| db.parent().map(Path::to_path_buf))?
+    }
+
+    /// The saved servers, oldest first.
+    pub fn servers(&self) -> Result<Vec<SavedServer>> {
+        Ok(self.store.servers()?)
+    }
+
+    /// One saved server.
+    pub fn server(&self, id: i64) -> Result<SavedServer> {
+        Ok(self.store.server(id)?)
+    }
+
+    /// Saves a server.
+    pub fn add_server(&self, name: &str, base_url: &str, model: &str) -> Result<SavedServer> {
+        Ok(self.store.add_server(name, base_url, model)?)
+    }
+
+    /// Forgets a saved server.
+    pub fn remove_server(&self, id: i64) -> Result<()> {
+        Ok(self.store.remove_server(id)?)
     }
 
     /// The key that signs browser session ids, kept across restarts.
@@ -217,17 +244,21 @@ impl Repo {
         self.message(id.0)
     }
 
-    /// Adds an empty, streaming reply under `parent`; it becomes the conversation's leaf.
+    /// Adds an empty, streaming reply under `parent`, written by `answered_by` (the model and
+    /// engine, as shown under the reply; empty for none named); it becomes the leaf.
     pub fn begin_reply(
         &mut self,
         conversation_id: impl Into<i64>,
         parent_id: impl Into<i64>,
+        answered_by: &str,
     ) -> Result<Message> {
         let conversation_id: i64 = conversation_id.into();
         let parent_id: i64 = parent_id.into();
-        let id = self
-            .store
-            .begin_reply(ConversationId(conversation_id), MessageId(parent_id))?;
+        let id = self.store.begin_reply(
+            ConversationId(conversation_id),
+            MessageId(parent_id),
+            answered_by,
+        )?;
         self.message(id.0)
     }
 
@@ -261,6 +292,14 @@ impl Repo {
     pub fn interrupt(&mut self, id: impl Into<i64>) -> Result<()> {
         let id: i64 = id.into();
         Ok(self.store.interrupt_reply(MessageId(id))?)
+    }
+
+    /// Marks a reply interrupted part-way, keeping its text and `reason` (shown under it).
+    pub fn interrupt_because(&mut self, id: impl Into<i64>, reason: &str) -> Result<()> {
+        let id: i64 = id.into();
+        Ok(self
+            .store
+            .interrupt_reply_because(MessageId(id), Some(reason))?)
     }
 
     /// Marks a reply failed, keeping any partial text.
@@ -328,7 +367,7 @@ mod tests {
             .create_conversation(store::DESKTOP_OWNER, "t", false)
             .unwrap();
         let u1 = r.add_message(c.id.0, None, Role::User, "hi").unwrap();
-        let a1 = r.begin_reply(c.id.0, u1.id.0).unwrap();
+        let a1 = r.begin_reply(c.id.0, u1.id.0, "").unwrap();
         r.append(a1.id.0, "", "hello").unwrap();
         let u2 = r.add_message(c.id.0, None, Role::User, "hi again").unwrap();
         let ids: Vec<i64> = r.branch(c.id.0).unwrap().iter().map(|m| m.id.0).collect();
@@ -434,7 +473,7 @@ mod tests {
             .create_conversation(store::DESKTOP_OWNER, "saved", true)
             .unwrap();
         let u = r.add_message(c.id.0, None, Role::User, "q").unwrap();
-        let m = r.begin_reply(c.id.0, u.id.0).unwrap();
+        let m = r.begin_reply(c.id.0, u.id.0, "").unwrap();
         r.append(m.id.0, "", "partial").unwrap();
         drop(r);
         let r2 = Repo::open(&path).unwrap();

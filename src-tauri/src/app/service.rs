@@ -303,6 +303,8 @@ struct Inner {
     session_secret: std::sync::OnceLock<[u8; 32]>,
     /// What the server inside the app is doing, for the desktop's status bar.
     serving: RwLock<Option<Serving>>,
+    /// Saved servers' API keys, opened at first use (probing the system's secret store).
+    keys: std::sync::OnceLock<crate::store::keys::KeyStore>,
 }
 
 /// The server inside the desktop app, as its status bar shows it.
@@ -378,6 +380,7 @@ impl ChatService {
                 switching: Mutex::new(()),
                 session_secret: std::sync::OnceLock::new(),
                 serving: RwLock::new(None),
+                keys: std::sync::OnceLock::new(),
             }),
             owner: Owner::desktop(),
         }
@@ -429,6 +432,12 @@ impl ChatService {
     /// API speaks to the engine directly.
     pub fn engine(&self) -> Option<crate::engine::Engine> {
         self.current_generator().engine()
+    }
+
+    /// The OpenAI-compatible server replies come from, when it is one (the desktop's Engine
+    /// setting, or `serve --remote`): the app's API forwards to it.
+    pub fn remote_server(&self) -> Option<crate::engine::remote::RemoteServer> {
+        self.current_generator().remote()
     }
 
     /// Whether `owner` has any conversation in the database.
@@ -772,6 +781,44 @@ impl ChatService {
                 Err(message)
             }
         }
+    }
+
+    /// Makes `generator` (a saved server's, see `app::engines`) the one replies use, in place
+    /// of the current one, as a model change does: a model load in progress stands down,
+    /// replies in progress are stopped (saved as interrupted), and a model this service loaded
+    /// is shut down and its memory freed. Blocking.
+    pub fn switch_generator(&self, generator: Arc<dyn Generator>, state: EngineState) {
+        self.inner.load_seq.fetch_add(1, Ordering::SeqCst);
+        let _one_at_a_time = lock(&self.inner.switching);
+        self.interrupt_replies();
+        let old = self.replace_generator(generator);
+        if lock(&self.inner.loaded).take().is_some() {
+            old.shutdown();
+        }
+        self.set_engine_state(state);
+    }
+
+    /// Saved servers' API keys: the system's secret store, else a private file beside the
+    /// database (memory only for a database in memory).
+    pub fn keys(&self) -> &crate::store::keys::KeyStore {
+        self.inner.keys.get_or_init(|| {
+            use crate::store::keys::KeyStore;
+            match self.state().repo.data_dir() {
+                Some(dir) => KeyStore::open(&dir),
+                None => KeyStore::memory(),
+            }
+        })
+    }
+
+    /// Keeps saved servers' keys in `keys` instead of the store [`ChatService::keys`] would
+    /// open (tests: a file of their own, never the user's keyring). Only before first use.
+    pub fn set_keys(&self, keys: crate::store::keys::KeyStore) {
+        let _ = self.inner.keys.set(keys);
+    }
+
+    /// Runs `f` on the repository (for the app's other modules: saved servers).
+    pub(crate) fn with_repo<R>(&self, f: impl FnOnce(&mut Repo) -> R) -> R {
+        f(&mut self.state().repo)
     }
 
     /// Swaps in the generator new replies use and returns the old one.
@@ -1321,7 +1368,9 @@ impl ChatService {
                 token_ids: m.token_ids,
             });
         }
-        let assistant = st.repo.begin_reply(conversation_id, user_id)?;
+        let assistant = st
+            .repo
+            .begin_reply(conversation_id, user_id, &generator.answered_by())?;
         // The store keeps the date as the chat template prints it ("27 November 2026").
         let today = NaiveDate::parse_from_str(&conv.today, "%d %B %Y")
             .or_else(|_| NaiveDate::parse_from_str(&conv.today, "%Y-%m-%d"))
@@ -1358,11 +1407,20 @@ impl ChatService {
         mut events: tokio::sync::mpsc::UnboundedReceiver<EngineEvent>,
     ) {
         let mut ended = false;
+        // Whether any text arrived: an error after it (a server lost mid-reply) leaves a reply
+        // cut short, kept as interrupted with the reason, rather than a failed one.
+        let mut wrote = false;
         while let Some(event) = events.recv().await {
             let mut st = self.state();
             let applied = match &event {
-                EngineEvent::Reasoning { text } => st.repo.append(message_id, text, ""),
-                EngineEvent::Answer { text } => st.repo.append(message_id, "", text),
+                EngineEvent::Reasoning { text } => {
+                    wrote |= !text.is_empty();
+                    st.repo.append(message_id, text, "")
+                }
+                EngineEvent::Answer { text } => {
+                    wrote |= !text.is_empty();
+                    st.repo.append(message_id, "", text)
+                }
                 EngineEvent::Done { stats, token_ids } => {
                     ended = true;
                     if st.active.get(&message_id).is_some_and(|a| a.interrupted) {
@@ -1370,6 +1428,10 @@ impl ChatService {
                     } else {
                         st.repo.finish(message_id, stats.clone(), token_ids.clone())
                     }
+                }
+                EngineEvent::Error { message } if wrote => {
+                    ended = true;
+                    st.repo.interrupt_because(message_id, message)
                 }
                 EngineEvent::Error { message } => {
                     ended = true;

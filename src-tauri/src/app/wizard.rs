@@ -18,6 +18,10 @@ use crate::hub::{
 /// Why the configured model cannot be used, or `None` when it looks usable.
 /// Cheap: checks the file is there and starts like a GGUF; loading it checks the rest.
 pub fn model_problem(service: &ChatService) -> Option<String> {
+    if service.uses_a_server() {
+        // A server answers; its problems show in the status bar, not as a missing model.
+        return None;
+    }
     if let EngineState::Failed { message } = service.engine_state() {
         return Some(format!("The model could not be loaded: {message}"));
     }

@@ -25,6 +25,27 @@ pub struct GenerationStats {
     pub finish_reason: FinishReason,
 }
 
+impl GenerationStats {
+    /// Prompt tokens per second: `computed` tokens in `seconds` (0 when no time passed).
+    pub fn prefill_rate(computed: usize, seconds: f64) -> f64 {
+        if seconds > 0.0 {
+            computed as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Generated tokens per second after the first (whose time is the time to first token):
+    /// `generated - 1` tokens in `seconds`; 0 with one token or no time.
+    pub fn decode_rate(generated: usize, seconds: f64) -> f64 {
+        if seconds > 0.0 && generated > 1 {
+            (generated - 1) as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -85,6 +85,18 @@ pub trait Generator: Send + Sync {
     fn engine(&self) -> Option<super::Engine> {
         None
     }
+
+    /// The OpenAI-compatible server this generator answers through, if it is one (the app's
+    /// own API then forwards to it).
+    fn remote(&self) -> Option<super::remote_server::RemoteServer> {
+        None
+    }
+
+    /// Who writes the replies, as a conversation records under each: the model and where it
+    /// runs ("SmolLM3-3B-Q4_K_M.gguf on this computer"); empty for the stand-ins.
+    fn answered_by(&self) -> String {
+        String::new()
+    }
 }
 
 /// The generator in place while no model is loaded: every job fails with a clear message.

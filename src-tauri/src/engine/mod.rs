@@ -13,6 +13,7 @@ pub mod generator;
 pub mod loader;
 pub mod prompter;
 pub mod remote;
+mod remote_server;
 pub mod request;
 pub mod sampler;
 pub mod sequence;

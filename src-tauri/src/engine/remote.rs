@@ -21,53 +21,7 @@ use super::generator::{CancelToken, Generator, JobHandle};
 use super::request::GenerateRequest;
 use crate::text::think::{Delta, ThinkSplitter};
 
-/// Where replies come from: a server's base address (with or without its `/v1`), the key
-/// it wants (if any) and the model to ask for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteServer {
-    /// `http://host:port` or `https://host/…`; a trailing `/v1` is optional.
-    pub base_url: String,
-    /// Sent as `Authorization: Bearer …`; never logged.
-    pub api_key: Option<String>,
-    /// The model id the server lists in `GET /v1/models`.
-    pub model: String,
-}
-
-impl RemoteServer {
-    /// The address of an API path (`chat/completions`, `models`) under the server's `/v1`.
-    fn endpoint(&self, path: &str) -> String {
-        let base = self.base_url.trim().trim_end_matches('/');
-        let base = base.strip_suffix("/v1").unwrap_or(base);
-        format!("{base}/v1/{path}")
-    }
-
-    /// The server's host (and port), for messages.
-    pub fn host(&self) -> String {
-        reqwest::Url::parse(self.base_url.trim())
-            .ok()
-            .and_then(|u| {
-                u.host_str()
-                    .map(|h| u.port().map_or(h.to_string(), |p| format!("{h}:{p}")))
-            })
-            .unwrap_or_else(|| self.base_url.clone())
-    }
-
-    /// Checks the address before anything is sent: http or https, with a host.
-    pub fn validate(&self) -> Result<(), String> {
-        let url = reqwest::Url::parse(self.base_url.trim())
-            .map_err(|e| format!("“{}” is not a server address: {e}", self.base_url))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!(
-                "“{}” is not a server address: it must start with http:// or https:// and name a host",
-                self.base_url
-            ));
-        }
-        if self.model.trim().is_empty() {
-            return Err("choose a model the server offers".into());
-        }
-        Ok(())
-    }
-}
+pub use super::remote_server::RemoteServer;
 
 /// How long a reply may wait at each stage before it ends with an error, and how often a
 /// busy server (429, 503) is asked again.
@@ -173,6 +127,14 @@ pub async fn list_models(
 }
 
 impl Generator for RemoteGenerator {
+    fn remote(&self) -> Option<RemoteServer> {
+        Some((*self.server).clone())
+    }
+
+    fn answered_by(&self) -> String {
+        format!("{} on {}", self.server.model, self.server.host())
+    }
+
     fn submit(&self, req: GenerateRequest) -> JobHandle {
         let (tx, rx) = unbounded_channel();
         let cancel = CancelToken::new();
@@ -258,16 +220,8 @@ impl Reply {
                     reused_tokens: 0,
                     generated_tokens: generated,
                     ttft_s,
-                    prefill_tps: if ttft_s > 0.0 {
-                        progress.prompt_tokens as f64 / ttft_s
-                    } else {
-                        0.0
-                    },
-                    decode_tps: if decode_s > 0.0 && generated > 1 {
-                        (generated - 1) as f64 / decode_s
-                    } else {
-                        0.0
-                    },
+                    prefill_tps: GenerationStats::prefill_rate(progress.prompt_tokens, ttft_s),
+                    decode_tps: GenerationStats::decode_rate(generated, decode_s),
                     finish_reason,
                 };
                 let _ = self.tx.send(EngineEvent::Done {

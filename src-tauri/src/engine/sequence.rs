@@ -336,16 +336,8 @@ impl<'m> Sequence<'m> {
             reused_tokens: self.reused,
             generated_tokens: generated,
             ttft_s: self.ttft.unwrap_or(self.prefill_s),
-            prefill_tps: if self.prefill_s > 0.0 {
-                computed as f64 / self.prefill_s
-            } else {
-                0.0
-            },
-            decode_tps: if decode_s > 0.0 && generated > 1 {
-                (generated - 1) as f64 / decode_s
-            } else {
-                0.0
-            },
+            prefill_tps: GenerationStats::prefill_rate(computed, self.prefill_s),
+            decode_tps: GenerationStats::decode_rate(generated, decode_s),
             finish_reason: finish,
         };
         // The kept ids are the whole assistant turn, so a later prompt can splice them in.

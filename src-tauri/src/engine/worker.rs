@@ -652,4 +652,8 @@ impl Generator for Engine {
     fn engine(&self) -> Option<Engine> {
         Some(self.clone())
     }
+
+    fn answered_by(&self) -> String {
+        format!("{} on this computer", self.model_name)
+    }
 }

@@ -463,6 +463,17 @@ pub fn model_override_from_env() -> ModelOverride {
 /// choosing another model file in the settings later loads that one in its place.
 pub fn load_model_in_background(service: ChatService, loader: ModelLoader) {
     service.set_model_loader(loader);
+    if let Some(server) = service.engine_server() {
+        // Replies come from a saved server: no model to load here.
+        std::thread::spawn(move || {
+            if let Err(message) = service.use_server(server.id) {
+                service.set_engine_state(EngineState::Failed {
+                    message: format!("{}: {message}", server.name),
+                });
+            }
+        });
+        return;
+    }
     let (model, tokenizer) = service.model_files();
     let Some(model) = model else {
         service.set_engine_state(EngineState::NoModel {

@@ -205,21 +205,28 @@ fn branch_nav(m: &MessageView) -> String {
     )
 }
 
-/// Figures under a reply: tokens, speed, time to first token, why it ended.
+/// Figures under a reply: tokens, speed, time to first token, why it ended, and which model
+/// wrote it where.
 pub fn stats_line(m: &Message) -> String {
-    let Some(s) = &m.stats else {
-        return String::new();
-    };
-    let mut parts = vec![format!("{} tokens", s.generated_tokens)];
-    if s.decode_tps > 0.0 {
-        parts.push(format!("{:.1} tok/s", s.decode_tps));
+    let mut parts = Vec::new();
+    if let Some(s) = &m.stats {
+        parts.push(format!("{} tokens", s.generated_tokens));
+        if s.decode_tps > 0.0 {
+            parts.push(format!("{:.1} tok/s", s.decode_tps));
+        }
+        parts.push(format!("TTFT {:.2} s", s.ttft_s));
+        match s.finish_reason {
+            FinishReason::Stop => {}
+            FinishReason::Length => parts.push("stopped at max tokens".into()),
+            FinishReason::ContextFull => parts.push("context full".into()),
+            FinishReason::Cancelled => parts.push("stopped".into()),
+        }
     }
-    parts.push(format!("TTFT {:.2} s", s.ttft_s));
-    match s.finish_reason {
-        FinishReason::Stop => {}
-        FinishReason::Length => parts.push("stopped at max tokens".into()),
-        FinishReason::ContextFull => parts.push("context full".into()),
-        FinishReason::Cancelled => parts.push("stopped".into()),
+    // Which model wrote it, and where (shown once the reply is no longer streaming).
+    if m.status != MessageStatus::Streaming {
+        if let Some(by) = m.answered_by.as_deref().filter(|b| !b.is_empty()) {
+            parts.push(by.to_string());
+        }
     }
     parts.join(" · ")
 }
@@ -272,6 +279,10 @@ fn assistant_message(m: &MessageView) -> String {
             content_html => safe(content_html),
             error,
             interrupted => msg.status == MessageStatus::Interrupted,
+            // Why it was cut short, when something said (a server lost mid-reply).
+            cut_short => (msg.status == MessageStatus::Interrupted)
+                .then(|| msg.error.clone())
+                .flatten(),
             stats => stats_line(msg),
             nav => safe(if streaming { String::new() } else { branch_nav(m) }),
         },
@@ -344,6 +355,41 @@ pub fn status_bar(
             }),
         },
     )
+}
+
+/// The desktop's "Engine" dialog: this computer or a saved server, which is in use
+/// (`current`: the saved server's id, none for this computer), the form to add a server, and
+/// where keys are kept. `notice`/`error` say what the last action did.
+pub fn engine_panel(
+    local_model: &str,
+    servers: &[crate::app::engines::ServerEntry],
+    current: Option<i64>,
+    key_place: &str,
+    notice: Option<&str>,
+    error: Option<&str>,
+) -> String {
+    let servers: Vec<Value> = servers
+        .iter()
+        .map(|e| {
+            Value::from_serialize(context! {
+                id => e.server.id,
+                name => &e.server.name,
+                model => &e.server.model,
+                base_url => &e.server.base_url,
+                has_key => e.has_key,
+            })
+        })
+        .collect();
+    render(
+        "engine_panel.html",
+        context! { local_model, servers, current, key_place, notice, error },
+    )
+}
+
+/// The models a server offers, to choose one and save the server; or why they could not be
+/// listed.
+pub fn engine_models(models: &[String], host: &str, error: Option<&str>) -> String {
+    render("engine_models.html", context! { models, host, error })
 }
 
 /// The "Browser & API access" dialog of the desktop app: the switch, the port, other devices,

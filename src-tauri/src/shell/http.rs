@@ -47,7 +47,8 @@ fn desktop_router(service: ChatService, server: Option<LocalServer>) -> Router {
     let owner = service.owner().clone();
     let mut routes = routes()
         .merge(super::wizard::routes())
-        .merge(super::models_panel::routes());
+        .merge(super::models_panel::routes())
+        .merge(super::engine_panel::routes());
     if server.is_some() {
         routes = routes.merge(super::server_panel::routes());
     }

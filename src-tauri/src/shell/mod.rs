@@ -14,6 +14,7 @@ pub mod conversations;
 pub mod data_dir;
 #[cfg(feature = "desktop")]
 pub mod desktop;
+pub mod engine_panel;
 pub mod guard;
 pub mod handler;
 pub mod html;

@@ -32,6 +32,8 @@ pub struct Message {
     pub stats: Option<GenerationStats>,
     /// When it was created, Unix milliseconds.
     pub created_at_ms: i64,
+    /// For a reply, the model and engine that wrote it, as shown under it.
+    pub answered_by: Option<String>,
 }
 
 impl Message {
@@ -45,7 +47,7 @@ impl Message {
     }
 }
 
-const COLUMNS: &str = "id, conversation_id, parent_id, role, content, reasoning, token_ids, status, error, stats, created_at";
+const COLUMNS: &str = "id, conversation_id, parent_id, role, content, reasoning, token_ids, status, error, stats, created_at, answered_by";
 
 /// Token ids as a BLOB: little-endian u32 each, 4 bytes per token.
 pub(crate) fn encode_token_ids(ids: &[u32]) -> Vec<u8> {
@@ -94,6 +96,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
         error: row.get(8)?,
         stats,
         created_at_ms: row.get(10)?,
+        answered_by: row.get(11)?,
     })
 }
 
@@ -116,6 +119,7 @@ fn insert_message(
     role: Role,
     content: &str,
     status: MessageStatus,
+    answered_by: Option<&str>,
 ) -> Result<MessageId> {
     let tx = conn.transaction()?;
     let exists: bool = tx
@@ -158,9 +162,9 @@ fn insert_message(
     }
     let now = now_ms();
     tx.execute(
-        "INSERT INTO messages (conversation_id, parent_id, role, content, status, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![conversation, parent, role, content, status, now],
+        "INSERT INTO messages (conversation_id, parent_id, role, content, status, created_at, answered_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![conversation, parent, role, content, status, now, answered_by],
     )?;
     let id = MessageId(tx.last_insert_rowid());
     tx.execute(
@@ -189,6 +193,7 @@ impl Store {
             role,
             content,
             MessageStatus::Complete,
+            None,
         )
     }
 
@@ -270,11 +275,13 @@ impl Store {
     }
 
     /// Starts an assistant reply under `parent`: an empty `streaming` message that becomes the
-    /// leaf. Write its text with a [`super::ReplyWriter`].
+    /// leaf, recording who writes it (`answered_by`, empty for nobody named). Write its text
+    /// with a [`super::ReplyWriter`].
     pub fn begin_reply(
         &self,
         conversation: ConversationId,
         parent: MessageId,
+        answered_by: &str,
     ) -> Result<MessageId> {
         insert_message(
             &mut self.conn(),
@@ -283,6 +290,7 @@ impl Store {
             Role::Assistant,
             "",
             MessageStatus::Streaming,
+            Some(answered_by).filter(|a| !a.is_empty()),
         )
     }
 
@@ -323,9 +331,15 @@ impl Store {
 
     /// Marks one streaming reply interrupted (stopped without a result), keeping its text.
     pub fn interrupt_reply(&self, id: MessageId) -> Result<()> {
+        self.interrupt_reply_because(id, None)
+    }
+
+    /// Marks one streaming reply interrupted, keeping its text and why it was cut off (a
+    /// server lost mid-reply), which shows under it.
+    pub fn interrupt_reply_because(&self, id: MessageId, reason: Option<&str>) -> Result<()> {
         let n = self.conn().execute(
-            "UPDATE messages SET status = 'interrupted' WHERE id = ?1 AND status = 'streaming'",
-            [id],
+            "UPDATE messages SET status = 'interrupted', error = ?2 WHERE id = ?1 AND status = 'streaming'",
+            params![id, reason],
         )?;
         self.expect_streaming(id, n)
     }
@@ -471,7 +485,7 @@ mod tests {
         let (_dir, store) = temp_store();
         let c = conversation(&store);
         let q = store.add_message(c, None, Role::User, "hi").unwrap();
-        let r = store.begin_reply(c, q).unwrap();
+        let r = store.begin_reply(c, q, "").unwrap();
         assert_eq!(store.message(r).unwrap().status, MessageStatus::Streaming);
         store.append_reply(r, "Hel", "thinking").unwrap();
         store.append_reply(r, "lo", "…").unwrap();
@@ -500,7 +514,7 @@ mod tests {
             Err(StoreError::NotStreaming(_))
         ));
 
-        let r2 = store.begin_reply(c, q).unwrap();
+        let r2 = store.begin_reply(c, q, "").unwrap();
         store.append_reply(r2, "partial", "").unwrap();
         store.fail_reply(r2, "out of memory").unwrap();
         let m2 = store.message(r2).unwrap();
@@ -518,7 +532,7 @@ mod tests {
             let store = Store::open(&path).unwrap();
             let c = conversation(&store);
             let q = store.add_message(c, None, Role::User, "hi").unwrap();
-            let r = store.begin_reply(c, q).unwrap();
+            let r = store.begin_reply(c, q, "").unwrap();
             store.append_reply(r, "half an ans", "").unwrap();
             (c, r)
         };

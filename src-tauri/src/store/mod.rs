@@ -10,11 +10,13 @@
 //! one connection behind a mutex, meant to be cloned into `spawn_blocking` closures.
 
 mod conversations;
+pub mod keys;
 pub mod lock;
 mod messages;
 pub mod readable;
 mod reply;
 pub mod schema;
+pub mod servers;
 mod settings;
 pub mod transfer;
 

@@ -51,6 +51,9 @@ pub fn to_markdown(c: &ExportedConversation) -> String {
             )),
             MessageStatus::Complete => {}
         }
+        if let Some(by) = m.answered_by.as_deref().filter(|b| !b.is_empty()) {
+            out.push_str(&format!("*— {}*\n\n", inline(by)));
+        }
     }
     out
 }
@@ -180,6 +183,7 @@ mod tests {
             error: None,
             stats: None,
             created_at_ms: 0,
+            answered_by: None,
         }
     }
 

@@ -153,7 +153,7 @@ mod tests {
             .unwrap()
             .id;
         let q = store.add_message(c, None, Role::User, "hi").unwrap();
-        store.begin_reply(c, q).unwrap()
+        store.begin_reply(c, q, "").unwrap()
     }
 
     #[test]

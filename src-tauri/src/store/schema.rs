@@ -32,6 +32,9 @@
 //! - `status` TEXT: `complete` | `streaming` | `interrupted` | `error`; `error` TEXT NULL
 //! - `stats` TEXT NULL: JSON of `engine::events::GenerationStats`
 //! - `created_at` INTEGER, Unix milliseconds
+//! - `answered_by` TEXT NULL (version 5): for a reply, the model and engine that wrote it
+//!   ("SmolLM3-3B-Q4_K_M.gguf on this computer", "llama-3.3-70b on gpu-box:8080"); NULL for
+//!   other messages and replies older than the column
 //!
 //! `messages_fts` (version 2): an FTS5 index of `messages.content`, kept in step by triggers.
 //!
@@ -39,6 +42,10 @@
 //!
 //! `secrets` (version 4): `name` TEXT PRIMARY KEY, `value` BLOB: keys the app generates for
 //! itself and keeps across restarts (the one that signs browser session ids).
+//!
+//! `servers` (version 5): OpenAI-compatible servers saved as engines: `id` INTEGER PRIMARY
+//! KEY, `name` TEXT, `base_url` TEXT, `model` TEXT, `created_at` INTEGER. Their API keys are
+//! not here but in the system's secret store (`store::keys`).
 
 use rusqlite::Connection;
 
@@ -115,6 +122,17 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE secrets (
         name  TEXT PRIMARY KEY,
         value BLOB NOT NULL
+    );
+    "#,
+    // 5: replies say who wrote them; servers saved as engines.
+    r#"
+    ALTER TABLE messages ADD COLUMN answered_by TEXT;
+    CREATE TABLE servers (
+        id         INTEGER PRIMARY KEY,
+        name       TEXT    NOT NULL,
+        base_url   TEXT    NOT NULL,
+        model      TEXT    NOT NULL,
+        created_at INTEGER NOT NULL
     );
     "#,
 ];

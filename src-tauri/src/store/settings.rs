@@ -88,6 +88,9 @@ pub struct Settings {
     /// Memory the caches of the replies being written may take together, in MB; a reply
     /// that would not fit waits its turn (unless nothing else runs). 0: no bound.
     pub kv_budget_mb: u64,
+    /// The saved server (`store::servers`) replies come from; none: the model on this
+    /// computer.
+    pub engine_server: Option<i64>,
 }
 
 /// The port the built-in server takes unless told otherwise.
@@ -140,6 +143,7 @@ impl Default for Settings {
             snapshot_budget_mb: DEFAULT_SNAPSHOT_BUDGET_MB,
             batch_size: DEFAULT_BATCH_SIZE,
             kv_budget_mb: DEFAULT_KV_BUDGET_MB,
+            engine_server: None,
         }
     }
 }
@@ -436,6 +440,7 @@ mod tests {
             snapshot_budget_mb: 512,
             batch_size: 2,
             kv_budget_mb: 1500,
+            engine_server: Some(3),
         };
         Store::open(&path).unwrap().save_settings(&custom).unwrap();
         assert_eq!(Store::open(&path).unwrap().load_settings().unwrap(), custom);

@@ -80,6 +80,10 @@ pub struct ExportedMessage {
     pub stats: Option<GenerationStats>,
     /// When it was written, Unix milliseconds.
     pub created_at_ms: i64,
+    /// For a reply, the model and engine that wrote it (absent in files from before it was
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
 }
 
 /// Why an export file cannot be imported.
@@ -214,6 +218,7 @@ impl Store {
                     error: m.error,
                     stats: m.stats,
                     created_at_ms: m.created_at_ms,
+                    answered_by: m.answered_by,
                 })
                 .collect(),
         })
@@ -249,8 +254,8 @@ impl Store {
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             tx.execute(
-                "INSERT INTO messages (conversation_id, parent_id, role, content, reasoning, status, error, stats, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO messages (conversation_id, parent_id, role, content, reasoning, status, error, stats, created_at, answered_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     conversation,
                     m.parent.and_then(|p| ids.get(&p).copied()),
@@ -260,7 +265,8 @@ impl Store {
                     status,
                     m.error,
                     stats,
-                    m.created_at_ms
+                    m.created_at_ms,
+                    m.answered_by
                 ],
             )?;
             ids.insert(m.id, MessageId(tx.last_insert_rowid()));
@@ -317,7 +323,7 @@ mod tests {
         let q1 = store
             .add_message(c.id, None, Role::User, "Where to?")
             .unwrap();
-        let r1 = store.begin_reply(c.id, q1).unwrap();
+        let r1 = store.begin_reply(c.id, q1, "").unwrap();
         store
             .append_reply(r1, "Paris <script>x</script>", "Think of cities.")
             .unwrap();
@@ -328,7 +334,7 @@ mod tests {
         let q2 = store
             .add_message(c.id, None, Role::User, "Where to, cheaply?")
             .unwrap();
-        let r2 = store.begin_reply(c.id, q2).unwrap();
+        let r2 = store.begin_reply(c.id, q2, "").unwrap();
         store.append_reply(r2, "Lisb", "").unwrap();
         c.id
     }

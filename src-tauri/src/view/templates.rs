@@ -71,6 +71,8 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "unavailable.html",
     "settings.html",
     "server_panel.html",
+    "engine_panel.html",
+    "engine_models.html",
     "models_panel.html",
     "no_match.html",
     "conversation_list_oob.html",

@@ -34,6 +34,8 @@ cargo build -p smollm3-bot --bin smollm3-bot --example mock_hub
 export APP_BIN="$ROOT/target/debug/smollm3-bot"
 export MOCK_HUB_BIN="$ROOT/target/debug/examples/mock_hub"
 export SCREENSHOTS="$ROOT/target/e2e-screenshots"
+# The Python that has llama-cpp-python's server (installed by .ci/test), outside the venv.
+export LLAMA_PYTHON="${LLAMA_PYTHON:-$(command -v python3)}"
 mkdir -p "$SCREENSHOTS"
 LOG="$ROOT/target/e2e.log"
 run() {

@@ -6,7 +6,8 @@ reply containing markup stays inert and that a link in a reply opens in the syst
 the app, switches browser access on (headless Chromium chats at the address while the window streams too) and off,
 restarts the app and finds the conversation again and browser access still on.
 Last, a fresh start with no model: the wizard downloads a synthetic model from the mock hub
-(throttled), the progress bar moves, the model loads and a reply streams.
+(throttled), the progress bar moves, the model loads and a reply streams; then the Engine dialog
+points the app at llama.cpp's server (llama-cpp-python's) and a reply streams from it.
 """
 
 import json
@@ -206,6 +207,90 @@ def models_screen(models_dir):
         d.find_element(By.CSS_SELECTOR, "#models-panel .settings-foot .js-close-overlay").click()
         wait(d, lambda d: "SmolLM3-Q8_0.gguf" in d.find_element(By.ID, "statusbar").text,
              "the status bar names the model in use")
+    return run
+
+
+LLAMA_KEY = "e2e-key-for-llama-server"
+
+
+def start_llama_server():
+    """llama.cpp's server (llama-cpp-python's) on a free port serving the tiny reference model,
+    or None where it is not installed (`.ci/test` installs it)."""
+    python = os.environ.get("LLAMA_PYTHON", "python3")
+    probe = subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True)
+    fixtures = os.environ.get("SMOLLM3_FIXTURES", os.path.join("..", "shared", "fixtures"))
+    model = os.path.join(fixtures, "reference", "tiny-smollm3-f32.gguf")
+    if probe.returncode != 0 or not os.path.exists(model):
+        return None, None
+    port = free_port()
+    proc = subprocess.Popen(
+        [python, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
+         "--port", str(port), "--api_key", LLAMA_KEY, "--n_ctx", "2048", "--chat_format", "chatml"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, 90)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def engine_on_a_server(url):
+    """Settings → Engine…: llama.cpp's server added with its key (a wrong key said in words
+    first), its model chosen, used; a message's reply streams from it and says which model on
+    which host wrote it; Stop works; back to this computer, the local model answers again."""
+    def run(d):
+        if url is None:
+            raise AssertionError("llama-cpp-python's server is not installed (pip install 'llama-cpp-python[server]')")
+        host = url[len("http://"):]
+        d.find_element(By.ID, "open-settings").click()
+        click(d, By.ID, "open-engine", "the engine dialog opens")
+        wait(d, lambda d: d.find_element(By.ID, "engine-panel").is_displayed(), "the engine dialog shows")
+        assert "In use" in d.find_element(By.ID, "engine-local").text
+        d.find_element(By.ID, "server-address").send_keys(url)
+        d.find_element(By.ID, "server-api-key").send_keys("wrong")
+        click(d, By.ID, "find-models", "models asked with a wrong key")
+        wait(d, lambda d: "refused the API key" in d.find_element(By.ID, "engine-models").text,
+             "a wrong key is said plainly", seconds=60)
+        key = d.find_element(By.ID, "server-api-key")
+        key.clear()
+        key.send_keys(LLAMA_KEY)
+        click(d, By.ID, "find-models", "models asked with the key")
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#server-model option"), "the server's models listed", seconds=60)
+        d.find_element(By.ID, "server-name").send_keys("llama.cpp here")
+        shot(d, "37-engine-add-server")
+        click(d, By.ID, "save-server", "saved and used")
+        wait(d, lambda d: d.find_elements(By.ID, "engine-notice"), "the server is in use")
+        row = d.find_element(By.CSS_SELECTOR, ".engine-row[id^='engine-server-']")
+        assert "In use" in row.text and "llama.cpp here" in row.text and "key saved" in row.text, row.text
+        assert LLAMA_KEY not in d.page_source, "the key is never shown back"
+        shot(d, "38-engine-server-in-use")
+        d.find_element(By.CSS_SELECTOR, "#engine-panel .settings-foot .js-close-overlay").click()
+        wait(d, lambda d: host in statusbar_text(d), "the status bar names the server")
+        click(d, By.ID, "new-chat", "a new conversation")
+        n = replies(d)
+        send(d, "Tell me about the sea.")
+        wait(d, lambda d: replies(d) == n + 1, "a reply appears")
+        wait(d, lambda d: not streaming(d), "the reply from the server finishes", seconds=120)
+        meta = last_reply(d).find_element(By.CSS_SELECTOR, ".msg-meta").text
+        assert "tokens" in meta and f"on {host}" in meta, f"figures and the server under the reply: {meta!r}"
+        assert not last_reply(d).find_elements(By.CSS_SELECTOR, ".error"), "no error"
+        shot(d, "39-reply-from-a-server")
+        # Stop, in a conversation of its own (the tiny model's context is small). The tiny
+        # model may finish first; stopping itself is checked against the same server in
+        # tests/remote_engine.rs.
+        click(d, By.ID, "new-chat", "another conversation")
+        wait(d, lambda d: replies(d) == 0, "an empty conversation")
+        send(d, "Write a very long story about ships, storms and the sea.")
+        wait(d, lambda d: replies(d) == 1, "a second reply appears")
+        if streaming(d):
+            d.find_element(By.ID, "stop").click()
+        wait(d, lambda d: not streaming(d), "the reply ends", seconds=60)
+        assert not last_reply(d).find_elements(By.CSS_SELECTOR, ".error"), last_reply(d).text
+        # Back to this computer.
+        d.find_element(By.ID, "open-settings").click()
+        click(d, By.ID, "open-engine", "the engine dialog opens again")
+        click(d, By.ID, "use-local", "this computer chosen")
+        wait(d, lambda d: "In use" in d.find_element(By.ID, "engine-local").text, "this computer in use", seconds=120)
+        d.find_element(By.CSS_SELECTOR, "#engine-panel .settings-foot .js-close-overlay").click()
+        wait(d, lambda d: ".gguf" in statusbar_text(d) and host not in statusbar_text(d),
+             "the status bar names the local model", seconds=120)
     return run
 
 
@@ -963,6 +1048,7 @@ def main():
     # A fresh start with no model, downloading from the mock hub.
     work = tempfile.mkdtemp(prefix="smollm3-bot-e2e-wizard-")
     hub, url = start_mock_hub(work)
+    llama, llama_url = start_llama_server()
     os.environ["SMOLLM3_BOT_DATA_DIR"] = os.path.join(work, "data")
     os.environ["SMOLLM3_MODELS_DIR"] = os.path.join(work, "models")
     os.environ["HF_ENDPOINT"] = url
@@ -974,11 +1060,15 @@ def main():
             check("the openai client uses the app's API", api_lists_the_model, d)
             check("the models screen downloads another model and deletes one",
                   models_screen(os.path.join(work, "models")), d)
+            check("replies come from llama.cpp's server chosen in the Engine dialog",
+                  engine_on_a_server(llama_url), d)
         finally:
             d.quit()
     finally:
         stop(proc)
         stop(hub)
+        if llama:
+            stop(llama)
         shutil.rmtree(work, ignore_errors=True)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

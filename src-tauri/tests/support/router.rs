@@ -84,3 +84,32 @@ pub async fn call_as(
         String::from_utf8(bytes.to_vec()).expect("utf-8"),
     )
 }
+
+/// The id of the first assistant message (`id="msg-N"`) in a fragment.
+pub fn assistant_id(html: &str) -> i64 {
+    let at = html
+        .find("class=\"msg assistant")
+        .expect("an assistant message");
+    let rest = &html[at..];
+    let start = rest.find("id=\"msg-").expect("message id") + 8;
+    rest[start..]
+        .split('"')
+        .next()
+        .expect("id")
+        .parse()
+        .expect("numeric id")
+}
+
+/// Polls a message until it is no longer streaming (bounded: 5 s) and returns its HTML.
+pub async fn wait_done(app: &Router, id: i64) -> String {
+    for _ in 0..500 {
+        let (status, _, body) =
+            call_with_headers(app, "GET", &format!("/messages/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        if !body.contains("streaming") {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("message {id} never finished");
+}

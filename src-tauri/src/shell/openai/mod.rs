@@ -10,6 +10,7 @@
 
 mod completions;
 mod plan;
+mod proxy;
 mod responses;
 mod stream;
 mod tokens;
@@ -208,7 +209,8 @@ pub fn api_router(state: ApiState) -> Router {
 
 /// The API over whichever engine `service` runs on at the moment of each request: for the
 /// server inside the app, whose model can be changed (or not yet loaded) while it serves.
-/// Without a model every API route answers 503 in the API's error shape. `any_model_name`
+/// Without a model every API route answers 503 in the API's error shape; while replies come
+/// from another server, requests are forwarded to it (see `proxy`). `any_model_name`
 /// as in [`ApiConfig`].
 pub fn live_api_router(service: ChatService, any_model_name: bool) -> Router {
     /// The API built for the engine last seen.
@@ -217,6 +219,10 @@ pub fn live_api_router(service: ChatService, any_model_name: bool) -> Router {
     let handler = move |req: axum::extract::Request| {
         let (service, built) = (service.clone(), built.clone());
         async move {
+            if let Some(server) = service.remote_server() {
+                // Replies come from another server: the API is that server's, behind our guard.
+                return proxy::forward(&server, req).await;
+            }
             let Some(engine) = service.engine() else {
                 return error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
