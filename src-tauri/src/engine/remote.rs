@@ -132,7 +132,7 @@ impl Generator for RemoteGenerator {
     }
 
     fn answered_by(&self) -> String {
-        format!("{} on {}", self.server.model, self.server.host())
+        format!("{} on {}", self.server.model_name(), self.server.host())
     }
 
     fn submit(&self, req: GenerateRequest) -> JobHandle {

@@ -21,6 +21,17 @@ impl RemoteServer {
         format!("{base}/v1/{path}")
     }
 
+    /// The model as a person reads it: llama.cpp's server names a model by its file's path,
+    /// shown by the file's name; other ids (`org/model`, `llama3.3:70b`) as they are.
+    pub fn model_name(&self) -> &str {
+        let id = self.model.trim();
+        if id.to_ascii_lowercase().ends_with(".gguf") {
+            id.rsplit(['/', '\\']).next().unwrap_or(id)
+        } else {
+            id
+        }
+    }
+
     /// The server's host (and port), for messages.
     pub fn host(&self) -> String {
         reqwest::Url::parse(self.base_url.trim())
@@ -46,5 +57,31 @@ impl RemoteServer {
             return Err("choose a model the server offers".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(model: &str) -> String {
+        RemoteServer {
+            base_url: "http://h:1".into(),
+            api_key: None,
+            model: model.into(),
+        }
+        .model_name()
+        .to_string()
+    }
+
+    #[test]
+    fn model_files_show_by_name_other_ids_whole() {
+        assert_eq!(named("/models/tiny-smollm3.gguf"), "tiny-smollm3.gguf");
+        assert_eq!(named("C:\\models\\Big.GGUF"), "Big.GGUF");
+        assert_eq!(
+            named("meta-llama/Llama-3.3-70B"),
+            "meta-llama/Llama-3.3-70B"
+        );
+        assert_eq!(named("llama3.3:70b"), "llama3.3:70b");
     }
 }

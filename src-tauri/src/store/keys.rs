@@ -64,6 +64,15 @@ impl KeyStore {
         }
     }
 
+    /// Whether the keys are in the system's secret store (not a file or memory).
+    pub fn is_system(&self) -> bool {
+        match &self.backend {
+            #[cfg(feature = "keyring")]
+            Backend::System => true,
+            _ => false,
+        }
+    }
+
     /// Where the keys are, for a person to read ("the system keyring", "a private file …").
     pub fn place(&self) -> String {
         match &self.backend {

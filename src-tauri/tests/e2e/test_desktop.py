@@ -225,7 +225,7 @@ def start_llama_server():
     port = free_port()
     proc = subprocess.Popen(
         [python, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
-         "--port", str(port), "--api_key", LLAMA_KEY, "--n_ctx", "2048", "--chat_format", "chatml"],
+         "--port", str(port), "--api_key", LLAMA_KEY, "--n_ctx", "512", "--chat_format", "chatml"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, 90)
     return proc, f"http://127.0.0.1:{port}"
