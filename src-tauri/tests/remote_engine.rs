@@ -50,6 +50,11 @@ impl LlamaServer {
                 KEY,
                 "--n_ctx",
                 "512",
+                // One thread: llama.cpp's threads spin at each step's barrier, and on a CPU
+                // shared with other work (two cores, a compiler beside) that can stall a
+                // reply for minutes.
+                "--n_threads",
+                "1",
                 "--chat_format",
                 "chatml",
             ])
@@ -223,6 +228,11 @@ async fn the_app_saves_a_real_server_and_its_replies_say_who_wrote_them() {
         dir.path().join("keys.json"),
     ));
     let app = smollm3_bot::shell::http::router(service.clone());
+    // Short replies: this server sends nothing while the random tiny model writes pieces of
+    // characters, and a long reply can hold such a silence past the app's 60 s between chunks.
+    let mut settings = service.settings();
+    settings.sampling.max_tokens = 64;
+    service.update_settings(settings).unwrap();
 
     // The Engine dialog lists the server's model with the key, then saves and uses it.
     let (_, _, listed) = call(
@@ -298,8 +308,38 @@ async fn the_app_saves_a_real_server_and_its_replies_say_who_wrote_them() {
     let bytes = std::fs::read(&db).unwrap();
     assert!(!bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()));
 
+    // The app's own API answers through the server too (behind the app's guard, with the
+    // saved key): a chat completion from llama.cpp's server, its model list.
+    let api = smollm3_bot::shell::openai::live_api_router(service.clone(), false);
+    let (status, _, listed) = call(&api, "GET", "/v1/models", None).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert!(listed.contains(&model), "{listed}");
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            serde_json::json!({"model": model, "max_tokens": 8, "temperature": 0,
+                   "messages": [{"role": "user", "content": "Hello"}]})
+            .to_string(),
+        ))
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(api, req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+
     // The server killed mid-reply: the reply keeps its text and is marked cut short.
     let mut events = service.subscribe();
+    // A long reply, so that it still runs when the kill lands.
+    let mut settings = service.settings();
+    settings.sampling.max_tokens = 400;
+    service.update_settings(settings).unwrap();
     // A new conversation: the first one may already fill this server's 512-token context.
     let outcome = service.send(None, "Tell me about the sea.").unwrap();
     let smollm3_bot::app::SendOutcome::Reply { assistant, .. } = outcome else {

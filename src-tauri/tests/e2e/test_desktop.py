@@ -225,7 +225,9 @@ def start_llama_server():
     port = free_port()
     proc = subprocess.Popen(
         [python, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
-         "--port", str(port), "--api_key", LLAMA_KEY, "--n_ctx", "512", "--chat_format", "chatml"],
+         "--port", str(port), "--api_key", LLAMA_KEY, "--n_ctx", "512", "--chat_format", "chatml",
+         # One thread: llama.cpp's spinning threads stall on two cores shared with the app.
+         "--n_threads", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, 90)
     return proc, f"http://127.0.0.1:{port}"
@@ -239,7 +241,15 @@ def engine_on_a_server(url):
         if url is None:
             raise AssertionError("llama-cpp-python's server is not installed (pip install 'llama-cpp-python[server]')")
         host = url[len("http://"):]
+        # Short replies: llama-cpp-python sends nothing while the random tiny model writes
+        # pieces of characters, and a long reply can hold such a silence past the app's 60 s.
         d.find_element(By.ID, "open-settings").click()
+        wait(d, lambda d: d.find_element(By.ID, "settings").is_displayed(), "settings open")
+        box = d.find_element(By.NAME, "max_tokens")
+        box.clear()
+        box.send_keys("64")
+        d.find_element(By.ID, "save-settings").click()
+        wait(d, lambda d: "Settings saved" in d.find_element(By.ID, "settings").text, "saved")
         click(d, By.ID, "open-engine", "the engine dialog opens")
         wait(d, lambda d: d.find_element(By.ID, "engine-panel").is_displayed(), "the engine dialog shows")
         assert "In use" in d.find_element(By.ID, "engine-local").text
