@@ -67,11 +67,7 @@ pub async fn forward(server: &RemoteServer, req: Request) -> Response {
             )
         }
     };
-    let client = match reqwest::Client::builder()
-        .connect_timeout(RemoteOptions::default().connect_timeout)
-        .read_timeout(FIRST_BYTE)
-        .build()
-    {
+    let client = match forwarding_client() {
         Ok(c) => c,
         Err(e) => return upstream_error(&format!("cannot set up the connection: {e}")),
     };
@@ -116,6 +112,20 @@ pub async fn forward(server: &RemoteServer, req: Request) -> Response {
     builder
         .body(Body::from_stream(stream))
         .unwrap_or_else(|e| upstream_error(&format!("bad answer from the server: {e}")))
+}
+
+/// One client for every forwarded request, so connections to the server are reused.
+fn forwarding_client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let client = reqwest::Client::builder()
+        .connect_timeout(RemoteOptions::default().connect_timeout)
+        .read_timeout(FIRST_BYTE)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(CLIENT.get_or_init(|| client))
 }
 
 fn upstream_error(message: &str) -> Response {
