@@ -5,7 +5,7 @@
 //! installs it and runs them).
 
 mod support;
-use support::router::{call_with_headers as call, enc};
+use support::router::{call_with_headers as call, enc, wait_done_within};
 
 use smollm3_bot::engine::events::{ChatMessage, EngineEvent, FinishReason};
 use smollm3_bot::engine::remote::{list_models, RemoteGenerator, RemoteOptions, RemoteServer};
@@ -282,18 +282,7 @@ async fn the_app_saves_a_real_server_and_its_replies_say_who_wrote_them() {
         .and_then(|r| r.split('"').next())
         .and_then(|n| n.parse().ok())
         .expect("reply id");
-    let t = Instant::now();
-    let done = loop {
-        let (_, _, html) = call(&app, "GET", &format!("/messages/{id}"), None).await;
-        if !html.contains("streaming") {
-            break html;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "the reply never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = wait_done_within(&app, id, Duration::from_secs(120)).await;
     let host = server.base.trim_start_matches("http://");
     // llama.cpp's server names the model by its file's path: shown by the file's name.
     let shown = model.rsplit('/').next().unwrap();
@@ -368,17 +357,7 @@ async fn the_app_saves_a_real_server_and_its_replies_say_who_wrote_them() {
         }
     }
     let _ = server.child.wait();
-    let html = loop {
-        let (_, _, html) = call(&app, "GET", &format!("/messages/{}", assistant.id.0), None).await;
-        if !html.contains("streaming") {
-            break html;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(180),
-            "the reply never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let html = wait_done_within(&app, assistant.id.0, Duration::from_secs(180)).await;
     let cut = service.message(assistant.id.0).unwrap().message;
     assert_eq!(
         cut.status,

@@ -102,14 +102,21 @@ pub fn assistant_id(html: &str) -> i64 {
 
 /// Polls a message until it is no longer streaming (bounded: 5 s) and returns its HTML.
 pub async fn wait_done(app: &Router, id: i64) -> String {
-    for _ in 0..500 {
+    wait_done_within(app, id, std::time::Duration::from_secs(5)).await
+}
+
+/// Polls a message until it is no longer streaming, for at most `limit` (a reply from a real
+/// server takes longer than one from the stand-ins), and returns its HTML.
+pub async fn wait_done_within(app: &Router, id: i64, limit: std::time::Duration) -> String {
+    let start = std::time::Instant::now();
+    loop {
         let (status, _, body) =
             call_with_headers(app, "GET", &format!("/messages/{id}"), None).await;
         assert_eq!(status, StatusCode::OK);
         if !body.contains("streaming") {
             return body;
         }
+        assert!(start.elapsed() < limit, "message {id} never finished");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    panic!("message {id} never finished");
 }
