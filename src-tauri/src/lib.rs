@@ -6,7 +6,7 @@
 pub mod app;
 pub mod engine;
 pub mod hub;
-pub mod model;
+pub use smollm3_model as model;
 pub mod shell;
 pub mod store;
 pub mod text;

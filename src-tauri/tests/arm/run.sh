@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The engine's ARM tests: cross-compiles the crate without the desktop for
-# aarch64-unknown-linux-gnu and runs the model's unit tests, the reference logits and the
-# kernel-versus-candle test under qemu-user. `-cpu max` has dotprod and i8mm, so every NEON
-# variant runs there (the tests loop over them, each named in the output); then the kernel,
+# The engine's ARM tests: cross-compiles the model crate (`smollm3-model`: the GGUF, the
+# decoder, its kernels; nothing of the app) for aarch64-unknown-linux-gnu and runs its unit
+# tests, the reference logits and the kernel-versus-candle test under qemu-user (and
+# type-checks the app without the desktop for aarch64). `-cpu max` has dotprod and i8mm, so
+# every NEON variant runs there (the tests loop over them, each named in the output); then the kernel,
 # attention, norm and SwiGLU tests run again as a Cortex-A72 (no dotprod), where only the
 # baseline variant is detected.
 # Installs what it needs on a fresh Debian/Ubuntu machine. Cargo is configured through the
@@ -33,9 +34,10 @@ if [ -z "${SMOLLM3_FIXTURES:-}" ] && [ -d "$ROOT/../shared/fixtures" ]; then
 fi
 export SMOLLM3_PREPARED_DIR="${SMOLLM3_PREPARED_DIR:-$(mktemp -d)}"
 
-# Only the library's tests and the two integration tests below are built.
+# The tests are the model crate's: its dependencies are candle and a few small crates, so a
+# cold cross build compiles a fraction of what the app needs.
 cargo_arm() {
-  cargo test -p smollm3-bot --no-default-features --target "$TARGET" "$@"
+  cargo test -p smollm3-model --target "$TARGET" "$@"
 }
 with_cpu() {
   local cpu=$1
@@ -44,12 +46,15 @@ with_cpu() {
 }
 
 cargo_arm --no-run --lib --test reference --test kernels_model
+# The whole app without the desktop (engine, CLI, server: a headless ARM box's build)
+# type-checked for aarch64, so nothing outside the model can break the ARM build unseen.
+cargo check -p smollm3-bot --no-default-features --target "$TARGET" --lib --bins
 built=$(date +%s)
 echo "arm: cross build took $((built - started)) s"
 
 # `--nocapture` keeps the lines that name each kernel variant as it is checked.
 echo "arm: qemu -cpu max (NEON with dotprod and i8mm): model unit tests"
-with_cpu max cargo_arm --lib -- model:: --nocapture
+with_cpu max cargo_arm --lib -- --nocapture
 echo "arm: qemu -cpu max: llama.cpp reference logits and every weight against candle"
 with_cpu max cargo_arm --test reference --test kernels_model -- --nocapture
 # candle 0.11's own k-quant products use `sdot` unconditionally on aarch64, so on this CPU
@@ -58,8 +63,8 @@ with_cpu max cargo_arm --test reference --test kernels_model -- --nocapture
 # layout cannot take, so it goes through candle).
 echo "arm: qemu -cpu cortex-a72 (NEON without dotprod): kernel, attention, norm, SwiGLU tests"
 with_cpu cortex-a72 cargo_arm --lib -- --nocapture \
-  model::kernels::neon:: model::kernels::tests:: \
-  model::kernels::interleaved::tests::many_products model::kernels::interleaved::tests::fused_swiglu \
-  model::attention:: model::norm:: model::swiglu::
+  kernels::neon:: kernels::tests:: \
+  kernels::interleaved::tests::many_products kernels::interleaved::tests::fused_swiglu \
+  attention:: norm:: swiglu::
 
 echo "arm: tests took $(($(date +%s) - built)) s, $(($(date +%s) - started)) s in all"

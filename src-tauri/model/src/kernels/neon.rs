@@ -556,7 +556,7 @@ pub(super) mod base {
     ///
     /// # Safety
     /// As for [`q4k`].
-    pub(in crate::model::kernels) unsafe fn q4kx16<const C: usize>(
+    pub(in crate::kernels) unsafe fn q4kx16<const C: usize>(
         w: *const Q4Kx16,
         a: (*const Q8K, *const [i16; 16]),
         nb: (usize, usize),
@@ -569,7 +569,7 @@ pub(super) mod base {
     ///
     /// # Safety
     /// As for [`q4k`].
-    pub(in crate::model::kernels) unsafe fn q6kx16<const C: usize>(
+    pub(in crate::kernels) unsafe fn q6kx16<const C: usize>(
         w: *const Q6Kx16,
         a: (*const Q8K, *const [i16; 16]),
         nb: (usize, usize),
@@ -582,7 +582,7 @@ pub(super) mod base {
     ///
     /// # Safety
     /// As for [`q8_0`].
-    pub(in crate::model::kernels) unsafe fn q8_0x16<const C: usize>(
+    pub(in crate::kernels) unsafe fn q8_0x16<const C: usize>(
         w: *const Q8_0x16,
         a: *const Q8x32,
         nb: (usize, usize),
@@ -601,7 +601,7 @@ pub(super) mod dotprod {
     /// # Safety
     /// As for [`q4k`]; the CPU must have FEAT_DotProd.
     #[target_feature(enable = "dotprod")]
-    pub(in crate::model::kernels) unsafe fn q4kx16<const C: usize>(
+    pub(in crate::kernels) unsafe fn q4kx16<const C: usize>(
         w: *const Q4Kx16,
         a: (*const Q8K, *const [i16; 16]),
         nb: (usize, usize),
@@ -615,7 +615,7 @@ pub(super) mod dotprod {
     /// # Safety
     /// As for [`q4kx16`].
     #[target_feature(enable = "dotprod")]
-    pub(in crate::model::kernels) unsafe fn q6kx16<const C: usize>(
+    pub(in crate::kernels) unsafe fn q6kx16<const C: usize>(
         w: *const Q6Kx16,
         a: (*const Q8K, *const [i16; 16]),
         nb: (usize, usize),
@@ -629,7 +629,7 @@ pub(super) mod dotprod {
     /// # Safety
     /// As for [`q8_0`]; the CPU must have FEAT_DotProd.
     #[target_feature(enable = "dotprod")]
-    pub(in crate::model::kernels) unsafe fn q8_0x16<const C: usize>(
+    pub(in crate::kernels) unsafe fn q8_0x16<const C: usize>(
         w: *const Q8_0x16,
         a: *const Q8x32,
         nb: (usize, usize),
@@ -649,7 +649,7 @@ pub(super) mod i8mm {
     /// # Safety
     /// As for [`q4k`]; the CPU must have FEAT_DotProd and FEAT_I8MM.
     #[target_feature(enable = "dotprod,i8mm")]
-    pub(in crate::model::kernels) unsafe fn q4kx16<const C: usize>(
+    pub(in crate::kernels) unsafe fn q4kx16<const C: usize>(
         w: *const Q4Kx16,
         a: (*const Q8K, *const [i16; 16]),
         nb: (usize, usize),
@@ -667,7 +667,7 @@ pub(super) mod i8mm {
     /// # Safety
     /// As for [`q4kx16`].
     #[target_feature(enable = "dotprod,i8mm")]
-    pub(in crate::model::kernels) unsafe fn q6kx16<const C: usize>(
+    pub(in crate::kernels) unsafe fn q6kx16<const C: usize>(
         w: *const Q6Kx16,
         a: (*const Q8K, *const [i16; 16]),
         nb: (usize, usize),
@@ -685,7 +685,7 @@ pub(super) mod i8mm {
     /// # Safety
     /// As for [`q8_0`]; the CPU must have FEAT_DotProd and FEAT_I8MM.
     #[target_feature(enable = "dotprod,i8mm")]
-    pub(in crate::model::kernels) unsafe fn q8_0x16<const C: usize>(
+    pub(in crate::kernels) unsafe fn q8_0x16<const C: usize>(
         w: *const Q8_0x16,
         a: *const Q8x32,
         nb: (usize, usize),

@@ -21,7 +21,7 @@
 //!
 //! A block has the size of the sixteen GGUF blocks it replaces, so the layout costs no
 //! memory; it is built once ([`repack_q4k`], [`repack_q6k`]) and kept in a file beside the
-//! model ([`crate::model::prepared`]). A tensor's row count must be a multiple of [`ROWS`].
+//! model ([`crate::prepared`]). A tensor's row count must be a multiple of [`ROWS`].
 
 use super::blocks::{q4k_scales_mins, Q4K, Q6K, Q80, QK, QK8_0};
 

@@ -369,7 +369,7 @@ pub(super) mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Random weights quantized with candle, as raw GGUF bytes.
-    pub(in crate::model::kernels) fn weights<T: GgmlType>(
+    pub(in crate::kernels) fn weights<T: GgmlType>(
         n: usize,
         k: usize,
         rng: &mut rand::rngs::StdRng,
@@ -380,7 +380,7 @@ pub(super) mod tests {
         blocks
     }
 
-    pub(in crate::model::kernels) fn bytes<T>(blocks: &[T]) -> &[u8] {
+    pub(in crate::kernels) fn bytes<T>(blocks: &[T]) -> &[u8] {
         // SAFETY: candle's k-quant blocks are plain old data.
         unsafe {
             std::slice::from_raw_parts(blocks.as_ptr() as *const u8, std::mem::size_of_val(blocks))

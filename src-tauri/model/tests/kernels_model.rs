@@ -7,10 +7,10 @@ mod common;
 use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, GgmlType as Block};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
-use smollm3_bot::model::gguf::GgmlType;
-use smollm3_bot::model::kernels::Kernels;
-use smollm3_bot::model::weights::QWeight;
-use smollm3_bot::model::GgufFile;
+use smollm3_model::gguf::GgmlType;
+use smollm3_model::kernels::Kernels;
+use smollm3_model::weights::QWeight;
+use smollm3_model::GgufFile;
 
 fn candle_product<T: Block>(w: &QWeight, x: &[f32], m: usize) -> Vec<f32> {
     let bytes = w.bytes();

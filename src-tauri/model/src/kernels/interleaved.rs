@@ -4,7 +4,7 @@
 //!
 //! A tensor's row count must be a multiple of [`ROWS`]; the layout is built once
 //! ([`repack_q4k`], [`repack_q6k`], [`repack_q8_0`]) and kept beside the model
-//! ([`crate::model::prepared`]).
+//! ([`crate::prepared`]).
 
 use super::blocks::{Q8x32, Q8K, QK, QK8_0};
 pub use super::layout16::{
@@ -347,7 +347,7 @@ unsafe fn run_swiglu_unit(
                 std::slice::from_raw_parts(at, tile * ROWS)
             };
             let mut h = [const { MaybeUninit::<f32>::uninit() }; TILE * ROWS];
-            crate::model::swiglu::apply(kernels, half(0), half(1), &mut h[..tile * ROWS]);
+            crate::swiglu::apply(kernels, half(0), half(1), &mut h[..tile * ROWS]);
             for (c, row) in h[..tile * ROWS].chunks_exact(ROWS).enumerate() {
                 let to = dst.add((c0 + c) * n + g * ROWS);
                 std::ptr::copy_nonoverlapping(row.as_ptr() as *const f32, to, ROWS);
@@ -471,17 +471,13 @@ unsafe fn run_unit(
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::model::kernels::blocks::{q4k_scales_mins, Q4K};
-    use crate::model::kernels::layout16::{q4k_codes, Q4Kx16};
+    use crate::kernels::blocks::{q4k_scales_mins, Q4K};
+    use crate::kernels::layout16::{q4k_codes, Q4Kx16};
     use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ6K, BlockQ8_0, GgmlType};
     use rand::{Rng, SeedableRng};
 
     /// Random weights quantized with candle's `T`, as GGUF bytes.
-    pub(in crate::model::kernels) fn weights<T: GgmlType>(
-        n: usize,
-        k: usize,
-        seed: u64,
-    ) -> Vec<u8> {
+    pub(in crate::kernels) fn weights<T: GgmlType>(n: usize, k: usize, seed: u64) -> Vec<u8> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         // Rows of different magnitudes, so block scales and mins differ between rows.
         let vals: Vec<f32> = (0..n * k)
@@ -501,17 +497,12 @@ pub(super) mod tests {
         .to_vec()
     }
 
-    pub(in crate::model::kernels) fn q4k_weights(n: usize, k: usize, seed: u64) -> Vec<u8> {
+    pub(in crate::kernels) fn q4k_weights(n: usize, k: usize, seed: u64) -> Vec<u8> {
         weights::<BlockQ4K>(n, k, seed)
     }
 
     /// Random weights of `n` rows in `format`, repacked to the interleaved layout.
-    pub(in crate::model::kernels) fn packed(
-        format: Format,
-        n: usize,
-        k: usize,
-        seed: u64,
-    ) -> Vec<u8> {
+    pub(in crate::kernels) fn packed(format: Format, n: usize, k: usize, seed: u64) -> Vec<u8> {
         let w = match format {
             Format::Q4Kx16 => q4k_weights(n, k, seed),
             Format::Q6Kx16 => weights::<BlockQ6K>(n, k, seed),
@@ -527,14 +518,14 @@ pub(super) mod tests {
         packed
     }
 
-    pub(in crate::model::kernels) fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
+    pub(in crate::kernels) fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         (0..m * k)
             .map(|i| rng.gen_range(-1.0..1.0) * if i % 7 == 0 { 8.0 } else { 1.0 })
             .collect()
     }
 
-    pub(in crate::model::kernels) fn as_blocks<T>(bytes: &[u8]) -> &[T] {
+    pub(in crate::kernels) fn as_blocks<T>(bytes: &[u8]) -> &[T] {
         assert!((bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()));
         // SAFETY: aligned (checked) plain old data of whole blocks.
         unsafe {
@@ -703,7 +694,7 @@ pub(super) mod tests {
                 matmul(kernels, fg, (m, k, n), &x, &g, &mut pg).unwrap();
                 matmul(kernels, fu, (m, k, n), &x, &u, &mut pu).unwrap();
                 let mut want = vec![MaybeUninit::new(0f32); m * n];
-                crate::model::swiglu::apply(kernels, &pg, &pu, &mut want);
+                crate::swiglu::apply(kernels, &pg, &pu, &mut want);
                 let mut got = vec![MaybeUninit::new(f32::NAN); m * n];
                 swiglu_uninit(kernels, (m, k, n), &x, [(fg, &g), (fu, &u)], &mut got).unwrap();
                 // SAFETY: all written (NaN markers would fail the comparison).

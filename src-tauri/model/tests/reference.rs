@@ -5,9 +5,8 @@
 mod common;
 
 use candle_core::DType;
-use smollm3_bot::model::kernels::Kernels;
-use smollm3_bot::model::{prepared, Config, GgufFile, Logits, Model};
-use smollm3_bot::text::tokenizer;
+use smollm3_model::kernels::Kernels;
+use smollm3_model::{prepared, Config, GgufFile, Logits, Model};
 
 struct Reference {
     tokens: Vec<u32>,
@@ -185,25 +184,6 @@ fn nope_layers_matter() {
     eprintln!("RoPE on every layer moves the logits by {d}");
     assert!(d > 0.05, "NoPE made no difference ({d})");
     assert!(max_abs_diff(&without, &r.last_logits) > 0.05);
-}
-
-#[test]
-fn tokenizer_from_gguf_matches_llama_cpp() {
-    for name in ["tiny-smollm3-f32", "tiny-smollm3-q4_k_m"] {
-        let g = GgufFile::open(common::reference(&format!("{name}.gguf"))).unwrap();
-        let j = common::json(&common::reference(&format!("{name}.llama-cpp.kvf32.json")));
-        let tok = tokenizer::from_gguf(&g).unwrap();
-        let text = j["tokenize_text"].as_str().unwrap();
-        let want: Vec<u32> = j["tokenize_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        let got = tokenizer::encode(&tok, text).unwrap();
-        assert_eq!(got, want, "{name}");
-        assert_eq!(tok.decode(&got, false).unwrap(), text, "round trip");
-    }
 }
 
 #[test]

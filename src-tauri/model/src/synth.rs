@@ -14,7 +14,8 @@ use std::io::Write;
 use std::path::Path;
 
 /// Model sizes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Preset {
     /// 8 layers, hidden 256, vocab 1000: seconds to make, milliseconds per token.
     Tiny,
@@ -22,21 +23,22 @@ pub enum Preset {
     /// models.
     Small,
     /// The real SmolLM3-3B dimensions (36 layers, hidden 2048, vocab 128256).
-    #[value(name = "3b")]
+    #[cfg_attr(feature = "clap", value(name = "3b"))]
     ThreeB,
 }
 
 /// Weight encodings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Quant {
     /// Every weight F32.
     F32,
     /// Every matrix Q8_0.
-    #[value(name = "q8_0")]
+    #[cfg_attr(feature = "clap", value(name = "q8_0"))]
     Q8_0,
     /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the embedding and for `attn_v`/`ffn_down`
     /// on the layers llama.cpp gives more bits.
-    #[value(name = "q4_k_m")]
+    #[cfg_attr(feature = "clap", value(name = "q4_k_m"))]
     Q4KM,
 }
 
