@@ -3,9 +3,9 @@
 # decoder, its kernels; nothing of the app) for aarch64-unknown-linux-gnu and runs its unit
 # tests, the reference logits and the kernel-versus-candle test under qemu-user (and
 # type-checks the app without the desktop for aarch64). `-cpu max` has dotprod and i8mm, so
-# every NEON variant runs there (the tests loop over them, each named in the output); then the kernel,
-# attention, norm and SwiGLU tests run again as a Cortex-A72 (no dotprod), where only the
-# baseline variant is detected.
+# every NEON variant runs there (the tests loop over them, each named in the output); then
+# the kernel, attention, norm and SwiGLU tests run again as a Cortex-A72 (no dotprod), where
+# only the baseline variant is detected.
 # Installs what it needs on a fresh Debian/Ubuntu machine. Cargo is configured through the
 # environment here, not a committed .cargo/config, so other builds are unaffected.
 set -euo pipefail
