@@ -678,7 +678,7 @@ def keyboard_shortcuts(d):
                             "if (!a) return false; a.querySelector('.js-delete').click(); return true;"),
          "the new chat is deleted")
     wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == convs, "deleted")
-    d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
+    click(d, By.CSS_SELECTOR, ".conv .conv-title", "the first conversation opens")
     wait(d, lambda d: replies(d) >= 1, "the previous conversation is open again")
 
 
@@ -798,7 +798,7 @@ def server_toggle(d):
         assert "No conversations yet" in b.find_element(By.ID, "conversation-list").text, "the window's stay private"
         wait(d, lambda d: "1 browser" in d.find_element(By.ID, "statusbar").text, "the window counts the browser")
         # In the window's own conversation, which stays first in its list.
-        d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
+        click(d, By.CSS_SELECTOR, ".conv .conv-title", "the first conversation opens")
         wait(d, lambda d: replies(d) >= 4, "the window's conversation is open")
         before = replies(d)
         send(d, "/quote")
@@ -901,11 +901,11 @@ def export_and_import(work):
     chosen in the sidebar's Import, comes back as a new conversation with its replies."""
     def run(d):
         before = len(d.find_elements(By.CSS_SELECTOR, ".conv"))
-        d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
+        click(d, By.CSS_SELECTOR, ".conv .conv-title", "the first conversation opens")
         wait(d, lambda d: replies(d) >= 1, "a conversation with replies is open")
-        d.find_element(By.CSS_SELECTOR, "#chat-head .export-menu summary").click()
+        click(d, By.CSS_SELECTOR, "#chat-head .export-menu summary", "the export menu opens")
         shot(d, "28-export-menu")
-        d.find_element(By.CSS_SELECTOR, "#chat-head [data-export=json]").click()
+        click(d, By.CSS_SELECTOR, "#chat-head [data-export=json]", "JSON export chosen")
         dialog = x_window("Export the conversation")
         time.sleep(1.0)
         screen_shot("29-export-dialog")
@@ -929,7 +929,7 @@ def export_and_import(work):
         wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".conv")) == before + 1, "the import is listed")
         assert "Imported 1 conversation." in d.find_element(By.ID, "toast").text
         js(d, "document.getElementById('import-file').hidden = true")
-        d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
+        click(d, By.CSS_SELECTOR, ".conv .conv-title", "the first conversation opens")
         first = exported["conversations"][0]["messages"][0]["content"].strip()[:40]
         wait(d, lambda d: replies(d) >= 1 and first in d.find_element(By.ID, "chat").text,
              "the imported conversation shows its messages")
@@ -940,7 +940,7 @@ def export_and_import(work):
 def found_after_restart(title):
     def run(d):
         wait(d, lambda d: title in d.find_element(By.ID, "conversation-list").text, "conversation listed after restart")
-        d.find_element(By.CSS_SELECTOR, ".conv .conv-title").click()
+        click(d, By.CSS_SELECTOR, ".conv .conv-title", "the first conversation opens")
         wait(d, lambda d: replies(d) >= 4, "its replies are back")
         wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".conv.active"), "marked open in the sidebar")
         assert js(d, "return document.documentElement.dataset.theme") == "dark", "settings kept"
@@ -1009,7 +1009,7 @@ def main():
             check("usable at 900x600", small_window, d)
             check("settings and theme", settings_panel, d)
             check("delete and undo", delete_and_undo, d)
-            title = d.find_element(By.CSS_SELECTOR, ".conv .conv-title").text
+            title = wait(d, lambda d: d.find_element(By.CSS_SELECTOR, ".conv .conv-title").text, "a titled conversation")
             check("browser access switched on and off", server_toggle, d)
             check("a conversation exports through the dialog and imports back", export_and_import(data), d)
         finally:
