@@ -19,7 +19,7 @@ fn python_imports(python: &Path, modules: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A Python that can import `modules`: the system one, else the venv `venv_name` in the target
+/// A Python that can import `modules`: the system one, else `$SMOLLM3_CLIENTS_PYTHON`, else the venv `venv_name` in the target
 /// folder with `packages` installed from PyPI (made once, reused by later runs), else the system
 /// one after a user-level install (for systems without the venv module). `None` when there is
 /// no python3 at all.
@@ -30,6 +30,13 @@ fn python_with(venv_name: &str, modules: &[&str], packages: &[&str]) -> Option<P
     }
     if python_imports(&system, modules) {
         return Some(system);
+    }
+    // A Python made ready beforehand with every client library (CI's .ci/prefetch does so
+    // while the workspace compiles).
+    if let Some(ready) = std::env::var_os("SMOLLM3_CLIENTS_PYTHON").map(PathBuf::from) {
+        if python_imports(&ready, modules) {
+            return Some(ready);
+        }
     }
     let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(venv_name);
     let python = venv.join("bin/python");

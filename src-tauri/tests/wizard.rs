@@ -492,9 +492,15 @@ async fn the_download_says_it_is_connecting_and_an_unreachable_host_ends_within_
     let started = std::time::Instant::now();
     let form = "entry=q4_k_m".to_string();
     call(&app, "POST", "/wizard/download", Some(&form)).await;
-    // At once, before any answer: what it is doing.
-    let (_, panel) = call(&app, "GET", "/wizard", None).await;
-    assert!(panel.contains("Connecting to 127.0.0.1…"), "{panel}");
+    // At once, before any answer: what it is doing. Read from the first state published, not
+    // from a later GET: a refused connection is answered at once, so a GET can already find the
+    // first retry.
+    let first = wait_for(&mut rx, "the first download state", |p| {
+        matches!(p, Phase::Downloading { .. })
+    })
+    .await;
+    let bar = smollm3_bot::shell::wizard::bar(&first);
+    assert!(bar.contains("Connecting to 127.0.0.1…"), "{bar}");
     // Then each retry with its wait, then the error, all with the default policy.
     let retry = wait_for(
         &mut rx,

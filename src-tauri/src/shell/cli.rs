@@ -54,6 +54,12 @@ pub fn main() -> ExitCode {
     let _ = crate::model::options::set(model_options());
     // Before any thread starts: candle's pool reads its size from the environment once.
     set_threads(threads_for(&cli.command));
+    // Likewise the window's web process reads how to draw from the environment.
+    #[cfg(feature = "desktop")]
+    let rendering = cli
+        .command
+        .is_none()
+        .then(super::desktop::choose_webview_rendering);
     // Folders an earlier version kept elsewhere move before anything opens them (once).
     let moves = super::data_dir::move_once(&super::data_dir::relocations());
     // The long-running desktop app and server also log to a file; the guard lives until exit.
@@ -62,6 +68,10 @@ pub fn main() -> ExitCode {
         Some(_) => super::logging::init_stderr(),
     };
     super::data_dir::log_moves(&moves);
+    #[cfg(feature = "desktop")]
+    if let Some(rendering) = rendering {
+        tracing::info!(?rendering, "web view rendering");
+    }
     let result = match cli.command {
         // Model management has its own exit codes (130 when a download is paused).
         Some(Command::Models(args)) => return super::models::run(args),

@@ -493,6 +493,47 @@ pub fn load_model_in_background(service: ChatService, loader: ModelLoader) {
     });
 }
 
+/// How the window's web view draws on Linux, chosen before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebviewRendering {
+    /// WebKit's accelerated compositing, on the GPU the system has.
+    Gpu,
+    /// No GPU render node: WebKit paints without compositing, because compositing through a
+    /// software OpenGL (Mesa's llvmpipe) costs several times the CPU of plain painting, and
+    /// on a machine without a GPU that CPU is taken from the model decoding the reply
+    /// (doc/benchmarks.md, "In the desktop window").
+    Software,
+    /// The user's own `WEBKIT_DISABLE_COMPOSITING_MODE`, left as it is.
+    UserChoice,
+}
+
+/// WebKitGTK's switch for compositing, read by its web process when it starts.
+const WEBKIT_NO_COMPOSITING: &str = "WEBKIT_DISABLE_COMPOSITING_MODE";
+
+/// Picks the web view's rendering from the machine: compositing only where a GPU can do it.
+/// Call before any thread starts (it sets an environment variable the web process inherits).
+pub fn choose_webview_rendering() -> WebviewRendering {
+    if std::env::var_os(WEBKIT_NO_COMPOSITING).is_some() {
+        return WebviewRendering::UserChoice;
+    }
+    if cfg!(target_os = "linux") && !has_gpu_render_node(std::path::Path::new("/dev/dri")) {
+        std::env::set_var(WEBKIT_NO_COMPOSITING, "1");
+        return WebviewRendering::Software;
+    }
+    WebviewRendering::Gpu
+}
+
+/// Whether `dri` (normally `/dev/dri`) lists a GPU render node (`renderD128`, …): what Mesa
+/// and the proprietary drivers create for a GPU that can render, and what a machine without
+/// one (a VM, a server, a virtual X display) lacks.
+pub fn has_gpu_render_node(dri: &std::path::Path) -> bool {
+    std::fs::read_dir(dri).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+    })
+}
+
 /// Opens the desktop window and runs until it is closed. `log` keeps the log file open; it is
 /// dropped (writing out what is buffered) when the app exits, since Tauri's event loop ends the
 /// process without returning here.
@@ -537,6 +578,18 @@ struct ClosedOnExit(ChatService);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_gpu_is_a_render_node() {
+        let dri = tempfile::tempdir().unwrap();
+        assert!(!super::has_gpu_render_node(&dri.path().join("absent")));
+        assert!(!super::has_gpu_render_node(dri.path()));
+        // A display controller alone (card0) cannot render: KMS without a GPU, or a VM's.
+        std::fs::write(dri.path().join("card0"), b"").unwrap();
+        assert!(!super::has_gpu_render_node(dri.path()));
+        std::fs::write(dri.path().join("renderD128"), b"").unwrap();
+        assert!(super::has_gpu_render_node(dri.path()));
+    }
+
     use super::*;
 
     #[test]

@@ -27,6 +27,10 @@ if [ ! -x "$TAURI" ]; then
   mkdir -p "$CLI_DIR"
   npm install --prefix "$CLI_DIR" --no-audit --no-fund --silent '@tauri-apps/cli@2'
 fi
+# `--setup-only`: the packages and the tools, fetched ahead (.ci/prefetch).
+if [ "${1:-}" = "--setup-only" ]; then
+  exit 0
+fi
 
 cargo build -p smollm3-bot --bin smollm3-bot
 BUNDLE="$ROOT/target/debug/bundle"

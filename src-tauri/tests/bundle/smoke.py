@@ -23,6 +23,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.options import ArgOptions
 from selenium.webdriver.support.ui import WebDriverWait
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from webkit_shot import save_screenshot  # noqa: E402
+
 SHOTS = os.environ.get("SCREENSHOTS", "target/bundle-screenshots")
 
 
@@ -89,7 +92,7 @@ def first_run_window(program, label):
             assert "SmolLM3" in title, f"{label}: window title {title!r}"
             os.makedirs(SHOTS, exist_ok=True)
             path = os.path.join(SHOTS, f"first-run-{label}.png")
-            d.save_screenshot(path)
+            save_screenshot(d, path)
             print(f"bundle: {label}: first-run wizard shown in the window {title!r} ({path})", flush=True)
         finally:
             d.quit()

@@ -85,6 +85,38 @@ def cpu_seconds(pids):
     return total
 
 
+def app_pid():
+    """The app's own process (the web processes are its children, named otherwise)."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.readlink(f"/proc/{pid}/exe") == os.path.realpath(APP_BIN):
+                    return int(pid)
+            except OSError:
+                pass
+    return None
+
+
+def thread_seconds(pid):
+    """CPU seconds of each of the app's threads by name; the main (GTK) thread is "main"."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (OSError, TypeError):
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+            name = "main" if int(tid) == pid else head.split("(", 1)[1]
+            fields = rest.split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return out
+
+
 def set_max_tokens(d, n):
     d.find_element(By.ID, "open-settings").click()
     wait(d, lambda d: d.find_element(By.ID, "settings").is_displayed(), "settings open", 30)
@@ -112,6 +144,8 @@ def reply(d, text, tokens, timeout):
     box.send_keys(Keys.ENTER)
     wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#messages .msg.streaming"), "reply starts", 120)
     pids = webkit_pids()
+    app = app_pid()
+    threads0 = thread_seconds(app)
     cpu0, t0 = cpu_seconds(pids), time.time()
     samples = []
     deadline = time.time() + timeout
@@ -121,7 +155,13 @@ def reply(d, text, tokens, timeout):
             break
         samples.append((time.time(), n))
         time.sleep(1.0)
-    cpu = (cpu_seconds(pids) - cpu0) / max(time.time() - t0, 1e-9)
+    elapsed = max(time.time() - t0, 1e-9)
+    cpu = (cpu_seconds(pids) - cpu0) / elapsed
+    threads = thread_seconds(app)
+    # Where the app's own CPU went while the reply streamed, by thread (% of one core).
+    shares = sorted(((threads[n] - threads0.get(n, 0.0)) / elapsed, n) for n in threads)
+    print("  app threads while streaming: " + ", ".join(
+        f"{n} {100 * c:.0f} %" for c, n in reversed(shares) if c >= 0.005), flush=True)
     metas = d.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant .msg-meta")
     meta = metas[-1].text if metas else ""
     answer = d.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant .answer")[-1].text

@@ -10,6 +10,7 @@ Last, a fresh start with no model: the wizard downloads a synthetic model from t
 points the app at llama.cpp's server (llama-cpp-python's) and a reply streams from it.
 """
 
+import faulthandler
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.common.options import ArgOptions
 from selenium.webdriver.remote.file_detector import UselessFileDetector
 from selenium.webdriver.support.ui import WebDriverWait
+from webkit_shot import save_screenshot
 
 APP_BIN = os.environ["APP_BIN"]
 SHOTS = os.environ.get("SCREENSHOTS", "target/e2e-screenshots")
@@ -77,7 +79,7 @@ def wait(driver, cond, what, seconds=TIMEOUT):
 
 def shot(driver, name):
     path = os.path.join(SHOTS, name + ".png")
-    driver.save_screenshot(path)
+    save_screenshot(driver, path)
     print(f"  screenshot {path}")
 
 
@@ -109,9 +111,16 @@ def streaming(driver):
     return bool(driver.find_elements(By.CSS_SELECTOR, "#messages .msg.streaming"))
 
 
+# Seconds after which a check that has not ended prints where it waits (and again each time).
+STUCK_AFTER_S = 150
+
+
 def check(name, fn, driver):
     global passed, failed
-    print(f"- {name}")
+    print(f"- {name}", flush=True)
+    # A check still running after this long is stuck (every check takes seconds); where the
+    # test waits is printed, so a hung WebDriver call names itself in the CI log.
+    faulthandler.dump_traceback_later(STUCK_AFTER_S, repeat=True)
     try:
         fn(driver)
         passed += 1
@@ -123,6 +132,31 @@ def check(name, fn, driver):
             shot(driver, "failed-" + name.replace(" ", "-"))
         except WebDriverException:
             pass
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def webview_rendering_fits_the_machine(d):
+    # Without a GPU render node (as under Xvfb here) the app starts WebKit without
+    # compositing, which through a software OpenGL costs several times the CPU; with one it
+    # leaves WebKit's default alone.
+    gpu = os.path.isdir("/dev/dri") and any(n.startswith("renderD") for n in os.listdir("/dev/dri"))
+    pids = [p for p in os.listdir("/proc") if p.isdigit() and read_quiet(f"/proc/{p}/comm").startswith("WebKitWebProces")]
+    assert pids, "no WebKit web process found"
+    envs = [read_quiet(f"/proc/{p}/environ").split("\0") for p in pids]
+    off = [("WEBKIT_DISABLE_COMPOSITING_MODE=1" in e) for e in envs]
+    if gpu:
+        assert not any(off), "compositing switched off on a machine with a GPU"
+    else:
+        assert all(off), f"compositing left on without a GPU ({len(pids)} web processes)"
+
+
+def read_quiet(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def skip_wizard(d):
@@ -939,7 +973,8 @@ def export_and_import(work):
 
 def found_after_restart(title):
     def run(d):
-        wait(d, lambda d: title in d.find_element(By.ID, "conversation-list").text, "conversation listed after restart")
+        wait(d, lambda d: title in d.find_element(By.ID, "conversation-list").get_attribute("textContent"),
+             f"conversation {title!r} listed after restart")
         click(d, By.CSS_SELECTOR, ".conv .conv-title", "the first conversation opens")
         wait(d, lambda d: replies(d) >= 4, "its replies are back")
         wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".conv.active"), "marked open in the sidebar")
@@ -994,6 +1029,8 @@ def main():
     try:
         d = start_session()
         try:
+            check("the web view draws without compositing where there is no GPU",
+                  webview_rendering_fits_the_machine, d)
             check("first-run wizard can be skipped", skip_wizard, d)
             check("empty state", empty_state, d)
             check("quote streams", quote_streams, d)
@@ -1009,7 +1046,8 @@ def main():
             check("usable at 900x600", small_window, d)
             check("settings and theme", settings_panel, d)
             check("delete and undo", delete_and_undo, d)
-            title = wait(d, lambda d: d.find_element(By.CSS_SELECTOR, ".conv .conv-title").text, "a titled conversation")
+            title = wait(d, lambda d: d.find_element(By.CSS_SELECTOR, ".conv .conv-title").get_attribute("textContent").strip(),
+                         "a titled conversation")
             check("browser access switched on and off", server_toggle, d)
             check("a conversation exports through the dialog and imports back", export_and_import(data), d)
         finally:
