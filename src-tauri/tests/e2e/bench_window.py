@@ -72,17 +72,19 @@ def webkit_pids():
     return pids
 
 
+def stat_seconds(stat_path):
+    """User + system CPU seconds from a /proc `stat` file (a process's or a thread's); 0 when
+    it is gone."""
+    try:
+        with open(stat_path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pids):
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except OSError:
-            pass
-    return total
+    return sum(stat_seconds(f"/proc/{pid}/stat") for pid in pids)
 
 
 def app_pid():
@@ -99,7 +101,6 @@ def app_pid():
 
 def thread_seconds(pid):
     """CPU seconds of each of the app's threads by name; the main (GTK) thread is "main"."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -107,13 +108,11 @@ def thread_seconds(pid):
         return out
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                head, rest = f.read().rsplit(")", 1)
-            name = "main" if int(tid) == pid else head.split("(", 1)[1]
-            fields = rest.split()
-            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = "main" if int(tid) == pid else f.read().strip()
         except OSError:
-            pass
+            continue
+        out[name] = out.get(name, 0.0) + stat_seconds(f"/proc/{pid}/task/{tid}/stat")
     return out
 
 
