@@ -30,6 +30,9 @@ fn load_both(g: &GgufFile, at: &[PathBuf]) -> (Prepared, Vec<Vec<f32>>, Vec<Vec<
         .unwrap()
         .expect("the model has Q4_K matrices");
     let n = fast.attach_interleaved(&p);
+    // Every matrix the file holds is used (each layer's, and the output projection where its
+    // rows group by sixteen).
+    assert_eq!(n, prepared::eligible(g).len(), "matrices attached");
     // Every layer's seven matrices are Q4_K except the Q6_K ones of the "more bits" layers.
     assert!(
         n >= 5 * plain.config().n_layer,
@@ -86,7 +89,7 @@ const MAX_DELTA: f32 = 0.25;
 fn skip() -> bool {
     let off = !prepared::enabled();
     if off {
-        eprintln!("skipped: this CPU has no AVX-512 VBMI/VNNI, so nothing is interleaved");
+        eprintln!("skipped: this CPU has no SIMD path, or interleaving is switched off");
     }
     off
 }

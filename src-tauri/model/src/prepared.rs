@@ -95,8 +95,11 @@ pub fn enabled() -> bool {
 }
 
 /// The tensors worth interleaving: 2-D Q4_K, Q6_K and Q8_0 matrices whose rows group by
-/// sixteen. The token embedding stays as it is: lookups read single rows of it.
+/// sixteen. The token embedding only where it is also the output projection (SmolLM3 ties
+/// them; there it is 11 % of a decoding step's bytes): its lookups keep reading single rows of
+/// the original.
 pub fn eligible(g: &GgufFile) -> Vec<&TensorInfo> {
+    let tied = g.tensor("output.weight").is_none();
     g.tensors()
         .iter()
         .filter(|t| {
@@ -104,7 +107,7 @@ pub fn eligible(g: &GgufFile) -> Vec<&TensorInfo> {
                 && t.dims.len() == 2
                 && (t.dims[1] as usize).is_multiple_of(ROWS)
                 && (t.dims[0] as usize).is_multiple_of(256)
-                && t.name != "token_embd.weight"
+                && (t.name != "token_embd.weight" || tied)
         })
         .collect()
 }
@@ -369,4 +372,33 @@ pub fn open_or_build_at(
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufWriter;
+
+    /// A file with a 32-row Q6_K token embedding and, if `untied`, its own output projection.
+    fn file(untied: bool) -> GgufFile {
+        let q6k = || vec![0u8; 32 * 210];
+        let mut w = GgufWriter::new();
+        w.tensor("token_embd.weight", &[256, 32], GgmlType::Q6K, q6k());
+        if untied {
+            w.tensor("output.weight", &[256, 32], GgmlType::Q6K, q6k());
+        }
+        let mut bytes = Vec::new();
+        w.write_to(&mut bytes).unwrap();
+        GgufFile::from_bytes("m.gguf", &bytes).unwrap()
+    }
+
+    fn names(g: &GgufFile) -> Vec<&str> {
+        eligible(g).iter().map(|t| t.name.as_str()).collect()
+    }
+
+    #[test]
+    fn the_embedding_is_interleaved_only_as_the_output_projection() {
+        assert_eq!(names(&file(false)), ["token_embd.weight"]);
+        assert_eq!(names(&file(true)), ["output.weight"]);
+    }
 }

@@ -203,7 +203,13 @@ impl Model {
                 n += usize::from(w.attach_interleaved(p));
             }
         }
-        n
+        // The output projection (the embedding's own matrix when tied). With it on its copy,
+        // the original embedding is only looked up row by row.
+        let head = self.lm_head.attach_interleaved(p);
+        if head {
+            self.embd.advise_scattered_reads();
+        }
+        n + usize::from(head)
     }
 
     /// The configuration.
@@ -231,6 +237,7 @@ impl Model {
                     &l.mlp.down,
                 ]
             })
+            .chain([&self.lm_head])
             .filter(|w| w.is_interleaved())
             .count()
     }

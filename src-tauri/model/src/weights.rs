@@ -172,6 +172,16 @@ impl QWeight {
         self.kernels
     }
 
+    /// Tells the OS that this matrix is read a row here and there (embedding lookups): a page
+    /// fault then reads that page alone, not the 64 KB around it, so what the lookups bring
+    /// into memory is what they use.
+    pub fn advise_scattered_reads(&self) {
+        #[cfg(unix)]
+        let _ = self
+            .map
+            .advise_range(memmap2::Advice::Random, self.offset, self.size);
+    }
+
     /// Computes products from the interleaved copy of this matrix in `p`, if `p` holds one of
     /// the right size; returns whether it does.
     pub fn attach_interleaved(&mut self, p: &Prepared) -> bool {

@@ -75,6 +75,17 @@ unsafe fn run_of(q: *const i8, at: usize) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn q4kx16<const C: usize>(
     w: *const Q4Kx16,
+    a: (*const Q8K, *const [i16; 16]),
+    blocks: (usize, usize),
+    out: (*mut f32, usize, bool),
+) {
+    q4kx16_reading::<C, false>(w, a, blocks, out)
+}
+
+/// [`q4kx16`], asking for the next weight block ahead when `STREAM` (see [`streaming`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4kx16_reading<const C: usize, const STREAM: bool>(
+    w: *const Q4Kx16,
     (a, bs): (*const Q8K, *const [i16; 16]),
     (nb, count): (usize, usize),
     (out, n, add): (*mut f32, usize, bool),
@@ -107,6 +118,15 @@ pub(super) unsafe fn q4kx16<const C: usize>(
         for hf in 0..2 {
             let mut iacc = [_mm256_setzero_si256(); C];
             for s in 0..8 {
+                if STREAM && hf == 0 {
+                    // The next block's 36 lines, five a step over the first half's eight
+                    // steps: without them the stream stalls between blocks (decode reads
+                    // every weight from memory once; figures in doc/benchmarks.md).
+                    let next = w.wrapping_add(b + PREFETCH_BLOCKS) as *const i8;
+                    for l in 5 * s..(5 * s + 5).min(size_of::<Q4Kx16>() / 64) {
+                        _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * l));
+                    }
+                }
                 let mut wq = [_mm256_setzero_si256(); 8];
                 for h in 0..4 {
                     let p = _mm256_loadu_si256(
@@ -171,6 +191,17 @@ pub(super) unsafe fn q4kx16<const C: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn q6kx16<const C: usize>(
     w: *const Q6Kx16,
+    a: (*const Q8K, *const [i16; 16]),
+    blocks: (usize, usize),
+    out: (*mut f32, usize, bool),
+) {
+    q6kx16_reading::<C, false>(w, a, blocks, out)
+}
+
+/// [`q6kx16`], asking for the next weight block ahead when `STREAM` (see [`streaming`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6kx16_reading<const C: usize, const STREAM: bool>(
+    w: *const Q6Kx16,
     (a, bs): (*const Q8K, *const [i16; 16]),
     (nb, count): (usize, usize),
     (out, n, add): (*mut f32, usize, bool),
@@ -183,7 +214,7 @@ pub(super) unsafe fn q6kx16<const C: usize>(
         for hf in 0..2 {
             let mut iacc = [_mm256_setzero_si256(); C];
             for p in 0..8 {
-                if C == 1 {
+                if STREAM {
                     // A block is 52.5 lines; each of the sixteen steps asks for four of the
                     // next block's (prefetches past the matrix's end read nothing).
                     let next = (w.wrapping_add(b + PREFETCH_BLOCKS) as *const i8)
@@ -392,4 +423,56 @@ pub(super) unsafe fn quantize_q8k(x: &[f32; QK], y: &mut Q8K) {
         y.bsums[2 * g + 1] = hsum_epi32(_mm256_add_epi32(q[2], q[3])) as i16;
     }
     y.d = 1.0 / iscale;
+}
+
+/// The same kernels for products whose weights stream from memory once: decoding, one
+/// activation row or a batch's few (a single tile). They ask for the next weight block while
+/// working on this one; without that the stream stalls between blocks (on Zen 3 one Q4_K row
+/// ran 1.39× faster with it, four rows 1.26×, four Q6_K rows 2×). Prefill reuses each block
+/// across many tiles from the cache, and there the extra reads cost (≈ 9 % of a Q4_K prefill
+/// product): it takes the plain kernels.
+pub(super) mod streaming {
+    use super::*;
+
+    /// [`super::q4kx16`] reading ahead.
+    ///
+    /// # Safety
+    /// As for [`super::q4kx16`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in super::super) unsafe fn q4kx16<const C: usize>(
+        w: *const Q4Kx16,
+        a: (*const Q8K, *const [i16; 16]),
+        blocks: (usize, usize),
+        out: (*mut f32, usize, bool),
+    ) {
+        q4kx16_reading::<C, true>(w, a, blocks, out)
+    }
+
+    /// [`super::q6kx16`] reading ahead.
+    ///
+    /// # Safety
+    /// As for [`super::q6kx16`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in super::super) unsafe fn q6kx16<const C: usize>(
+        w: *const Q6Kx16,
+        a: (*const Q8K, *const [i16; 16]),
+        blocks: (usize, usize),
+        out: (*mut f32, usize, bool),
+    ) {
+        q6kx16_reading::<C, true>(w, a, blocks, out)
+    }
+
+    /// [`super::q8_0x16`] as it is (it keeps up with the memory without reading ahead).
+    ///
+    /// # Safety
+    /// As for [`super::q8_0x16`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in super::super) unsafe fn q8_0x16<const C: usize>(
+        w: *const Q8_0x16,
+        a: *const Q8x32,
+        blocks: (usize, usize),
+        out: (*mut f32, usize, bool),
+    ) {
+        super::q8_0x16::<C>(w, a, blocks, out)
+    }
 }

@@ -285,3 +285,39 @@ fn gguf_layout_rows_per_call() {
     time::<BlockQ6K>(kernels, GgufFormat::Q6K, 11008, 4096);
     time::<BlockQ6K>(kernels, GgufFormat::Q6K, 2048, 32768);
 }
+
+/// Batched decoding's products: a few activation rows against the same 220 MB as
+/// [`decode_products`], on every interleaved path; medians of 9, and each row count's time
+/// against one row's (four rows should cost little more than one while the weights' stream,
+/// not the arithmetic, sets the pace).
+#[test]
+#[ignore]
+fn batched_decode_products() {
+    let (k, n0, copies) = (2048, 2048, 64);
+    let n = n0 * copies;
+    for format in [Format::Q4Kx16, Format::Q6Kx16, Format::Q8_0x16] {
+        let p = packed(format, n0, k, 1).repeat(copies);
+        let gb = p.len() as f64 / 1e9;
+        for kernels in Kernels::available().into_iter().filter(|k| k.interleaved()) {
+            let mut line = format!("{format:?} {}:", kernels.isa());
+            let mut one = 0.0;
+            for m in [1, 2, 4, 8] {
+                let x = activations(m, k, 2);
+                let mut out = vec![0f32; m * n];
+                let t = median_of(9, || {
+                    interleaved::matmul(kernels, format, (m, k, n), &x, &p, &mut out).unwrap()
+                });
+                if m == 1 {
+                    one = t;
+                }
+                line += &format!(
+                    " | {m} rows {:.1} ms ({:.1} GB/s, {:.2}×)",
+                    t * 1e3,
+                    gb / t,
+                    t / one
+                );
+            }
+            println!("{line}");
+        }
+    }
+}

@@ -6,6 +6,10 @@
 //! ([`repack_q4k`], [`repack_q6k`], [`repack_q8_0`]) and kept beside the model
 //! ([`crate::prepared`]).
 
+#[cfg(target_arch = "x86_64")]
+use super::avx2::{self, streaming as avx2_streaming};
+#[cfg(target_arch = "x86_64")]
+use super::avx512;
 use super::blocks::{Q8x32, Q8K, QK, QK8_0};
 pub use super::layout16::{
     repack_q4k, repack_q6k, repack_q8_0, Repack, RepackError, Q4K_BYTES, Q6K_BYTES, Q8_0_BYTES,
@@ -15,8 +19,6 @@ pub use super::layout16::{
 use super::neon::{base as neon_base, dotprod as neon_dotprod, i8mm as neon_i8mm};
 #[cfg(target_arch = "aarch64")]
 use super::Level;
-#[cfg(target_arch = "x86_64")]
-use super::{avx2, avx512};
 use super::{check_shape, quantize, quantize_q8_0, scalar, Isa, KernelError, Kernels};
 use std::mem::MaybeUninit;
 
@@ -338,6 +340,7 @@ unsafe fn run_swiglu_unit(
                         a,
                         (nb, pass.min(nb - kb)),
                         (out, ROWS, kb > 0),
+                        m <= rows,
                     );
                 }
             }
@@ -357,11 +360,14 @@ unsafe fn run_swiglu_unit(
 }
 
 /// One micro-kernel call: `tile` (1..=[`tile_rows`]) activation rows against the group at
-/// `w`, over `count` blocks, into `out[c·stride + r]` (added to it when `add`).
+/// `w`, over `count` blocks, into `out[c·stride + r]` (added to it when `add`). `stream`:
+/// the product has one tile of rows, so its weights come from memory once (decoding); the
+/// paths that read ahead then do.
 ///
 /// # Safety
 /// `w` must hold `count` blocks of `format`, `a` `tile` rows of `nb` blocks of the activations
 /// `format` reads, `out` `tile` rows of `stride`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
     kernels: Kernels,
     format: Format,
@@ -370,6 +376,7 @@ unsafe fn kernel(
     a: Act,
     (nb, count): (usize, usize),
     (out, stride, add): (*mut f32, usize, bool),
+    stream: bool,
 ) {
     macro_rules! on {
         ($isa:ident, $c:expr) => {
@@ -413,10 +420,15 @@ unsafe fn kernel(
             }
         };
     }
+    // Only the AVX2 path has kernels that read ahead.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = stream;
     // `kernels` is only made for an ISA the CPU has, which is what the micro-kernels need.
     match kernels.isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => up_to_8!(avx512),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if stream => up_to_4!(avx2_streaming),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => up_to_4!(avx2),
         #[cfg(target_arch = "aarch64")]
@@ -462,7 +474,17 @@ unsafe fn run_unit(
             for g in gs.clone() {
                 let wg = w.add((g * nb + kb) * format.block_bytes());
                 let out = dst.add(c0 * n + g * ROWS);
-                kernel(kernels, format, tile, wg, a, (nb, count), (out, n, kb > 0));
+                let stream = m <= rows;
+                kernel(
+                    kernels,
+                    format,
+                    tile,
+                    wg,
+                    a,
+                    (nb, count),
+                    (out, n, kb > 0),
+                    stream,
+                );
             }
         }
     }

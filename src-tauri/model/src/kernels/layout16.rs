@@ -316,8 +316,8 @@ pub fn repack_q8_0(
 /// A repack function: (GGUF bytes, rows, cols, destination).
 pub type Repack = fn(&[u8], usize, usize, &mut [u8]) -> Result<(), RepackError>;
 
-/// Blocks a one-row product reads ahead of the block in use. Decode streams every weight from
-/// memory once; without the hint the Q6_K product, with more work per byte, keeps too few
-/// reads in flight to reach the memory's bandwidth (figures in doc/benchmarks.md).
+/// Blocks a decoding product reads ahead of the block in use. Decode streams every weight
+/// from memory once; without the hint the products keep too few reads in flight to reach the
+/// memory's bandwidth (figures in doc/benchmarks.md; AVX2's use in `avx2::streaming`).
 #[cfg(target_arch = "x86_64")]
 pub(super) const PREFETCH_BLOCKS: usize = 1;
