@@ -465,16 +465,17 @@ unsafe fn run_unit(
     (w, dst): (*const u8, *mut f32),
 ) {
     let pass = if m == 1 { nb } else { format.pass_blocks() };
+    let rows = tile_rows(kernels);
+    // One tile: each weight block is read once, from memory.
+    let stream = m <= rows;
     for kb in (0..nb).step_by(pass) {
         let count = pass.min(nb - kb);
-        let rows = tile_rows(kernels);
         for c0 in (0..m).step_by(rows) {
             let tile = rows.min(m - c0);
             let a = q.at(format, c0 * nb + kb);
             for g in gs.clone() {
                 let wg = w.add((g * nb + kb) * format.block_bytes());
                 let out = dst.add(c0 * n + g * ROWS);
-                let stream = m <= rows;
                 kernel(
                     kernels,
                     format,
