@@ -86,6 +86,17 @@ unsafe fn scaled_sums<const C: usize, const L: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
 pub(super) unsafe fn q4kx16<const C: usize>(
     w: *const Q4Kx16,
+    a: (*const Q8K, *const [i16; 16]),
+    blocks: (usize, usize),
+    out: (*mut f32, usize, bool),
+) {
+    q4kx16_reading::<C, false>(w, a, blocks, out)
+}
+
+/// [`q4kx16`], asking for the next weight block ahead when `STREAM` (see [`streaming`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+unsafe fn q4kx16_reading<const C: usize, const STREAM: bool>(
+    w: *const Q4Kx16,
     (a, bs): (*const Q8K, *const [i16; 16]),
     (nb, count): (usize, usize),
     (out, n, add): (*mut f32, usize, bool),
@@ -127,6 +138,14 @@ pub(super) unsafe fn q4kx16<const C: usize>(
 
         let mut iacc = [_mm512_setzero_si512(); C];
         for s in 0..8 {
+            if STREAM {
+                // The next block's 36 lines, five a step over the eight steps (past the
+                // matrix's end the hint reads nothing: prefetches do not fault).
+                let next = w.wrapping_add(b + PREFETCH_BLOCKS) as *const i8;
+                for l in 5 * s..(5 * s + 5).min(size_of::<Q4Kx16>() / 64) {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * l));
+                }
+            }
             let mut wq = [_mm512_setzero_si512(); 8];
             for h in 0..4 {
                 let p = _mm512_loadu_si512(blk.qs.as_ptr().add(256 * s + 64 * h) as *const _);
@@ -172,6 +191,17 @@ pub(super) unsafe fn q4kx16<const C: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
 pub(super) unsafe fn q6kx16<const C: usize>(
     w: *const Q6Kx16,
+    a: (*const Q8K, *const [i16; 16]),
+    blocks: (usize, usize),
+    out: (*mut f32, usize, bool),
+) {
+    q6kx16_reading::<C, false>(w, a, blocks, out)
+}
+
+/// [`q6kx16`], asking for the next weight block ahead when `STREAM` (see [`streaming`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+unsafe fn q6kx16_reading<const C: usize, const STREAM: bool>(
+    w: *const Q6Kx16,
     (a, bs): (*const Q8K, *const [i16; 16]),
     (nb, count): (usize, usize),
     (out, n, add): (*mut f32, usize, bool),
@@ -188,7 +218,7 @@ pub(super) unsafe fn q6kx16<const C: usize>(
         let blk = &*w.add(b);
         let mut iacc = [_mm512_setzero_si512(); C];
         for p in 0..8 {
-            if C == 1 {
+            if STREAM {
                 // A block is 52.5 lines: seven per step cover it. Past the matrix's end
                 // the hint reads nothing (prefetches do not fault).
                 let next = (w.wrapping_add(b + PREFETCH_BLOCKS) as *const i8).wrapping_add(448 * p);
@@ -345,4 +375,55 @@ pub(super) unsafe fn quantize_q8k(x: &[f32; QK], y: &mut Q8K) {
         y.bsums[i] = _mm512_reduce_add_epi32(q) as i16;
     }
     y.d = 1.0 / iscale;
+}
+
+/// The same kernels for products whose weights stream from memory once: decoding, one
+/// activation row or a batch's few (a single tile). They ask for the next weight block while
+/// working on this one, as AVX2's do (`avx2::streaming`); without that the stream stalls
+/// between blocks. Prefill reuses each block across many tiles from the cache and takes the
+/// plain kernels. Figures in doc/benchmarks.md.
+pub(super) mod streaming {
+    use super::*;
+
+    /// [`super::q4kx16`] reading ahead.
+    ///
+    /// # Safety
+    /// As for [`super::q4kx16`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+    pub(in super::super) unsafe fn q4kx16<const C: usize>(
+        w: *const Q4Kx16,
+        a: (*const Q8K, *const [i16; 16]),
+        blocks: (usize, usize),
+        out: (*mut f32, usize, bool),
+    ) {
+        q4kx16_reading::<C, true>(w, a, blocks, out)
+    }
+
+    /// [`super::q6kx16`] reading ahead.
+    ///
+    /// # Safety
+    /// As for [`super::q6kx16`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+    pub(in super::super) unsafe fn q6kx16<const C: usize>(
+        w: *const Q6Kx16,
+        a: (*const Q8K, *const [i16; 16]),
+        blocks: (usize, usize),
+        out: (*mut f32, usize, bool),
+    ) {
+        q6kx16_reading::<C, true>(w, a, blocks, out)
+    }
+
+    /// [`super::q8_0x16`] as it is.
+    ///
+    /// # Safety
+    /// As for [`super::q8_0x16`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,f16c")]
+    pub(in super::super) unsafe fn q8_0x16<const C: usize>(
+        w: *const Q8_0x16,
+        a: *const Q8x32,
+        blocks: (usize, usize),
+        out: (*mut f32, usize, bool),
+    ) {
+        super::q8_0x16::<C>(w, a, blocks, out)
+    }
 }

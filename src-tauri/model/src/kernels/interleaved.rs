@@ -9,7 +9,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::avx2::{self, streaming as avx2_streaming};
 #[cfg(target_arch = "x86_64")]
-use super::avx512;
+use super::avx512::{self, streaming as avx512_streaming};
 use super::blocks::{Q8x32, Q8K, QK, QK8_0};
 pub use super::layout16::{
     repack_q4k, repack_q6k, repack_q8_0, Repack, RepackError, Q4K_BYTES, Q6K_BYTES, Q8_0_BYTES,
@@ -420,11 +420,13 @@ unsafe fn kernel(
             }
         };
     }
-    // Only the AVX2 path has kernels that read ahead.
+    // Only the x86 paths have kernels that read ahead.
     #[cfg(not(target_arch = "x86_64"))]
     let _ = stream;
     // `kernels` is only made for an ISA the CPU has, which is what the micro-kernels need.
     match kernels.isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if stream => up_to_8!(avx512_streaming),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => up_to_8!(avx512),
         #[cfg(target_arch = "x86_64")]
