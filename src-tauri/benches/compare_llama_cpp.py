@@ -49,6 +49,24 @@ def ensure_llama_cpp(build):
     return python
 
 
+def damon_pageout():
+    """Whether the kernel's DAMON runs a scheme that pages memory out (some virtual machines
+    do, to give memory back to their host): it drops the model's file pages from the page cache
+    a few seconds after they were last read, so a run after an idle stretch loads from the disk
+    and its figures swing. Benchmarks are meant with it off (as on a desktop)."""
+    import glob
+    for state in glob.glob("/sys/kernel/mm/damon/admin/kdamonds/*/state"):
+        try:
+            if open(state).read().strip() != "on":
+                continue
+            actions = glob.glob(os.path.join(os.path.dirname(state), "contexts/*/schemes/*/action"))
+            if any(open(a).read().strip() == "pageout" for a in actions):
+                return state
+        except OSError:
+            pass
+    return None
+
+
 def stats(v):
     s = sorted(v)
     return {"min": s[0], "median": s[len(s) // 2], "max": s[-1], "runs": v}
@@ -145,9 +163,13 @@ def main():
         if not os.path.exists(a.model):
             subprocess.run([a.bin, "synth", "--preset", "3b", "--quant", "q4_k_m", "--seed", "0", "--out", a.model], check=True)
     python = ensure_llama_cpp(a.llama)
+    damon = damon_pageout()
+    if damon:
+        print(f"warning: DAMON pages memory out ({damon} is on): cached model files are dropped when idle "
+              f"and the figures swing; `echo off > {damon}` (as root) for steady runs", file=sys.stderr)
     results = {"model": a.model, "threads": a.threads, "reps": a.reps, "prompt": a.prompt, "gen": a.gen,
                "llama_build": a.llama, "llama_cmake_args": LLAMA_BUILDS[a.llama],
-               "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()}
+               "date": time.strftime("%Y-%m-%d %H:%M"), "damon_pageout": bool(damon), "cpu": subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()}
     # Warm the page cache once so both sides load from memory.
     with open(a.model, "rb") as f:
         while f.read(1 << 24):

@@ -453,11 +453,32 @@ fn weighted_sums(
 }
 
 /// Value rows per pass of [`weighted_block`]: 16 rows of 128 F16 values are 4 KB, so the
-/// second half of each row is still in L1 when its pass comes. Longer passes with software
-/// prefetches were slower: the hardware prefetchers follow the plain stream better (see
-/// doc/benchmarks.md).
+/// second half of each row is still in L1 when its pass comes. Longer passes (64 rows, half
+/// a row at a time) were slower (see doc/benchmarks.md).
 #[cfg(target_arch = "x86_64")]
 const VALUE_BLOCK: usize = 16;
+
+/// Value blocks between the one in use and the one [`prefetch_values`] asks for (8 KB ahead).
+/// A pass over a block reads each 256-byte row in pieces, a stride the hardware prefetchers do
+/// not run ahead of across the 4 KB blocks: from memory the value pass ran at a third of its
+/// speed from the cache (Zen 5, one thread: 24–26 ns a position against 11; with the request
+/// one block ahead 15, two or four 12, eight 12.4; doc/benchmarks.md).
+#[cfg(target_arch = "x86_64")]
+const VALUE_AHEAD: usize = 2;
+
+/// Asks for slice `part` of `parts` of the value rows [`VALUE_AHEAD`] blocks after the block
+/// starting at row `j0`, so a block's passes together request the whole block ahead. Rows past
+/// the cache's end are only hinted at: prefetches do not fault.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_values(v: *const f16, hd: usize, j0: usize, (part, parts): (usize, usize)) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let per = (VALUE_BLOCK * hd * size_of::<f16>()).div_ceil(parts);
+    let ahead = v.wrapping_add((j0 + VALUE_AHEAD * VALUE_BLOCK) * hd) as *const i8;
+    for off in (0..per).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(part * per + off));
+    }
+}
 
 /// [`weighted_sum_4`] over every visible row, read straight from an F16 cache: each value
 /// row is converted in registers where it is used, with fused multiply-adds.
@@ -490,6 +511,7 @@ unsafe fn weighted_block(
 ) {
     use std::arch::x86_64::*;
     for c0 in (0..hd).step_by(SPAN) {
+        prefetch_values(v, hd, rows.start, (c0 / SPAN, hd / SPAN));
         let mut acc = [[_mm512_setzero_ps(); SPAN / LANES]; 4];
         for j in rows.clone() {
             let row = v.add(j * hd + c0);
@@ -827,6 +849,7 @@ mod avx2 {
         for j0 in (0..visible).step_by(VALUE_BLOCK) {
             let rows = j0..visible.min(j0 + VALUE_BLOCK);
             for c0 in (0..hd).step_by(SPAN) {
+                super::prefetch_values(v, hd, j0, (c0 / SPAN, hd / SPAN));
                 let mut acc = [[_mm256_setzero_ps(); 2]; 4];
                 for j in rows.clone() {
                     let row = v.add(j * hd + c0);
