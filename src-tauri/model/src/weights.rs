@@ -103,6 +103,9 @@ pub struct QWeight {
     x8: Option<(Arc<Mmap>, usize, interleaved::Format)>,
     /// The kernel path its products run on.
     kernels: Kernels,
+    /// Read only a row here and there (the embedding once the output projection has its own
+    /// copy): lookups give their pages back afterwards ([`QWeight::advise_scattered_reads`]).
+    scattered: bool,
 }
 
 impl std::fmt::Debug for QWeight {
@@ -141,6 +144,7 @@ impl QWeight {
             name: info.name.clone(),
             x8: None,
             kernels,
+            scattered: false,
         };
         let align = with_block_type!(w.ty, T => std::mem::align_of::<T>(), else 1);
         if !(w.map.as_ptr() as usize + w.offset).is_multiple_of(align) {
@@ -172,14 +176,43 @@ impl QWeight {
         self.kernels
     }
 
-    /// Tells the OS that this matrix is read a row here and there (embedding lookups): a page
-    /// fault then reads that page alone, not the 64 KB around it, so what the lookups bring
-    /// into memory is what they use.
-    pub fn advise_scattered_reads(&self) {
+    /// Marks this matrix as read a row here and there (embedding lookups). The OS is told so
+    /// (a page fault then reads that page alone from the disk, not the 64 KB around it), and
+    /// each lookup gives the matrix's pages back to the page cache when it is done: a fault
+    /// still maps the cached pages around the row it reads (Linux's fault-around ignores
+    /// `MADV_RANDOM`), so without that a 4K prompt's lookups left ≈ 100 MB of the embedding
+    /// in the process's memory.
+    pub fn advise_scattered_reads(&mut self) {
+        self.scattered = true;
         #[cfg(unix)]
         let _ = self
             .map
             .advise_range(memmap2::Advice::Random, self.offset, self.size);
+    }
+
+    /// Unmaps this matrix's pages from the process (they stay in the page cache) after
+    /// scattered reads. Only whole 64 KB stretches inside the matrix are released (a multiple
+    /// of every page size in use), so the neighbouring tensors' pages are left alone.
+    fn release_scattered_pages(&self) {
+        #[cfg(unix)]
+        {
+            const ALIGN: usize = 64 * 1024;
+            let base = self.map.as_ptr() as usize;
+            let start = (base + self.offset).next_multiple_of(ALIGN) - base;
+            let end = (base + self.offset + self.size) / ALIGN * ALIGN - base;
+            if end > start {
+                // SAFETY: the mapping is a read-only view of a file that is never written
+                // through it: `MADV_DONTNEED` only unmaps the pages, and any later read, by
+                // any thread, faults the same bytes back in from the page cache.
+                let _ = unsafe {
+                    self.map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
     }
 
     /// Computes products from the interleaved copy of this matrix in `p`, if `p` holds one of
@@ -365,6 +398,9 @@ impl QWeight {
                 T::to_float(&blocks[id * per_row..(id + 1) * per_row], dst);
             }
         }, else candle_core::bail!("unsupported type {}", self.ty));
+        if self.scattered {
+            self.release_scattered_pages();
+        }
         Tensor::from_vec(out, (ids.len(), self.cols), &candle_core::Device::Cpu)
     }
 
